@@ -130,7 +130,7 @@ class DiTBlock(nn.Module):
     def forward(self, z: torch.Tensor, c: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         shift1, scale1, gate1, shift2, scale2, gate2 = self.adaLN_modulation(c).chunk(6, dim=1)  # 6 × (N, D)
         u = route(z, mask)  # (N, L, D): m_t ⊙ z, the only cost of routing
-        h = u + gate1.unsqueeze(1) * self.attn(modulate(self.norm1(h), shift1, scale1))
+        h = u + gate1.unsqueeze(1) * self.attn(modulate(self.norm1(u), shift1, scale1))
         h = h + gate2.unsqueeze(1) * self.mlp(modulate(self.norm2(h), shift2, scale2))
         if mask is None:
             return h

@@ -1,0 +1,3 @@
+from dtr_lab.cli import main
+
+main()

@@ -1,0 +1,70 @@
+"""SampleGrid: a grid of EMA samples from fixed noise and labels, every N steps."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.pytorch.utilities import rank_zero_only
+
+from dtr_lab.callbacks.logging import log_dir, save_png
+
+
+def image_grid(images: torch.Tensor, nrow: int, pad: int = 1) -> torch.Tensor:
+    """(N, C, H, W) in [-1, 1] -> one (C, rows·(H+pad)+pad, nrow·(W+pad)+pad) image in [0, 1]."""
+    n, c, h, w = images.shape
+    rows = -(-n // nrow)
+    canvas = torch.ones(c, rows * (h + pad) + pad, nrow * (w + pad) + pad)
+    for k, img in enumerate(images.float().cpu()):
+        r, col = divmod(k, nrow)
+        top, left = pad + r * (h + pad), pad + col * (w + pad)
+        canvas[:, top : top + h, left : left + w] = (img + 1) / 2
+    return canvas.clamp(0, 1)
+
+
+class SampleGrid(L.Callback):
+    """Logs `num_samples` EMA samples (labels cycling over the classes) as an image grid."""
+
+    def __init__(self, every_n_steps: int = 500, num_samples: int = 40, nrow: int = 10, seed: int = 1234) -> None:
+        """
+        Args:
+            every_n_steps: sampling cadence in optimizer steps (and once at the end of fit).
+            num_samples: images in the grid; with classes, row r holds one sample of each class.
+            nrow: images per row.
+            seed: seeds the fixed noise, so grids over training are comparable.
+        """
+        self.every_n_steps = every_n_steps
+        self.num_samples = num_samples
+        self.nrow = nrow
+        self.seed = seed
+        self._last_step = -1
+
+    @rank_zero_only
+    def log_grid(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.global_step == self._last_step:
+            return
+        self._last_step = trainer.global_step
+        hp = pl_module.hparams
+        gen = torch.Generator().manual_seed(self.seed)
+        noise = torch.randn(self.num_samples, hp.in_channels, hp.image_size, hp.image_size, generator=gen)
+        y = torch.arange(self.num_samples) % hp.num_classes if hp.num_classes > 0 else None
+        device = pl_module.device
+        images = pl_module.sample(
+            noise.to(device),
+            None if y is None else y.to(device),
+            generator=torch.Generator(device=device).manual_seed(self.seed),
+        )
+        grid = image_grid(images, self.nrow)
+        if trainer.logger is not None and hasattr(trainer.logger.experiment, "add_image"):
+            trainer.logger.experiment.add_image("samples/ema", grid, trainer.global_step)
+        out = log_dir(trainer)
+        if out is not None:
+            save_png(grid, Path(out) / "samples" / f"step{trainer.global_step:07d}.png")
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if self.every_n_steps > 0 and trainer.global_step % self.every_n_steps == 0 and trainer.global_step > 0:
+            self.log_grid(trainer, pl_module)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self.log_grid(trainer, pl_module)

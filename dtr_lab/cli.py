@@ -1,0 +1,48 @@
+"""`python -m dtr_lab fit|validate|test|predict --config ...`: LightningCLI with the data→model
+links and one-line errors for bad input."""
+
+from __future__ import annotations
+
+import sys
+
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.cli import LightningCLI
+
+from dtr_lab.data import ImageDataModule
+from dtr_lab.errors import DTRLabError
+from dtr_lab.module import DiffusionModule
+
+
+class DTRLabCLI(LightningCLI):
+    """LightningCLI whose model takes its image shape and classes from the datamodule."""
+
+    def add_arguments_to_parser(self, parser) -> None:
+        for key in ("image_size", "in_channels", "num_classes"):
+            parser.link_arguments(f"data.{key}", f"model.{key}", apply_on="instantiate")
+        # always keep last.ckpt for resuming; configs tune the cadence
+        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.set_defaults({"checkpoint.save_last": True, "checkpoint.every_n_train_steps": 500})
+
+
+def main(args: list[str] | None = None) -> None:
+    try:
+        DTRLabCLI(
+            DiffusionModule,
+            ImageDataModule,
+            subclass_mode_data=True,
+            auto_configure_optimizers=False,
+            trainer_defaults={
+                "logger": {
+                    "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
+                    "init_args": {"save_dir": "runs", "name": "default"},
+                }
+            },
+            args=args,
+        )
+    except DTRLabError as err:
+        print(f"dtr_lab: error: {err}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()
