@@ -1,0 +1,31 @@
+"""Sample-quality metrics: FID/KID/IS through torchmetrics, improved precision/recall, and the
+digits classifier whose features give digits-FID and whose predictions give class accuracy."""
+
+from dtr_lab.metrics.digits_classifier import (
+    DigitsClassifier,
+    digits_split,
+    load_digits_classifier,
+    load_digits_tensors,
+    train_digits_classifier,
+)
+from dtr_lab.metrics.features import DigitsFeatures, InceptionFeatures, feature_extractor
+from dtr_lab.metrics.precision_recall import knn_radii, manifold_coverage, precision_recall
+from dtr_lab.metrics.quality import SampleQualityMetrics, frechet_distance, inception_score, kernel_distance
+
+__all__ = [
+    "DigitsClassifier",
+    "DigitsFeatures",
+    "InceptionFeatures",
+    "SampleQualityMetrics",
+    "digits_split",
+    "feature_extractor",
+    "frechet_distance",
+    "inception_score",
+    "kernel_distance",
+    "knn_radii",
+    "load_digits_classifier",
+    "load_digits_tensors",
+    "manifold_coverage",
+    "precision_recall",
+    "train_digits_classifier",
+]
