@@ -1,0 +1,95 @@
+"""Nash-MTL over task intervals: the Nash bargaining update Σ_k α_k g_k (Navon et al., ICML 2022,
+arXiv 2202.01017)."""
+
+from __future__ import annotations
+
+import torch
+
+from dtr_lab.errors import DTRLabError
+from dtr_lab.mtl.intervals import DEFAULT_INTERVALS, Intervals, check_num_intervals
+
+
+def nash_weights(
+    gram: torch.Tensor, ridge: float = 1e-8, max_iter: int = 100, tol: float = 1e-12
+) -> torch.Tensor:
+    """Bargaining weights α > 0 with (Gᵀ G) α = 1/α, from the Gram matrix M = Gᵀ G (K, K) -> (K,).
+
+    The solution is the unique minimiser of the strictly convex f(α) = ½ αᵀ M α − Σ_k log α_k on
+    α > 0 (its gradient is M α − 1/α, its Hessian M + diag(1/α²)). Newton's method with a
+    backtracking line search that keeps α positive finds it in a few iterations, in float64.
+    ``ridge`` adds ridge · mean(diag M) to the diagonal so a solution exists when the gradients are
+    linearly dependent (e.g. g_1 = −g_2, where the update Σ α_k g_k then tends to 0).
+    """
+    m = gram.detach().double().cpu()
+    scale = float(m.diagonal().mean())
+    if scale <= 0:  # every gradient is zero: any weights give a zero update
+        return torch.ones(len(m), dtype=gram.dtype)
+    m = m + ridge * scale * torch.eye(len(m), dtype=torch.float64)
+
+    def f(a: torch.Tensor) -> torch.Tensor:
+        return 0.5 * a @ m @ a - a.log().sum()
+
+    # exact when the gradients are orthogonal
+    alpha = m.diagonal().rsqrt()
+    for _ in range(max_iter):
+        grad = m @ alpha - 1 / alpha
+        hess = m + torch.diag(alpha.pow(-2))
+        step = -torch.linalg.solve(hess, grad)
+        decrement = float(-(grad @ step))  # the Newton decrement λ², the predicted decrease × 2
+        if decrement < tol:
+            break
+        t = 1.0
+        while t > 1e-12 and (
+            bool((alpha + t * step <= 0).any()) or f(alpha + t * step) > f(alpha) - 0.25 * t * decrement
+        ):
+            t *= 0.5
+        alpha = alpha + t * step
+    return alpha.to(gram.dtype)
+
+
+class NashMTL:
+    """Nash-MTL as the gradient method of a run: K per-interval gradients -> one update.
+
+    intervals: the K task intervals whose gradients are combined.
+    update_every: solve for new weights every this many steps and reuse them in between.
+    max_norm: clip the combined update to this L2 norm (the weights do not bound its scale).
+
+    The weights are solved on the Gram matrix divided by its Frobenius norm, which makes them depend
+    only on the gradients' directions and relative sizes; the update Σ α_k g_k then scales with the
+    gradients like a plain step does. Between solves the update is the gradient of Σ_k α_k L_k, so a
+    caller may skip the K per-interval gradients when ``due(step)`` is false and back-propagate that
+    weighted loss once instead (then clip to ``max_norm`` itself); this is the paper's saving.
+    """
+
+    def __init__(
+        self, intervals: Intervals = DEFAULT_INTERVALS, update_every: int = 25, max_norm: float = 1.0
+    ) -> None:
+        check_num_intervals(intervals.k)
+        if update_every < 1:
+            raise DTRLabError(f"NashMTL update_every={update_every} must be >= 1, e.g. 25")
+        if not max_norm > 0:
+            raise DTRLabError(f"NashMTL max_norm={max_norm} must be > 0, e.g. 1.0")
+        self.intervals = intervals
+        self.update_every = update_every
+        self.max_norm = float(max_norm)
+        self.alpha: torch.Tensor | None = None  # (K,), the weights in use
+        self.solved_at: int | None = None  # the step they were solved at
+
+    def due(self, step: int) -> bool:
+        """Whether the weights are re-solved at this step (always on the first call, e.g. after resuming)."""
+        return self.alpha is None or not 0 <= step - self.solved_at < self.update_every
+
+    def combine(self, grads: torch.Tensor, step: int) -> tuple[torch.Tensor, dict]:
+        """(K, P) per-interval gradients at training step ``step`` -> (update (P,), stats)."""
+        g = grads.float()  # (K, P)
+        refreshed = self.due(step)
+        if refreshed:
+            gram = g @ g.T  # (K, K)
+            scale = gram.norm()
+            self.alpha = nash_weights(gram / scale if scale > 0 else gram).to(g.device)
+            self.solved_at = step
+        update = self.alpha @ g  # (P,)
+        norm = update.norm()
+        update = update * (self.max_norm / norm).clamp(max=1.0)
+        stats = {"alpha": self.alpha.detach().cpu(), "refreshed": refreshed, "norm": float(norm)}
+        return update.to(grads.dtype), stats

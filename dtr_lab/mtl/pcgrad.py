@@ -1,0 +1,57 @@
+"""PCGrad over task intervals: project away conflicting gradient components (Yu et al., NeurIPS 2020,
+arXiv 2001.06782)."""
+
+from __future__ import annotations
+
+import torch
+
+from dtr_lab.mtl.intervals import DEFAULT_INTERVALS, Intervals, check_num_intervals
+
+
+def pcgrad(grads: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, int]:
+    """Gradient surgery on K task gradients (K, P) -> (their projected sum (P,), projections made).
+
+    Task i visits the other tasks in its own random order; whenever its current gradient g_i has a
+    negative dot product with the original g_j, it drops its component along g_j:
+    g_i ← g_i − (g_i·g_j / ‖g_j‖²) g_j.
+    """
+    num_tasks = grads.shape[0]
+    g = grads.float()  # (K, P)
+    sq_norm = g.pow(2).sum(dim=1).clamp(min=torch.finfo(g.dtype).tiny)  # (K,)
+    # one random visiting order per task, drawn on the CPU so any device gives the same orders
+    order = torch.stack([torch.randperm(num_tasks, generator=generator) for _ in range(num_tasks)])  # (K, K)
+    order = order.to(g.device)
+    tasks = torch.arange(num_tasks, device=g.device)
+    projected = g.clone()
+    projections = torch.zeros((), dtype=torch.long, device=g.device)
+    # all K tasks advance one position of their order at a time, so the loop is K steps of (K, P) work
+    for step in range(num_tasks):
+        j = order[:, step]  # (K,) the task each task projects against now
+        dot = (projected * g[j]).sum(dim=1)  # (K,)
+        conflict = (dot < 0) & (j != tasks)  # (K,)
+        coef = torch.where(conflict, dot / sq_norm[j], torch.zeros_like(dot))  # (K,)
+        projected = projected - coef[:, None] * g[j]
+        projections += conflict.sum()
+    return projected.sum(dim=0).to(grads.dtype), int(projections)
+
+
+class PCGrad:
+    """PCGrad as the gradient method of a run: K per-interval gradients -> one update.
+
+    intervals: the K task intervals whose gradients are combined.
+    """
+
+    def __init__(self, intervals: Intervals = DEFAULT_INTERVALS) -> None:
+        check_num_intervals(intervals.k)
+        self.intervals = intervals
+
+    def combine(self, grads: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, dict]:
+        """(K, P) per-interval gradients of the interval mean losses -> (update (P,), stats).
+
+        The update is the *mean* of the projected gradients, so that without conflicts it equals the
+        gradient of the batch-mean loss of a stratified batch (a plain step's scale).
+        """
+        num_tasks = grads.shape[0]
+        total, projections = pcgrad(grads, generator)
+        stats = {"projections": projections, "projection_rate": projections / (num_tasks * (num_tasks - 1))}
+        return total / num_tasks, stats
