@@ -9,7 +9,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 
 from dtr_lab.data import ImageDataModule
-from dtr_lab.errors import DTRLabError
+from dtr_lab.errors import find_bad_input
 from dtr_lab.module import DiffusionModule
 
 
@@ -39,8 +39,11 @@ def main(args: list[str] | None = None) -> None:
             },
             args=args,
         )
-    except DTRLabError as err:
-        print(f"dtr_lab: error: {err}", file=sys.stderr)
+    except Exception as exc:
+        bad_input = find_bad_input(exc)
+        if bad_input is None:
+            raise  # a bug, not bad input: keep the traceback
+        print(f"dtr_lab: error: {bad_input}", file=sys.stderr)
         sys.exit(2)
 
 

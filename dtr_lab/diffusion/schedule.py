@@ -12,10 +12,13 @@ from dtr_lab.errors import DTRLabError
 SCHEDULES = ("linear", "cosine")
 
 
-def linear_betas(num_timesteps: int, beta_start: float = 1e-4, beta_end: float = 0.02) -> torch.Tensor:
+def linear_betas(
+    num_timesteps: int, beta_start: float = 1e-4, beta_end: float = 0.02, max_beta: float = 0.999
+) -> torch.Tensor:
     """Ho et al.'s linear β_t, rescaled so that any T spans the same ᾱ range as T = 1000."""
     scale = 1000 / num_timesteps
-    return torch.linspace(scale * beta_start, scale * beta_end, num_timesteps, dtype=torch.float64)
+    betas = torch.linspace(scale * beta_start, scale * beta_end, num_timesteps, dtype=torch.float64)
+    return betas.clamp(max=max_beta)  # T < 50 would otherwise give β_t ≥ 1
 
 
 def cosine_betas(num_timesteps: int, s: float = 0.008, max_beta: float = 0.999) -> torch.Tensor:

@@ -15,29 +15,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dtr_lab.data.digits import digits_split, load_digits_tensors
 from dtr_lab.errors import DTRLabError
 
-NUM_DIGITS = 1797  # images in scikit-learn's 8×8 digits (a fixed, embedded data set)
-VAL_FRACTION = 0.1
 IMAGE_SIZE = 8
 NUM_CLASSES = 10
 CACHE_FILE = "digits_classifier-v1.pt"  # bump the version when the architecture or recipe changes
-
-
-def digits_split(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """(train_idx, val_idx): a seeded permutation of the digits whose first 10 % is validation."""
-    perm = torch.randperm(NUM_DIGITS, generator=torch.Generator().manual_seed(seed))
-    num_val = round(VAL_FRACTION * NUM_DIGITS)
-    return perm[num_val:], perm[:num_val]
-
-
-def load_digits_tensors() -> tuple[torch.Tensor, torch.Tensor]:
-    """All digits as (x, y): x (N, 1, 8, 8) float32 in [-1, 1] (pixels 0..16), y (N,) int64."""
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()
-    x = torch.as_tensor(digits.images, dtype=torch.float32).unsqueeze(1) / 16 * 2 - 1
-    return x, torch.as_tensor(digits.target, dtype=torch.int64)
 
 
 class DigitsClassifier(nn.Module):

@@ -1,0 +1,44 @@
+# Each target creates .venv and installs what it needs by itself (CPU torch where no GPU is present).
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+# The CPU build of torch unless an NVIDIA GPU is visible (an unpinned torch pulls a multi-GB CUDA build).
+TORCH_SPEC := $(shell if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then echo torch; else echo torch==2.13.0; fi)
+
+.PHONY: quickstart test test-slow bench reproduce lint clean-runs
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH_SPEC)"
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $@
+
+# Trains an unrouted and a DTR-routed DiT on the embedded digits with every analysis callback,
+# then writes the figures. Offline.
+quickstart: $(VENV)/.installed
+	$(PY) -m dtr_lab fit --config experiments/digits/base.yaml --config experiments/digits/vanilla.yaml \
+		--trainer.logger.init_args.save_dir runs/quickstart --trainer.logger.init_args.name vanilla
+	$(PY) -m dtr_lab fit --config experiments/quickstart.yaml
+	$(PY) analysis/make_figures.py runs/quickstart/vanilla/version_* runs/quickstart/dtr/version_* --out runs/quickstart/figures
+	@echo
+	@echo "Figures: runs/quickstart/figures/index.md"
+	@echo "Logs:    runs/quickstart/{vanilla,dtr}/version_*"
+	@echo "View:    $(PY) -m tensorboard.main --logdir runs/quickstart"
+
+test: $(VENV)/.installed
+	$(PY) -m pytest
+
+test-slow: $(VENV)/.installed
+	$(PY) -m pytest -m slow
+
+bench: $(VENV)/.installed
+	$(PY) benchmarks/routing_overhead.py
+	$(PY) benchmarks/callback_overhead.py
+	$(PY) benchmarks/mtl_overhead.py
+
+lint: $(VENV)/.installed
+	$(PY) -m ruff check dtr_lab tests benchmarks analysis
+
+clean-runs:
+	rm -rf runs/quickstart

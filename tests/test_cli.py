@@ -1,0 +1,102 @@
+"""The CLI end to end: fit writes logs, checkpoints and config; resume; configs compose; bad input."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from cli_helpers import DIGITS, REPO, run_cli, tiny
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from dtr_lab.cli import main
+
+
+def run_dir(save_dir: Path, name: str = "digits") -> Path:
+    versions = sorted((save_dir / name).glob("version_*"))
+    assert versions, f"no run directory under {save_dir / name}"
+    return versions[-1]
+
+
+def scalars(path: Path, tag: str) -> list[tuple[int, float]]:
+    acc = EventAccumulator(str(path))
+    acc.Reload()
+    return [(e.step, e.value) for e in acc.Scalars(tag)]
+
+
+def test_fit_writes_events_checkpoint_and_resolved_config(tmp_path):
+    proc = run_cli("fit", *DIGITS, "--config", str(REPO / "experiments/digits/dtr.yaml"), *tiny(tmp_path))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = run_dir(tmp_path)
+    assert list(out.glob("events.out.tfevents.*"))
+    assert (out / "checkpoints" / "last.ckpt").exists()
+    config = yaml.safe_load((out / "config.yaml").read_text())
+    assert config["model"]["routing"]["class_path"] == "dtr_lab.routing.DTRRouting"  # the composed file won
+    assert config["model"]["net"]["init_args"]["size"] == "DiT-T/2"
+    assert config["trainer"]["max_steps"] == 4
+    steps = [s for s, _ in scalars(out, "train/loss")]
+    assert steps[-1] == 3 and [s for s, _ in scalars(out, "val/loss_ema")]
+    assert list((out / "samples").glob("step*.png")) and list((out / "routing").glob("masks_*.png"))
+
+
+def test_print_config_and_composition():
+    proc = run_cli("fit", *DIGITS, "--config", str(REPO / "experiments/digits/rtr.yaml"),
+                   "--model.routing.init_args.beta", "0.5", "--print_config")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    config = yaml.safe_load(proc.stdout)
+    assert config["model"]["routing"]["class_path"] == "dtr_lab.routing.RandomRouting"
+    assert config["model"]["routing"]["init_args"]["beta"] == 0.5
+
+
+def test_resume_continues_the_same_run(tmp_path):
+    """12 steps straight == 6 steps + resume from last.ckpt to 12 (epochs of 6 batches of 256)."""
+    base = [*DIGITS, "--config", str(REPO / "experiments/digits/dtr.yaml")]
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    main(["fit", *base, *tiny(straight, steps=12, batch=256), "--checkpoint.every_n_train_steps", "6"])
+    main(["fit", *base, *tiny(split, steps=6, batch=256), "--checkpoint.every_n_train_steps", "6"])
+    first = run_dir(split)
+    main(["fit", *base, *tiny(split, steps=12, batch=256), "--ckpt_path", str(first / "checkpoints/last.ckpt")])
+    resumed = run_dir(split)
+    assert resumed != first  # a new version directory; the first run is untouched
+    a = torch.load(run_dir(straight) / "checkpoints/last.ckpt", weights_only=False)
+    b = torch.load(resumed / "checkpoints/last.ckpt", weights_only=False)
+    assert a["global_step"] == b["global_step"] == 12
+    for key, value in a["state_dict"].items():
+        torch.testing.assert_close(b["state_dict"][key], value, rtol=1e-5, atol=1e-6, msg=key)
+    loss_straight = dict(scalars(run_dir(straight), "train/loss"))
+    loss_split = dict(scalars(first, "train/loss")) | dict(scalars(resumed, "train/loss"))
+    assert sorted(loss_split) == sorted(loss_straight) == list(range(12))
+    for step, value in loss_straight.items():
+        assert loss_split[step] == pytest.approx(value, rel=1e-5)
+
+
+@pytest.mark.parametrize(
+    "overrides, needle",
+    [
+        (["--model.routing", "dtr_lab.routing.DTRRouting", "--model.routing.init_args.beta", "1.5"], "beta=1.5"),
+        (["--model.routing", "dtr_lab.routing.DTRRouting", "--model.routing.init_args.alpha", "0"], "alpha=0"),
+        (["--model.net.init_args.size", "DiT-Q/2"], "model size 'DiT-Q/2' is unknown"),
+        (["--model.routing", "dtr_lab.routing.SlidingRouting"], "SlidingRouting"),
+        (["--data.init_args.image_size", "12"], "data.image_size=12"),
+        (["--model.sampler", "euler"], "model.sampler='euler'"),
+    ],
+)
+def test_bad_config_is_one_clear_line(tmp_path, overrides, needle):
+    proc = run_cli("fit", *DIGITS, *tiny(tmp_path), *overrides)
+    assert proc.returncode == 2
+    assert needle in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "digits").exists()  # failed before any run directory was written
+
+
+def test_checkpoint_of_another_shape_is_rejected(tmp_path):
+    assert run_cli("fit", *DIGITS, *tiny(tmp_path, steps=2)).returncode == 0
+    first = run_dir(tmp_path)
+    before = sorted(p.name for p in first.rglob("*"))
+    proc = run_cli("fit", *DIGITS, *tiny(tmp_path, steps=4), "--model.net.init_args.size", "DiT-XS/2",
+                   "--ckpt_path", str(first / "checkpoints/last.ckpt"))
+    assert proc.returncode == 2
+    assert "checkpoint does not match the configured model" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert sorted(p.name for p in first.rglob("*")) == before  # the existing run is untouched

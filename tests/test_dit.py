@@ -1,0 +1,48 @@
+"""DiT: the size registry, shapes, conditioning and bad options."""
+
+import pytest
+import torch
+
+from dtr_lab.errors import DTRLabError
+from dtr_lab.models.dit import DiT, parse_size, sincos_pos_embed_2d
+from dtr_lab.routing import DTRRouting
+
+
+def test_registry_has_paper_sizes():
+    assert parse_size("DiT-XL/2")[0].hidden_size == 1152 and parse_size("DiT-XL/2")[1] == 2
+    assert parse_size("DiT-B/4")[0].depth == 12
+    with pytest.raises(DTRLabError, match="DiT-S/2"):
+        parse_size("DiT-Huge/2")
+
+
+def test_param_count_matches_paper_dit_s2():
+    # Peebles & Xie report 33.0M parameters for DiT-S/2 (ImageNet 256: 32×32×4 latents, 1000 classes, learned σ)
+    m = DiT(32, 4, 1000, 1000, size="DiT-S/2", learn_sigma=True)
+    assert sum(p.numel() for p in m.parameters()) / 1e6 == pytest.approx(33.0, abs=0.2)
+
+
+def test_forward_shapes_and_zero_init():
+    m = DiT(16, 3, 10, 1000, DTRRouting(), size="DiT-T/4", learn_sigma=True)
+    x = torch.randn(2, 3, 16, 16)
+    out = m(x, torch.tensor([0, 999]), torch.tensor([1, 10]))
+    assert out.shape == (2, 6, 16, 16)
+    assert torch.count_nonzero(out) == 0  # adaLN-Zero: the untrained model predicts zeros
+
+
+def test_unconditional_model_and_null_label():
+    m = DiT(8, 1, 0, 100, size="DiT-T/2")
+    assert m.y_embedder is None and m(torch.randn(1, 1, 8, 8), torch.tensor([3])).shape == (1, 1, 8, 8)
+    c = DiT(8, 1, 10, 100, size="DiT-T/2")
+    assert c.null_label == 10 and c.y_embedder.table.num_embeddings == 11
+
+
+def test_image_size_not_divisible_by_patch():
+    with pytest.raises(DTRLabError, match="not divisible by the patch size 4"):
+        DiT(10, 1, 10, 100, size="DiT-T/4")
+
+
+def test_sincos_position_embedding():
+    pe = sincos_pos_embed_2d(8, 3)
+    assert pe.shape == (9, 8)
+    assert torch.allclose(pe[0], torch.tensor([0.0, 0, 1, 1, 0, 0, 1, 1]))  # sin 0, cos 0 per axis
+    assert not torch.allclose(pe[1], pe[3])  # (0,1) and (1,0) differ

@@ -1,0 +1,124 @@
+"""Mask tables against hand-worked values, and the routed-block contract z + Block(m_t ⊙ z)."""
+
+import pytest
+import torch
+
+from dtr_lab.errors import DTRLabError
+from dtr_lab.models.dit import DiT, DiTBlock
+from dtr_lab.routing import DTRRouting, NoRouting, RandomRouting, Router, active_channels
+
+
+def rows(*bits: str) -> torch.Tensor:
+    return torch.tensor([[c == "1" for c in b] for b in bits])
+
+
+def test_dtr_linear_window_by_hand():
+    # alpha=1, beta=0.5, C=4, T=3: C_beta=2, start(t) = round(2 * t / 2) = t
+    assert torch.equal(DTRRouting(alpha=1.0, beta=0.5).masks(3, 4), rows("1100", "0110", "0011"))
+
+
+def test_dtr_alpha2_by_hand():
+    # C=10, beta=0.5 -> C_beta=5; start = round(5 (t/4)^2) = 0, round(0.3125)=0, round(1.25)=1, round(2.8125)=3, 5
+    m = DTRRouting(alpha=2.0, beta=0.5).masks(5, 10)
+    expected = rows("1111100000", "1111100000", "0111110000", "0001111100", "0000011111")
+    assert torch.equal(m, expected)
+
+
+def test_dtr_channels_not_divisible_by_ten():
+    # C=7, beta=0.8 -> C_beta = floor(5.6) = 5; T=2: start 0 and C - C_beta = 2
+    m = DTRRouting(alpha=4.0, beta=0.8).masks(2, 7)
+    assert torch.equal(m, rows("1111100", "0011111"))
+    assert active_channels(0.8, 7) == 5
+
+
+def test_dtr_paper_defaults_endpoints_and_counts():
+    m = DTRRouting().masks(1000, 384)
+    c_beta = int(0.8 * 384)
+    assert (m.sum(1) == c_beta).all()
+    assert m[0, :c_beta].all() and not m[0, c_beta:].any()  # first C_beta channels at t=0
+    assert m[-1, -c_beta:].all() and not m[-1, :-c_beta].any()  # last C_beta at t=T-1
+    # alpha=4: the window barely moves at low t, fast at high t
+    start = m.float().argmax(1)
+    assert start[250] <= 1 and start[999] - start[900] > start[500] - start[0]
+
+
+def test_beta_one_is_all_channels():
+    assert DTRRouting(alpha=4.0, beta=1.0).masks(10, 6).all()
+    assert RandomRouting(beta=1.0).masks(10, 6).all()
+    assert NoRouting().masks(10, 6).all()
+
+
+def test_adjacent_timesteps_overlap_more_than_distant():
+    for strategy in (DTRRouting(alpha=4.0, beta=0.8), DTRRouting(alpha=1.0, beta=0.5)):
+        m = strategy.masks(1000, 128).float()
+        overlap = m @ m.T  # (T, T) shared channels
+        for t in (100, 500, 900):
+            assert overlap[t, t + 1] >= overlap[t, t + 50] >= overlap[t, 0]
+        assert overlap[998, 999] > overlap[0, 999]
+
+
+def test_random_routing_is_seeded_and_sized():
+    a, b, c = RandomRouting(0.5, seed=1).masks(50, 20), RandomRouting(0.5, seed=1).masks(50, 20), RandomRouting(0.5, seed=2).masks(50, 20)
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    assert (a.sum(1) == 10).all()
+    assert len({tuple(r.tolist()) for r in a}) > 40  # independent per timestep
+
+
+@pytest.mark.parametrize("kwargs", [{"beta": 0.0}, {"beta": 1.5}, {"alpha": 0.0}, {"alpha": -1.0}])
+def test_bad_routing_options(kwargs):
+    with pytest.raises(DTRLabError, match="alpha|beta"):
+        DTRRouting(**kwargs)
+
+
+def test_router_gathers_each_samples_mask():
+    router = Router(DTRRouting(alpha=1.0, beta=0.5), num_timesteps=3, widths=[4])
+    m = router.masks(torch.tensor([2, 0]), 4)
+    assert torch.equal(m.bool(), rows("0011", "1100"))
+    assert Router(NoRouting(), 3, [4]).masks(torch.tensor([0]), 4) is None
+    assert "table_4" not in router.state_dict()  # derived from config, not saved
+
+
+def randomised(block: torch.nn.Module) -> torch.nn.Module:
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in block.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen) * 0.3)
+    return block
+
+
+def test_routed_block_inactive_channel_passes_through_exactly():
+    torch.manual_seed(0)
+    D, T = 16, 10
+    block = randomised(DiTBlock(D, num_heads=2)).double()
+    router = Router(DTRRouting(alpha=1.0, beta=0.5), T, [D]).double()
+    t = torch.tensor([0, 9])
+    mask = router.masks(t, D)  # t=0 -> channels 0..7 active, t=9 -> 8..15
+    z = torch.randn(2, 5, D, dtype=torch.float64)
+    c = torch.randn(2, D, dtype=torch.float64)
+    out = block(z, c, mask)
+    delta = 0.7
+    for sample, channel in ((0, 12), (1, 3)):  # inactive for that sample's t
+        z2 = z.clone()
+        z2[sample, :, channel] += delta
+        diff = block(z2, c, mask) - out
+        expected = torch.zeros_like(diff)
+        expected[sample, :, channel] = delta
+        torch.testing.assert_close(diff, expected, atol=1e-12, rtol=0)
+    # an active channel changes the block's output elsewhere too
+    z3 = z.clone()
+    z3[0, :, 2] += delta
+    assert (block(z3, c, mask) - out)[0, :, 5].abs().max() > 1e-6
+
+
+def test_beta_one_dtr_equals_no_routing_with_same_weights():
+    kw = dict(input_size=8, in_channels=1, num_classes=10, num_timesteps=100, size="DiT-T/2")
+    plain = DiT(**kw, routing=NoRouting())
+    randomised(plain)
+    routed = DiT(**kw, routing=DTRRouting(alpha=4.0, beta=1.0))
+    routed.load_state_dict(plain.state_dict())
+    x, t, y = torch.randn(4, 1, 8, 8), torch.tensor([0, 10, 50, 99]), torch.tensor([1, 2, 3, 10])
+    torch.testing.assert_close(routed(x, t, y), plain(x, t, y), atol=1e-5, rtol=1e-5)
+    # and a real DTR mask changes the function
+    dtr = DiT(**kw, routing=DTRRouting())
+    dtr.load_state_dict(plain.state_dict())
+    assert not torch.allclose(dtr(x, t, y), plain(x, t, y), atol=1e-4)
