@@ -1,0 +1,300 @@
+"""CIFAR-10, image-folder and latent DataModules on tiny fake data in the real formats."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import pickle
+import sys
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from dtr_lab.data import cifar10
+from dtr_lab.data.cifar10 import CIFAR10DataModule
+from dtr_lab.data.image_folder import ImageFolderDataModule, center_crop_resize
+from dtr_lab.data.latents import LatentDataModule
+from dtr_lab.errors import DTRLabError
+
+BATCH_NAMES = [f"data_batch_{k}" for k in range(1, 6)] + ["test_batch"]
+
+
+def fake_cifar_batches(n_per_batch: int = 4) -> dict[str, dict]:
+    """Pickle-ready batches: image j of batch b has every byte equal to 10·b + j, label (b + j) % 10."""
+    batches = {}
+    for b, name in enumerate(BATCH_NAMES):
+        data = np.stack([np.full(3072, 10 * b + j, dtype=np.uint8) for j in range(n_per_batch)])
+        batches[name] = {b"data": data, b"labels": [(b + j) % 10 for j in range(n_per_batch)]}
+    # one pixel marks the row-major, channel-first layout: red plane, row 0, column 31
+    batches["test_batch"][b"data"][0, 31] = 255
+    return batches
+
+
+def write_fake_cifar(root: Path, n_per_batch: int = 4, archive: bool = True) -> Path:
+    """A CIFAR-10 python-format archive (or extracted folder) with n_per_batch images per batch."""
+    root.mkdir(parents=True, exist_ok=True)
+    batches = fake_cifar_batches(n_per_batch)
+    if not archive:
+        folder = root / "cifar-10-batches-py"
+        folder.mkdir()
+        for name, batch in batches.items():
+            (folder / name).write_bytes(pickle.dumps(batch))
+        return folder
+    path = root / "cifar-10-python.tar.gz"
+    with tarfile.open(path, "w:gz") as tar:
+        for name, batch in batches.items():
+            raw = pickle.dumps(batch)
+            info = tarfile.TarInfo(f"cifar-10-batches-py/{name}")
+            info.size = len(raw)
+            tar.addfile(info, io.BytesIO(raw))
+    return path
+
+
+# ----------------------------------------------------------------------------------------- CIFAR-10
+@pytest.mark.parametrize("archive", [True, False])
+def test_cifar_values_labels_and_layout(tmp_path, archive):
+    write_fake_cifar(tmp_path, archive=archive)
+    dm = CIFAR10DataModule(root=str(tmp_path), batch_size=8, random_flip=False)
+    dm.setup("fit")
+    assert (dm.image_size, dm.in_channels, dm.num_classes) == (32, 3, 10)
+    assert len(dm.train_set) == 20 and len(dm.val_set) == 4
+    x, y = dm.train_set[6]  # batch 1 (data_batch_2), image 2: byte 12, label 3
+    assert x.dtype == torch.float32 and x.shape == (3, 32, 32)
+    assert torch.allclose(x, torch.full_like(x, 12 / 127.5 - 1)) and int(y) == 3
+    x, y = dm.val_set[0]  # test batch (b = 5), image 0: byte 50, label 5, one pixel 255
+    assert x[0, 0, 31] == 1.0 and int(y) == 5
+    assert (x == 50 / 127.5 - 1).sum() == 3 * 32 * 32 - 1
+    xb, yb = next(iter(dm.train_dataloader()))
+    assert xb.shape == (8, 3, 32, 32) and yb.dtype == torch.long
+    assert xb.min() >= -1 and xb.max() <= 1
+
+
+def test_cifar_flip_doubles_training_set_with_mirror_images(tmp_path):
+    write_fake_cifar(tmp_path)
+    dm = CIFAR10DataModule(root=str(tmp_path))
+    dm.setup("fit")
+    assert len(dm.train_set) == 40 and len(dm.val_set) == 4  # validation is never flipped
+    x = torch.arange(3 * 32 * 32, dtype=torch.float32).view(3, 32, 32)
+    dm.train_set.dataset.tensors[0][7] = x  # a non-symmetric image to tell the mirror apart
+    assert torch.equal(dm.train_set[7][0], x)
+    assert torch.equal(dm.train_set[27][0][:, 5, 0], x[:, 5, 31])
+    assert int(dm.train_set[27][1]) == int(dm.train_set[7][1])
+
+
+def test_cifar_missing_root_fails_in_init(tmp_path):
+    with pytest.raises(DTRLabError, match=r"data\.root=.*nowhere.*download true"):
+        CIFAR10DataModule(root=str(tmp_path / "nowhere"))
+    CIFAR10DataModule(root=str(tmp_path / "nowhere"), download=True)  # fetched later, in prepare_data
+
+
+def test_cifar_truncated_archive_names_the_file(tmp_path):
+    path = write_fake_cifar(tmp_path)
+    path.write_bytes(path.read_bytes()[:300])
+    dm = CIFAR10DataModule(root=str(tmp_path))
+    with pytest.raises(DTRLabError, match="cifar-10-python.tar.gz"):
+        dm.setup("fit")
+
+
+def test_cifar_garbage_batch_names_the_file(tmp_path):
+    folder = write_fake_cifar(tmp_path, archive=False)
+    (folder / "data_batch_3").write_bytes(b"\x80\x04not a pickle at all")
+    with pytest.raises(DTRLabError, match="data_batch_3"):
+        CIFAR10DataModule(root=str(tmp_path)).setup("fit")
+
+
+def test_cifar_download_checks_md5_and_leaves_nothing_on_mismatch(tmp_path, monkeypatch):
+    source = write_fake_cifar(tmp_path / "src")
+    monkeypatch.setattr(
+        cifar10.urllib.request, "urlretrieve", lambda url, dst: Path(dst).write_bytes(source.read_bytes())
+    )
+    root = tmp_path / "data"
+    dm = CIFAR10DataModule(root=str(root), download=True)
+    with pytest.raises(DTRLabError, match="md5"):
+        dm.prepare_data()
+    assert not any(root.iterdir())
+    monkeypatch.setattr(cifar10, "ARCHIVE_MD5", hashlib.md5(source.read_bytes()).hexdigest())
+    dm.prepare_data()
+    dm.setup("fit")
+    assert len(dm.val_set) == 4
+
+
+# ------------------------------------------------------------------------------------- image folder
+def save_png(path: Path, array: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array.astype(np.uint8)).save(path)
+
+
+def test_center_crop_resize_keeps_the_centre_square():
+    img = np.zeros((32, 64, 3), np.uint8)
+    img[:, 16:48] = 255  # the centre square is white, the sides black
+    out = np.asarray(center_crop_resize(Image.fromarray(img), 16))
+    assert out.shape == (16, 16, 3) and (out == 255).all()
+    grey = np.asarray(center_crop_resize(Image.fromarray(np.full((30, 17, 3), 77, np.uint8)), 12))
+    assert grey.shape == (12, 12, 3) and np.abs(grey.astype(int) - 77).max() <= 1
+
+
+def make_folder(root: Path, corrupt: bool = True) -> None:
+    for k in range(3):
+        save_png(root / "cat" / f"{k}.png", np.full((20, 24, 3), 10, np.uint8))
+        save_png(root / "dog" / f"{k}.png", np.full((24, 20, 3), 200, np.uint8))
+    if corrupt:
+        (root / "dog" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n definitely not image data")
+
+
+def test_image_folder_skips_unreadable_files_with_a_count(tmp_path):
+    make_folder(tmp_path)
+    dm = ImageFolderDataModule(str(tmp_path), image_size=8, batch_size=2, val_fraction=0.2, random_flip=False)
+    assert (dm.image_size, dm.in_channels, dm.num_classes) == (8, 3, 2)
+    with pytest.warns(UserWarning, match="skipped 1 unreadable"):
+        dm.setup("fit")
+    assert [p.name for p in dm.skipped] == ["broken.png"]
+    assert len(dm.train_set) + len(dm.val_set) == 6 and len(dm.val_set) == 1
+    for x, y in [dm.train_set[i] for i in range(len(dm.train_set))]:
+        assert x.shape == (3, 8, 8)
+        assert torch.allclose(x, torch.full_like(x, (10 if y == 0 else 200) / 127.5 - 1))  # "cat" < "dog"
+    xb, yb = next(iter(dm.train_dataloader()))
+    assert xb.shape == (2, 3, 8, 8) and yb.dtype == torch.long
+
+
+def test_image_folder_file_that_fails_to_decode_is_named(tmp_path):
+    make_folder(tmp_path, corrupt=False)
+    path = tmp_path / "cat" / "cut.jpg"
+    Image.fromarray(np.random.default_rng(1).integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(path)
+    path.write_bytes(path.read_bytes()[: path.stat().st_size * 2 // 3])  # header intact, pixel data cut
+    dm = ImageFolderDataModule(str(tmp_path), image_size=8, val_fraction=0.0, random_flip=False)
+    dm.setup("fit")
+    assert not dm.skipped  # the cheap setup check reads headers only
+    with pytest.raises(DTRLabError, match=r"cut\.jpg"):
+        [dm.train_set[i] for i in range(len(dm.train_set))]
+
+
+def test_image_folder_stop_names_the_bad_file(tmp_path):
+    make_folder(tmp_path)
+    dm = ImageFolderDataModule(str(tmp_path), image_size=8, on_bad_file="stop")
+    with pytest.raises(DTRLabError, match=r"broken\.png.*on_bad_file=skip"):
+        dm.setup("fit")
+
+
+def test_image_folder_flat_is_unconditional_and_flip_doubles(tmp_path):
+    for k in range(4):
+        save_png(
+            tmp_path / f"{k}.png", np.tile(np.arange(16, dtype=np.uint8)[None, :, None] * 10, (16, 1, 3))
+        )
+    dm = ImageFolderDataModule(str(tmp_path), image_size=16, val_fraction=0.25)
+    dm.setup("fit")
+    assert dm.num_classes == 0 and len(dm.train_set) == 2 * 3
+    x, y = dm.train_set[0]
+    assert torch.equal(dm.train_set[3][0], x.flip(-1)) and not torch.equal(x, x.flip(-1)) and y == 0
+
+
+@pytest.mark.parametrize("make", ["missing", "empty", "empty_class"])
+def test_image_folder_bad_roots_fail_in_init(tmp_path, make):
+    if make == "empty":
+        (tmp_path / "notes.txt").write_text("no images here")
+    if make == "empty_class":
+        make_folder(tmp_path, corrupt=False)
+        (tmp_path / "zebra").mkdir()
+    root = tmp_path / "nowhere" if make == "missing" else tmp_path
+    with pytest.raises(DTRLabError, match="data.root|no images"):
+        ImageFolderDataModule(str(root))
+
+
+# ------------------------------------------------------------------------------------------ latents
+def write_latents(root: Path, sizes=(3, 2), shape=(4, 2, 2), flip=True, num_classes=5) -> np.ndarray:
+    """Shards whose sample k has every latent value k (twin: −k) and label k % num_classes."""
+    root.mkdir(parents=True, exist_ok=True)
+    start = 0
+    for s, n in enumerate(sizes):
+        k = np.arange(start, start + n, dtype=np.float32)[:, None, None, None]
+        np.save(root / f"latents_{s:05d}.npy", np.broadcast_to(k, (n, *shape)).astype(np.float16))
+        np.save(root / f"labels_{s:05d}.npy", np.arange(start, start + n) % num_classes)
+        if flip:
+            np.save(root / f"latents_flip_{s:05d}.npy", np.broadcast_to(-k, (n, *shape)).astype(np.float16))
+        start += n
+    meta = {
+        "vae": "unused",
+        "scaling_factor": 0.18215,
+        "latent_shape": list(shape),
+        "num_classes": num_classes,
+        "num_samples": start,
+        "flip": flip,
+        "image_size": 16,
+    }
+    (root / "meta.json").write_text(json.dumps(meta))
+    return meta
+
+
+def test_latents_read_across_shards_with_flip_twins(tmp_path):
+    write_latents(tmp_path)
+    dm = LatentDataModule(str(tmp_path), batch_size=2, val_fraction=0.2)
+    assert (dm.image_size, dm.in_channels, dm.num_classes) == (2, 4, 5)
+    dm.setup("fit")
+    assert len(dm.val_set) == 1 and len(dm.train_set) == 2 * 4
+    seen = set()
+    for i in range(4):
+        z, y = dm.train_set[i]
+        k = int(z[0, 0, 0])
+        assert z.dtype == torch.float32 and z.shape == (4, 2, 2) and (z == k).all() and y == k % 5
+        twin, y_twin = dm.train_set[4 + i]
+        assert (twin == -k).all() and y_twin == y
+        seen.add(k)
+    ((z_val, _),) = [dm.val_set[0]]
+    assert seen | {int(z_val[0, 0, 0])} == {0, 1, 2, 3, 4}  # train and val split all samples
+
+
+def test_latents_without_flip_pairs_ignore_twins(tmp_path):
+    write_latents(tmp_path)
+    dm = LatentDataModule(str(tmp_path), val_fraction=0.0, flip_pairs=False)
+    dm.setup("fit")
+    assert len(dm.train_set) == 5 and all(dm.train_set[i][0].min() >= 0 for i in range(5))
+
+
+@pytest.mark.parametrize(
+    "damage, named",
+    [
+        (lambda r: np.save(r / "latents_00001.npy", np.zeros((2, 4, 3, 3), np.float16)), "latents_00001.npy"),
+        (lambda r: np.save(r / "labels_00000.npy", np.arange(2)), "labels_00000.npy"),
+        (
+            lambda r: np.save(r / "latents_flip_00001.npy", np.zeros((1, 4, 2, 2), np.float16)),
+            "latents_flip_00001",
+        ),
+        (lambda r: (r / "labels_00001.npy").unlink(), "labels_00001.npy"),
+        (lambda r: (r / "latents_00000.npy").write_bytes(b"garbage"), "latents_00000.npy"),
+    ],
+)
+def test_latents_bad_shards_name_the_shard(tmp_path, damage, named):
+    write_latents(tmp_path)
+    damage(tmp_path)
+    dm = LatentDataModule(str(tmp_path))
+    with pytest.raises(DTRLabError, match=named):
+        dm.setup("fit")
+
+
+def test_latents_missing_meta_or_shard(tmp_path):
+    with pytest.raises(DTRLabError, match="data.root"):
+        LatentDataModule(str(tmp_path / "nowhere"))
+    with pytest.raises(DTRLabError, match="meta.json"):
+        LatentDataModule(str(tmp_path))
+    write_latents(tmp_path)
+    for name in ("latents_00001.npy", "labels_00001.npy", "latents_flip_00001.npy"):
+        (tmp_path / name).unlink()
+    with pytest.raises(DTRLabError, match="hold 3 samples, meta.json says 5"):
+        LatentDataModule(str(tmp_path)).setup("fit")
+
+
+def test_latent_decode_without_diffusers_is_a_clear_error(tmp_path, monkeypatch):
+    write_latents(tmp_path)
+    monkeypatch.setitem(sys.modules, "diffusers", None)  # makes `import diffusers` raise ImportError
+    with pytest.raises(DTRLabError, match=r"dtr_lab\[vae\]"):
+        LatentDataModule(str(tmp_path)).decode(torch.zeros(1, 4, 2, 2))
+
+
+def test_image_modules_have_no_decode(tmp_path):
+    """The data space of image modules is images: callers test `getattr(dm, "decode", None)`."""
+    write_fake_cifar(tmp_path)
+    assert getattr(CIFAR10DataModule(root=str(tmp_path)), "decode", None) is None
