@@ -23,6 +23,10 @@ class DTRLabCLI(LightningCLI):
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         parser.set_defaults({"checkpoint.save_last": True, "checkpoint.every_n_train_steps": 500})
 
+    def before_fit(self) -> None:
+        """Checks that need both model and data, before the trainer writes anything."""
+        self.model.check_batch_size(self.datamodule.batch_size)
+
 
 def main(args: list[str] | None = None) -> None:
     try:

@@ -17,7 +17,11 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel
 
 from dtr_lab.diffusion import GaussianDiffusion, guided, per_sample_mse, sample
+from dtr_lab.diffusion.learned_variance import split_output, vb_term
+from dtr_lab.diffusion.weighting import LossWeighting, Uniform
 from dtr_lab.errors import DTRLabError
+from dtr_lab.mtl import NashMTL, PCGrad, UncertaintyWeighting
+from dtr_lab.mtl.gradients import flat_grad, interval_gradients, write_grad
 from dtr_lab.routing import NoRouting, RoutingStrategy
 
 # (input_size, in_channels, num_classes, num_timesteps, routing) -> network
@@ -47,7 +51,11 @@ class DiffusionModule(L.LightningModule):
         routing: RoutingStrategy | None = None,
         num_timesteps: int = 1000,
         schedule: str = "linear",
+        weighting: LossWeighting | None = None,
+        mtl: UncertaintyWeighting | PCGrad | NashMTL | None = None,
         optimizer: OptimizerFactory | None = None,
+        gradient_clip_val: float | None = None,
+        compile: bool = False,
         ema_decay: float = 0.9999,
         class_dropout_prob: float = 0.1,
         sampler: str = "ddpm",
@@ -65,7 +73,13 @@ class DiffusionModule(L.LightningModule):
             routing: NoRouting (default), RandomRouting or DTRRouting.
             num_timesteps: T, the number of denoising tasks.
             schedule: β-schedule, 'linear' or 'cosine'.
+            weighting: per-sample loss weight from SNR(t): Uniform (default), MinSNR or P2.
+            mtl: a method over K timestep intervals (stratified batches): UncertaintyWeighting
+                (ANT-UW), or the gradient methods PCGrad and NashMTL (manual optimisation).
             optimizer: optimizer class and options; default AdamW(lr=1e-4, weight_decay=0) as in DTR.
+            gradient_clip_val: max gradient norm for the gradient methods (which optimise manually;
+                otherwise use Lightning's trainer.gradient_clip_val).
+            compile: torch.compile the network in place (GPU speed; state_dict keys unchanged).
             ema_decay: EMA decay of the sampling weights (0.9999 in the papers), with warm-up.
             class_dropout_prob: share of training labels replaced by the null label (for guidance).
             sampler: 'ddpm' (ancestral) or 'ddim' (deterministic) for samples made by the module.
@@ -83,10 +97,17 @@ class DiffusionModule(L.LightningModule):
             raise DTRLabError(f"model.ema_decay={ema_decay} must be in [0, 1); the papers use 0.9999")
         if not 0.0 <= class_dropout_prob < 1.0:
             raise DTRLabError(f"model.class_dropout_prob={class_dropout_prob} must be in [0, 1)")
-        self.save_hyperparameters(ignore=["net", "routing", "optimizer"])
+        self.save_hyperparameters(ignore=["net", "routing", "optimizer", "weighting", "mtl"])
         self.routing = routing or NoRouting()
+        self.weighting = weighting or Uniform()
         self.diffusion = GaussianDiffusion(num_timesteps, schedule)
+        self.mtl = mtl
+        self.task_intervals = None if mtl is None else mtl.intervals.build(self.diffusion.snr(torch.arange(num_timesteps)))
+        # the gradient methods combine K per-interval gradients themselves
+        self.automatic_optimization = not isinstance(mtl, (PCGrad, NashMTL))
         self.net = net(image_size, in_channels, num_classes, num_timesteps, self.routing)
+        if compile:
+            self.net.compile()
         self.ema = AveragedModel(self.net, multi_avg_fn=ema_multi_avg_fn(ema_decay), use_buffers=True)
         self.ema.requires_grad_(False)
         self.optimizer_factory = optimizer
@@ -103,6 +124,15 @@ class DiffusionModule(L.LightningModule):
                 self._rng_state = None
         return self.rng
 
+    def loss_terms(
+        self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor, y: torch.Tensor | None, net: nn.Module
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Per-sample ε-MSE (N,) and, for a learned-σ network, the L_vb term (N,) with the mean stopped."""
+        x_t = self.diffusion.q_sample(x0, t, noise)
+        eps, v = split_output(net(x_t, t, y), x0.shape[1])
+        mse = per_sample_mse(eps, noise)
+        return mse, None if v is None else vb_term(self.diffusion, x0, x_t, t, eps, v)
+
     def per_sample_loss(
         self,
         x0: torch.Tensor,
@@ -112,14 +142,23 @@ class DiffusionModule(L.LightningModule):
         net: nn.Module | None = None,
     ) -> torch.Tensor:
         """Unweighted ‖ε − ε_θ(x_t, t, y)‖² per sample, (N,); net defaults to the trained network."""
-        net = self.net if net is None else net
-        x_t = self.diffusion.q_sample(x0, t, noise)
-        return per_sample_mse(net(x_t, t, y), noise)
+        return self.loss_terms(x0, t, noise, y, self.net if net is None else net)[0]
+
+    def training_loss(
+        self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor, y: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The objective per sample, w(SNR_t)·MSE (+ L_vb), and the raw MSE for the analyses; (N,) each."""
+        mse, vb = self.loss_terms(x0, t, noise, y, self.net)
+        loss = self.weighting(self.diffusion.snr(t)) * mse
+        return (loss if vb is None else loss + vb), mse
 
     def draw(self, x0: torch.Tensor, y: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """Timesteps, noise and label dropout for one training batch, from the module's generator."""
         gen = self.generator()
-        t = self.diffusion.sample_timesteps(x0.shape[0], gen, self.device)
+        if self.task_intervals is None:
+            t = self.diffusion.sample_timesteps(x0.shape[0], gen, self.device)
+        else:  # stratified: B/K samples from each interval, grouped by interval
+            t = self.task_intervals.sample(self.task_intervals.per_interval(x0.shape[0]), gen, self.device)
         noise = torch.randn(x0.shape, generator=gen, device=self.device, dtype=x0.dtype)
         if y is not None and self.hparams.num_classes > 0 and self.hparams.class_dropout_prob > 0:
             drop = torch.rand(y.shape, generator=gen, device=self.device) < self.hparams.class_dropout_prob
@@ -130,21 +169,73 @@ class DiffusionModule(L.LightningModule):
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> dict[str, Any]:
         x0, y = batch
         t, noise, y = self.draw(x0, y)
-        losses = self.per_sample_loss(x0, t, noise, y)  # (N,)
-        loss = losses.mean()
-        self.log("train/loss", loss, prog_bar=True)
+        if not self.automatic_optimization:
+            return self.gradient_method_step(x0, t, noise, y)
+        losses, mse = self.training_loss(x0, t, noise, y)  # (N,) each
+        if isinstance(self.mtl, UncertaintyWeighting):
+            loss = self.mtl(losses.view(self.task_intervals.num_intervals, -1).mean(1))
+            self.log_dict({f"uw/s_{k}": s for k, s in enumerate(self.mtl.log_var.detach())})
+        else:
+            loss = losses.mean()
+        self.log("train/loss", mse.mean(), prog_bar=True)
         # callbacks (TimestepLoss) bin these by t without another forward pass
-        return {"loss": loss, "t": t, "per_sample_loss": losses.detach()}
+        return {"loss": loss, "t": t, "per_sample_loss": mse.detach()}
+
+    def gradient_method_step(
+        self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor, y: torch.Tensor | None
+    ) -> dict[str, Any]:
+        """PCGrad / Nash-MTL: K per-interval gradients (one sub-batch each) -> one combined update."""
+        opt = self.optimizers()
+        params = [p for p in self.net.parameters() if p.requires_grad]
+        K = self.task_intervals.num_intervals
+        if isinstance(self.mtl, NashMTL) and not self.mtl.due(self.global_step):
+            # between solves the update is ∇ Σ α_k L_k: one ordinary backward, the paper's saving
+            losses, mse = self.training_loss(x0, t, noise, y)
+            weighted = self.mtl.alpha.to(losses) @ losses.view(K, -1).mean(1)
+            update = flat_grad(weighted, params)
+            norm = update.norm()
+            update = update * (self.mtl.max_norm / norm).clamp(max=1.0)
+            stats: dict[str, Any] = {"alpha": self.mtl.alpha}
+        else:
+            grads, mse = interval_gradients(
+                lambda *sub: self.training_loss(*sub), (x0, t, noise, y), K, params
+            )  # (K, P), (N,)
+            if isinstance(self.mtl, PCGrad):
+                gen = torch.Generator().manual_seed(self.hparams.seed * 1_000_003 + self.global_step)
+                update, stats = self.mtl.combine(grads, gen)
+            else:
+                update, stats = self.mtl.combine(grads, self.global_step)
+        if self.trainer.world_size > 1:  # autograd.grad bypasses DDP's gradient all-reduce
+            update = self.trainer.strategy.reduce(update, reduce_op="mean")
+        write_grad(update, params)
+        if self.hparams.gradient_clip_val:
+            self.clip_gradients(opt, gradient_clip_val=self.hparams.gradient_clip_val, gradient_clip_algorithm="norm")
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        self.ema.update_parameters(self.net)
+        self.log("train/loss", mse.mean(), prog_bar=True)
+        if "alpha" in stats:
+            self.log_dict({f"nash/alpha_{k}": a for k, a in enumerate(stats["alpha"].tolist())})
+        if "projection_rate" in stats:
+            self.log("pcgrad/projection_rate", float(stats["projection_rate"]))
+        return {"loss": mse.mean().detach(), "t": t, "per_sample_loss": mse.detach()}
 
     def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
         super().optimizer_step(*args, **kwargs)
         self.ema.update_parameters(self.net)  # once per optimizer step, also under accumulation
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        params = [p for p in self.net.parameters() if p.requires_grad]
+        groups = [{"params": [p for p in self.net.parameters() if p.requires_grad]}]
+        if isinstance(self.mtl, UncertaintyWeighting):
+            groups.append(self.mtl.param_group())  # s_k has its own learning rate
         if self.optimizer_factory is None:
-            return torch.optim.AdamW(params, lr=1e-4, weight_decay=0.0)
-        return self.optimizer_factory(params)
+            return torch.optim.AdamW(groups, lr=1e-4, weight_decay=0.0)
+        return self.optimizer_factory(groups)
+
+    def check_batch_size(self, batch_size: int) -> None:
+        """Stratified sampling needs B divisible by K; checked before anything is written."""
+        if self.task_intervals is not None:
+            self.task_intervals.per_interval(batch_size)
 
     # ------------------------------------------------------------- validation
     def fixed_draw(self, x0: torch.Tensor, batch_idx: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,5 +1,6 @@
 """Denoising networks: plain nn.Modules whose blocks are routed by a RoutingStrategy."""
 
 from dtr_lab.models.dit import DiT
+from dtr_lab.models.unet import UNet
 
-__all__ = ["DiT"]
+__all__ = ["DiT", "UNet"]
