@@ -1,4 +1,6 @@
-"""RoutingMaps: the T×C mask table of every routed width, as an image, at fit start."""
+"""RoutingMaps: the T×C mask table of every routed width, as an image, and the channel overlap
+(IoU) between task intervals, at fit start: the routing's designed affinity, to set beside the
+measured one."""
 
 from __future__ import annotations
 
@@ -6,23 +8,74 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from lightning.pytorch.utilities import rank_zero_only
+import torch.nn.functional as F
 
+from dtr_lab.callbacks.heatmap import heatmap_figure, log_figure
 from dtr_lab.callbacks.logging import log_dir, save_png
+from dtr_lab.callbacks.records import RecordWriter, write_intervals
+from dtr_lab.errors import DTRLabError
+from dtr_lab.mtl.intervals import Intervals, TaskIntervals
 from dtr_lab.routing import Router
 
 
-class RoutingMaps(L.Callback):
-    """Logs each mask table (rows: timesteps t, columns: channels; white = active)."""
+def interval_iou(table: torch.Tensor, intervals: TaskIntervals) -> torch.Tensor:
+    """Mean channel IoU |m_t ∧ m_s| / |m_t ∨ m_s| over all pairs t ∈ interval i, s ∈ interval j, (K, K)."""
+    m = table.float()  # (T, C)
+    inter = m @ m.T  # (T, T)
+    active = m.sum(dim=1)  # (T,)
+    iou = inter / (active[:, None] + active[None, :] - inter).clamp(min=1)  # (T, T)
+    member = F.one_hot(intervals.index(torch.arange(m.shape[0])), intervals.num_intervals).float()  # (T, K)
+    size = member.sum(dim=0)  # (K,)
+    return (member.T @ iou @ member) / (size[:, None] * size[None, :])  # (K, K)
 
-    @rank_zero_only
+
+class RoutingMaps(L.Callback):
+    """Logs each mask table (rows: timesteps t, columns: channels; white = active) and the K×K IoU."""
+
+    def __init__(self, intervals: Intervals | None = None) -> None:
+        """
+        Args:
+            intervals: the K task intervals for the IoU matrix (default: 5, uniform in t).
+        """
+        self.intervals = intervals or Intervals()
+        self.task_intervals: TaskIntervals | None = None
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if stage != "fit":
+            return
+        T = pl_module.diffusion.num_timesteps
+        try:
+            self.task_intervals = self.intervals.build(pl_module.diffusion.snr(torch.arange(T)).cpu())
+        except DTRLabError as err:
+            raise DTRLabError(f"RoutingMaps.{err}") from None
+
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        routers = [m for m in pl_module.net.modules() if isinstance(m, Router)]
+        if not trainer.is_global_zero:
+            return
+        tables = {
+            name: table.detach().cpu()
+            for router in pl_module.net.modules()
+            if isinstance(router, Router)
+            for name, table in router.named_buffers()
+        }
         out = log_dir(trainer)
-        for router in routers:
-            for name, table in router.named_buffers():
-                image = table.detach().float().cpu()[None]  # (1, T, C)
-                if trainer.logger is not None and hasattr(trainer.logger.experiment, "add_image"):
-                    trainer.logger.experiment.add_image(f"routing/masks_{name}", image, 0)
-                if out is not None:
-                    save_png(image, Path(out) / "routing" / f"masks_{name}.png", scale=1)
+        for name, table in tables.items():
+            image = table.float()[None]  # (1, T, C)
+            for logger in trainer.loggers:
+                if hasattr(logger.experiment, "add_image"):
+                    logger.experiment.add_image(f"routing/masks_{name}", image, 0)
+            if out is not None:
+                save_png(image, Path(out) / "routing" / f"masks_{name}.png", scale=1)
+        if not tables:
+            return
+        ious = {name: interval_iou(table, self.task_intervals) for name, table in tables.items()}
+        labels = self.task_intervals.labels()
+        log_figure(trainer, "routing/iou", heatmap_figure(ious, labels, 0.0, 1.0), 0)
+        if out is not None:
+            writer = RecordWriter(out, "routing")
+            write_intervals(out, "routing", self.task_intervals.edges)
+            # one width (DiT): its IoU; several (U-Net): their mean, and each as iou/<table>
+            writer.matrix(0, "iou", torch.stack(list(ious.values())).mean(dim=0))
+            if len(ious) > 1:
+                for name, iou in ious.items():
+                    writer.matrix(0, f"iou/{name}", iou)

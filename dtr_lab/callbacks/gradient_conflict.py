@@ -1,0 +1,120 @@
+"""GradientConflict: the cosine between per-interval gradients on a fixed probe, over training.
+
+cos(g_i, g_j) < 0 means a step that lowers interval i's loss raises interval j's: the tasks
+conflict. ANT (Go et al., NeurIPS 2023) calls this cosine the task affinity score.
+"""
+
+from __future__ import annotations
+
+import lightning as L
+import torch
+
+from dtr_lab.callbacks.heatmap import heatmap_figure, log_figure
+from dtr_lab.callbacks.probe import (
+    AUTO,
+    IntervalProbe,
+    Probe,
+    block_slices,
+    cosine_matrix,
+    gram,
+    write_matrix,
+)
+from dtr_lab.mtl.intervals import Intervals
+
+
+def neg_share(cos: torch.Tensor) -> float:
+    """Share of interval pairs i < j whose gradients point apart (cos < 0), over the defined pairs."""
+    i, j = torch.triu_indices(cos.shape[0], cos.shape[0], offset=1)
+    pairs = cos[i, j]
+    pairs = pairs[~pairs.isnan()]
+    return float((pairs < 0).float().mean()) if pairs.numel() else float("nan")
+
+
+def cos_by_distance(cos: torch.Tensor) -> torch.Tensor:
+    """Mean cos(g_i, g_{i+d}) for interval distance d = 1 … K−1, (K−1,)."""
+    k = cos.shape[0]
+    return torch.stack([cos.diagonal(d).nanmean() for d in range(1, k)])
+
+
+class GradientConflict(IntervalProbe):
+    """Every N steps: the K×K cosine matrix of per-interval gradients, overall and per block."""
+
+    record_name = "conflict"
+
+    def __init__(
+        self,
+        every_n_steps: int = 100,
+        intervals: Intervals | None = None,
+        probe_size: int = 16,
+        params: str | None = None,
+        block_pattern: str | None = AUTO,
+        seed: int = 0,
+    ) -> None:
+        """
+        Args:
+            every_n_steps: measure after every N optimizer steps (and at step 0 and the last step when
+                it is a multiple of N).
+            intervals: the K task intervals (default: 5, uniform in t).
+            probe_size: n probe images; each interval sees all n at its own timesteps, so a measurement
+                is a forward and backward pass over K·n samples.
+            params: regex selecting the parameters whose gradients are compared (searched in names such
+                as 'blocks.0.attn.qkv.weight'); null for all trainable parameters.
+            block_pattern: regex whose match at the start of a parameter name names its block, for
+                per-block metrics; 'auto' = each child of net.blocks (DiT); e.g. '(down|up)\\.\\d+|middle'
+                for the U-Net; null for none.
+            seed: seeds the probe's images, timesteps and noise (fixed for the whole run).
+        """
+        super().__init__(every_n_steps, intervals, probe_size, params, seed)
+        self.block_pattern = block_pattern
+        self.blocks: dict[str, list[tuple[int, int]]] = {}
+
+    def setup_analysis(self, pl_module: L.LightningModule) -> None:
+        with self.option_errors():
+            self.blocks = block_slices(pl_module.net, self.param_names, self.block_pattern, "block_pattern")
+
+    @torch.no_grad()
+    def matrices(self, grads: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The cosine matrix over all selected parameters ("cos") and per block ("cos/<block>")."""
+        out = {"cos": cosine_matrix(gram(grads))}
+        for name, ranges in self.blocks.items():
+            out[f"cos/{name}"] = cosine_matrix(gram(grads, ranges))
+        return out
+
+    def measure(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        probe: Probe,
+        params: list[torch.Tensor],
+        step: int,
+    ) -> None:
+        grads, _ = self.interval_gradients(pl_module, probe, params)  # (K, P)
+        matrices = {name: m.cpu() for name, m in self.matrices(grads).items()}
+        grad_norm = grads.norm(dim=1).cpu()  # (K,)
+        del grads
+        cos = matrices["cos"]
+        by_distance = cos_by_distance(cos)
+        k = cos.shape[0]
+
+        scalars = {f"conflict/cos/i{i}_j{j}": cos[i, j].item() for i in range(k) for j in range(i + 1, k)}
+        scalars["conflict/neg_share"] = neg_share(cos)
+        scalars.update({f"conflict/grad_norm/i{i}": v for i, v in enumerate(grad_norm.tolist())})
+        scalars.update({f"conflict/cos_by_distance/d{d + 1}": v for d, v in enumerate(by_distance.tolist())})
+        for name in self.blocks:
+            scalars[f"conflict/neg_share/{name}"] = neg_share(matrices[f"cos/{name}"])
+        self.log_scalars(trainer, {tag: v for tag, v in scalars.items() if v == v}, step)
+
+        labels = self.task_intervals.labels()
+        log_figure(trainer, "conflict/cos", heatmap_figure({f"step {step}": cos}, labels), step)
+        if self.blocks:
+            blocks = {name: matrices[f"cos/{name}"] for name in self.blocks}
+            log_figure(trainer, "conflict/cos_blocks", heatmap_figure(blocks, labels), step)
+
+        if self.writer is not None:
+            for name, matrix in matrices.items():
+                write_matrix(self.writer, step, name, matrix)
+                share = neg_share(matrix)
+                if share == share:
+                    self.writer.scalar(step, name.replace("cos", "neg_share", 1), share)
+            self.writer.vector(step, "grad_norm", grad_norm)
+            self.writer.vector(step, "cos_by_distance", by_distance, index=range(1, k))

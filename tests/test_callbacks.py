@@ -1,0 +1,368 @@
+"""MTL analysis callbacks against hand computations on a linear denoiser, and bad input at start-up."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from functools import partial
+from pathlib import Path
+from types import SimpleNamespace
+
+import lightning as L
+import pandas as pd
+import pytest
+import torch
+from lightning.pytorch.loggers import TensorBoardLogger
+from torch import nn
+
+from dtr_lab.callbacks import GradientConflict, RoutingMaps, TaskAffinity, TimestepLoss
+from dtr_lab.callbacks.gradient_conflict import cos_by_distance, neg_share
+from dtr_lab.callbacks.probe import block_slices, cosine_matrix, gram
+from dtr_lab.callbacks.routing_maps import interval_iou
+from dtr_lab.callbacks.task_affinity import optimizer_lookahead
+from dtr_lab.data import DigitsDataModule
+from dtr_lab.errors import DTRLabError
+from dtr_lab.module import DiffusionModule
+from dtr_lab.mtl.intervals import Intervals
+from dtr_lab.runs import load_run
+
+T = 100
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class LinearDenoiser(nn.Module):
+    """ε_θ(x_t) = W1 v + W2 v² with v = flat x_t: linear in its parameters, so gradients are closed-form."""
+
+    def __init__(self, input_size, in_channels, num_classes, num_timesteps, routing) -> None:
+        super().__init__()
+        d = in_channels * input_size**2
+        self.blocks = nn.ModuleList([nn.Linear(d, d, bias=False), nn.Linear(d, d, bias=False)])
+        gen = torch.Generator().manual_seed(7)
+        for block in self.blocks:
+            block.weight.data = 0.1 * torch.randn(d, d, generator=gen)
+
+    def forward(self, x, t, y=None):
+        v = x.flatten(1)  # (N, D)
+        return (self.blocks[0](v) + self.blocks[1](v * v)).view_as(x)
+
+
+def fit(tmp_path, callbacks, optimizer, max_steps=2, net=LinearDenoiser, **trainer_args):
+    torch.manual_seed(0)
+    module = DiffusionModule(net=net, num_timesteps=T, optimizer=optimizer, ema_decay=0.9)
+    trainer = L.Trainer(
+        max_steps=max_steps,
+        logger=TensorBoardLogger(tmp_path, name="run", version=0),
+        callbacks=callbacks,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accelerator="cpu",
+        **trainer_args,
+    )
+    trainer.fit(module, DigitsDataModule(batch_size=16))
+    return module, Path(tmp_path) / "run" / "version_0"
+
+
+# --------------------------------------------------------------------------- hand computations
+def noised(module, x0, t, noise):
+    """x_t = √ᾱ_t x0 + √(1−ᾱ_t) ε in float64, flattened (N, D)."""
+    ab = module.diffusion.alpha_bar.double()[t][:, None]
+    return ab.sqrt() * x0.double().flatten(1) + (1 - ab).sqrt() * noise.double().flatten(1)
+
+
+def hand_loss_and_grads(W1, W2, v, eps):
+    """L = mean (ε − W1 v − W2 v²)²; dL/dW1 = −2/(nD) rᵀv, dL/dW2 = −2/(nD) rᵀv²."""
+    r = eps - v @ W1.T - (v * v) @ W2.T  # (n, D)
+    n, d = r.shape
+    return r.pow(2).mean(), -2 / (n * d) * r.T @ v, -2 / (n * d) * r.T @ (v * v)
+
+
+def hand_interval_terms(module, probe):
+    """Per interval k: (v, ε) of its sub-batch, in float64."""
+    out = []
+    for k in range(probe.num_intervals):
+        x0, t, noise, _ = probe.interval(k)
+        out.append((noised(module, x0, t, noise), noise.double().flatten(1)))
+    return out
+
+
+def weights(module):
+    return [b.weight.detach().double() for b in module.net.blocks]
+
+
+def record_matrix(frame, step, metric, k):
+    rows = frame[(frame.step == step) & (frame.metric == metric)]
+    m = torch.full((k, k), float("nan"), dtype=torch.float64)
+    for i, j, v in zip(rows.i, rows.j, rows.value, strict=True):
+        m[int(i), int(j)] = v
+    return m
+
+
+def cos_of(a, b):
+    return float((a * b).sum() / (a.norm() * b.norm()))
+
+
+# --------------------------------------------------------------------------- the linear run
+@pytest.fixture(scope="module")
+def linear_run(tmp_path_factory):
+    """Two steps with lr 0 (θ fixed), every analysis at every step, on the linear denoiser."""
+    callbacks = [
+        GradientConflict(every_n_steps=1, intervals=Intervals(num_intervals=3), probe_size=6),
+        TaskAffinity(
+            every_n_steps=1, intervals=Intervals(num_intervals=3), probe_size=6, update="sgd", lr=0.5
+        ),
+        TimestepLoss(
+            every_n_steps=1, num_bins=4, probe_every_n_steps=1, probe_timesteps=[0, 37, 99], probe_size=5
+        ),
+    ]
+    module, run_dir = fit(tmp_path_factory.mktemp("linear"), callbacks, partial(torch.optim.SGD, lr=0.0))
+    return module, run_dir, callbacks, load_run(run_dir)
+
+
+def test_conflict_cosines_match_closed_form_gradients(linear_run):
+    module, _, (conflict, _, _), run = linear_run
+    W1, W2 = weights(module)
+    grads = [
+        hand_loss_and_grads(W1, W2, v, eps)[1:] for v, eps in hand_interval_terms(module, conflict.probe)
+    ]
+    flat = [torch.cat([g1.flatten(), g2.flatten()]) for g1, g2 in grads]
+    frame = run.conflict
+    for step in (0, 1, 2):
+        cos = record_matrix(frame, step, "cos", 3)
+        for i in range(3):
+            for j in range(3):
+                assert cos[i, j] == pytest.approx(cos_of(flat[i], flat[j]), abs=1e-5)
+        for b in (0, 1):
+            block = record_matrix(frame, step, f"cos/blocks.{b}", 3)
+            expected = [[cos_of(grads[i][b], grads[j][b]) for j in range(3)] for i in range(3)]
+            torch.testing.assert_close(block, torch.tensor(expected, dtype=torch.float64), atol=1e-5, rtol=0)
+        norms = frame[(frame.step == step) & (frame.metric == "grad_norm")].sort_values("i").value.tolist()
+        assert norms == pytest.approx([float(f.norm()) for f in flat], rel=1e-4)
+        # invariants of any cosine matrix
+        assert torch.diagonal(cos).tolist() == pytest.approx([1.0] * 3, abs=1e-6)
+        assert torch.allclose(cos, cos.T, atol=1e-6)
+        assert bool((cos.abs() <= 1).all())
+        pairs = [cos_of(flat[i], flat[j]) for i, j in ((0, 1), (0, 2), (1, 2))]
+        share = frame[(frame.step == step) & (frame.metric == "neg_share")].value.item()
+        assert share == pytest.approx(sum(p < 0 for p in pairs) / 3)
+        by_d = frame[(frame.step == step) & (frame.metric == "cos_by_distance")].sort_values("i")
+        assert by_d.i.tolist() == [1, 2]
+        assert by_d.value.tolist() == pytest.approx([(pairs[0] + pairs[2]) / 2, pairs[1]], abs=1e-5)
+
+
+def test_tag_affinity_matches_hand_lookahead(linear_run):
+    """Z_{i→j} = 1 − L_j(W − η G_i) / L_j(W); on the diagonal, interval i's own lookahead loss drop."""
+    module, _, (_, affinity, _), run = linear_run
+    W1, W2 = weights(module)
+    terms = hand_interval_terms(module, affinity.probe)
+    grads = [hand_loss_and_grads(W1, W2, v, eps) for v, eps in terms]
+    eta = 0.5
+    z = record_matrix(run.affinity, 0, "tag", 3)
+    for i in range(3):
+        moved1, moved2 = W1 - eta * grads[i][1], W2 - eta * grads[i][2]
+        for j, (v, eps) in enumerate(terms):
+            after = hand_loss_and_grads(moved1, moved2, v, eps)[0]
+            assert z[i, j] == pytest.approx(float(1 - after / grads[j][0]), abs=1e-5)
+    assert torch.diagonal(z).gt(0).all()  # a small enough gradient step lowers its own loss
+
+
+def test_timestep_probe_and_bins(linear_run):
+    module, _, (_, _, timestep), run = linear_run
+    frame = run.loss_by_t
+    W1, W2 = weights(module)
+    x0, _, noise = timestep.probe
+    for t in (0, 37, 99):
+        v = noised(module, x0, torch.full((x0.shape[0],), t), noise)
+        expected = float(hand_loss_and_grads(W1, W2, v, noise.double().flatten(1))[0])
+        for metric in ("probe_raw", "probe_ema"):  # lr 0: the EMA equals the raw weights
+            row = frame[(frame.step == 1) & (frame.metric == metric) & (frame.i == t)]
+            assert row.value.item() == pytest.approx(expected, rel=1e-5)
+    train = frame[frame.metric == "train"]
+    assert sorted(train.step.unique()) == [1, 2]
+    assert set(train.i.unique()) <= {0, 25, 50, 75}
+    edges = run.intervals[run.intervals.name == "loss_by_t"].sort_values("k")
+    assert edges.start.tolist() == [0, 25, 50, 75] and edges.end.tolist() == [25, 50, 75, 100]
+
+
+def test_binned_training_loss_is_the_mean_per_bin():
+    cb = TimestepLoss(every_n_steps=2, num_bins=4, probe_size=2)
+    module = DiffusionModule(net=LinearDenoiser, num_timesteps=T, image_size=8, in_channels=1, num_classes=10)
+    logged = []
+    logger = SimpleNamespace(log_metrics=lambda metrics, step: logged.append((step, metrics)))
+    trainer = SimpleNamespace(
+        datamodule=DigitsDataModule(batch_size=16), is_global_zero=True, loggers=[logger]
+    )
+    cb.setup(trainer, module, "fit")
+    batches = [
+        (torch.tensor([0, 24, 25, 99]), torch.tensor([1.0, 3.0, 5.0, 7.0])),
+        (torch.tensor([10, 80]), torch.tensor([2.0, 9.0])),
+    ]
+    for step, (t, losses) in enumerate(batches, start=1):
+        trainer.global_step = step
+        cb.on_train_batch_end(trainer, module, {"t": t, "per_sample_loss": losses}, None, step)
+    # bin 0 holds t 0, 24, 10 → (1 + 3 + 2)/3; bin 1: 5; bin 2 empty (not logged); bin 3: (7 + 9)/2
+    assert logged == [(2, {"loss_by_t/t0000": 2.0, "loss_by_t/t0025": 5.0, "loss_by_t/t0075": 8.0})]
+    trainer.global_step = 4
+    cb.on_train_batch_end(
+        trainer, module, {"t": torch.tensor([60]), "per_sample_loss": torch.tensor([4.0])}, None, 3
+    )
+    assert logged[-1] == (4, {"loss_by_t/t0050": 4.0})  # the window restarts after each log
+
+
+def test_tag_with_optimizer_update_is_adams_first_step(tmp_path):
+    """From an empty Adam state the step is lr·m̂/(√v̂ + eps) with m̂ = g, v̂ = g²."""
+    lr, eps = 1e-2, 1e-8
+    cb = TaskAffinity(every_n_steps=1, intervals=Intervals(num_intervals=2), probe_size=4)
+    module, run_dir = fit(
+        tmp_path, [cb], partial(torch.optim.AdamW, lr=lr, eps=eps, weight_decay=0.0), max_steps=1
+    )
+    z = record_matrix(pd.read_csv(run_dir / "records" / "affinity.csv"), 0, "tag", 2)
+    # θ at step 0 is the initial weights: the run took one step since
+    init = LinearDenoiser(8, 1, 10, T, None)
+    W1, W2 = (b.weight.detach().double() for b in init.blocks)
+    terms = hand_interval_terms(module, cb.probe)
+    grads = [hand_loss_and_grads(W1, W2, v, e) for v, e in terms]
+    for i in range(2):
+        g1, g2 = grads[i][1], grads[i][2]
+        moved1, moved2 = W1 - lr * g1 / (g1.abs() + eps), W2 - lr * g2 / (g2.abs() + eps)
+        for j, (v, e) in enumerate(terms):
+            after = hand_loss_and_grads(moved1, moved2, v, e)[0]
+            assert z[i, j] == pytest.approx(float(1 - after / grads[j][0]), abs=2e-4)
+
+
+# --------------------------------------------------------------------------- pieces by hand
+def test_cosine_matrix_neg_share_and_distance():
+    g = torch.tensor([[1.0, 0.0], [1.0, 1.0], [-1.0, 0.0], [0.0, 0.0]])
+    cos = cosine_matrix(gram(g))
+    r = 2**-0.5
+    expected = [[1, r, -1], [r, 1, -r], [-1, -r, 1]]
+    torch.testing.assert_close(cos[:3, :3], torch.tensor(expected), atol=1e-6, rtol=0)
+    assert cos[3].isnan().all() and cos[:, 3].isnan().all()  # a zero gradient has no direction
+    assert neg_share(cos) == pytest.approx(2 / 3)  # pairs (0,2), (1,2) of the three defined
+    assert cos_by_distance(cos[:3, :3]).tolist() == pytest.approx([(r - r) / 2, -1.0], abs=1e-6)
+    assert gram(g, [(0, 1)]).tolist() == (g[:, :1] @ g[:, :1].T).tolist()
+
+
+def test_block_slices_group_contiguous_ranges():
+    net = nn.Module()
+    net.embed = nn.Linear(2, 3)  # 9 params
+    net.blocks = nn.ModuleList([nn.Linear(3, 3), nn.Linear(3, 1)])  # 12 and 4
+    names = [n for n, _ in net.named_parameters()]
+    assert block_slices(net, names, "auto", "block_pattern") == {
+        "blocks.0": [(9, 21)],
+        "blocks.1": [(21, 25)],
+    }
+    assert block_slices(net, names, r"embed|blocks\.1", "block_pattern") == {
+        "embed": [(0, 9)],
+        "blocks.1": [(21, 25)],
+    }
+    assert block_slices(nn.Sequential(nn.Linear(2, 2)), ["0.weight"], "auto", "x") == {}
+    with pytest.raises(DTRLabError, match="block_pattern='nomatch'"):
+        block_slices(net, names, "nomatch", "block_pattern")
+
+
+def test_optimizer_lookahead_equals_the_real_step_and_leaves_state_alone():
+    torch.manual_seed(0)
+    p = nn.Parameter(torch.randn(5))
+    q = nn.Parameter(torch.randn(3))
+    opt = torch.optim.AdamW([{"params": [p]}, {"params": [q], "lr": 0.3}], lr=0.1, weight_decay=0.01)
+    for _ in range(3):  # build up moments
+        opt.zero_grad()
+        (p.pow(3).sum() + q.sin().sum()).backward()
+        opt.step()
+    state = {k: v.clone() for k, v in opt.state[p].items()}
+    before = p.detach().clone(), q.detach().clone()
+    g = torch.randn(5)
+    moved = optimizer_lookahead(opt, [p], [g])[0]
+    assert torch.equal(p, before[0]) and torch.equal(q, before[1])
+    assert all(torch.equal(opt.state[p][k], v) for k, v in state.items())
+    p.grad, q.grad = g.clone(), None
+    opt.step()  # the real step, with q frozen (no gradient)
+    assert torch.allclose(moved, p.detach(), atol=1e-7)
+    assert torch.equal(q, before[1])
+
+
+def test_interval_iou_by_hand():
+    table = torch.tensor([[1, 1, 0, 0], [0, 1, 1, 0], [0, 0, 1, 1], [1, 1, 0, 0]], dtype=torch.bool)
+    intervals = Intervals(boundaries=[0, 2, 4]).build(torch.linspace(10, 0.1, 4))
+    # IoU(t0,t1) = 1/3, (t0,t2) = 0, (t0,t3) = 1, (t1,t2) = 1/3, (t1,t3) = 1/3, (t2,t3) = 0
+    expected = [[(1 + 1 / 3 + 1 / 3 + 1) / 4, (0 + 1 + 1 / 3 + 1 / 3) / 4], [5 / 12, (1 + 0 + 0 + 1) / 4]]
+    torch.testing.assert_close(interval_iou(table, intervals), torch.tensor(expected))
+
+
+# --------------------------------------------------------------------------- bad input
+@pytest.mark.parametrize(
+    "make, match",
+    [
+        (
+            lambda: GradientConflict(intervals=Intervals(num_intervals=1)),
+            "GradientConflict.intervals.num_intervals=1",
+        ),
+        (lambda: TaskAffinity(update="adam"), "TaskAffinity.update='adam'"),
+        (lambda: GradientConflict(params="("), "GradientConflict.params='\\('"),
+        (lambda: TimestepLoss(num_bins=1), "TimestepLoss.num_bins=1"),
+        (lambda: GradientConflict(every_n_steps=0), "GradientConflict.every_n_steps=0"),
+    ],
+)
+def test_bad_options_fail_in_the_constructor(make, match):
+    with pytest.raises(DTRLabError, match=match):
+        make()
+
+
+@pytest.mark.parametrize(
+    "callback, match",
+    [
+        (lambda: GradientConflict(intervals=Intervals(num_intervals=T + 1)), "num_intervals=101 is larger"),
+        (lambda: TaskAffinity(intervals=Intervals(boundaries=[0, 50, 40, T])), "strictly increasing"),
+        (
+            lambda: GradientConflict(intervals=Intervals(boundaries=[0, 50, 120])),
+            "must start at 0 and end at T",
+        ),
+        (lambda: GradientConflict(probe_size=5000), "GradientConflict.probe_size=5000 is larger"),
+        (lambda: TaskAffinity(params="nomatch"), "TaskAffinity.params='nomatch' matches no trainable"),
+        (lambda: GradientConflict(block_pattern="nomatch"), "GradientConflict.block_pattern='nomatch'"),
+        (lambda: TimestepLoss(num_bins=T + 1), "TimestepLoss.num_bins=101 is larger than T=100"),
+        (lambda: TimestepLoss(probe_timesteps=[0, T]), "TimestepLoss.probe_timesteps"),
+        (
+            lambda: RoutingMaps(intervals=Intervals(num_intervals=T + 1)),
+            "RoutingMaps.intervals.num_intervals",
+        ),
+    ],
+)
+def test_bad_input_fails_at_setup_before_writing(tmp_path, callback, match):
+    with pytest.raises(DTRLabError, match=match):
+        fit(tmp_path, [TimestepLoss(probe_size=2), callback()], partial(torch.optim.SGD, lr=0.0))
+    assert not (tmp_path / "run" / "version_0" / "records").exists()
+
+
+def test_cli_bad_callback_option_is_one_line_and_writes_nothing(tmp_path):
+    config = tmp_path / "bad.yaml"
+    config.write_text(
+        f"trainer:\n  max_steps: 1\n  logger:\n    class_path: lightning.pytorch.loggers.TensorBoardLogger\n"
+        f"    init_args:\n      save_dir: {tmp_path / 'runs'}\n  callbacks:\n"
+        "    - class_path: dtr_lab.callbacks.GradientConflict\n      init_args:\n        params: nomatch\n"
+    )
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "dtr_lab",
+            "fit",
+            "--config",
+            str(ROOT / "experiments/digits/base.yaml"),
+            "--config",
+            str(config),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=300,
+    )
+    assert proc.returncode == 2
+    assert (
+        proc.stderr.strip().splitlines()[-1].startswith("dtr_lab: error: GradientConflict.params='nomatch'")
+    )
+    # Lightning opens the logger (an empty events file) before any callback's setup; nothing else is written
+    assert not list((tmp_path / "runs").rglob("records")) and not list(
+        (tmp_path / "runs").rglob("config.yaml")
+    )
