@@ -1,0 +1,470 @@
+"""Figures of runs read by dtr_lab.runs: training curves, loss by timestep, conflict and affinity
+heatmaps, routing maps. Each function takes a Run or Runs and returns a matplotlib Figure.
+
+One style throughout: seaborn "ticks", the colour-blind-safe "colorblind" palette with a fixed colour
+per routing (vanilla, dtr, rtr), a diverging blue–red map centred on 0 for cosines and affinities,
+and axes labelled in timesteps, never interval indices. No training code is imported.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from contextlib import contextmanager
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import seaborn as sns
+from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter
+
+from dtr_lab.runs import (
+    Run,
+    RunError,
+    Runs,
+    as_runs,
+    at_step,
+    distance_table,
+    interval_edges,
+    interval_labels,
+    loss_by_t_table,
+    matrix,
+    metric_rows,
+    routing_affinity_correlation,
+)
+
+ROUTING_ORDER = ("vanilla", "dtr", "rtr")
+DIVERGING = "vlag"  # blue–white–red, readable with red–green colour blindness
+SEQUENTIAL = "mako"
+TITLES = {
+    "train/loss": "training loss",
+    "val/loss": "validation loss (raw weights)",
+    "val/loss_ema": "validation loss (EMA weights)",
+    "probe_ema": "probe loss, EMA weights",
+    "probe_raw": "probe loss, raw weights",
+    "train": "training loss, binned by t",
+    "cos": "gradient cosine",
+    "tag": "lookahead affinity Z",
+    "iou": "mask overlap (IoU)",
+}
+MATRIX_AXES = {
+    "conflict": ("gradient of interval (t)", "gradient of interval (t)"),
+    "affinity": ("update from interval (t)", "loss on interval (t)"),
+    "routing": ("interval (t)", "interval (t)"),
+}
+
+
+@contextmanager
+def style():
+    """The shared look: seaborn ticks, paper-sized fonts, colour-blind palette, tight layout."""
+    rc = {
+        **sns.axes_style("ticks"),
+        **sns.plotting_context("notebook", font_scale=0.85),
+        "axes.prop_cycle": plt.cycler(color=sns.color_palette("colorblind")),
+        "axes.grid": True,
+        "grid.alpha": 0.3,
+        "figure.dpi": 110,
+        "savefig.dpi": 150,
+        "savefig.bbox": "tight",
+        "figure.constrained_layout.use": True,
+        "legend.frameon": False,
+    }
+    with plt.rc_context(rc):
+        yield
+
+
+def log_y(ax) -> None:
+    """Log-scaled y with plain-number tick labels (0.94, not 9.4×10⁻¹)."""
+    ax.set_yscale("log")
+    plain = FuncFormatter(lambda v, _: f"{v:.3g}")
+    ax.yaxis.set_major_formatter(plain)
+
+    def minor(v: float, pos) -> str:
+        # within one decade there are too few major ticks to read values from; beyond it, too many minor ones
+        lo, hi = ax.get_ylim()
+        return plain(v, pos) if hi < 10 * lo else ""
+
+    ax.yaxis.set_minor_formatter(FuncFormatter(minor))
+
+
+def palette(values: Sequence) -> dict:
+    """A fixed colour per group: routing names keep their colour across figures, others follow."""
+    colours = sns.color_palette("colorblind")
+    known = [v for v in ROUTING_ORDER if v in set(values)]
+    others = sorted({v for v in values if v not in ROUTING_ORDER}, key=str)
+    out = {v: colours[ROUTING_ORDER.index(v)] for v in known}
+    free = [c for k, c in enumerate(colours) if k >= len(ROUTING_ORDER) or ROUTING_ORDER[k] not in out]
+    out.update({v: free[k % len(free)] for k, v in enumerate(others)})
+    return out
+
+
+def run_titles(runs: Runs) -> dict[str, str]:
+    """A short title per run from the labels that differ between the runs ("dtr · seed 1")."""
+    labels = runs.labels.set_index("run").drop(columns="path")
+    varying = [c for c in labels.columns if labels[c].nunique() > 1] or ["routing"]
+    titles = {
+        run: " · ".join(f"seed {v}" if c == "seed" else str(v) for c, v in row[varying].items())
+        for run, row in labels.iterrows()
+    }
+    if len(set(titles.values())) < len(titles):
+        return {run: f"{t} ({run})" for run, t in titles.items()}
+    return titles
+
+
+def _hue_order(values: Sequence) -> list:
+    present = set(values)
+    return [v for v in ROUTING_ORDER if v in present] + sorted(present - set(ROUTING_ORDER), key=str)
+
+
+def _legend_counts(ax, frame: pd.DataFrame, hue: str) -> None:
+    """Legend entries with the number of runs behind each line, e.g. "dtr (3 runs)"."""
+    counts = {str(k): v for k, v in frame.groupby(hue)["run"].nunique().items()}
+    handles, names = ax.get_legend_handles_labels()
+    ax.legend(handles, [f"{n} ({_runs(counts[n])})" if n in counts else n for n in names], title=hue)
+
+
+def _runs(n: int) -> str:
+    return f"{n} run" if n == 1 else f"{n} runs"
+
+
+def training_curves(
+    runs: Run | Runs,
+    tags: Sequence[str] = ("train/loss", "val/loss_ema"),
+    hue: str = "routing",
+    smooth: int = 5,
+) -> Figure:
+    """Loss curves, one panel per tag; lines are group means over runs (seeds), bands ± 1 sd."""
+    scalars = as_runs(runs).scalars
+    present = [t for t in tags if (scalars["tag"] == t).any()]
+    if not present:
+        raise RunError(f"no run logged any of the scalars {', '.join(tags)}; check the run's events file")
+    rows = scalars[scalars["tag"].isin(present)].sort_values("step").copy()
+    # a moving average per run steadies the per-batch training loss before averaging over seeds
+    rows["value"] = rows.groupby(["run", "tag"])["value"].transform(
+        lambda v: v.rolling(smooth, min_periods=1).mean()
+    )
+    order = _hue_order(rows[hue].unique())
+    with style():
+        fig, axes = plt.subplots(1, len(present), figsize=(4.6 * len(present), 3.4), squeeze=False)
+        for ax, tag in zip(axes[0], present, strict=True):
+            data = rows[rows["tag"] == tag]
+            sns.lineplot(
+                data=data,
+                x="step",
+                y="value",
+                hue=hue,
+                hue_order=order,
+                palette=palette(order),
+                errorbar="sd",
+                ax=ax,
+            )
+            ax.set(title=TITLES.get(tag, tag), xlabel="training step", ylabel="loss")
+            log_y(ax)
+            _legend_counts(ax, data, hue)
+    return fig
+
+
+def _t_centres(intervals: pd.DataFrame, metric: str) -> dict | None:
+    """For the binned training loss (rows keyed by bin start) the centre timestep of each bin."""
+    edges = interval_edges(intervals, "loss_by_t") if metric == "train" else None
+    if edges is None:
+        return None
+    return {a: (a + b - 1) / 2 for a, b in zip(edges[:-1], edges[1:], strict=True)}
+
+
+def loss_by_t(
+    runs: Run | Runs, metric: str = "probe_ema", hue: str = "routing", baseline: str = "vanilla"
+) -> Figure:
+    """Loss vs timestep per group (mean ± sd over runs, each at its last step) and, below, each
+    group's ratio to the baseline group: below 1 is where that group denoises better."""
+    runs = as_runs(runs)
+    table = loss_by_t_table(runs.loss_by_t, metric, by=hue, baseline=baseline)
+    centres = _t_centres(runs.intervals, metric)
+    if centres:
+        table["t"] = table["t"].map(lambda t: centres.get(int(t), t))
+    order = _hue_order(table[hue].unique())
+    colours = palette(order)
+    step = int(at_step(metric_rows(runs.loss_by_t, metric, "loss_by_t"))["step"].max())
+    with style():
+        fig, (top, bottom) = plt.subplots(
+            2, 1, figsize=(5.6, 5.2), sharex=True, gridspec_kw={"height_ratios": [3, 2]}
+        )
+        for group in order:
+            g = table[table[hue] == group].sort_values("t")
+            n = int(g["runs"].max())
+            top.plot(g["t"], g["mean"], marker="o", ms=3, color=colours[group], label=f"{group} ({_runs(n)})")
+            if n > 1:
+                top.fill_between(
+                    g["t"], g["mean"] - g["std"], g["mean"] + g["std"], color=colours[group], alpha=0.2
+                )
+            if group != baseline and g["ratio"].notna().any():
+                bottom.plot(
+                    g["t"], g["ratio"], marker="o", ms=3, color=colours[group], label=f"{group} / {baseline}"
+                )
+        top.set(ylabel="loss  ‖ε − ε_θ‖²", title=f"{TITLES.get(metric, metric)} at step {step}")
+        log_y(top)
+        top.legend(title=hue)
+        bottom.axhline(1.0, color="0.3", lw=1, ls="--")
+        bottom.ticklabel_format(axis="y", useOffset=False)
+        bottom.set(xlabel="timestep t" + (" (bin centre)" if centres else ""), ylabel=f"ratio to {baseline}")
+        if baseline not in order:
+            bottom.text(
+                0.5,
+                0.5,
+                f"no {hue}={baseline!r} run to compare with",
+                ha="center",
+                va="center",
+                transform=bottom.transAxes,
+            )
+        elif len(order) > 1:
+            bottom.legend()
+    return fig
+
+
+def _colour_limit(rows: pd.DataFrame, metric: str) -> float:
+    """Symmetric colour limit; a cosine's diagonal is 1 by definition, so the off-diagonal sets it."""
+    values = rows[rows["i"] != rows["j"]]["value"] if metric.startswith("cos") else rows["value"]
+    limit = float(np.nanmax(np.abs(values.to_numpy()))) if len(values) else 1.0
+    return min(limit, 1.0) if metric.startswith("cos") else (limit or 1.0)
+
+
+def pick_steps(steps: np.ndarray, count: int) -> list[int]:
+    """Up to ``count`` measured steps spread evenly over training, first and last included."""
+    steps = np.unique(steps)
+    if len(steps) <= count:
+        return [int(s) for s in steps]
+    return [int(steps[round(k)]) for k in np.linspace(0, len(steps) - 1, count)]
+
+
+def matrix_grid(
+    runs: Run | Runs, source: str = "conflict", metric: str = "cos", steps: int | Sequence[int] = 4
+) -> Figure:
+    """K×K heatmaps as small multiples: one row per run, one column per step of training."""
+    runs = as_runs(runs)
+    rows = metric_rows(getattr(runs, source), metric, source)
+    chosen = pick_steps(rows["step"].to_numpy(), steps) if isinstance(steps, int) else list(steps)
+    names = list(rows["run"].unique())
+    titles = run_titles(runs)
+    limit = _colour_limit(rows, metric)
+    diverging = metric != "iou"
+    ylabel, xlabel = MATRIX_AXES.get(source, ("i", "j"))
+    with style():
+        fig, axes = plt.subplots(
+            len(names), len(chosen), figsize=(2.3 * len(chosen) + 1.2, 2.2 * len(names) + 0.6), squeeze=False
+        )
+        for r, name in enumerate(names):
+            run_rows = rows[rows["run"] == name]
+            edges = interval_edges(runs.intervals, source, name)
+            for c, step in enumerate(chosen):
+                ax = axes[r, c]
+                at = at_step(run_rows, step)
+                mat = matrix(at)
+                labels = interval_labels(edges, len(mat))
+                sns.heatmap(
+                    mat,
+                    ax=ax,
+                    cmap=DIVERGING if diverging else SEQUENTIAL,
+                    center=0 if diverging else None,
+                    vmin=-limit if diverging else 0,
+                    vmax=limit,
+                    square=True,
+                    cbar=False,
+                    xticklabels=labels,
+                    yticklabels=labels,
+                )
+                ax.tick_params(labelsize=7)
+                ax.set_title(f"step {int(at['step'].iloc[0])}" if r == 0 else "", fontsize=9)
+                bottom, left = r == len(names) - 1, c == 0
+                ax.set_xlabel(xlabel if bottom else "")
+                ax.set_ylabel(f"{titles[name]}\n{ylabel}" if left else "")
+                if not bottom:
+                    ax.set_xticklabels([])
+                if not left:
+                    ax.set_yticklabels([])
+        fig.colorbar(axes[0, 0].collections[0], ax=axes, shrink=0.6, label=TITLES.get(metric, metric))
+        fig.suptitle(f"{TITLES.get(metric, metric)} between timestep intervals over training", fontsize=10)
+    return fig
+
+
+def cos_vs_distance(runs: Run | Runs, hue: str = "routing") -> Figure:
+    """Mean gradient cosine between intervals d apart, one line per run coloured by group: the last
+    measurement solid, the first dashed, so the change over training shows."""
+    runs = as_runs(runs)
+    last = distance_table(runs.conflict, runs.intervals)
+    rows = metric_rows(runs.conflict, "cos_by_distance", "conflict")
+    first = distance_table(rows[rows["step"] == rows.groupby("run")["step"].transform("min")], runs.intervals)
+    in_t = last["distance_t"].notna().all()
+    x = "distance_t" if in_t else "distance"
+    order = _hue_order(last[hue].unique())
+    colours = palette(order)
+    with style():
+        fig, ax = plt.subplots(figsize=(5.4, 3.6))
+        for (run, group), g in last.groupby(["run", hue], sort=False):
+            f = first[first["run"] == run].sort_values("distance")
+            g = g.sort_values("distance")
+            ax.plot(
+                g[x],
+                g["cos"],
+                marker="o",
+                ms=4,
+                color=colours[group],
+                label=f"{group}, step {g['step'].iloc[0]}",
+            )
+            if len(f) and f["step"].iloc[0] != g["step"].iloc[0]:
+                ax.plot(
+                    f[x],
+                    f["cos"],
+                    ls="--",
+                    color=colours[group],
+                    alpha=0.6,
+                    label=f"{group}, step {f['step'].iloc[0]}",
+                )
+        handles, names = ax.get_legend_handles_labels()
+        unique = dict(zip(names, handles, strict=True))  # one entry per group and step, not per seed
+        ax.legend(unique.values(), unique.keys(), title=f"{hue} ({last['run'].nunique()} runs)", fontsize=7)
+        ax.axhline(0, color="0.3", lw=1)
+        ax.set(
+            xlabel="distance between intervals (timesteps)" if in_t else "distance (intervals)",
+            ylabel="mean gradient cosine",
+            title="gradient agreement vs timestep distance",
+        )
+    return fig
+
+
+def conflict_share(runs: Run | Runs, hue: str = "routing", blocks: bool = False) -> Figure:
+    """Share of interval pairs whose gradients conflict (cos < 0) over training, mean ± sd over runs;
+    with ``blocks`` one panel per block."""
+    conflict = as_runs(runs).conflict
+    if blocks:
+        metrics = sorted(m for m in conflict["metric"].dropna().unique() if m.startswith("neg_share/"))
+        if not metrics:
+            raise RunError("no run has per-block 'neg_share/<block>' in records/conflict.csv; record blocks")
+    else:
+        metrics = ["neg_share"]
+        metric_rows(conflict, "neg_share", "conflict")
+    order = _hue_order(conflict[hue].unique())
+    ncols = min(4, len(metrics))
+    nrows = -(-len(metrics) // ncols)
+    with style():
+        fig, axes = plt.subplots(
+            nrows, ncols, figsize=(3.6 * ncols + 0.8, 2.9 * nrows), squeeze=False, sharey=True
+        )
+        for ax, metric in zip(axes.flat, metrics, strict=False):
+            data = conflict[conflict["metric"] == metric]
+            sns.lineplot(
+                data=data,
+                x="step",
+                y="value",
+                hue=hue,
+                hue_order=order,
+                palette=palette(order),
+                errorbar="sd",
+                marker="o",
+                ax=ax,
+            )
+            ax.set(
+                title=metric.removeprefix("neg_share/") if blocks else "conflicting interval pairs",
+                xlabel="training step",
+                ylabel="share with cos < 0",
+                ylim=(-0.02, 1.02),
+            )
+            if ax is axes.flat[0]:
+                _legend_counts(ax, data, hue)
+            elif ax.get_legend() is not None:
+                ax.get_legend().remove()
+        for ax in axes.flat[len(metrics) :]:
+            ax.set_visible(False)
+    return fig
+
+
+def routing_vs_affinity(runs: Run | Runs, source: str = "affinity", metric: str = "tag") -> Figure:
+    """Per run: the mask table (t × channel), the masks' overlap between intervals, and the measured
+    affinity between the same intervals, with their Spearman rank correlation ρ."""
+    runs = as_runs(runs)
+    corr = routing_affinity_correlation(runs, source, metric).set_index("run")
+    titles = run_titles(runs)
+    if corr["pairs"].sum() == 0 and all(r.routing.empty for r in runs):
+        raise RunError(f"no run has routing 'iou' in records/routing.csv ({'; '.join(corr['note'])})")
+    with style():
+        fig, axes = plt.subplots(len(runs), 3, figsize=(11, 3.4 * len(runs)), squeeze=False)
+        for (a_mask, a_iou, a_aff), run in zip(axes, runs, strict=True):
+            _mask_panel(a_mask, run)
+            for ax, frame, src, m in (
+                (a_iou, run.routing, "routing", "iou"),
+                (a_aff, getattr(run, source), source, metric),
+            ):
+                rows = frame[frame["metric"] == m]
+                if rows.empty:
+                    ax.text(0.5, 0.5, f"no {m!r} recorded", ha="center", va="center", transform=ax.transAxes)
+                    ax.set_axis_off()
+                    continue
+                at = at_step(rows)
+                mat = matrix(at)
+                labels = interval_labels(interval_edges(run.intervals, src), len(mat))
+                diverging = m != "iou"
+                limit = _colour_limit(at, m)
+                sns.heatmap(
+                    mat,
+                    ax=ax,
+                    cmap=DIVERGING if diverging else SEQUENTIAL,
+                    center=0 if diverging else None,
+                    vmin=-limit if diverging else 0,
+                    vmax=limit if diverging else 1,
+                    square=True,
+                    xticklabels=labels,
+                    yticklabels=labels,
+                    cbar_kws={"shrink": 0.8},
+                )
+                ax.tick_params(labelsize=7)
+                ylabel, xlabel = MATRIX_AXES.get(src, ("i", "j"))
+                ax.set(
+                    xlabel=xlabel,
+                    ylabel=ylabel,
+                    title=f"{TITLES.get(m, m)}" + (f", step {int(at['step'].iloc[0])}" if diverging else ""),
+                )
+            c = corr.loc[run.name]
+            rho = (
+                f"Spearman ρ(IoU, Z) = {c['rho']:.2f}, {c['pairs']} pairs"
+                if np.isfinite(c["rho"])
+                else c["note"]
+            )
+            a_mask.set_title(f"{titles[run.name]}: routing masks", fontsize=10)
+            a_aff.set_xlabel(f"{a_aff.get_xlabel()}\n{rho}")
+    return fig
+
+
+def _mask_panel(ax, run: Run) -> None:
+    """The widest mask table of a run as an image: rows are timesteps, white channels are active."""
+    if not run.masks:
+        ax.text(
+            0.5,
+            0.5,
+            "no mask table\n(unrouted: every channel\nactive at every t)",
+            ha="center",
+            va="center",
+            transform=ax.transAxes,
+        )
+        ax.set(xticks=[], yticks=[])
+        return
+    image = plt.imread(run.masks[-1])
+    image = image[..., 0] if image.ndim == 3 else image
+    ax.imshow(image, cmap="gray", aspect="auto", interpolation="nearest", vmin=0, vmax=1)
+    ax.set(xlabel=f"channel (of {image.shape[1]})", ylabel="timestep t")
+    ax.grid(False)
+
+
+def sample_grids(runs: Run | Runs) -> Figure:
+    """Each run's latest EMA sample grid side by side."""
+    runs = as_runs(runs)
+    with_samples = [r for r in runs if r.samples]
+    titles = run_titles(runs)
+    if not with_samples:
+        raise RunError("no run has samples/*.png; turn on the SampleGrid callback")
+    with style():
+        fig, axes = plt.subplots(1, len(with_samples), figsize=(3.8 * len(with_samples), 2.3), squeeze=False)
+        for ax, run in zip(axes[0], with_samples, strict=True):
+            ax.imshow(plt.imread(run.samples[-1]), cmap="gray", interpolation="nearest")
+            step = run.samples[-1].stem.removeprefix("step").lstrip("0") or "0"
+            ax.set_title(f"{titles[run.name]}, step {step}", fontsize=9)
+            ax.set_axis_off()
+    return fig

@@ -1,0 +1,533 @@
+"""Run directories read back into tidy pandas frames, each row labelled with its run's configuration.
+
+A run directory is what ``python -m dtr_lab fit`` writes: ``config.yaml`` (the resolved config),
+TensorBoard ``events.out.tfevents.*`` (scalars), and ``records/*.csv`` (long format
+``step,metric,i,j,value``, plus ``records/intervals.csv`` with ``name,k,start,end``). Every frame
+carries the label columns ``run, routing, weighting, mtl, model, seed`` so runs compare with one
+``groupby``. Nothing here imports torch or training code: a run that is still being written, or was
+cut off, reads as far as its complete lines go.
+"""
+
+from __future__ import annotations
+
+import glob
+import io
+import math
+import os
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from dtr_lab.errors import DTRLabError
+
+LABELS = ("run", "routing", "weighting", "mtl", "model", "seed")
+RECORDS = ("loss_by_t", "conflict", "affinity", "routing")
+FRAMES = ("scalars", *RECORDS, "intervals")
+RECORD_COLUMNS = ["step", "metric", "i", "j", "value"]
+INTERVAL_COLUMNS = ["name", "k", "start", "end"]
+EVENTS_GLOB = "events.out.tfevents.*"
+# short names researchers use (DTR paper, Table 2), as in the experiments/digits/*.yaml file names
+SHORT_NAMES = {
+    "NoRouting": "vanilla",
+    "DTRRouting": "dtr",
+    "RandomRouting": "rtr",
+    "Uniform": "uniform",
+    "MinSNR": "min_snr",
+    "P2": "p2",
+    "UncertaintyWeighting": "uw",
+    "PCGrad": "pcgrad",
+    "NashMTL": "nash",
+}
+
+
+class RunError(DTRLabError):
+    """A path that is not a readable run, or runs lacking the metric a figure needs."""
+
+
+# ----------------------------------------------------------------------------- labels
+
+
+def config_value(config: dict, key: str, default=None):
+    """The value at a dotted key of a nested config ("model.routing.init_args.alpha"), or default."""
+    node = config
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return default
+        node = node[part]
+    return node
+
+
+def _class_name(node) -> str | None:
+    """The class name of a jsonargparse ``class_path`` node (dict or bare string), or None."""
+    path = node.get("class_path") if isinstance(node, dict) else node
+    return str(path).rsplit(".", 1)[-1] if path else None
+
+
+def _short(node, default: str) -> str:
+    name = _class_name(node)
+    return SHORT_NAMES.get(name, name.lower()) if name else default
+
+
+def run_labels(config: dict) -> dict:
+    """routing (vanilla/dtr/rtr), weighting (uniform/min_snr/p2), mtl (none/uw/pcgrad/nash), model
+    (DiT-T/2, UNet, …) and seed of a resolved config; absent keys take the module's defaults."""
+    model = config_value(config, "model.net.init_args.size") or _class_name(config_value(config, "model.net"))
+    seed = config_value(config, "seed_everything")
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        seed = config_value(config, "model.seed", -1)
+    return {
+        "routing": _short(config_value(config, "model.routing"), "vanilla"),
+        "weighting": _short(config_value(config, "model.weighting"), "uniform"),
+        "mtl": _short(config_value(config, "model.mtl"), "none"),
+        "model": model or "unknown",
+        "seed": int(seed) if isinstance(seed, int) else -1,
+    }
+
+
+# ----------------------------------------------------------------------------- reading
+
+
+def _complete_lines(path: Path) -> tuple[str, bool]:
+    """The file's text up to its last newline, and whether anything after it was dropped."""
+    data = path.read_bytes()
+    end = data.rfind(b"\n") + 1
+    return data[:end].decode("utf-8", errors="replace"), end < len(data)
+
+
+def read_records(path: Path, columns: list[str] = RECORD_COLUMNS) -> tuple[pd.DataFrame, list[str]]:
+    """A long-format CSV as a typed frame, skipping a cut-off last line and malformed rows."""
+    problems = []
+    empty = empty_records(columns)
+    text, cut = _complete_lines(path)
+    if cut:
+        problems.append(f"{path}: last line is cut off (ignored)")
+    if not text.strip():
+        return empty, problems
+    header = text.splitlines()[0].strip().split(",")
+    if header != columns:
+        raise RunError(f"{path}: header is {','.join(header)!r}, expected {','.join(columns)!r}")
+    frame = pd.read_csv(io.StringIO(text), dtype=str, on_bad_lines="skip", keep_default_na=False)
+    n = len(frame)
+    for c in columns:
+        if _dtype(c) != "string":
+            frame[c] = pd.to_numeric(frame[c].str.strip(), errors="coerce")
+    must = [c for c in columns if c not in ("i", "j")]
+    frame = frame.dropna(subset=must)
+    if len(frame) < n:
+        problems.append(f"{path}: {n - len(frame)} malformed row(s) ignored")
+    frame = frame.astype({c: _dtype(c) for c in columns}).reset_index(drop=True)
+    return frame, problems
+
+
+def empty_records(columns: list[str] = RECORD_COLUMNS) -> pd.DataFrame:
+    """An empty frame with the typed columns of a records file."""
+    return pd.DataFrame({c: pd.Series(dtype=_dtype(c)) for c in columns})
+
+
+def _dtype(column: str) -> str:
+    return {"metric": "string", "name": "string", "value": "float64"}.get(column, "Int64")
+
+
+def read_scalars(run_dir: Path) -> tuple[pd.DataFrame, list[str]]:
+    """Every TensorBoard scalar of a run as rows (step, tag, value, wall_time)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    frame = pd.DataFrame(
+        {"step": pd.Series(dtype="int64"), "tag": pd.Series(dtype="string"), "value": [], "wall_time": []}
+    )
+    if not any(run_dir.glob(EVENTS_GLOB)):
+        return frame, []
+    # images and tensors are not needed here; keep one of each so loading stays cheap
+    acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0, "images": 1, "tensors": 1})
+    try:
+        acc.Reload()
+    except Exception as err:  # a corrupt record mid-file: keep what was read before it
+        return frame, [f"{run_dir}: events file unreadable past some point ({type(err).__name__})"]
+    rows = [(e.step, tag, e.value, e.wall_time) for tag in acc.Tags()["scalars"] for e in acc.Scalars(tag)]
+    if rows:
+        frame = pd.DataFrame(rows, columns=["step", "tag", "value", "wall_time"]).astype({"tag": "string"})
+        # a resumed run re-logs steps after its last checkpoint: keep the latest write
+        frame = frame.sort_values("wall_time").drop_duplicates(["tag", "step"], keep="last")
+        frame = frame.sort_values(["tag", "step"], kind="stable").reset_index(drop=True)
+    return frame, []
+
+
+def is_run_dir(path: Path) -> bool:
+    """Whether a folder looks like a run: a config, hparams, events file or records folder."""
+    return path.is_dir() and (
+        (path / "config.yaml").is_file()
+        or (path / "hparams.yaml").is_file()
+        or (path / "records").is_dir()
+        or any(path.glob(EVENTS_GLOB))
+    )
+
+
+def find_run_dirs(path: str | Path, max_depth: int = 4) -> list[Path]:
+    """The run itself, or every run folder below it (e.g. all versions under ``runs/``), sorted."""
+    path = Path(path)
+    if not path.exists():
+        raise RunError(f"{path}: no such file or directory; pass a run folder such as runs/<name>/version_0")
+    if is_run_dir(path):
+        return [path]
+    found = []
+    for root, dirs, _ in os.walk(path):
+        depth = len(Path(root).relative_to(path).parts)
+        if is_run_dir(Path(root)):
+            found.append(Path(root))
+            dirs.clear()
+        elif depth >= max_depth:
+            dirs.clear()
+        dirs.sort()
+    if not found:
+        raise RunError(
+            f"{path}: not a run directory (no config.yaml, {EVENTS_GLOB} or records/ in it or below); "
+            "pass a folder written by `python -m dtr_lab fit`, e.g. runs/<name>/version_0"
+        )
+    return sorted(found)
+
+
+# ----------------------------------------------------------------------------- runs
+
+
+@dataclass
+class Run:
+    """One run directory as frames: scalars (step, tag, value), records (step, metric, i, j, value)
+    and intervals (name, k, start, end), each with the label columns; plus its config and labels."""
+
+    path: Path
+    config: dict
+    labels: dict
+    scalars: pd.DataFrame
+    loss_by_t: pd.DataFrame
+    conflict: pd.DataFrame
+    affinity: pd.DataFrame
+    routing: pd.DataFrame
+    intervals: pd.DataFrame
+    samples: list[Path] = field(default_factory=list)
+    masks: list[Path] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return self.labels["run"]
+
+    def __repr__(self) -> str:
+        sizes = ", ".join(f"{f}={len(getattr(self, f))}" for f in FRAMES)
+        return f"Run({self.name!r}, {self.labels['routing']}, {self.labels['model']}, rows: {sizes})"
+
+
+def load_run(path: str | Path, labels: dict[str, str] | None = None, name: str | None = None) -> Run:
+    """Read one run directory; ``labels`` adds columns from dotted config keys, e.g.
+    {"alpha": "model.routing.init_args.alpha"}."""
+    path = Path(path)
+    if not path.exists():
+        raise RunError(f"{path}: no such directory; pass a run folder such as runs/<name>/version_0")
+    if not is_run_dir(path):
+        raise RunError(
+            f"{path}: not a run directory (no config.yaml, {EVENTS_GLOB} or records/); "
+            "pass a folder written by `python -m dtr_lab fit`, e.g. runs/<name>/version_0"
+        )
+    problems: list[str] = []
+    config = _read_config(path, problems)
+    run_labels_ = {"run": name or f"{path.parent.name}/{path.name}", **run_labels(config)}
+    for column, key in (labels or {}).items():
+        run_labels_[column] = config_value(config, key)
+
+    scalars, p = read_scalars(path)
+    problems += p
+    frames = {}
+    for record in RECORDS:
+        file = path / "records" / f"{record}.csv"
+        frames[record], p = read_records(file) if file.is_file() else (empty_records(), [])
+        problems += p
+    file = path / "records" / "intervals.csv"
+    intervals, p = (
+        read_records(file, INTERVAL_COLUMNS) if file.is_file() else (empty_records(INTERVAL_COLUMNS), [])
+    )
+    problems += p
+    # callbacks rewrite their intervals when a run resumes
+    intervals = intervals.drop_duplicates(["name", "k"], keep="last").reset_index(drop=True)
+
+    if scalars.empty and all(frames[r].empty for r in RECORDS):
+        raise RunError(
+            f"{path}: run has no logged metrics yet (no scalars in {EVENTS_GLOB}, no rows in records/*.csv); "
+            "let it train past its first logging step or pass another run"
+        )
+    return Run(
+        path=path,
+        config=config,
+        labels=run_labels_,
+        scalars=_labelled(scalars, run_labels_),
+        intervals=_labelled(intervals, run_labels_),
+        samples=sorted((path / "samples").glob("*.png")),
+        masks=sorted((path / "routing").glob("masks_*.png")),
+        problems=problems,
+        **{r: _labelled(frames[r], run_labels_) for r in RECORDS},
+    )
+
+
+def _read_config(path: Path, problems: list[str]) -> dict:
+    file = path / "config.yaml"
+    if not file.is_file():
+        problems.append(f"{path}: no config.yaml, so routing/weighting/model/seed labels are defaults")
+        return {}
+    try:
+        config = yaml.safe_load(file.read_text())
+    except yaml.YAMLError:
+        problems.append(f"{file}: not valid YAML (cut off?), so labels are defaults")
+        return {}
+    return config if isinstance(config, dict) else {}
+
+
+def _labelled(frame: pd.DataFrame, labels: dict) -> pd.DataFrame:
+    """The frame with the label columns in front."""
+    frame = frame.copy()
+    for k, (column, value) in enumerate(labels.items()):
+        frame.insert(k, column, pd.Series([value] * len(frame), index=frame.index, dtype=object))
+    return frame
+
+
+@dataclass
+class Runs:
+    """Several runs: the same frames as a Run, concatenated, plus one row of labels per run."""
+
+    runs: list[Run]
+
+    def __post_init__(self) -> None:
+        for name in FRAMES:
+            setattr(self, name, pd.concat([getattr(r, name) for r in self.runs], ignore_index=True))
+
+    @property
+    def labels(self) -> pd.DataFrame:
+        return pd.DataFrame([{**r.labels, "path": str(r.path)} for r in self.runs])
+
+    @property
+    def problems(self) -> list[str]:
+        return [p for r in self.runs for p in r.problems]
+
+    def __len__(self) -> int:
+        return len(self.runs)
+
+    def __iter__(self):
+        return iter(self.runs)
+
+    def __getitem__(self, key: int | str) -> Run:
+        if isinstance(key, str):
+            return next(r for r in self.runs if r.name == key)
+        return self.runs[key]
+
+    def select(self, **labels) -> Runs:
+        """The runs whose labels equal the given values, e.g. ``runs.select(routing="dtr")``."""
+        chosen = [r for r in self.runs if all(r.labels.get(k) == v for k, v in labels.items())]
+        if not chosen:
+            raise RunError(f"no run has labels {labels}; runs are {', '.join(r.name for r in self.runs)}")
+        return Runs(chosen)
+
+    def __repr__(self) -> str:
+        return f"Runs({len(self)}):\n" + self.labels.drop(columns="path").to_string(index=False)
+
+
+def as_runs(runs: Run | Runs) -> Runs:
+    """A Run or Runs as Runs, so every function takes either."""
+    return Runs([runs]) if isinstance(runs, Run) else runs
+
+
+def load_runs(
+    paths: str | Path | Iterable[str | Path],
+    labels: dict[str, str] | None = None,
+    on_error: Callable[[RunError], None] | None = None,
+) -> Runs:
+    """Read runs from folders or glob patterns (a folder above runs finds every run below it).
+
+    With ``on_error`` a bad path is reported to it and skipped; without, it raises RunError.
+    """
+    if isinstance(paths, (str, Path)):
+        paths = [paths]
+    dirs: list[Path] = []
+    for p in paths:
+        matches = sorted(glob.glob(str(p))) if glob.has_magic(str(p)) else [str(p)]
+        if not matches:
+            _fail(RunError(f"{p}: the pattern matches nothing; check the path"), on_error)
+        for m in matches:
+            try:
+                dirs += [d for d in find_run_dirs(m) if d not in dirs]
+            except RunError as err:
+                _fail(err, on_error)
+    names = _unique_names(dirs)
+    loaded = []
+    for d, name in zip(dirs, names, strict=True):
+        try:
+            loaded.append(load_run(d, labels, name=name))
+        except RunError as err:
+            _fail(err, on_error)
+    if not loaded:
+        raise RunError(f"no readable run in {', '.join(map(str, paths))}")
+    return Runs(loaded)
+
+
+def _fail(err: RunError, on_error: Callable[[RunError], None] | None) -> None:
+    if on_error is None:
+        raise err
+    on_error(err)
+
+
+def _unique_names(dirs: list[Path]) -> list[str]:
+    """ "name/version_N" for each run, with more of the path where two would be the same."""
+    for depth in range(2, 10):
+        names = ["/".join(d.resolve().parts[-depth:]) for d in dirs]
+        if len(set(names)) == len(names):
+            return names
+    return [str(d) for d in dirs]
+
+
+# ----------------------------------------------------------------------------- reductions
+
+
+def interval_edges(intervals: pd.DataFrame, name: str, run: str | None = None) -> list[int] | None:
+    """The edges [start_0, …, end_{K-1}] of the intervals a callback used, or None if not recorded."""
+    rows = intervals[intervals["name"] == name]
+    if run is not None:
+        rows = rows[rows["run"] == run]
+    if rows.empty:
+        return None
+    rows = rows.drop_duplicates("k").sort_values("k")
+    return [int(v) for v in rows["start"]] + [int(rows["end"].iloc[-1])]
+
+
+def interval_labels(edges: list[int] | None, k: int) -> list[str]:
+    """Inclusive timestep ranges ("0–124") for K intervals, or "interval k" when edges are unknown."""
+    if edges is None or len(edges) != k + 1:
+        return [f"interval {i}" for i in range(k)]
+    return [f"{a}–{b - 1}" for a, b in zip(edges[:-1], edges[1:], strict=True)]
+
+
+def metric_rows(frame: pd.DataFrame, metric: str, source: str) -> pd.DataFrame:
+    """Rows of one metric; RunError naming the metric and the metrics there are if none has it."""
+    rows = frame[frame["metric"] == metric]
+    if rows.empty:
+        have = sorted(set(frame["metric"].dropna())) if len(frame) else []
+        raise RunError(
+            f"no run has metric {metric!r} in records/{source}.csv "
+            f"({'it has ' + ', '.join(have[:8]) if have else 'the file is empty or missing'}); "
+            "turn on the callback that records it"
+        )
+    return rows
+
+
+def at_step(rows: pd.DataFrame, step: int | None = None) -> pd.DataFrame:
+    """Each run's rows at its last measured step at or before ``step`` (its last step if None)."""
+    if step is not None:
+        rows = rows[rows["step"] <= step]
+    last = rows.groupby("run")["step"].transform("max")
+    return rows[rows["step"] == last]
+
+
+def matrix(rows: pd.DataFrame) -> np.ndarray:
+    """One run's (i, j, value) rows at one step as a K×K array (NaN where missing)."""
+    k = int(max(rows["i"].max(), rows["j"].max())) + 1
+    out = np.full((k, k), np.nan)
+    out[rows["i"].astype(int).to_numpy(), rows["j"].astype(int).to_numpy()] = rows["value"].to_numpy()
+    return out
+
+
+def final_scalars(scalars: pd.DataFrame, tags: Iterable[str], window: int = 5) -> pd.DataFrame:
+    """Per run and tag, the mean of the last ``window`` logged values (a noisy train loss steadies)."""
+    rows = scalars[scalars["tag"].isin(list(tags))].sort_values("step")
+    if rows.empty:
+        raise RunError(f"no run logged any of the scalars {', '.join(tags)}; check the run's events file")
+    label_cols = [c for c in rows.columns if c not in ("step", "tag", "value", "wall_time")]
+    return (
+        rows.groupby([*label_cols, "tag"], dropna=False)
+        .agg(step=("step", "max"), value=("value", lambda v: v.tail(window).mean()))
+        .reset_index()
+    )
+
+
+def loss_by_t_table(
+    loss_by_t: pd.DataFrame, metric: str = "probe_ema", by: str = "routing", baseline: str = "vanilla"
+) -> pd.DataFrame:
+    """Loss at each timestep t of each group (mean and sd over its runs at their last step), with the
+    ratio of each group to the baseline group's mean (< 1: that group denoises t better)."""
+    rows = at_step(metric_rows(loss_by_t, metric, "loss_by_t"))
+    table = rows.groupby([by, "i"])["value"].agg(["mean", "std", "count"]).reset_index()
+    table = table.rename(columns={"i": "t", "count": "runs"})
+    base = table[table[by] == baseline].set_index("t")["mean"]
+    table["ratio"] = table["mean"] / table["t"].map(base)
+    return table
+
+
+def distance_table(conflict: pd.DataFrame, intervals: pd.DataFrame) -> pd.DataFrame:
+    """Mean gradient cosine vs interval distance at each run's last step, distance also in timesteps."""
+    rows = at_step(metric_rows(conflict, "cos_by_distance", "conflict")).copy()
+    rows = rows.rename(columns={"i": "distance", "value": "cos"}).drop(columns=["metric", "j"])
+    width = {}
+    for run in rows["run"].unique():
+        edges = interval_edges(intervals, "conflict", run)
+        width[run] = (edges[-1] - edges[0]) / (len(edges) - 1) if edges else math.nan
+    rows["distance_t"] = rows["distance"].astype(float) * rows["run"].map(width)
+    return rows.reset_index(drop=True)
+
+
+def routing_affinity_correlation(
+    runs: Run | Runs, source: str = "affinity", metric: str = "tag"
+) -> pd.DataFrame:
+    """Spearman rank correlation, per run, between the routing masks' channel overlap (IoU) of two
+    intervals and their measured affinity (off-diagonal pairs, the affinity's last step)."""
+    from scipy.stats import spearmanr
+
+    out = []
+    for run in as_runs(runs):
+        measured = getattr(run, source)
+        row = {**run.labels, "rho": math.nan, "pairs": 0, "note": ""}
+        iou_rows, aff_rows = (
+            run.routing[run.routing["metric"] == "iou"],
+            measured[measured["metric"] == metric],
+        )
+        if iou_rows.empty or aff_rows.empty:
+            row["note"] = "no routing IoU recorded" if iou_rows.empty else f"no {source} {metric!r} recorded"
+            out.append(row)
+            continue
+        iou, aff = matrix(at_step(iou_rows)), matrix(at_step(aff_rows))
+        same = interval_edges(run.intervals, "routing") == interval_edges(run.intervals, source)
+        if iou.shape != aff.shape or not same:
+            row["note"] = f"routing and {source} intervals differ ({len(iou)} vs {len(aff)})"
+            out.append(row)
+            continue
+        off = ~np.eye(len(iou), dtype=bool) & np.isfinite(iou) & np.isfinite(aff)
+        row["pairs"] = int(off.sum())
+        if np.ptp(iou[off]) == 0:
+            row["note"] = "ρ undefined: the same IoU for every pair (unrouted)"
+        else:
+            row["rho"] = float(spearmanr(iou[off], aff[off]).statistic)
+        out.append(row)
+    return pd.DataFrame(out)
+
+
+def _last_mean(frame: pd.DataFrame, metric: str, off_diagonal: bool = False) -> float:
+    rows = frame[frame["metric"] == metric]
+    if off_diagonal:
+        rows = rows[rows["i"] != rows["j"]]
+    return float(at_step(rows)["value"].mean()) if len(rows) else math.nan
+
+
+def _last_scalar(run: Run, tag: str, window: int) -> float:
+    rows = run.scalars[run.scalars["tag"] == tag].sort_values("step")
+    return float(rows["value"].tail(window).mean()) if len(rows) else math.nan
+
+
+def final_metrics(run: Run) -> dict[str, float]:
+    """One run's end-of-training summary (NaN for what it did not record): losses, mean probe loss,
+    conflict share and mean cosines, mean affinity, and ρ(mask IoU, affinity)."""
+    return {
+        "train/loss (last 5 logs)": _last_scalar(run, "train/loss", 5),
+        "val/loss_ema (last)": _last_scalar(run, "val/loss_ema", 1),
+        "probe loss, EMA, mean over t": _last_mean(run.loss_by_t, "probe_ema"),
+        "conflicting pairs (share)": _last_mean(run.conflict, "neg_share"),
+        "gradient cosine, mean off-diagonal": _last_mean(run.conflict, "cos", off_diagonal=True),
+        "affinity Z, mean off-diagonal": _last_mean(run.affinity, "tag", off_diagonal=True),
+        "ρ(mask IoU, affinity)": float(routing_affinity_correlation(run)["rho"].iloc[0]),
+    }

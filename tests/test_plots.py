@@ -1,0 +1,162 @@
+"""dtr_lab.plots on real tiny runs and hand-made ones: axes, labels in timesteps, series, values drawn."""
+
+from __future__ import annotations
+
+import csv
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+from matplotlib.collections import PolyCollection  # noqa: E402
+from test_runs import write_fake_run  # noqa: E402
+
+from dtr_lab import plots  # noqa: E402
+from dtr_lab.runs import RunError, load_runs  # noqa: E402
+
+INTERVALS_K3 = ["0–332", "333–665", "666–999"]
+
+
+@pytest.fixture(autouse=True)
+def close_figures():
+    yield
+    plt.close("all")
+
+
+@pytest.fixture(scope="module")
+def real(tiny_runs):
+    return load_runs([tiny_runs["vanilla"], tiny_runs["dtr"]])
+
+
+def _records(path, metric):
+    with (path / "records" / "loss_by_t.csv").open() as f:
+        rows = [r for r in csv.DictReader(f) if r["metric"] == metric]
+    last = max(int(r["step"]) for r in rows)
+    return {int(r["i"]): float(r["value"]) for r in rows if int(r["step"]) == last}
+
+
+def test_training_curves(real):
+    fig = plots.training_curves(real)
+    axes = [ax for ax in fig.axes if ax.get_title()]
+    assert [ax.get_title() for ax in axes] == ["training loss", "validation loss (EMA weights)"]
+    for ax in axes:
+        assert ax.get_xlabel() == "training step" and ax.get_yscale() == "log"
+        assert [t.get_text() for t in ax.get_legend().get_texts()] == ["vanilla (1 run)", "dtr (1 run)"]
+        assert len(ax.get_lines()) >= 2
+
+
+def test_training_curves_band_over_seeds(tmp_path):
+    runs = load_runs([write_fake_run(tmp_path, "dtr", s, 1.0 + s) for s in (0, 1)])
+    ax = plots.training_curves(runs, tags=["train/loss"], smooth=1).axes[0]
+    line = ax.get_lines()[0]
+    # seeds have losses (step+1)·1 and (step+1)·2: the line is their mean, the band ±1 sd
+    assert np.allclose(line.get_ydata(), 1.5 * (np.arange(10) + 1))
+    band = [c for c in ax.collections if isinstance(c, PolyCollection)]
+    assert len(band) == 1
+    sd = np.std([1.0, 2.0], ddof=1) * 10
+    assert band[0].get_paths()[0].vertices[:, 1].max() == pytest.approx(15 + sd)
+
+
+def test_loss_by_t_probe_and_ratio(real, tiny_runs):
+    fig = plots.loss_by_t(real, "probe_ema")
+    top, bottom = fig.axes
+    assert top.get_title().startswith("probe loss, EMA weights at step")
+    assert bottom.get_xlabel() == "timestep t" and bottom.get_ylabel() == "ratio to vanilla"
+    van, dtr = _records(tiny_runs["vanilla"], "probe_ema"), _records(tiny_runs["dtr"], "probe_ema")
+    lines = top.get_lines()
+    assert len(lines) == 2 and list(lines[0].get_xdata()) == [0, 250, 500, 749, 999]
+    assert np.allclose(lines[1].get_ydata(), [dtr[t] for t in sorted(dtr)])
+    ratio = [ln for ln in bottom.get_lines() if ln.get_label() == "dtr / vanilla"][0]
+    assert np.allclose(ratio.get_ydata(), [dtr[t] / van[t] for t in sorted(dtr)])
+
+
+def test_loss_by_t_training_bins_at_centres(real):
+    top = plots.loss_by_t(real, "train").axes[0]
+    # 5 bins of 200 timesteps: centres (start + end − 1)/2
+    assert list(top.get_lines()[0].get_xdata()) == [99.5, 299.5, 499.5, 699.5, 899.5]
+
+
+def test_loss_by_t_without_baseline_says_so(tmp_path):
+    runs = load_runs([write_fake_run(tmp_path, "dtr", 0)])
+    bottom = plots.loss_by_t(runs).axes[1]
+    assert "no routing='vanilla' run" in bottom.texts[0].get_text()
+    with pytest.raises(RunError, match="'probe_other'"):
+        plots.loss_by_t(runs, "probe_other")
+
+
+@pytest.mark.parametrize(
+    "source, metric, ylabel",
+    [("conflict", "cos", "gradient of interval (t)"), ("affinity", "tag", "update from interval (t)")],
+)
+def test_matrix_grid(real, source, metric, ylabel):
+    fig = plots.matrix_grid(real, source, metric)
+    grid = [ax for ax in fig.axes if ax.collections and ax.get_label() != "<colorbar>"]
+    assert len(grid) == 2 * 3  # two runs × measurements at steps 0, 2, 4
+    assert [ax.get_title() for ax in grid[:3]] == ["step 0", "step 2", "step 4"]
+    assert [t.get_text() for t in grid[0].get_yticklabels()] == INTERVALS_K3
+    assert [t.get_text() for t in grid[3].get_xticklabels()] == INTERVALS_K3
+    assert ylabel in grid[0].get_ylabel()
+    # the drawn cells are the recorded matrix of the first run at step 0
+    rows = getattr(real, source)
+    rows = rows[(rows["metric"] == metric) & (rows["step"] == 0) & (rows["run"] == real[0].name)]
+    expected = np.zeros((3, 3))
+    expected[rows["i"].astype(int), rows["j"].astype(int)] = rows["value"]
+    assert np.allclose(np.asarray(grid[0].collections[0].get_array()).reshape(3, 3), expected)
+
+
+def test_cos_vs_distance(real):
+    ax = plots.cos_vs_distance(real).axes[0]
+    assert ax.get_xlabel() == "distance between intervals (timesteps)"
+    solid = [ln for ln in ax.get_lines() if ln.get_linestyle() == "-" and ln.get_marker() == "o"]
+    dashed = [ln for ln in ax.get_lines() if ln.get_linestyle() == "--"]
+    assert len(solid) == 2 and len(dashed) == 2  # per run: last (step 4) and first (step 0) measurement
+    assert np.allclose(solid[0].get_xdata(), [1000 / 3, 2000 / 3])
+
+
+def test_conflict_share(real):
+    ax = plots.conflict_share(real).axes[0]
+    assert ax.get_ylabel() == "share with cos < 0" and ax.get_ylim() == (-0.02, 1.02)
+    assert len(ax.get_legend().get_texts()) == 2
+    blocks = plots.conflict_share(real, blocks=True)
+    assert [a.get_title() for a in blocks.axes if a.get_visible()] == [f"blocks.{b}" for b in range(4)]
+
+
+def test_routing_vs_affinity(real):
+    fig = plots.routing_vs_affinity(real)
+    panels = [ax for ax in fig.axes if ax.get_label() != "<colorbar>"]
+    vanilla, dtr = panels[:3], panels[3:]
+    assert [vanilla[0].get_title(), dtr[0].get_title()] == ["vanilla: routing masks", "dtr: routing masks"]
+    masks = dtr[0].get_images()[0].get_array()
+    assert masks.shape == (1000, 128) and dtr[0].get_ylabel() == "timestep t"  # T × C
+    # DTR at t = 0 uses the first ⌊0.8·128⌋ = 102 channels; unrouted uses all
+    assert masks[0].sum() == 102 and vanilla[0].get_images()[0].get_array().min() == 1
+    assert dtr[1].get_title() == "mask overlap (IoU)"
+    assert [t.get_text() for t in dtr[1].get_xticklabels()] == INTERVALS_K3
+    assert "Spearman ρ(IoU, Z)" in dtr[2].get_xlabel() and "undefined" in vanilla[2].get_xlabel()
+
+
+def test_sample_grids(real):
+    fig = plots.sample_grids(real)
+    assert len(fig.axes) == 2 and all(ax.get_images() for ax in fig.axes)
+    assert fig.axes[0].get_title().endswith("step 4")
+
+
+def test_palette_is_fixed_per_routing():
+    alone = plots.palette(["dtr"])
+    both = plots.palette(["vanilla", "dtr", "min_snr"])
+    assert alone["dtr"] == both["dtr"] and both["vanilla"] != both["dtr"]
+    assert len(set(both.values())) == 3
+
+
+def test_missing_records_name_the_file(tmp_path):
+    run = write_fake_run(tmp_path, "dtr", 0)
+    (run / "records" / "affinity.csv").unlink()
+    runs = load_runs([run])
+    with pytest.raises(RunError, match=r"no run has metric 'tag' in records/affinity.csv"):
+        plots.matrix_grid(runs, "affinity", "tag")
+    # the IoU alone still draws, with the missing affinity said in its panel
+    fig = plots.routing_vs_affinity(runs)
+    assert any("no 'tag' recorded" in t.get_text() for ax in fig.axes for t in ax.texts)

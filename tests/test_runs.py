@@ -1,0 +1,328 @@
+"""dtr_lab.runs: reading run directories (hand-made and real), labels, robustness, reductions."""
+
+from __future__ import annotations
+
+import csv
+import math
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from dtr_lab.runs import (
+    RunError,
+    distance_table,
+    final_scalars,
+    find_run_dirs,
+    interval_edges,
+    interval_labels,
+    load_run,
+    load_runs,
+    loss_by_t_table,
+    read_records,
+    routing_affinity_correlation,
+    run_labels,
+)
+
+ROUTING_PATHS = {"dtr": "dtr_lab.routing.DTRRouting", "vanilla": "dtr_lab.routing.NoRouting"}
+CONFLICT_EDGES = [0, 250, 500, 750, 1000]
+
+
+def _rows(path: Path, header: tuple, rows: list) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(header)
+        w.writerows(rows)
+
+
+def write_fake_run(root: Path, routing: str = "dtr", seed: int = 0, scale: float = 1.0) -> Path:
+    """A run directory in the format LightningCLI + the analysis callbacks write, with known values:
+    probe loss at t is scale·(t+10)/1000 (ema) and twice that (raw); the K=4 cosine matrix is
+    1 − |i−j|/2; affinity Z_{i→j} = −|i−j| − 0.1·i; IoU = 1/(1+|i−j|)."""
+    run = root / f"{routing}_s{seed}" / "version_0"
+    run.mkdir(parents=True)
+    config = {
+        "seed_everything": seed,
+        "model": {
+            "net": {"class_path": "dtr_lab.models.DiT", "init_args": {"size": "DiT-T/2"}},
+            "routing": {"class_path": ROUTING_PATHS[routing], "init_args": {"alpha": 4.0, "beta": 0.8}},
+            "seed": 0,
+        },
+        "data": {"class_path": "dtr_lab.data.DigitsDataModule"},
+    }
+    (run / "config.yaml").write_text(yaml.safe_dump(config))
+    from torch.utils.tensorboard import SummaryWriter
+
+    writer = SummaryWriter(str(run))
+    for step in range(10):
+        writer.add_scalar("train/loss", scale * (1.0 + step), step)
+    writer.add_scalar("val/loss_ema", scale * 0.5, 9)
+    writer.close()
+
+    rec = run / "records"
+    header = ("step", "metric", "i", "j", "value")
+    probe = [
+        (s, m, t, "", f * scale * (t + 10) / 1000)
+        for s in (0, 100)
+        for m, f in (("probe_ema", 1), ("probe_raw", 2))
+        for t in (0, 100, 500, 900)
+    ]
+    train = [(100, "train", t, "", scale * 0.1) for t in range(0, 1000, 250)]
+    _rows(rec / "loss_by_t.csv", header, probe + train)
+    k = 4
+    conflict = []
+    for s in (0, 50, 100):
+        conflict += [(s, "cos", i, j, 1 - abs(i - j) / 2 * (1 + s / 100)) for i in range(k) for j in range(k)]
+        conflict += [(s, "cos_by_distance", d, "", 1 - d / 2 * (1 + s / 100)) for d in range(k)]
+        conflict += [(s, "neg_share", "", "", s / 200), (s, "neg_share/blocks.0", "", "", s / 400)]
+        conflict += [(s, "grad_norm", i, "", 1.0 + i) for i in range(k)]
+    _rows(rec / "conflict.csv", header, conflict)
+    _rows(
+        rec / "affinity.csv",
+        header,
+        [(s, "tag", i, j, -abs(i - j) - 0.1 * i) for s in (0, 100) for i in range(k) for j in range(k)],
+    )
+    iou = [
+        (0, "iou", i, j, 1 / (1 + abs(i - j)) if routing == "dtr" else 1.0)
+        for i in range(k)
+        for j in range(k)
+    ]
+    _rows(rec / "routing.csv", header, iou)
+    edges = [
+        (n, i, CONFLICT_EDGES[i], CONFLICT_EDGES[i + 1])
+        for n in ("conflict", "affinity", "routing", "loss_by_t")
+        for i in range(k)
+    ]
+    _rows(rec / "intervals.csv", ("name", "k", "start", "end"), edges)
+    return run
+
+
+@pytest.fixture
+def fake_runs(tmp_path) -> list[Path]:
+    return [
+        write_fake_run(tmp_path, "vanilla", 0, 1.0),
+        write_fake_run(tmp_path, "vanilla", 1, 3.0),
+        write_fake_run(tmp_path, "dtr", 0, 1.0),
+        write_fake_run(tmp_path, "dtr", 1, 1.0),
+    ]
+
+
+def test_labels_from_config():
+    dtr = {
+        "seed_everything": 3,
+        "model": {
+            "routing": {"class_path": "dtr_lab.routing.DTRRouting"},
+            "net": {"class_path": "x.DiT", "init_args": {"size": "DiT-S/2"}},
+            "weighting": {"class_path": "dtr_lab.diffusion.weighting.MinSNR"},
+        },
+    }
+    assert run_labels(dtr) == {
+        "routing": "dtr",
+        "weighting": "min_snr",
+        "mtl": "none",
+        "model": "DiT-S/2",
+        "seed": 3,
+    }
+    # no routing is the module default NoRouting; seed_everything: true falls back to model.seed
+    bare = {
+        "seed_everything": True,
+        "model": {
+            "seed": 7,
+            "net": {"class_path": "dtr_lab.models.UNet"},
+            "mtl": {"class_path": "dtr_lab.mtl.UncertaintyWeighting"},
+        },
+    }
+    assert run_labels(bare) == {
+        "routing": "vanilla",
+        "weighting": "uniform",
+        "mtl": "uw",
+        "model": "UNet",
+        "seed": 7,
+    }
+    assert run_labels({"model": {"routing": "dtr_lab.routing.RandomRouting"}})["routing"] == "rtr"
+
+
+def test_load_run_frames_and_labels(fake_runs):
+    run = load_run(fake_runs[2])
+    assert run.labels == {
+        "run": "dtr_s0/version_0",
+        "routing": "dtr",
+        "weighting": "uniform",
+        "mtl": "none",
+        "model": "DiT-T/2",
+        "seed": 0,
+    }
+    assert set(run.scalars["tag"]) == {"train/loss", "val/loss_ema"}
+    assert run.scalars[run.scalars["tag"] == "train/loss"]["value"].tolist() == [
+        float(s + 1) for s in range(10)
+    ]
+    assert len(run.conflict[run.conflict["metric"] == "cos"]) == 3 * 16
+    assert len(run.affinity) == 2 * 16 and len(run.routing) == 16
+    assert (run.loss_by_t["routing"] == "dtr").all() and (run.conflict["seed"] == 0).all()
+    assert interval_edges(run.intervals, "conflict") == CONFLICT_EDGES
+    assert interval_labels(CONFLICT_EDGES, 4) == ["0–249", "250–499", "500–749", "750–999"]
+    assert interval_labels(None, 2) == ["interval 0", "interval 1"]
+    assert run.problems == []
+
+
+def test_load_runs_groupby_config(fake_runs, tmp_path):
+    runs = load_runs(str(tmp_path / "*" / "version_0"))
+    assert len(runs) == 4
+    final = final_scalars(runs.scalars, ["train/loss"], window=5)
+    # mean of the last five losses scale·(6..10) = 8·scale; vanilla seeds have scale 1 and 3
+    by = final.groupby("routing")["value"].mean()
+    assert by["vanilla"] == pytest.approx((8 + 24) / 2) and by["dtr"] == pytest.approx(8)
+    # a folder above the runs finds all of them; select filters by label
+    assert len(load_runs(tmp_path)) == 4
+    assert [r.labels["seed"] for r in runs.select(routing="dtr")] == [0, 1]
+    with pytest.raises(RunError, match="no run has labels"):
+        runs.select(routing="rtr")
+
+
+def test_loss_by_t_ratio_hand_worked(fake_runs):
+    runs = load_runs(fake_runs)
+    table = loss_by_t_table(runs.loss_by_t, "probe_ema").set_index(["routing", "t"])
+    # vanilla mean over scales 1 and 3 is 2·(t+10)/1000; dtr's is (t+10)/1000: ratio 1/2 at every t
+    assert table.loc[("vanilla", 500), "mean"] == pytest.approx(2 * 510 / 1000)
+    assert table.loc[("dtr", 500), "std"] == pytest.approx(0.0)
+    assert np.allclose(table.xs("dtr")["ratio"], 0.5)
+    assert np.allclose(table.xs("vanilla")["ratio"], 1.0)
+    with pytest.raises(RunError, match="'probe_nope'.*loss_by_t.csv"):
+        loss_by_t_table(runs.loss_by_t, "probe_nope")
+
+
+def test_distance_in_timesteps_and_last_step(fake_runs):
+    runs = load_runs(fake_runs[:1])
+    table = distance_table(runs.conflict, runs.intervals).sort_values("distance")
+    assert (table["step"] == 100).all()
+    assert table["distance_t"].tolist() == [0.0, 250.0, 500.0, 750.0]
+    assert table["cos"].tolist() == pytest.approx([1 - d for d in range(4)])
+
+
+def test_rank_correlation_hand_worked(fake_runs):
+    runs = load_runs([fake_runs[0], fake_runs[2]])
+    corr = routing_affinity_correlation(runs).set_index("routing")
+    # off-diagonal pairs: IoU = 1/(1+|i-j|), Z = -|i-j| - 0.1 i; both fall with distance, so the
+    # ranks agree except for the ties IoU has within one distance: brute-force Spearman below
+    iou, aff = [], []
+    for i in range(4):
+        for j in range(4):
+            if i != j:
+                iou.append(1 / (1 + abs(i - j)))
+                aff.append(-abs(i - j) - 0.1 * i)
+
+    def ranks(v):
+        order = sorted(v)
+        return [np.mean([k for k, w in enumerate(order) if w == x]) for x in v]
+
+    expected = np.corrcoef(ranks(iou), ranks(aff))[0, 1]
+    assert corr.loc["dtr", "rho"] == pytest.approx(expected) and corr.loc["dtr", "pairs"] == 12
+    assert 0.8 < expected < 1
+    assert math.isnan(corr.loc["vanilla", "rho"]) and "undefined" in corr.loc["vanilla", "note"]
+
+
+def test_cut_off_records_keep_complete_lines(tmp_path):
+    path = tmp_path / "records.csv"
+    path.write_text("step,metric,i,j,value\r\n5,cos,0,1,0.25\r\n5,cos,1,0,0.2")  # last line has no newline
+    frame, problems = read_records(path)
+    assert frame["value"].tolist() == [0.25] and frame["i"].tolist() == [0]
+    assert "cut off" in problems[0]
+    path.write_text("step,metric,i,j,value\n5,cos,0,1,0.25\nnot,a,row\n7,neg_share,,,0.5\n")
+    frame, problems = read_records(path)
+    assert frame["step"].tolist() == [5, 7] and frame["i"].isna().tolist() == [False, True]
+    assert "malformed" in problems[0]
+    path.write_text("")
+    assert read_records(path)[0].empty
+
+
+def test_bad_paths_name_the_path(tmp_path, fake_runs):
+    with pytest.raises(RunError, match="no such"):
+        load_run(tmp_path / "missing")
+    (tmp_path / "plain").mkdir()
+    with pytest.raises(RunError, match=r"plain: not a run directory"):
+        find_run_dirs(tmp_path / "plain")
+    empty = tmp_path / "empty" / "version_0"
+    empty.mkdir(parents=True)
+    (empty / "config.yaml").write_text("model: {}\n")
+    with pytest.raises(RunError, match=r"version_0: run has no logged metrics"):
+        load_run(empty)
+    seen = []
+    runs = load_runs([fake_runs[0], tmp_path / "plain", empty], on_error=seen.append)
+    assert len(runs) == 1 and len(seen) == 2
+    assert all("\n" not in str(e) for e in seen)
+
+
+def test_no_training_imports():
+    code = (
+        "import sys, dtr_lab.runs, dtr_lab.plots; "
+        "print([m for m in ('torch', 'lightning', 'dtr_lab.module', 'dtr_lab.routing') if m in sys.modules])"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_real_run_and_truncated_copy(tiny_runs, tmp_path):
+    run = load_run(tiny_runs["dtr"])
+    assert run.labels["routing"] == "dtr" and run.labels["model"] == "DiT-T/2"
+    assert (run.scalars["tag"] == "train/loss").sum() >= 2
+    for name in ("loss_by_t", "conflict", "affinity", "routing"):
+        assert len(getattr(run, name)) > 0, name
+    # cut every records file mid-line and the events file in half: what is complete still reads
+    copy = tmp_path / "cut" / "version_0"
+    shutil.copytree(tiny_runs["dtr"], copy)
+    for f in (copy / "records").glob("*.csv"):
+        data = f.read_bytes()
+        f.write_bytes(data[: len(data) - 3])
+    for f in copy.glob("events.out.tfevents.*"):
+        data = f.read_bytes()
+        f.write_bytes(data[: len(data) // 2])
+    cut = load_run(copy)
+    assert any("cut off" in p for p in cut.problems)
+    for name in ("loss_by_t", "conflict", "affinity"):
+        full, part = getattr(run, name), getattr(cut, name)
+        assert 0 < len(part) < len(full), name
+        # the complete lines are exactly the original's first rows
+        assert part["value"].tolist() == full["value"].iloc[: len(part)].tolist()
+    assert 0 < (cut.scalars["tag"] == "train/loss").sum() <= (run.scalars["tag"] == "train/loss").sum()
+
+
+def test_tensorboard_layout_and_hparams(tiny_runs):
+    from tensorboard.backend.event_processing.plugin_event_accumulator import EventAccumulator
+    from tensorboard.plugins.custom_scalar import layout_pb2
+    from tensorboard.plugins.hparams import plugin_data_pb2
+    from tensorboard.util import tensor_util
+
+    for routing, path in tiny_runs.items():
+        acc = EventAccumulator(str(path))
+        acc.Reload()
+        event = acc.Tensors("custom_scalars__config__")[0]
+        layout = layout_pb2.Layout.FromString(tensor_util.make_ndarray(event.tensor_proto).item())
+        charts = {c.title: [(ch.title, list(ch.multiline.tag)) for ch in c.chart] for c in layout.category}
+        # one chart per probe timestep (5 evenly spaced over 0…999) and per conflict distance (K = 3)
+        assert charts["loss by t: probe, EMA weights"] == [
+            (f"t = {t}", [f"^loss_by_t/probe_ema/t{t:04d}$"]) for t in (0, 250, 500, 749, 999)
+        ]
+        assert [c for c, _ in charts["gradient conflict"]][1:3] == [
+            "mean cos, intervals 1 apart",
+            "mean cos, intervals 2 apart",
+        ]
+        content = acc.PluginTagToContent("hparams")
+        start = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"])
+        assert start.session_start_info.hparams["routing"].string_value == routing
+        assert start.session_start_info.hparams["model"].string_value == "DiT-T/2"
+        experiment = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/experiment"]).experiment
+        assert "hparams/probe_loss_ema" in [m.name.tag for m in experiment.metric_infos]
+
+        # the final probe loss it reports: the mean of the last step's probe_ema rows, by hand
+        with (path / "records" / "loss_by_t.csv").open() as f:
+            rows = [r for r in csv.DictReader(f) if r["metric"] == "probe_ema"]
+        last = max(int(r["step"]) for r in rows)
+        expected = np.mean([float(r["value"]) for r in rows if int(r["step"]) == last])
+        scalars = load_run(path).scalars
+        logged = scalars[scalars["tag"] == "hparams/probe_loss_ema"]["value"]
+        assert logged.tolist() == pytest.approx([expected], rel=1e-6)
