@@ -17,7 +17,8 @@ from torch import nn
 
 from dtr_lab.callbacks import GradientConflict, RoutingMaps, TaskAffinity, TimestepLoss
 from dtr_lab.callbacks.gradient_conflict import cos_by_distance, neg_share
-from dtr_lab.callbacks.probe import block_slices, cosine_matrix, gram
+from dtr_lab.callbacks.heatmap import heatmap_image
+from dtr_lab.callbacks.probe import IntervalProbe, block_slices, cosine_matrix, gram
 from dtr_lab.callbacks.routing_maps import interval_iou
 from dtr_lab.callbacks.task_affinity import optimizer_lookahead
 from dtr_lab.data import DigitsDataModule
@@ -230,6 +231,27 @@ def test_tag_with_optimizer_update_is_adams_first_step(tmp_path):
             assert z[i, j] == pytest.approx(float(1 - after / grads[j][0]), abs=2e-4)
 
 
+def test_probe_gradients_are_shared_within_a_step_and_released(tmp_path, monkeypatch):
+    calls = []
+    original = IntervalProbe.interval_gradients
+
+    def counted(self, pl_module, probe, params):
+        calls.append(pl_module.trainer.global_step)
+        assert not IntervalProbe._shared  # the previous step's gradients were released
+        return original(self, pl_module, probe, params)
+
+    monkeypatch.setattr(IntervalProbe, "interval_gradients", counted)
+    same = {"intervals": Intervals(num_intervals=2), "probe_size": 3}
+    callbacks = [
+        GradientConflict(every_n_steps=1, **same),
+        TaskAffinity(every_n_steps=2, **same),
+        TaskAffinity(every_n_steps=2, intervals=Intervals(num_intervals=3), probe_size=3),  # another probe
+    ]
+    fit(tmp_path, callbacks, partial(torch.optim.SGD, lr=0.0), max_steps=2)
+    assert calls == [0, 0, 1, 2, 2]  # steps 0 and 2: once for the shared probe, once for the other
+    assert not IntervalProbe._shared
+
+
 # --------------------------------------------------------------------------- pieces by hand
 def test_cosine_matrix_neg_share_and_distance():
     g = torch.tensor([[1.0, 0.0], [1.0, 1.0], [-1.0, 0.0], [0.0, 0.0]])
@@ -280,6 +302,36 @@ def test_optimizer_lookahead_equals_the_real_step_and_leaves_state_alone():
     opt.step()  # the real step, with q frozen (no gradient)
     assert torch.allclose(moved, p.detach(), atol=1e-7)
     assert torch.equal(q, before[1])
+
+
+def test_heatmap_image_colours_each_entry():
+    from matplotlib import colormaps
+
+    image = heatmap_image({"a": torch.tensor([[-1.0, 1.0], [float("nan"), 0.0]])}, cell=1)  # (3, 2, 2)
+    cmap = colormaps["RdBu_r"]
+    assert image[:, 0, 0].tolist() == pytest.approx(list(cmap(0.0)[:3]))
+    assert image[:, 0, 1].tolist() == pytest.approx(list(cmap(1.0)[:3]))
+    assert image[:, 1, 0].tolist() == pytest.approx([0.6] * 3)  # undefined: grey
+    assert image[:, 1, 1].tolist() == pytest.approx(list(cmap(0.5)[:3]))
+    two = heatmap_image({"a": torch.zeros(3, 3), "b": torch.zeros(3, 3)}, cell=4)
+    assert two.shape == (3, 12, 4 * 3 * 2 + 2)  # two panels and a half-cell gap
+
+
+def test_tensorboard_gets_scalars_images_and_figures(linear_run):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(linear_run[1])).Reload()
+    images = set(events.Tags()["images"])
+    assert {"conflict/cos", "conflict/cos_blocks", "affinity/tag", "loss_by_t/probe"} <= images
+    assert {"conflict/cos_labelled", "affinity/tag_labelled"} <= images  # the labelled figures at the end
+    assert [e.step for e in events.Images("conflict/cos")] == [0, 1, 2]
+    scalars = set(events.Tags()["scalars"])
+    assert {"conflict/cos/i0_j2", "conflict/neg_share", "conflict/grad_norm/i1", "affinity/i2_j0"} <= scalars
+    assert {
+        "loss_by_t/probe_raw/t0037",
+        "loss_by_t/probe_ema/t0099",
+        "conflict/neg_share/blocks.1",
+    } <= scalars
 
 
 def test_interval_iou_by_hand():

@@ -9,7 +9,6 @@ from __future__ import annotations
 import lightning as L
 import torch
 
-from dtr_lab.callbacks.heatmap import heatmap_figure, log_figure
 from dtr_lab.callbacks.probe import (
     AUTO,
     IntervalProbe,
@@ -45,7 +44,7 @@ class GradientConflict(IntervalProbe):
         self,
         every_n_steps: int = 100,
         intervals: Intervals | None = None,
-        probe_size: int = 16,
+        probe_size: int | None = None,
         params: str | None = None,
         block_pattern: str | None = AUTO,
         seed: int = 0,
@@ -56,7 +55,8 @@ class GradientConflict(IntervalProbe):
                 it is a multiple of N).
             intervals: the K task intervals (default: 5, uniform in t).
             probe_size: n probe images; each interval sees all n at its own timesteps, so a measurement
-                is a forward and backward pass over K·n samples.
+                is a forward and backward pass over K·n samples; null: n = B/K (B = data.batch_size),
+                about one training step.
             params: regex selecting the parameters whose gradients are compared (searched in names such
                 as 'blocks.0.attn.qkv.weight'); null for all trainable parameters.
             block_pattern: regex whose match at the start of a parameter name names its block, for
@@ -88,10 +88,9 @@ class GradientConflict(IntervalProbe):
         params: list[torch.Tensor],
         step: int,
     ) -> None:
-        grads, _ = self.interval_gradients(pl_module, probe, params)  # (K, P)
+        grads, _ = self.probe_gradients(pl_module, probe, params, step)  # (K, P)
         matrices = {name: m.cpu() for name, m in self.matrices(grads).items()}
         grad_norm = grads.norm(dim=1).cpu()  # (K,)
-        del grads
         cos = matrices["cos"]
         by_distance = cos_by_distance(cos)
         k = cos.shape[0]
@@ -104,11 +103,11 @@ class GradientConflict(IntervalProbe):
             scalars[f"conflict/neg_share/{name}"] = neg_share(matrices[f"cos/{name}"])
         self.log_scalars(trainer, {tag: v for tag, v in scalars.items() if v == v}, step)
 
-        labels = self.task_intervals.labels()
-        log_figure(trainer, "conflict/cos", heatmap_figure({f"step {step}": cos}, labels), step)
+        self.log_heatmaps(trainer, "conflict/cos", {"cos": cos}, step)
         if self.blocks:
-            blocks = {name: matrices[f"cos/{name}"] for name in self.blocks}
-            log_figure(trainer, "conflict/cos_blocks", heatmap_figure(blocks, labels), step)
+            self.log_heatmaps(
+                trainer, "conflict/cos_blocks", {n: matrices[f"cos/{n}"] for n in self.blocks}, step
+            )
 
         if self.writer is not None:
             for name, matrix in matrices.items():

@@ -1,4 +1,9 @@
-"""Heatmaps of K×K interval matrices (gradient cosine, task affinity, mask IoU) for TensorBoard."""
+"""Heatmaps of K×K interval matrices (gradient cosine, task affinity, mask IoU) for TensorBoard.
+
+Two renderings: a colour-mapped image tensor (a few milliseconds, logged at every measurement, so
+TensorBoard's step slider shows the matrix change over training) and a labelled, annotated
+matplotlib figure (about a training step to draw on a CPU, so logged once per run).
+"""
 
 from __future__ import annotations
 
@@ -52,6 +57,33 @@ def heatmap_figure(
     for ax in axes[n:]:
         ax.set_visible(False)
     return fig
+
+
+def heatmap_image(
+    matrices: dict[str, torch.Tensor], vmin: float = -1.0, vmax: float = 1.0, cell: int = 12
+) -> torch.Tensor:
+    """The matrices side by side as one (3, H, W) image in [0, 1]: cell×cell pixels per entry, row i
+    top to bottom, column j left to right, a diverging map (blue < 0 < red) or viridis for [0, 1];
+    undefined (NaN) entries grey."""
+    from matplotlib import colormaps
+
+    cmap = colormaps["RdBu_r" if vmin < 0 < vmax else "viridis"]
+    gap = torch.ones(3, next(iter(matrices.values())).shape[0] * cell, cell // 2)
+    panels = []
+    for matrix in matrices.values():
+        m = matrix.detach().float().cpu()
+        scaled = ((m - vmin) / (vmax - vmin)).clamp(0, 1)
+        rgb = torch.from_numpy(cmap(scaled.nan_to_num(0.5).numpy())[..., :3]).float()  # (K, K, 3)
+        rgb[m.isnan()] = 0.6
+        panels += [rgb.permute(2, 0, 1).repeat_interleave(cell, 1).repeat_interleave(cell, 2), gap]
+    return torch.cat(panels[:-1], dim=2)
+
+
+def log_image(trainer: L.Trainer, tag: str, image: torch.Tensor, step: int) -> None:
+    """Send a (3, H, W) image to every logger that takes images (TensorBoard's add_image)."""
+    for logger in trainer.loggers:
+        if hasattr(logger.experiment, "add_image"):
+            logger.experiment.add_image(tag, image, step)
 
 
 def log_figure(trainer: L.Trainer, tag: str, figure: Figure, step: int) -> None:

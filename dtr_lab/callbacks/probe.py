@@ -22,6 +22,7 @@ import lightning as L
 import torch
 from torch import nn
 
+from dtr_lab.callbacks.heatmap import heatmap_figure, heatmap_image, log_figure, log_image
 from dtr_lab.callbacks.logging import log_dir
 from dtr_lab.callbacks.records import RecordWriter, write_intervals
 from dtr_lab.errors import DTRLabError
@@ -151,12 +152,16 @@ class IntervalProbe(L.Callback):
     """Base of the analyses measured every N steps on a fixed per-interval probe (rank 0 only)."""
 
     record_name = ""  # records/<record_name>.csv
+    # GradientConflict and TaskAffinity with the same probe need the same K gradients at a shared
+    # step: the first computes them, the others reuse them, and the last callback drops them before
+    # the training step runs. Key: (network id, step, probe key).
+    _shared: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def __init__(
         self,
         every_n_steps: int,
         intervals: Intervals | None,
-        probe_size: int,
+        probe_size: int | None,
         params: str | None,
         seed: int,
     ) -> None:
@@ -165,8 +170,8 @@ class IntervalProbe(L.Callback):
             raise DTRLabError(
                 f"{owner}.every_n_steps={every_n_steps} must be at least 1 (drop the callback to turn it off)"
             )
-        if probe_size < 1:
-            raise DTRLabError(f"{owner}.probe_size={probe_size} must be at least 1 image")
+        if probe_size is not None and probe_size < 1:
+            raise DTRLabError(f"{owner}.probe_size={probe_size} must be at least 1 image (or null for B/K)")
         self.intervals = intervals or Intervals()
         with self.option_errors():
             check_num_intervals(self.intervals.k)
@@ -184,6 +189,7 @@ class IntervalProbe(L.Callback):
         self.probe: Probe | None = None
         self.writer: RecordWriter | None = None
         self._last_step = -1
+        self._heatmaps: dict[str, tuple[int, dict[str, torch.Tensor], dict]] = {}
 
     @contextmanager
     def option_errors(self) -> Iterator[None]:
@@ -201,12 +207,13 @@ class IntervalProbe(L.Callback):
         with self.option_errors():
             self.task_intervals = self.intervals.build(pl_module.diffusion.snr(torch.arange(T)).cpu())
             self.param_names = select_parameters(pl_module.net, self.params, "params")
+            # B/K images: the K sub-batches together are one training batch, so one measurement
+            # costs about one training step
+            size = self.probe_size or max(
+                1, trainer.datamodule.batch_size // self.task_intervals.num_intervals
+            )
             self.probe = make_probe(
-                trainer.datamodule,
-                self.task_intervals,
-                self.probe_size,
-                self.seed,
-                pl_module.hparams.num_classes,
+                trainer.datamodule, self.task_intervals, size, self.seed, pl_module.hparams.num_classes
             )
         self.setup_analysis(pl_module)
 
@@ -223,9 +230,17 @@ class IntervalProbe(L.Callback):
         self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx: int
     ) -> None:
         self.maybe_measure(trainer, pl_module)
+        self.release_shared(trainer)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.maybe_measure(trainer, pl_module)
+        self.release_shared(trainer)
+        for tag, (step, matrices, style) in self._heatmaps.items():
+            labels = self.task_intervals.labels()
+            figure = heatmap_figure(
+                {f"{name}, step {step}": m for name, m in matrices.items()}, labels, **style
+            )
+            log_figure(trainer, f"{tag}_labelled", figure, step)
 
     def maybe_measure(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Measure θ after every N-th optimizer step (step 0 included), once per step, on rank 0."""
@@ -237,6 +252,30 @@ class IntervalProbe(L.Callback):
         params = dict(pl_module.net.named_parameters())
         with isolated(trainer, pl_module.device, self.seed):
             self.measure(trainer, pl_module, probe, [params[n] for n in self.param_names], step)
+
+    def release_shared(self, trainer: L.Trainer) -> None:
+        """The last interval probe in the callback list frees the step's shared gradients."""
+        probes = [cb for cb in trainer.callbacks if isinstance(cb, IntervalProbe)]
+        if probes and probes[-1] is self:
+            IntervalProbe._shared.clear()
+
+    def probe_gradients(
+        self, pl_module: L.LightningModule, probe: Probe, params: list[torch.Tensor], step: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The probe's (K, P) gradients and (K,) losses at this step, computed once for every analysis
+        with the same probe (intervals, size, seed, parameters)."""
+        key = (
+            id(pl_module.net),
+            step,
+            tuple(self.task_intervals.edges.tolist()),
+            probe.per_interval,
+            self.seed,
+            tuple(self.param_names),
+        )
+        if key not in IntervalProbe._shared:
+            IntervalProbe._shared.clear()
+            IntervalProbe._shared[key] = self.interval_gradients(pl_module, probe, params)
+        return IntervalProbe._shared[key]
 
     def interval_gradients(
         self, pl_module: L.LightningModule, probe: Probe, params: list[torch.Tensor]
@@ -264,6 +303,14 @@ class IntervalProbe(L.Callback):
     def log_scalars(self, trainer: L.Trainer, metrics: dict[str, float], step: int) -> None:
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step)
+
+    def log_heatmaps(
+        self, trainer: L.Trainer, tag: str, matrices: dict[str, torch.Tensor], step: int, **style
+    ) -> None:
+        """A cheap heatmap image now; the labelled figure of the last one when training ends."""
+        image_style = {k: v for k, v in style.items() if k in ("vmin", "vmax")}
+        log_image(trainer, tag, heatmap_image(matrices, **image_style), step)
+        self._heatmaps[tag] = (step, matrices, style)
 
 
 def write_matrix(writer: RecordWriter | None, step: int, metric: str, matrix: torch.Tensor) -> None:

@@ -17,7 +17,6 @@ import lightning as L
 import torch
 from torch.func import functional_call
 
-from dtr_lab.callbacks.heatmap import heatmap_figure, log_figure
 from dtr_lab.callbacks.probe import IntervalProbe, Probe, write_matrix
 from dtr_lab.errors import DTRLabError
 from dtr_lab.mtl.intervals import Intervals
@@ -59,9 +58,9 @@ class TaskAffinity(IntervalProbe):
 
     def __init__(
         self,
-        every_n_steps: int = 250,
+        every_n_steps: int = 300,
         intervals: Intervals | None = None,
-        probe_size: int = 16,
+        probe_size: int | None = None,
         params: str | None = None,
         update: str = "optimizer",
         lr: float | None = None,
@@ -72,7 +71,7 @@ class TaskAffinity(IntervalProbe):
             every_n_steps: measure after every N optimizer steps (and at step 0 and the last step when
                 it is a multiple of N).
             intervals: the K task intervals (default: 5, uniform in t).
-            probe_size: n probe images; each interval sees all n at its own timesteps.
+            probe_size: n probe images; each interval sees all n at its own timesteps; null: n = B/K.
             params: regex selecting the parameters the lookahead step moves; null for all trainable ones.
             update: 'optimizer' (the configured optimizer's step from its current state) or 'sgd'
                 (θ − η·g_i).
@@ -135,7 +134,7 @@ class TaskAffinity(IntervalProbe):
         params: list[torch.Tensor],
         step: int,
     ) -> None:
-        grads, _ = self.interval_gradients(pl_module, probe, params)  # (K, P)
+        grads, _ = self.probe_gradients(pl_module, probe, params, step)  # (K, P)
         # the baseline goes through the same batched forward as the lookaheads, so a zero step gives Z = 0
         before = self.interval_losses(pl_module, probe)  # (K,)
         rows = []
@@ -144,15 +143,20 @@ class TaskAffinity(IntervalProbe):
             after = self.interval_losses(pl_module, probe, moved)  # (K,)
             rows.append(1 - after / before)
         tag = torch.stack(rows).cpu()  # (K, K): row i = source interval, column j = target
-        del grads
 
         k = tag.shape[0]
         self.log_scalars(
             trainer, {f"affinity/i{i}_j{j}": tag[i, j].item() for i in range(k) for j in range(k)}, step
         )
-        scale = max(float(tag.abs().max()), 1e-12)
-        figure = heatmap_figure(
-            {f"step {step}: Z(i→j)": tag}, self.task_intervals.labels(), -scale, scale, "target j", "source i"
+        scale = max(float(tag.abs().max()), 1e-12)  # Z is often ≪ 1: a fixed ±1 scale would show nothing
+        self.log_heatmaps(
+            trainer,
+            "affinity/tag",
+            {"Z(i→j)": tag},
+            step,
+            vmin=-scale,
+            vmax=scale,
+            xlabel="target j",
+            ylabel="source i",
         )
-        log_figure(trainer, "affinity/tag", figure, step)
         write_matrix(self.writer, step, "tag", tag)

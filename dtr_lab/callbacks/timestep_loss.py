@@ -62,7 +62,7 @@ class TimestepLoss(L.Callback):
         num_bins: int = 20,
         probe_every_n_steps: int = 250,
         probe_timesteps: int | list[int] = 20,
-        probe_size: int = 32,
+        probe_size: int = 16,
         ema: bool = True,
         seed: int = 0,
     ) -> None:
