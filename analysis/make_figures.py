@@ -221,7 +221,7 @@ def write_figures(
             skipped.append(f"{fig_spec.name}: {err}")
             continue
         for suffix in ("png", "pdf"):
-            fig.savefig(out / f"{fig_spec.name}.{suffix}")
+            fig.savefig(out / f"{fig_spec.name}.{suffix}", dpi=150)
         plt.close(fig)
         drawn += 1
         lines += [

@@ -56,7 +56,7 @@ MATRIX_AXES = {
 
 @contextmanager
 def style():
-    """The shared look: seaborn ticks, paper-sized fonts, colour-blind palette, tight layout."""
+    """The shared look: seaborn ticks, paper-sized fonts, colour-blind palette, constrained layout."""
     rc = {
         **sns.axes_style("ticks"),
         **sns.plotting_context("notebook", font_scale=0.85),
@@ -64,13 +64,17 @@ def style():
         "axes.grid": True,
         "grid.alpha": 0.3,
         "figure.dpi": 110,
-        "savefig.dpi": 150,
-        "savefig.bbox": "tight",
         "figure.constrained_layout.use": True,
         "legend.frameon": False,
     }
-    with plt.rc_context(rc):
+    # restores only these keys: rc_context would also restore `interactive`, which a notebook's inline
+    # backend switches on while the first figure is drawn, and no later figure would show
+    saved = {key: plt.rcParams[key] for key in rc}
+    plt.rcParams.update(rc)
+    try:
         yield
+    finally:
+        plt.rcParams.update(saved)
 
 
 def log_y(ax) -> None:

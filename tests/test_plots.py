@@ -160,3 +160,16 @@ def test_missing_records_name_the_file(tmp_path):
     # the IoU alone still draws, with the missing affinity said in its panel
     fig = plots.routing_vs_affinity(runs)
     assert any("no 'tag' recorded" in t.get_text() for ax in fig.axes for t in ax.texts)
+
+
+def test_style_restores_only_its_own_settings():
+    grid = plt.rcParams["axes.grid"]
+    was = matplotlib.is_interactive()
+    try:
+        with plots.style():
+            assert plt.rcParams["axes.grid"] is True
+            # a notebook's inline backend turns interactive mode on while the first figure is drawn
+            matplotlib.interactive(True)
+        assert plt.rcParams["axes.grid"] == grid and matplotlib.is_interactive()
+    finally:
+        matplotlib.interactive(was)
