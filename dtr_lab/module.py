@@ -15,11 +15,13 @@ import lightning as L
 import torch
 from torch import nn
 from torch.optim.swa_utils import AveragedModel
+from torch.utils.data import DataLoader, TensorDataset
 
 from dtr_lab.diffusion import GaussianDiffusion, guided, per_sample_mse, sample
 from dtr_lab.diffusion.learned_variance import split_output, vb_term
 from dtr_lab.diffusion.weighting import LossWeighting, Uniform
 from dtr_lab.errors import DTRLabError
+from dtr_lab.metrics.features import to_uint8
 from dtr_lab.mtl import NashMTL, PCGrad, UncertaintyWeighting
 from dtr_lab.mtl.gradients import flat_grad, interval_gradients, write_grad
 from dtr_lab.routing import NoRouting, RoutingStrategy
@@ -61,6 +63,7 @@ class DiffusionModule(L.LightningModule):
         sampler: str = "ddpm",
         sample_steps: int = 250,
         guidance_scale: float = 1.0,
+        num_samples: int = 1000,
         seed: int = 0,
         image_size: int = 8,
         in_channels: int = 1,
@@ -85,6 +88,7 @@ class DiffusionModule(L.LightningModule):
             sampler: 'ddpm' (ancestral) or 'ddim' (deterministic) for samples made by the module.
             sample_steps: sampling steps (respaced from T; 250 in DiT/DTR).
             guidance_scale: classifier-free guidance scale (1 = none; DTR reports 1.5).
+            num_samples: images drawn by `predict` (and scored by `test` with SampleQuality).
             seed: seeds the module's own timestep/noise/label-dropout generator.
             image_size: set from data.image_size.
             in_channels: set from data.in_channels.
@@ -95,6 +99,8 @@ class DiffusionModule(L.LightningModule):
             raise DTRLabError(f"model.sampler={sampler!r} is unknown; choose one of {', '.join(SAMPLERS)}")
         if not 0.0 <= ema_decay < 1.0:
             raise DTRLabError(f"model.ema_decay={ema_decay} must be in [0, 1); the papers use 0.9999")
+        if num_samples < 1:
+            raise DTRLabError(f"model.num_samples={num_samples} must be a positive integer")
         if not 0.0 <= class_dropout_prob < 1.0:
             raise DTRLabError(f"model.class_dropout_prob={class_dropout_prob} must be in [0, 1)")
         self.save_hyperparameters(ignore=["net", "routing", "optimizer", "weighting", "mtl"])
@@ -276,6 +282,28 @@ class DiffusionModule(L.LightningModule):
         steps = steps or self.hparams.sample_steps
         x = sample(eps_fn, self.diffusion, noise, min(steps, self.diffusion.num_timesteps), eta, generator=generator)
         return x.clamp(-1, 1)
+
+    # ------------------------------------------------------------- prediction
+    def predict_dataloader(self) -> DataLoader:
+        """`num_samples` (index, label) pairs for `predict`, labels cycling over the classes."""
+        index = torch.arange(self.hparams.num_samples)
+        labels = index % max(self.hparams.num_classes, 1)
+        batch_size = getattr(self.trainer.datamodule, "batch_size", 256) if self._trainer else 256
+        return DataLoader(TensorDataset(index, labels), batch_size=batch_size)
+
+    def predict_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> dict:
+        """EMA samples for a batch of (index, label): uint8 images (N, H, W, C) and their labels (N,)."""
+        index, y = batch
+        hp = self.hparams
+        # seeded by the batch's first sample index, which differs across DDP ranks (batch_idx does not)
+        gen = torch.Generator(device=self.device).manual_seed(hp.seed * 1_000_003 + int(index[0]))
+        shape = (len(y), hp.in_channels, hp.image_size, hp.image_size)
+        noise = torch.randn(shape, generator=gen, device=self.device)
+        images = self.sample(noise, y if hp.num_classes > 0 else None, generator=gen)  # (N, C, H, W)
+        decode = getattr(self.trainer.datamodule, "decode", None) if self._trainer else None
+        if decode is not None:  # latents -> images
+            images = decode(images)
+        return {"images": to_uint8(images).permute(0, 2, 3, 1).cpu(), "labels": y.cpu()}
 
     # ------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
