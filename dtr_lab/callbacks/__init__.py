@@ -8,4 +8,6 @@ from dtr_lab.callbacks.samples_writer import SamplesWriter
 from dtr_lab.callbacks.task_affinity import TaskAffinity
 from dtr_lab.callbacks.timestep_loss import TimestepLoss
 
-__all__ = ["GradientConflict", "RoutingMaps", "SampleGrid", "TaskAffinity", "TimestepLoss"]
+__all__ = [
+    "GradientConflict", "RoutingMaps", "SampleGrid", "SampleQuality", "SamplesWriter", "TaskAffinity", "TimestepLoss",
+]
