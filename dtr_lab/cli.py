@@ -23,6 +23,14 @@ class DTRLabCLI(LightningCLI):
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         parser.set_defaults({"checkpoint.save_last": True, "checkpoint.every_n_train_steps": 500})
 
+    def _parse_ckpt_path(self) -> None:
+        """Keep the command line in charge when --ckpt_path is given.
+
+        Lightning 2.6 re-applies a checkpoint's saved hyperparameters over the parsed config, which
+        silently drops overrides such as --model.sample_steps at test time. Here the config wins and
+        DiffusionModule.on_load_checkpoint rejects a checkpoint of another shape with one line.
+        """
+
     def before_fit(self) -> None:
         """Checks that need both model and data, before the trainer writes anything."""
         self.model.check_batch_size(self.datamodule.batch_size)

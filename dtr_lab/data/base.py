@@ -67,6 +67,10 @@ class ImageDataModule(L.LightningDataModule):
     def test_dataloader(self) -> DataLoader:
         return self.val_dataloader()
 
+    def predict_dataloader(self) -> DataLoader:
+        """What to sample is the model's choice (model.num_samples labels cycling over the classes)."""
+        return self.trainer.lightning_module.predict_dataloader()
+
     def probe_batch(self, size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
         """A fixed, seeded set of `size` training images and labels for analyses."""
         if self.train_set is None:
