@@ -277,7 +277,9 @@ def matrix_grid(
                     yticklabels=labels,
                 )
                 ax.tick_params(labelsize=7)
-                ax.set_title(f"step {int(at['step'].iloc[0])}" if r == 0 else "", fontsize=9)
+                ax.tick_params(axis="y", labelrotation=0)
+                # every cell says its own step: a run still training may lag the column's step
+                ax.set_title(f"step {int(at['step'].iloc[0])}", fontsize=9)
                 bottom, left = r == len(names) - 1, c == 0
                 ax.set_xlabel(xlabel if bottom else "")
                 ax.set_ylabel(f"{titles[name]}\n{ylabel}" if left else "")
@@ -420,6 +422,7 @@ def routing_vs_affinity(runs: Run | Runs, source: str = "affinity", metric: str 
                     cbar_kws={"shrink": 0.8},
                 )
                 ax.tick_params(labelsize=7)
+                ax.tick_params(axis="y", labelrotation=0)
                 ylabel, xlabel = MATRIX_AXES.get(src, ("i", "j"))
                 ax.set(
                     xlabel=xlabel,

@@ -173,3 +173,16 @@ def test_style_restores_only_its_own_settings():
         assert plt.rcParams["axes.grid"] == grid and matplotlib.is_interactive()
     finally:
         matplotlib.interactive(was)
+
+
+def test_matrix_grid_run_still_training_shows_its_own_steps(tmp_path):
+    ahead = write_fake_run(tmp_path, "vanilla", 0)
+    behind = write_fake_run(tmp_path, "dtr", 0)
+    conflict = behind / "records" / "conflict.csv"
+    lines = conflict.read_text().splitlines(keepends=True)
+    conflict.write_text(
+        "".join(ln for ln in lines if not ln.startswith(("50,", "100,")))
+    )  # only step 0 so far
+    fig = plots.matrix_grid(load_runs([ahead, behind]), "conflict", "cos")
+    grid = [ax for ax in fig.axes if ax.collections and ax.get_label() != "<colorbar>"]
+    assert [ax.get_title() for ax in grid] == ["step 0", "step 50", "step 100"] + ["step 0"] * 3
