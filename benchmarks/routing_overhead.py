@@ -15,9 +15,10 @@ import argparse
 import statistics
 import time
 
-import lightning as L
 import torch
 from torch.utils.data import DataLoader, TensorDataset
+
+from timing import lightning_step_times
 
 from dtr_lab.models import DiT
 from dtr_lab.module import DiffusionModule
@@ -57,27 +58,8 @@ def bare_loop_step_times(module: DiffusionModule, steps: int) -> list[float]:
     return [b - a for a, b in zip(stamps[1:], stamps[2:])]  # drop the first (warm-up) step
 
 
-class StepTimer(L.Callback):
-    """Times between consecutive batch starts: everything Lightning does per step is inside."""
-
-    def __init__(self) -> None:
-        self.stamps: list[float] = []
-
-    def on_train_batch_start(self, *args) -> None:
-        self.stamps.append(time.perf_counter())
-
-    def on_train_end(self, *args) -> None:
-        self.stamps.append(time.perf_counter())
-
-
-def lightning_step_times(module: DiffusionModule, steps: int) -> list[float]:
-    timer = StepTimer()
-    trainer = L.Trainer(
-        max_steps=steps + 1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-        enable_model_summary=False, callbacks=[timer], limit_val_batches=0, accelerator="cpu",
-    )
-    trainer.fit(module, loader(steps + 1))
-    return [b - a for a, b in zip(timer.stamps[1:], timer.stamps[2:])]
+def lightning_times(module: DiffusionModule, steps: int) -> list[float]:
+    return lightning_step_times(module, loader(steps + 1), steps)
 
 
 def main() -> None:
@@ -94,7 +76,7 @@ def main() -> None:
         for name, module in pairs if r % 2 == 0 else pairs[::-1]:
             times[name] += bare_loop_step_times(module, args.steps)
         for name in (["lightning", "bare"] if r % 2 == 0 else ["bare", "lightning"]):
-            fn = lightning_step_times if name == "lightning" else bare_loop_step_times
+            fn = lightning_times if name == "lightning" else bare_loop_step_times
             times[name] += fn(unrouted, args.steps)
     med = {k: statistics.median(v) for k, v in times.items()}
     print(f"DiT-S/2, {IMAGE}x{IMAGE}x{CHANNELS}, batch {BATCH}, torch {torch.__version__}, "

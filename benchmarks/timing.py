@@ -1,0 +1,35 @@
+"""Shared timing helpers for the benchmarks: per-step wall times inside a real Lightning fit."""
+
+from __future__ import annotations
+
+import time
+
+import lightning as L
+from torch.utils.data import DataLoader
+
+
+class StepTimer(L.Callback):
+    """Times between consecutive batch starts: everything Lightning does per step is inside."""
+
+    def __init__(self) -> None:
+        self.stamps: list[float] = []
+
+    def on_train_batch_start(self, *args) -> None:
+        self.stamps.append(time.perf_counter())
+
+    def on_train_end(self, *args) -> None:
+        self.stamps.append(time.perf_counter())
+
+
+def lightning_step_times(
+    module: L.LightningModule, loader: DataLoader, steps: int, callbacks: list[L.Callback] | None = None
+) -> list[float]:
+    """Per-step seconds of `steps` training steps after one warm-up step (no logger, no validation)."""
+    timer = StepTimer()
+    trainer = L.Trainer(
+        max_steps=steps + 1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False, callbacks=[timer, *(callbacks or [])], limit_val_batches=0,
+        accelerator="cpu",
+    )
+    trainer.fit(module, loader)
+    return [b - a for a, b in zip(timer.stamps[1:], timer.stamps[2:])]
