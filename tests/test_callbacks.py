@@ -387,6 +387,20 @@ def test_bad_input_fails_at_setup_before_writing(tmp_path, callback, match):
     assert not (tmp_path / "run" / "version_0" / "records").exists()
 
 
+def test_prepare_checks_and_builds_the_probe_before_fit():
+    module = DiffusionModule(net=LinearDenoiser, num_timesteps=T, image_size=8, in_channels=1, num_classes=10)
+    data = DigitsDataModule(batch_size=40)
+    conflict = GradientConflict(intervals=Intervals(num_intervals=4))
+    conflict.prepare(module, data)
+    assert conflict.probe.per_interval == 10  # B/K images by default
+    assert conflict.probe.t.view(4, 10).div(25, rounding_mode="floor").tolist() == [
+        [k] * 10 for k in range(4)
+    ]
+    assert torch.equal(conflict.probe.x0[:10], conflict.probe.x0[30:])  # the same images in every interval
+    with pytest.raises(DTRLabError, match="TaskAffinity.params='nomatch'"):
+        TaskAffinity(params="nomatch").prepare(module, data)
+
+
 def test_cli_bad_callback_option_is_one_line_and_writes_nothing(tmp_path):
     config = tmp_path / "bad.yaml"
     config.write_text(

@@ -200,20 +200,21 @@ class IntervalProbe(L.Callback):
             raise DTRLabError(f"{type(self).__name__}.{err}") from None
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        """Validate against the model and data before anything is written."""
-        if stage != "fit":
-            return
+        if stage == "fit":
+            self.prepare(pl_module, trainer.datamodule)
+
+    def prepare(self, pl_module: L.LightningModule, datamodule: L.LightningDataModule) -> None:
+        """Check the options against the model and data and build the probe; writes nothing, so the
+        CLI may call it before the trainer opens the run directory."""
         T = pl_module.diffusion.num_timesteps
         with self.option_errors():
             self.task_intervals = self.intervals.build(pl_module.diffusion.snr(torch.arange(T)).cpu())
             self.param_names = select_parameters(pl_module.net, self.params, "params")
             # B/K images: the K sub-batches together are one training batch, so one measurement
             # costs about one training step
-            size = self.probe_size or max(
-                1, trainer.datamodule.batch_size // self.task_intervals.num_intervals
-            )
+            size = self.probe_size or max(1, datamodule.batch_size // self.task_intervals.num_intervals)
             self.probe = make_probe(
-                trainer.datamodule, self.task_intervals, size, self.seed, pl_module.hparams.num_classes
+                datamodule, self.task_intervals, size, self.seed, pl_module.hparams.num_classes
             )
         self.setup_analysis(pl_module)
 

@@ -41,8 +41,11 @@ class RoutingMaps(L.Callback):
         self.task_intervals: TaskIntervals | None = None
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        if stage != "fit":
-            return
+        if stage == "fit":
+            self.prepare(pl_module, trainer.datamodule)
+
+    def prepare(self, pl_module: L.LightningModule, datamodule: L.LightningDataModule | None = None) -> None:
+        """Check the intervals against T; writes nothing (the CLI may call it before fit)."""
         T = pl_module.diffusion.num_timesteps
         try:
             self.task_intervals = self.intervals.build(pl_module.diffusion.snr(torch.arange(T)).cpu())

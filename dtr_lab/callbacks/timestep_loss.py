@@ -102,9 +102,12 @@ class TimestepLoss(L.Callback):
         self._last_probed = -1
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        """Validate against T and the data before anything is written."""
-        if stage != "fit":
-            return
+        if stage == "fit":
+            self.prepare(pl_module, trainer.datamodule)
+
+    def prepare(self, pl_module: L.LightningModule, datamodule: L.LightningDataModule) -> None:
+        """Check the options against T and the data and build the probe; writes nothing, so the CLI
+        may call it before the trainer opens the run directory."""
         T = pl_module.diffusion.num_timesteps
         if self.num_bins > T:
             raise DTRLabError(f"TimestepLoss.num_bins={self.num_bins} is larger than T={T}; use at most {T}")
@@ -113,7 +116,7 @@ class TimestepLoss(L.Callback):
         )
         self.grid = probe_grid(self.probe_timesteps, T)
         try:
-            x0, y = trainer.datamodule.probe_batch(self.probe_size, self.seed)  # (n, C, H, W), (n,)
+            x0, y = datamodule.probe_batch(self.probe_size, self.seed)  # (n, C, H, W), (n,)
         except DTRLabError as err:
             raise DTRLabError(f"TimestepLoss.{err}") from None
         noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(self.seed), dtype=x0.dtype)
