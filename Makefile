@@ -16,11 +16,17 @@ $(VENV)/.installed: pyproject.toml
 
 # Trains an unrouted and a DTR-routed DiT on the embedded digits with every analysis callback,
 # then writes the figures. Offline.
+# The two runs train side by side, one core each (faster on 2 cores than one after the other);
+# the unrouted run's output goes to runs/quickstart/vanilla.log, the DTR run shows its progress bar.
 quickstart: $(VENV)/.installed
-	$(PY) -m dtr_lab fit --config experiments/digits/base.yaml --config experiments/digits/vanilla.yaml \
-		--trainer.logger.init_args.save_dir runs/quickstart --trainer.logger.init_args.name vanilla
-	$(PY) -m dtr_lab fit --config experiments/quickstart.yaml
-	$(PY) analysis/make_figures.py runs/quickstart/vanilla/version_* runs/quickstart/dtr/version_* --out runs/quickstart/figures
+	mkdir -p runs/quickstart
+	OMP_NUM_THREADS=1 $(PY) -m dtr_lab fit --config experiments/digits/base.yaml --config experiments/digits/vanilla.yaml \
+		--trainer.logger.init_args.save_dir runs/quickstart --trainer.logger.init_args.name vanilla \
+		--trainer.enable_progress_bar false > runs/quickstart/vanilla.log 2>&1 & \
+	OMP_NUM_THREADS=1 $(PY) -m dtr_lab fit --config experiments/quickstart.yaml; status=$$?; \
+	wait $$! || { echo "the unrouted run failed: see runs/quickstart/vanilla.log"; exit 1; }; exit $$status
+	$(PY) analysis/make_figures.py $$(ls -d runs/quickstart/vanilla/version_* | sort -V | tail -1) \
+		$$(ls -d runs/quickstart/dtr/version_* | sort -V | tail -1) --out runs/quickstart/figures
 	@echo
 	@echo "Figures: runs/quickstart/figures/index.md"
 	@echo "Logs:    runs/quickstart/{vanilla,dtr}/version_*"

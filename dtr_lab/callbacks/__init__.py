@@ -6,8 +6,10 @@ from dtr_lab.callbacks.sample_grid import SampleGrid
 from dtr_lab.callbacks.sample_quality import SampleQuality
 from dtr_lab.callbacks.samples_writer import SamplesWriter
 from dtr_lab.callbacks.task_affinity import TaskAffinity
+from dtr_lab.callbacks.tensorboard_layout import TensorBoardLayout
 from dtr_lab.callbacks.timestep_loss import TimestepLoss
 
 __all__ = [
-    "GradientConflict", "RoutingMaps", "SampleGrid", "SampleQuality", "SamplesWriter", "TaskAffinity", "TimestepLoss",
+    "GradientConflict", "RoutingMaps", "SampleGrid", "SampleQuality", "SamplesWriter", "TaskAffinity", "TensorBoardLayout",
+    "TimestepLoss",
 ]
