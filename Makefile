@@ -38,6 +38,10 @@ test: $(VENV)/.installed
 test-slow: $(VENV)/.installed
 	$(PY) -m pytest -m slow
 
+# The small-scale DTR reproduction (issue 6): about an hour on 2 CPU cores; finished runs are skipped.
+reproduce: $(VENV)/.installed
+	$(PY) analysis/reproduce.py --out runs/repro --seeds 3 --jobs 2 --threads 1
+
 bench: $(VENV)/.installed
 	$(PY) benchmarks/routing_overhead.py
 	$(PY) benchmarks/callback_overhead.py
