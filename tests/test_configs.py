@@ -1,0 +1,231 @@
+"""Every shipped config under experiments/ parses, and a shrunken copy of it trains two steps.
+
+Shrunken: a tiny model of the same family (DiT-T/2 or UNet-T), fake data in the real format (a CIFAR-10
+archive, VAE latent shards), one CPU process in full precision. Everything else — routing, weighting,
+MTL method, learned σ, callbacks, optimizer — is the config's own.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import itertools
+import math
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from cli_helpers import REPO
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from test_data import write_fake_cifar, write_latents
+
+from dtr_lab.cli import main
+from dtr_lab.diffusion import GaussianDiffusion
+from dtr_lab.mtl.clustering import snr_intervals
+
+EXPERIMENTS = REPO / "experiments"
+
+# Folders whose files compose along several axes: one file from each axis. A folder not listed here
+# composes as base.yaml + each other file (or, without a base.yaml, each file alone).
+AXES = {
+    "imagenet256": [
+        ["base.yaml"],
+        ["dit_b2.yaml", "dit_l2.yaml"],
+        ["vanilla.yaml", "rtr.yaml", "dtr.yaml"],
+        ["uniform.yaml", "min_snr.yaml", "uw.yaml"],
+    ],
+    "cifar10": [["unet.yaml", "dit.yaml"], ["vanilla.yaml", "rtr.yaml", "dtr.yaml"]],
+}
+FAKE_ROOT = {"CIFAR10DataModule": "cifar10", "LatentDataModule": "latents"}
+TINY_SIZE = {"dtr_lab.models.DiT": "DiT-T/2", "dtr_lab.models.UNet": "UNet-T"}
+# the output layer of each family and its rows per output channel (DiT: one per pixel of a 2×2 patch)
+OUTPUT_LAYER = {"dtr_lab.models.DiT": ("net.final_layer.linear.weight", 4),
+                "dtr_lab.models.UNet": ("net.conv_out.weight", 1)}
+# trainer settings of a two-step, one-process CPU run in full precision
+TWO_STEPS = {
+    "max_steps": 2,
+    "accelerator": "cpu",
+    "devices": 1,
+    "strategy": "auto",
+    "precision": "32-true",
+    "val_check_interval": 2,
+    "limit_val_batches": 1,
+    "log_every_n_steps": 1,
+    "enable_progress_bar": False,
+    "enable_model_summary": False,
+}
+# options that size a callback's measurement, at their smallest (cadences stay the config's)
+TINY_PROBE_ARGS = {"probe_size": 2, "probe_timesteps": 3}
+TINY_CALLBACK_ARGS = {"dtr_lab.callbacks.SampleGrid": {"num_samples": 4}}
+
+
+def compositions() -> list[tuple[Path, ...]]:
+    """Every runnable combination of the shipped YAML files, as --config sequences."""
+    combos = []
+    for folder in sorted({p.parent for p in EXPERIMENTS.rglob("*.yaml")}):
+        files = sorted(folder.glob("*.yaml"))
+        axes = AXES.get(folder.name)
+        if axes is not None:
+            combos += [tuple(folder / f for f in combo) for combo in itertools.product(*axes)]
+        elif (folder / "base.yaml").exists():
+            base = folder / "base.yaml"
+            combos += [(base,)] + [(base, f) for f in files if f != base]
+        else:
+            combos += [(f,) for f in files]
+    return combos
+
+
+def covering(combos: list[tuple[Path, ...]]) -> list[tuple[tuple[Path, ...], bool]]:
+    """A few combinations that between them use every file (the diagonals of each product), each with
+    whether it is quick: the last diagonal of each product (DTR; for ImageNet also ANT-UW) and the
+    top-level configs (quickstart) are; the rest are marked slow."""
+    chosen = []
+    for folder, axes in AXES.items():
+        n = max(len(axis) for axis in axes)
+        for i in range(n):
+            chosen.append((tuple(EXPERIMENTS / folder / axis[i % len(axis)] for axis in axes), i == n - 1))
+    listed = {EXPERIMENTS / folder for folder in AXES}
+    chosen += [(combo, combo[0].parent == EXPERIMENTS) for combo in combos if combo[0].parent not in listed]
+    return chosen
+
+
+def label(combo: tuple[Path, ...]) -> str:
+    return "+".join(str(p.relative_to(EXPERIMENTS)) for p in combo)
+
+
+def config_args(combo: tuple[Path, ...]) -> list[str]:
+    return [arg for path in combo for arg in ("--config", str(path))]
+
+
+def resolved(combo: tuple[Path, ...], *overrides: str) -> dict:
+    """The config the CLI would run, from --print_config (in process: importing torch dominates)."""
+    out = io.StringIO()
+    with pytest.raises(SystemExit) as done, contextlib.redirect_stdout(out):
+        main(["fit", *config_args(combo), *overrides, "--print_config"])
+    assert done.value.code in (None, 0), f"{label(combo)} does not parse"
+    return yaml.safe_load(out.getvalue())
+
+
+def num_intervals(config: dict) -> int | None:
+    """K of the config's MTL method, or None without one."""
+    mtl = config["model"].get("mtl")
+    if not mtl:
+        return None
+    intervals = mtl["init_args"]["intervals"]
+    return len(intervals["boundaries"]) - 1 if intervals.get("boundaries") else intervals["num_intervals"]
+
+
+@pytest.fixture(scope="session")
+def fake_data(tmp_path_factory) -> dict[str, Path]:
+    """Data roots in the real formats: a CIFAR-10 archive and SD-VAE-style latent shards (4×8×8)."""
+    root = tmp_path_factory.mktemp("fake_data")
+    write_fake_cifar(root / "cifar10", n_per_batch=8)
+    write_latents(root / "latents", sizes=(24, 24), shape=(4, 8, 8), flip=True, num_classes=1000)
+    return {"cifar10": root / "cifar10", "latents": root / "latents"}
+
+
+def shrink(config: dict, data: dict[str, Path], save_dir: Path) -> dict:
+    """A copy of a resolved paper-scale config that is a seconds-long CPU run of the same kind."""
+    config = copy.deepcopy(config)
+    trainer, model, data_args = config["trainer"], config["model"], config["data"]["init_args"]
+    trainer.update(TWO_STEPS)
+    trainer["logger"]["init_args"]["save_dir"] = str(save_dir)
+    for callback in trainer["callbacks"] or []:
+        args = callback.get("init_args") or {}
+        args.update({key: value for key, value in TINY_PROBE_ARGS.items() if key in args})
+        args.update(TINY_CALLBACK_ARGS.get(callback["class_path"], {}))
+    config["checkpoint"]["every_n_train_steps"] = 2
+    model["sample_steps"] = 2
+    model["net"]["init_args"]["size"] = TINY_SIZE[model["net"]["class_path"]]
+    k = num_intervals(config)
+    data_args["batch_size"] = 2 * k if k else 8  # stratified batches need B % K == 0
+    data_class = config["data"]["class_path"].rsplit(".", 1)[-1]
+    if data_class in FAKE_ROOT:
+        data_args.update(root=str(data[FAKE_ROOT[data_class]]), num_workers=0)
+    return config
+
+
+ALL = compositions()
+RUNS = [combo if quick else pytest.param(combo, marks=pytest.mark.slow) for combo, quick in covering(ALL)]
+
+
+def test_every_shipped_yaml_is_composed():
+    shipped = set(EXPERIMENTS.rglob("*.yaml"))
+    used = {path for combo in ALL for path in combo}
+    assert shipped - used == set(), "add the new file to AXES in tests/test_configs.py"
+    assert {path for combo, _ in covering(ALL) for path in combo} == shipped
+
+
+@pytest.mark.parametrize("combo", ALL, ids=label)
+def test_config_parses(combo):
+    config = resolved(combo)
+    k = num_intervals(config)
+    if k is not None:  # the shipped per-device batch must split evenly into the K intervals
+        assert config["data"]["init_args"]["batch_size"] % k == 0
+
+
+@pytest.mark.parametrize("size", ["dit_b2", "dit_l2"])
+def test_imagenet256_has_the_papers_settings(size):
+    folder = EXPERIMENTS / "imagenet256"
+    config = resolved((folder / "base.yaml", folder / f"{size}.yaml", folder / "dtr.yaml"))
+    model, trainer, data = config["model"], config["trainer"], config["data"]
+    assert model["net"]["init_args"]["size"] == {"dit_b2": "DiT-B/2", "dit_l2": "DiT-L/2"}[size]
+    assert model["net"]["init_args"]["learn_sigma"] is True
+    optimizer = model["optimizer"]
+    assert optimizer["class_path"] == "torch.optim.AdamW"
+    assert (optimizer["init_args"]["lr"], optimizer["init_args"]["weight_decay"]) == (1e-4, 0.0)
+    assert data["class_path"] == "dtr_lab.data.LatentDataModule"
+    assert data["init_args"]["batch_size"] * 8 == 256  # per device, on the paper's 8 GPUs
+    assert model["ema_decay"] == 0.9999 and trainer["max_steps"] == 400_000
+    assert (trainer["precision"], trainer["devices"], trainer["strategy"]) == ("bf16-mixed", -1, "ddp")
+    assert (model["sampler"], model["sample_steps"], model["guidance_scale"]) == ("ddpm", 250, 1.5)
+    assert model["routing"]["init_args"] == {"alpha": 4.0, "beta": 0.8}
+
+
+def test_imagenet256_uw_intervals_are_ants_snr_clustering():
+    folder = EXPERIMENTS / "imagenet256"
+    config = resolved((folder / "base.yaml", folder / "uw.yaml"))
+    edges = config["model"]["mtl"]["init_args"]["intervals"]["boundaries"]
+    diffusion = GaussianDiffusion(config["model"]["num_timesteps"], config["model"]["schedule"])
+    assert edges == snr_intervals(diffusion.snr(torch.arange(diffusion.num_timesteps)), len(edges) - 1)
+
+
+@pytest.mark.parametrize("combo", RUNS, ids=label)
+def test_shrunken_config_trains_two_steps(combo, fake_data, tmp_path):
+    config = resolved(combo)
+    shrunken = tmp_path / "shrunken.yaml"
+    shrunken.write_text(yaml.safe_dump(shrink(config, fake_data, tmp_path / "runs")))
+    main(["fit", "--config", str(shrunken)])
+    run = next((tmp_path / "runs").glob("*/version_0"))
+    ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False, map_location="cpu")
+    assert ckpt["global_step"] == 2
+    written = yaml.safe_load((run / "config.yaml").read_text())
+    assert written["model"]["routing"] == config["model"]["routing"]  # the composed routing is what ran
+    net = config["model"]["net"]
+    name, rows_per_channel = OUTPUT_LAYER[net["class_path"]]
+    out_channels = ckpt["hyper_parameters"]["in_channels"] * (2 if net["init_args"].get("learn_sigma") else 1)
+    assert ckpt["state_dict"][name].shape[0] == rows_per_channel * out_channels  # ε (and v when σ is learned)
+    assert all(torch.isfinite(v).all() for v in ckpt["state_dict"].values() if v.is_floating_point())
+
+
+@pytest.mark.slow
+def test_cifar10_dtr_trains_a_few_hundred_steps(fake_data, tmp_path):
+    """The CIFAR-10 U-Net DTR config (UNet-T) learns the fake archive's flat images: ε-MSE falls."""
+    folder = EXPERIMENTS / "cifar10"
+    config = shrink(resolved((folder / "unet.yaml", folder / "dtr.yaml")), fake_data, tmp_path / "runs")
+    config["trainer"].update(max_steps=300, val_check_interval=100, log_every_n_steps=10)
+    config["checkpoint"]["every_n_train_steps"] = 100
+    config["data"]["init_args"]["batch_size"] = 16
+    shrunken = tmp_path / "shrunken.yaml"
+    shrunken.write_text(yaml.safe_dump(config))
+    main(["fit", "--config", str(shrunken)])
+    run = next((tmp_path / "runs").glob("*/version_0"))
+    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 300
+    acc = EventAccumulator(str(run))
+    acc.Reload()
+    loss = [e.value for e in acc.Scalars("train/loss")]
+    assert len(loss) == 30 and all(math.isfinite(v) for v in loss)
+    first, last = sum(loss[:3]) / 3, sum(loss[-3:]) / 3
+    assert last < 0.5 * first, f"train/loss {first:.3f} -> {last:.3f}"
