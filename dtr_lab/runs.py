@@ -25,7 +25,7 @@ import yaml
 from dtr_lab.errors import DTRLabError
 
 LABELS = ("run", "routing", "weighting", "mtl", "model", "seed")
-RECORDS = ("loss_by_t", "conflict", "affinity", "routing")
+RECORDS = ("loss_by_t", "conflict", "affinity", "routing", "quality")
 FRAMES = ("scalars", *RECORDS, "intervals")
 RECORD_COLUMNS = ["step", "metric", "i", "j", "value"]
 INTERVAL_COLUMNS = ["name", "k", "start", "end"]
@@ -206,6 +206,7 @@ class Run:
     conflict: pd.DataFrame
     affinity: pd.DataFrame
     routing: pd.DataFrame
+    quality: pd.DataFrame
     intervals: pd.DataFrame
     samples: list[Path] = field(default_factory=list)
     masks: list[Path] = field(default_factory=list)
