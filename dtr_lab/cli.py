@@ -34,6 +34,9 @@ class DTRLabCLI(LightningCLI):
     def before_fit(self) -> None:
         """Checks that need both model and data, before the trainer writes anything."""
         self.model.check_batch_size(self.datamodule.batch_size)
+        for callback in self.trainer.callbacks:
+            if hasattr(callback, "prepare"):  # analysis callbacks validate their options and probes
+                callback.prepare(self.model, self.datamodule)
 
 
 def main(args: list[str] | None = None) -> None:
