@@ -59,14 +59,21 @@ def main() -> None:
             times[name] += lightning_step_times(modules[name], digits_loader(), args.steps)
     med = {k: statistics.median(v) for k, v in times.items()}
     mean = {k: statistics.fmean(v) for k, v in times.items()}
-    print(f"DiT-T/2 on digits, batch {BATCH}, K={K}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
-          f"{args.rounds} rounds x {args.steps} steps per variant")
-    print(f"median step: plain {med['plain'] * 1e3:.1f} ms, PCGrad {med['pcgrad'] * 1e3:.1f} ms, "
-          f"Nash-MTL {med['nash'] * 1e3:.1f} ms")
+    print(
+        f"DiT-T/2 on digits, batch {BATCH}, K={K}, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads, "
+        f"{args.rounds} rounds x {args.steps} steps per variant"
+    )
+    print(
+        f"median step: plain {med['plain'] * 1e3:.1f} ms, PCGrad {med['pcgrad'] * 1e3:.1f} ms, "
+        f"Nash-MTL {med['nash'] * 1e3:.1f} ms"
+    )
     print(f"PCGrad / plain (median):            {med['pcgrad'] / med['plain']:.2f}  (target <= 2.5)")
     print(f"Nash-MTL / plain (median):          {med['nash'] / med['plain']:.2f}")
-    print(f"Nash-MTL / plain (mean, amortised): {mean['nash'] / mean['plain']:.2f}  "
-          f"(weights solved every {args.update_every} steps)")
+    print(
+        f"Nash-MTL / plain (mean, amortised): {mean['nash'] / mean['plain']:.2f}  "
+        f"(weights solved every {args.update_every} steps)"
+    )
 
 
 if __name__ == "__main__":

@@ -16,9 +16,8 @@ import statistics
 import time
 
 import torch
-from torch.utils.data import DataLoader, TensorDataset
-
 from timing import lightning_step_times
+from torch.utils.data import DataLoader, TensorDataset
 
 from dtr_lab.models import DiT
 from dtr_lab.module import DiffusionModule
@@ -32,7 +31,9 @@ def make_module(routing) -> DiffusionModule:
         return DiT(*args, size="DiT-S/2")
 
     torch.manual_seed(0)
-    return DiffusionModule(net=net, routing=routing, image_size=IMAGE, in_channels=CHANNELS, num_classes=CLASSES)
+    return DiffusionModule(
+        net=net, routing=routing, image_size=IMAGE, in_channels=CHANNELS, num_classes=CLASSES
+    )
 
 
 def loader(num_batches: int) -> DataLoader:
@@ -55,7 +56,7 @@ def bare_loop_step_times(module: DiffusionModule, steps: int) -> list[float]:
         opt.zero_grad(set_to_none=True)
         module.ema.update_parameters(module.net)
     stamps.append(time.perf_counter())
-    return [b - a for a, b in zip(stamps[1:], stamps[2:])]  # drop the first (warm-up) step
+    return [b - a for a, b in zip(stamps[1:], stamps[2:], strict=False)]  # drop the first (warm-up) step
 
 
 def lightning_times(module: DiffusionModule, steps: int) -> list[float]:
@@ -75,16 +76,20 @@ def main() -> None:
         pairs = [("dtr", routed), ("vanilla", unrouted)]
         for name, module in pairs if r % 2 == 0 else pairs[::-1]:
             times[name] += bare_loop_step_times(module, args.steps)
-        for name in (["lightning", "bare"] if r % 2 == 0 else ["bare", "lightning"]):
+        for name in ["lightning", "bare"] if r % 2 == 0 else ["bare", "lightning"]:
             fn = lightning_times if name == "lightning" else bare_loop_step_times
             times[name] += fn(unrouted, args.steps)
     med = {k: statistics.median(v) for k, v in times.items()}
-    print(f"DiT-S/2, {IMAGE}x{IMAGE}x{CHANNELS}, batch {BATCH}, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads, {args.rounds} rounds x {args.steps} steps per variant")
+    print(
+        f"DiT-S/2, {IMAGE}x{IMAGE}x{CHANNELS}, batch {BATCH}, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads, {args.rounds} rounds x {args.steps} steps per variant"
+    )
     print(f"median step: DTR {med['dtr'] * 1e3:.1f} ms, vanilla {med['vanilla'] * 1e3:.1f} ms")
     print(f"routing overhead ratio (DTR / vanilla):      {med['dtr'] / med['vanilla']:.3f}  (target <= 1.03)")
     print(f"median step: Lightning fit {med['lightning'] * 1e3:.1f} ms, bare loop {med['bare'] * 1e3:.1f} ms")
-    print(f"Lightning overhead ratio (fit / bare loop):  {med['lightning'] / med['bare']:.3f}  (target <= 1.05)")
+    print(
+        f"Lightning overhead ratio (fit / bare loop):  {med['lightning'] / med['bare']:.3f}  (target <= 1.05)"
+    )
 
 
 if __name__ == "__main__":

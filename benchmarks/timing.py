@@ -27,9 +27,14 @@ def lightning_step_times(
     """Per-step seconds of `steps` training steps after one warm-up step (no logger, no validation)."""
     timer = StepTimer()
     trainer = L.Trainer(
-        max_steps=steps + 1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-        enable_model_summary=False, callbacks=[timer, *(callbacks or [])], limit_val_batches=0,
+        max_steps=steps + 1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[timer, *(callbacks or [])],
+        limit_val_batches=0,
         accelerator="cpu",
     )
     trainer.fit(module, loader)
-    return [b - a for a, b in zip(timer.stamps[1:], timer.stamps[2:])]
+    return [b - a for a, b in zip(timer.stamps[1:], timer.stamps[2:], strict=False)]

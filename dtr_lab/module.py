@@ -108,7 +108,9 @@ class DiffusionModule(L.LightningModule):
         self.weighting = weighting or Uniform()
         self.diffusion = GaussianDiffusion(num_timesteps, schedule)
         self.mtl = mtl
-        self.task_intervals = None if mtl is None else mtl.intervals.build(self.diffusion.snr(torch.arange(num_timesteps)))
+        self.task_intervals = (
+            None if mtl is None else mtl.intervals.build(self.diffusion.snr(torch.arange(num_timesteps)))
+        )
         # the gradient methods combine K per-interval gradients themselves
         self.automatic_optimization = not isinstance(mtl, (PCGrad, NashMTL))
         self.net = net(image_size, in_channels, num_classes, num_timesteps, self.routing)
@@ -158,7 +160,9 @@ class DiffusionModule(L.LightningModule):
         loss = self.weighting(self.diffusion.snr(t)) * mse
         return (loss if vb is None else loss + vb), mse
 
-    def draw(self, x0: torch.Tensor, y: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    def draw(
+        self, x0: torch.Tensor, y: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """Timesteps, noise and label dropout for one training batch, from the module's generator."""
         gen = self.generator()
         if self.task_intervals is None:
@@ -215,7 +219,9 @@ class DiffusionModule(L.LightningModule):
             update = self.trainer.strategy.reduce(update, reduce_op="mean")
         write_grad(update, params)
         if self.hparams.gradient_clip_val:
-            self.clip_gradients(opt, gradient_clip_val=self.hparams.gradient_clip_val, gradient_clip_algorithm="norm")
+            self.clip_gradients(
+                opt, gradient_clip_val=self.hparams.gradient_clip_val, gradient_clip_algorithm="norm"
+            )
         opt.step()
         opt.zero_grad(set_to_none=True)
         self.ema.update_parameters(self.net)
@@ -255,12 +261,16 @@ class DiffusionModule(L.LightningModule):
         x0, y = batch
         t, noise = self.fixed_draw(x0, batch_idx)
         self.log("val/loss", self.per_sample_loss(x0, t, noise, y).mean(), sync_dist=True)
-        self.log("val/loss_ema", self.per_sample_loss(x0, t, noise, y, net=self.ema.module).mean(), sync_dist=True)
+        self.log(
+            "val/loss_ema", self.per_sample_loss(x0, t, noise, y, net=self.ema.module).mean(), sync_dist=True
+        )
 
     def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         x0, y = batch
         t, noise = self.fixed_draw(x0, batch_idx)
-        self.log("test/loss_ema", self.per_sample_loss(x0, t, noise, y, net=self.ema.module).mean(), sync_dist=True)
+        self.log(
+            "test/loss_ema", self.per_sample_loss(x0, t, noise, y, net=self.ema.module).mean(), sync_dist=True
+        )
 
     # --------------------------------------------------------------- sampling
     @torch.no_grad()
@@ -280,7 +290,9 @@ class DiffusionModule(L.LightningModule):
         eps_fn = guided(net, y, scale, self.hparams.num_classes)
         eta = 1.0 if (sampler or self.hparams.sampler) == "ddpm" else 0.0
         steps = steps or self.hparams.sample_steps
-        x = sample(eps_fn, self.diffusion, noise, min(steps, self.diffusion.num_timesteps), eta, generator=generator)
+        x = sample(
+            eps_fn, self.diffusion, noise, min(steps, self.diffusion.num_timesteps), eta, generator=generator
+        )
         return x.clamp(-1, 1)
 
     # ------------------------------------------------------------- prediction

@@ -41,8 +41,15 @@ def test_fit_writes_events_checkpoint_and_resolved_config(tmp_path):
 
 
 def test_print_config_and_composition():
-    proc = run_cli("fit", *DIGITS, "--config", str(REPO / "experiments/digits/rtr.yaml"),
-                   "--model.routing.init_args.beta", "0.5", "--print_config")
+    proc = run_cli(
+        "fit",
+        *DIGITS,
+        "--config",
+        str(REPO / "experiments/digits/rtr.yaml"),
+        "--model.routing.init_args.beta",
+        "0.5",
+        "--print_config",
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     config = yaml.safe_load(proc.stdout)
     assert config["model"]["routing"]["class_path"] == "dtr_lab.routing.RandomRouting"
@@ -56,7 +63,9 @@ def test_resume_continues_the_same_run(tmp_path):
     main(["fit", *base, *tiny(straight, steps=12, batch=256), "--checkpoint.every_n_train_steps", "6"])
     main(["fit", *base, *tiny(split, steps=6, batch=256), "--checkpoint.every_n_train_steps", "6"])
     first = run_dir(split)
-    main(["fit", *base, *tiny(split, steps=12, batch=256), "--ckpt_path", str(first / "checkpoints/last.ckpt")])
+    main(
+        ["fit", *base, *tiny(split, steps=12, batch=256), "--ckpt_path", str(first / "checkpoints/last.ckpt")]
+    )
     resumed = run_dir(split)
     assert resumed != first  # a new version directory; the first run is untouched
     a = torch.load(run_dir(straight) / "checkpoints/last.ckpt", weights_only=False)
@@ -74,8 +83,14 @@ def test_resume_continues_the_same_run(tmp_path):
 @pytest.mark.parametrize(
     "overrides, needle",
     [
-        (["--model.routing", "dtr_lab.routing.DTRRouting", "--model.routing.init_args.beta", "1.5"], "beta=1.5"),
-        (["--model.routing", "dtr_lab.routing.DTRRouting", "--model.routing.init_args.alpha", "0"], "alpha=0"),
+        (
+            ["--model.routing", "dtr_lab.routing.DTRRouting", "--model.routing.init_args.beta", "1.5"],
+            "beta=1.5",
+        ),
+        (
+            ["--model.routing", "dtr_lab.routing.DTRRouting", "--model.routing.init_args.alpha", "0"],
+            "alpha=0",
+        ),
         (["--model.net.init_args.size", "DiT-Q/2"], "model size 'DiT-Q/2' is unknown"),
         (["--model.routing", "dtr_lab.routing.SlidingRouting"], "SlidingRouting"),
         (["--data.init_args.image_size", "12"], "data.image_size=12"),
@@ -94,8 +109,15 @@ def test_checkpoint_of_another_shape_is_rejected(tmp_path):
     assert run_cli("fit", *DIGITS, *tiny(tmp_path, steps=2)).returncode == 0
     first = run_dir(tmp_path)
     before = sorted(p.name for p in first.rglob("*"))
-    proc = run_cli("fit", *DIGITS, *tiny(tmp_path, steps=4), "--model.net.init_args.size", "DiT-XS/2",
-                   "--ckpt_path", str(first / "checkpoints/last.ckpt"))
+    proc = run_cli(
+        "fit",
+        *DIGITS,
+        *tiny(tmp_path, steps=4),
+        "--model.net.init_args.size",
+        "DiT-XS/2",
+        "--ckpt_path",
+        str(first / "checkpoints/last.ckpt"),
+    )
     assert proc.returncode == 2
     assert "checkpoint does not match the configured model" in proc.stderr
     assert "Traceback" not in proc.stderr

@@ -55,10 +55,12 @@ def test_respaced_timesteps():
 
 def oracle_eps(d: GaussianDiffusion, point: torch.Tensor, seen: list):
     """The exact ε-predictor when the data is the single point `point`."""
+
     def eps(x, t):
         seen.append(t[0].item())
         ab = d.alpha_bar[t].to(x.dtype).view(-1, 1, 1, 1)
         return (x - ab.sqrt() * point) / (1 - ab).sqrt()
+
     return eps
 
 
@@ -69,7 +71,9 @@ def test_samplers_recover_a_single_data_point(steps):
     noise = torch.randn(3, 2, 1, 1, generator=torch.Generator().manual_seed(0))
     for fn in (ddpm, ddim):
         seen = []
-        out = fn(oracle_eps(d, point, seen), d, noise, steps=steps, generator=torch.Generator().manual_seed(1))
+        out = fn(
+            oracle_eps(d, point, seen), d, noise, steps=steps, generator=torch.Generator().manual_seed(1)
+        )
         torch.testing.assert_close(out, point.expand_as(out), atol=1e-5, rtol=0)
         # respaced samplers call the model at the original timesteps, from T-1 down to 0
         assert seen == list(reversed(respaced_timesteps(50, steps or 50)))
@@ -97,6 +101,7 @@ def test_single_step_ddim_by_hand():
 def test_guidance_combines_conditional_and_unconditional():
     def model(x, t, y):
         return torch.where((y == 10).view(-1, 1, 1, 1), torch.zeros_like(x), torch.ones_like(x))
+
     eps = guided(model, torch.tensor([3, 4]), scale=1.5, null_label=10)
     out = eps(torch.zeros(2, 1, 2, 2), torch.tensor([5, 5]))
     assert torch.allclose(out, torch.full_like(out, 1.5))  # 0 + 1.5 (1 - 0)

@@ -16,7 +16,8 @@ def test_registry_has_paper_sizes():
 
 
 def test_param_count_matches_paper_dit_s2():
-    # Peebles & Xie report 33.0M parameters for DiT-S/2 (ImageNet 256: 32×32×4 latents, 1000 classes, learned σ)
+    # Peebles & Xie report 33.0M parameters for DiT-S/2
+    # (ImageNet 256: 32×32×4 latents, 1000 classes, learned σ)
     m = DiT(32, 4, 1000, 1000, size="DiT-S/2", learn_sigma=True)
     assert sum(p.numel() for p in m.parameters()) / 1e6 == pytest.approx(33.0, abs=0.2)
 

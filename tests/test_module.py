@@ -10,7 +10,7 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from dtr_lab.data import DigitsDataModule
-from dtr_lab.diffusion import MinSNR, P2
+from dtr_lab.diffusion import P2, MinSNR
 from dtr_lab.models import DiT
 from dtr_lab.module import DiffusionModule
 from dtr_lab.mtl import Intervals, NashMTL, PCGrad, UncertaintyWeighting
@@ -20,13 +20,19 @@ from dtr_lab.routing import DTRRouting
 def tiny_module(**kwargs) -> DiffusionModule:
     def net(*args, **kw):
         return DiT(*args, size="DiT-T/2", **kw)
+
     return DiffusionModule(net=net, routing=DTRRouting(), num_timesteps=100, ema_decay=0.9, **kwargs)
 
 
 def fit(module: DiffusionModule, tmp_path, steps: int = 4, batch_size: int = 32) -> L.Trainer:
     trainer = L.Trainer(
-        max_steps=steps, logger=L.pytorch.loggers.TensorBoardLogger(tmp_path, name="t"), log_every_n_steps=1,
-        enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False, limit_val_batches=0,
+        max_steps=steps,
+        logger=L.pytorch.loggers.TensorBoardLogger(tmp_path, name="t"),
+        log_every_n_steps=1,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        limit_val_batches=0,
     )
     trainer.fit(module, DigitsDataModule(batch_size=batch_size))
     return trainer
@@ -97,6 +103,7 @@ def test_weighting_multiplies_the_mse():
 def test_learned_sigma_adds_the_vb_term(tmp_path):
     def net(*args, **kw):
         return DiT(*args, size="DiT-T/2", learn_sigma=True, **kw)
+
     module = DiffusionModule(net=net, num_timesteps=100, ema_decay=0.9)
     x0, noise, t = torch.rand(4, 1, 8, 8) * 2 - 1, torch.randn(4, 1, 8, 8), torch.tensor([0, 10, 50, 99])
     loss, mse = module.training_loss(x0, t, noise, None)

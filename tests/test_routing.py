@@ -18,7 +18,8 @@ def test_dtr_linear_window_by_hand():
 
 
 def test_dtr_alpha2_by_hand():
-    # C=10, beta=0.5 -> C_beta=5; start = round(5 (t/4)^2) = 0, round(0.3125)=0, round(1.25)=1, round(2.8125)=3, 5
+    # C=10, beta=0.5 -> C_beta=5; start = round(5 (t/4)^2):
+    # round(0)=0, round(0.3125)=0, round(1.25)=1, round(2.8125)=3, round(5)=5
     m = DTRRouting(alpha=2.0, beta=0.5).masks(5, 10)
     expected = rows("1111100000", "1111100000", "0111110000", "0001111100", "0000011111")
     assert torch.equal(m, expected)
@@ -58,7 +59,11 @@ def test_adjacent_timesteps_overlap_more_than_distant():
 
 
 def test_random_routing_is_seeded_and_sized():
-    a, b, c = RandomRouting(0.5, seed=1).masks(50, 20), RandomRouting(0.5, seed=1).masks(50, 20), RandomRouting(0.5, seed=2).masks(50, 20)
+    a, b, c = (
+        RandomRouting(0.5, seed=1).masks(50, 20),
+        RandomRouting(0.5, seed=1).masks(50, 20),
+        RandomRouting(0.5, seed=2).masks(50, 20),
+    )
     assert torch.equal(a, b) and not torch.equal(a, c)
     assert (a.sum(1) == 10).all()
     assert len({tuple(r.tolist()) for r in a}) > 40  # independent per timestep

@@ -10,6 +10,12 @@ from dtr_lab.callbacks.tensorboard_layout import TensorBoardLayout
 from dtr_lab.callbacks.timestep_loss import TimestepLoss
 
 __all__ = [
-    "GradientConflict", "RoutingMaps", "SampleGrid", "SampleQuality", "SamplesWriter", "TaskAffinity", "TensorBoardLayout",
+    "GradientConflict",
+    "RoutingMaps",
+    "SampleGrid",
+    "SampleQuality",
+    "SamplesWriter",
+    "TaskAffinity",
+    "TensorBoardLayout",
     "TimestepLoss",
 ]

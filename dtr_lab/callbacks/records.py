@@ -27,11 +27,13 @@ class RecordWriter:
     def scalar(self, step: int, metric: str, value: float, i: int | str = "", j: int | str = "") -> None:
         self._append([(step, metric, i, j, f"{float(value):.8g}")])
 
-    def vector(self, step: int, metric: str, values: torch.Tensor, index: Iterable[int] | None = None) -> None:
+    def vector(
+        self, step: int, metric: str, values: torch.Tensor, index: Iterable[int] | None = None
+    ) -> None:
         """One row per entry; i is the entry's index (or the given labels, e.g. timesteps)."""
         values = values.detach().float().cpu().tolist()
         index = list(range(len(values))) if index is None else list(index)
-        self._append((step, metric, int(i), "", f"{v:.8g}") for i, v in zip(index, values))
+        self._append((step, metric, int(i), "", f"{v:.8g}") for i, v in zip(index, values, strict=True))
 
     def matrix(self, step: int, metric: str, values: torch.Tensor) -> None:
         """One row per entry (i, j) of a 2-D tensor."""

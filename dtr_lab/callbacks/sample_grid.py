@@ -26,7 +26,9 @@ def image_grid(images: torch.Tensor, nrow: int, pad: int = 1) -> torch.Tensor:
 class SampleGrid(L.Callback):
     """Logs `num_samples` EMA samples (labels cycling over the classes) as an image grid."""
 
-    def __init__(self, every_n_steps: int = 500, num_samples: int = 40, nrow: int = 10, seed: int = 1234) -> None:
+    def __init__(
+        self, every_n_steps: int = 500, num_samples: int = 40, nrow: int = 10, seed: int = 1234
+    ) -> None:
         """
         Args:
             every_n_steps: sampling cadence in optimizer steps (and once at the end of fit).
@@ -63,7 +65,11 @@ class SampleGrid(L.Callback):
             save_png(grid, Path(out) / "samples" / f"step{trainer.global_step:07d}.png")
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if self.every_n_steps > 0 and trainer.global_step % self.every_n_steps == 0 and trainer.global_step > 0:
+        if (
+            self.every_n_steps > 0
+            and trainer.global_step % self.every_n_steps == 0
+            and trainer.global_step > 0
+        ):
             self.log_grid(trainer, pl_module)
 
     def on_train_end(self, trainer, pl_module) -> None:

@@ -10,4 +10,10 @@ from dtr_lab.data.digits import DigitsDataModule
 from dtr_lab.data.image_folder import ImageFolderDataModule
 from dtr_lab.data.latents import LatentDataModule
 
-__all__ = ["ImageDataModule", "DigitsDataModule", "CIFAR10DataModule", "ImageFolderDataModule", "LatentDataModule"]
+__all__ = [
+    "ImageDataModule",
+    "DigitsDataModule",
+    "CIFAR10DataModule",
+    "ImageFolderDataModule",
+    "LatentDataModule",
+]

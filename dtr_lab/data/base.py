@@ -62,7 +62,9 @@ class ImageDataModule(L.LightningDataModule):
         )
 
     def val_dataloader(self) -> DataLoader:
-        return DataLoader(self.val_set, batch_size=self.batch_size, shuffle=False, num_workers=self.num_workers)
+        return DataLoader(
+            self.val_set, batch_size=self.batch_size, shuffle=False, num_workers=self.num_workers
+        )
 
     def test_dataloader(self) -> DataLoader:
         return self.val_dataloader()
@@ -77,10 +79,11 @@ class ImageDataModule(L.LightningDataModule):
             self.setup("fit")
         if size > len(self.train_set):
             raise DTRLabError(
-                f"probe_size={size} is larger than the {len(self.train_set)} training images; lower probe_size"
+                f"probe_size={size} is larger than the {len(self.train_set)} training images; "
+                "lower probe_size"
             )
         idx = torch.randperm(len(self.train_set), generator=torch.Generator().manual_seed(seed))[:size]
-        xs, ys = zip(*(self.train_set[i] for i in idx.tolist()))
+        xs, ys = zip(*(self.train_set[i] for i in idx.tolist()), strict=True)
         return torch.stack(xs), torch.as_tensor(ys, dtype=torch.long)
 
 

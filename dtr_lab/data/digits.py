@@ -35,7 +35,9 @@ class DigitsDataModule(ImageDataModule):
     in_channels = 1
     num_classes = 10
 
-    def __init__(self, image_size: int = 8, batch_size: int = 128, num_workers: int = 0, seed: int = 0) -> None:
+    def __init__(
+        self, image_size: int = 8, batch_size: int = 128, num_workers: int = 0, seed: int = 0
+    ) -> None:
         """
         Args:
             image_size: side length; 8 (native) or a multiple of 8 (bilinear upsampling).

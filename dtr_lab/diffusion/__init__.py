@@ -6,6 +6,18 @@ from dtr_lab.diffusion.schedule import GaussianDiffusion, per_sample_mse
 from dtr_lab.diffusion.weighting import P2, LossWeighting, MinSNR, Uniform
 
 __all__ = [
-    "GaussianDiffusion", "per_sample_mse", "sample", "ddpm", "ddim", "guided", "respaced_timesteps",
-    "Posterior", "split_output", "vb_term", "LossWeighting", "Uniform", "MinSNR", "P2",
+    "GaussianDiffusion",
+    "per_sample_mse",
+    "sample",
+    "ddpm",
+    "ddim",
+    "guided",
+    "respaced_timesteps",
+    "Posterior",
+    "split_output",
+    "vb_term",
+    "LossWeighting",
+    "Uniform",
+    "MinSNR",
+    "P2",
 ]

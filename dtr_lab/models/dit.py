@@ -43,9 +43,7 @@ def parse_size(name: str) -> tuple[DiTSize, int]:
         size, patch = name.removeprefix("DiT-").split("/")
         return SIZES[size], int(patch)
     except (KeyError, ValueError):
-        raise DTRLabError(
-            f"model size {name!r} is unknown; choose one of {', '.join(MODEL_NAMES)}"
-        ) from None
+        raise DTRLabError(f"model size {name!r} is unknown; choose one of {', '.join(MODEL_NAMES)}") from None
 
 
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -63,6 +61,7 @@ def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -
 
 def sincos_pos_embed_2d(dim: int, grid: int) -> torch.Tensor:
     """Fixed 2-D sin-cos position embedding: (grid*grid, dim); half the channels per axis."""
+
     def axis(d: int, pos: torch.Tensor) -> torch.Tensor:
         omega = 1.0 / 10000 ** (torch.arange(d // 2, dtype=torch.float64) / (d / 2))
         out = pos.flatten()[:, None] * omega[None]
@@ -79,7 +78,9 @@ class TimestepEmbedder(nn.Module):
     def __init__(self, hidden_size: int, freq_dim: int = 256) -> None:
         super().__init__()
         self.freq_dim = freq_dim
-        self.mlp = nn.Sequential(nn.Linear(freq_dim, hidden_size), nn.SiLU(), nn.Linear(hidden_size, hidden_size))
+        self.mlp = nn.Sequential(
+            nn.Linear(freq_dim, hidden_size), nn.SiLU(), nn.Linear(hidden_size, hidden_size)
+        )
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
         return self.mlp(timestep_embedding(t, self.freq_dim))  # (N, D)

@@ -11,7 +11,9 @@ import torch
 def flat_grad(loss: torch.Tensor, params: Sequence[torch.Tensor]) -> torch.Tensor:
     """∂loss/∂params as one flat vector (P,), zeros for unused parameters; never touches .grad."""
     grads = torch.autograd.grad(loss, params, allow_unused=True)
-    return torch.cat([(torch.zeros_like(p) if g is None else g).flatten() for p, g in zip(params, grads)])
+    return torch.cat(
+        [(torch.zeros_like(p) if g is None else g).flatten() for p, g in zip(params, grads, strict=True)]
+    )
 
 
 def write_grad(flat: torch.Tensor, params: Sequence[torch.Tensor]) -> None:
@@ -36,7 +38,7 @@ def interval_gradients(
     """
     parts = [x.chunk(num_intervals) if x is not None else [None] * num_intervals for x in batch]
     grads, reported = [], []
-    for sub in zip(*parts):
+    for sub in zip(*parts, strict=True):
         objective, value = loss_fn(*sub)  # (B/K,) each
         grads.append(flat_grad(objective.mean(), params))
         reported.append(value.detach())
