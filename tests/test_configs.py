@@ -117,6 +117,16 @@ def num_intervals(config: dict) -> int | None:
     return len(intervals["boundaries"]) - 1 if intervals.get("boundaries") else intervals["num_intervals"]
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One intra-op thread: on a shared 2-core machine a second one spins against other processes and
+    a tiny model's step gets up to 100× slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def fake_data(tmp_path_factory) -> dict[str, Path]:
     """Data roots in the real formats: a CIFAR-10 archive and SD-VAE-style latent shards (4×8×8)."""
@@ -212,7 +222,7 @@ def test_shrunken_config_trains_two_steps(combo, fake_data, tmp_path):
 
 @pytest.mark.slow
 def test_cifar10_dtr_trains_a_few_hundred_steps(fake_data, tmp_path):
-    """The CIFAR-10 U-Net DTR config (UNet-T) learns the fake archive's flat images: ε-MSE falls."""
+    """The CIFAR-10 U-Net DTR config (UNet-T) learns the fake archive's flat images (ε-MSE 0.8 -> 0.02)."""
     folder = EXPERIMENTS / "cifar10"
     config = shrink(resolved((folder / "unet.yaml", folder / "dtr.yaml")), fake_data, tmp_path / "runs")
     config["trainer"].update(max_steps=300, val_check_interval=100, log_every_n_steps=10)
@@ -228,4 +238,4 @@ def test_cifar10_dtr_trains_a_few_hundred_steps(fake_data, tmp_path):
     loss = [e.value for e in acc.Scalars("train/loss")]
     assert len(loss) == 30 and all(math.isfinite(v) for v in loss)
     first, last = sum(loss[:3]) / 3, sum(loss[-3:]) / 3
-    assert last < 0.5 * first, f"train/loss {first:.3f} -> {last:.3f}"
+    assert last < 0.1 * first, f"train/loss {first:.3f} -> {last:.3f}"
