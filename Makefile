@@ -32,11 +32,13 @@ quickstart: $(VENV)/.installed
 	@echo "Logs:    runs/quickstart/{vanilla,dtr}/version_*"
 	@echo "View:    $(PY) -m tensorboard.main --logdir runs/quickstart"
 
+# One torch thread per process: the tests run small models (and subprocesses) where a second
+# OpenMP thread only contends for the 2 cores.
 test: $(VENV)/.installed
-	$(PY) -m pytest
+	OMP_NUM_THREADS=1 $(PY) -m pytest
 
 test-slow: $(VENV)/.installed
-	$(PY) -m pytest -m slow
+	OMP_NUM_THREADS=1 $(PY) -m pytest -m slow
 
 # The small-scale DTR reproduction (issue 6): about an hour on 2 CPU cores; finished runs are skipped.
 reproduce: $(VENV)/.installed

@@ -63,6 +63,7 @@ class DiffusionModule(L.LightningModule):
         sampler: str = "ddpm",
         sample_steps: int = 250,
         guidance_scale: float = 1.0,
+        clip_x0: bool = True,
         num_samples: int = 1000,
         seed: int = 0,
         image_size: int = 8,
@@ -88,6 +89,7 @@ class DiffusionModule(L.LightningModule):
             sampler: 'ddpm' (ancestral) or 'ddim' (deterministic) for samples made by the module.
             sample_steps: sampling steps (respaced from T; 250 in DiT/DTR).
             guidance_scale: classifier-free guidance scale (1 = none; DTR reports 1.5).
+            clip_x0: clip predicted x̂_0 and samples to [-1, 1] (images); false for VAE latents.
             num_samples: images drawn by `predict` (and scored by `test` with SampleQuality).
             seed: seeds the module's own timestep/noise/label-dropout generator.
             image_size: set from data.image_size.
@@ -284,16 +286,15 @@ class DiffusionModule(L.LightningModule):
         steps: int | None = None,
         guidance_scale: float | None = None,
     ) -> torch.Tensor:
-        """Images in [-1, 1] from x_T = noise (N, C, H, W); options default to the module's."""
+        """Samples from x_T = noise (N, C, H, W), in [-1, 1] when clip_x0; options default to the module's."""
         net = self.ema.module if use_ema else self.net
         scale = self.hparams.guidance_scale if guidance_scale is None else guidance_scale
         eps_fn = guided(net, y, scale, self.hparams.num_classes)
         eta = 1.0 if (sampler or self.hparams.sampler) == "ddpm" else 0.0
         steps = steps or self.hparams.sample_steps
-        x = sample(
-            eps_fn, self.diffusion, noise, min(steps, self.diffusion.num_timesteps), eta, generator=generator
-        )
-        return x.clamp(-1, 1)
+        steps = min(steps, self.diffusion.num_timesteps)
+        x = sample(eps_fn, self.diffusion, noise, steps, eta, clip_x0=self.hparams.clip_x0, generator=generator)
+        return x.clamp(-1, 1) if self.hparams.clip_x0 else x
 
     # ------------------------------------------------------------- prediction
     def predict_dataloader(self) -> DataLoader:

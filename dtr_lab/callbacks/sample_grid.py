@@ -57,6 +57,9 @@ class SampleGrid(L.Callback):
             None if y is None else y.to(device),
             generator=torch.Generator(device=device).manual_seed(self.seed),
         )
+        decode = getattr(trainer.datamodule, "decode", None)  # latent data: show images, not latents
+        if decode is not None:
+            images = decode(images)
         grid = image_grid(images, self.nrow)
         if trainer.logger is not None and hasattr(trainer.logger.experiment, "add_image"):
             trainer.logger.experiment.add_image("samples/ema", grid, trainer.global_step)

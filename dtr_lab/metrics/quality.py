@@ -41,7 +41,8 @@ def _quiet(metric_cls: type, **kwargs):
 
 def frechet_distance(real_features: torch.Tensor, fake_features: torch.Tensor) -> float:
     """FID (Heusel et al. 2017): Fréchet distance between Gaussians fitted to two feature sets."""
-    fid = FrechetInceptionDistance(feature=_Precomputed(real_features.shape[1]))
+    # sync_on_compute=False: the features are already gathered; under DDP only rank 0 scores
+    fid = FrechetInceptionDistance(feature=_Precomputed(real_features.shape[1]), sync_on_compute=False)
     fid.update(real_features.double(), real=True)
     fid.update(fake_features.double(), real=False)
     return fid.compute().item()
@@ -52,7 +53,10 @@ def kernel_distance(
     seed: int = 0,
 ) -> tuple[float, float]:
     """KID (Bińkowski et al. 2018): cubic-kernel MMD² over random subsets, (mean, std)."""
-    kid = _quiet(KernelInceptionDistance, feature=_Precomputed(), subsets=subsets, subset_size=subset_size)
+    kid = _quiet(
+        KernelInceptionDistance, feature=_Precomputed(), subsets=subsets, subset_size=subset_size,
+        sync_on_compute=False,
+    )
     kid.update(real_features.double(), real=True)
     kid.update(fake_features.double(), real=False)
     # torchmetrics draws subsets from the global RNG; a forked, seeded one keeps the score
@@ -65,7 +69,7 @@ def kernel_distance(
 
 def inception_score(logits: torch.Tensor, splits: int = 10, seed: int = 0) -> tuple[float, float]:
     """IS (Salimans et al. 2016): exp E[KL(p(y|x) ‖ p(y))] over `splits` chunks, (mean, std)."""
-    score = _quiet(InceptionScore, feature=_Precomputed(), splits=splits)
+    score = _quiet(InceptionScore, feature=_Precomputed(), splits=splits, sync_on_compute=False)
     score.update(logits.double())
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
