@@ -10,13 +10,12 @@ import pandas as pd
 import pytest
 import torch
 from cli_helpers import DIGITS, tiny
-from lightning.pytorch.utilities.model_helpers import is_overridden
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from dtr_lab.callbacks import SampleQuality
 from dtr_lab.callbacks.sample_quality import balanced_labels, generate
 from dtr_lab.cli import main
-from dtr_lab.data import DigitsDataModule, ImageDataModule
+from dtr_lab.data import DigitsDataModule
 from dtr_lab.errors import DTRLabError
 from dtr_lab.metrics import digits_split, load_digits_tensors
 
@@ -152,17 +151,7 @@ def test_test_scores_ema_samples_and_prints_them(runs, tmp_path, capsys):
     assert test_rows.set_index("metric").loc["test/fid", "value"] > 0
 
 
-@pytest.fixture
-def predict_wiring(monkeypatch):
-    """Until ImageDataModule defines predict_dataloader, hand `predict` the model's label list."""
-    if not is_overridden("predict_dataloader", ImageDataModule()):
-        monkeypatch.setattr(
-            ImageDataModule, "predict_dataloader",
-            lambda self: self.trainer.lightning_module.predict_dataloader(), raising=False,
-        )
-
-
-def test_predict_writes_uint8_nhwc_npz_and_a_grid(runs, tmp_path, predict_wiring):
+def test_predict_writes_uint8_nhwc_npz_and_a_grid(runs, tmp_path):
     run = runs["with"]
     out = tmp_path / "samples"
     cli("predict", "--config", str(run / "config.yaml"), "--ckpt_path", str(run / "checkpoints/last.ckpt"),

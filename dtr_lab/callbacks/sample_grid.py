@@ -6,9 +6,10 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 
 from dtr_lab.callbacks.logging import log_dir, save_png
+from dtr_lab.errors import DTRLabError
 
 
 def image_grid(images: torch.Tensor, nrow: int, pad: int = 1) -> torch.Tensor:
@@ -41,6 +42,7 @@ class SampleGrid(L.Callback):
         self.nrow = nrow
         self.seed = seed
         self._last_step = -1
+        self._warned = False
 
     @rank_zero_only
     def log_grid(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -57,15 +59,25 @@ class SampleGrid(L.Callback):
             None if y is None else y.to(device),
             generator=torch.Generator(device=device).manual_seed(self.seed),
         )
-        decode = getattr(trainer.datamodule, "decode", None)  # latent data: show images, not latents
-        if decode is not None:
-            images = decode(images)
-        grid = image_grid(images, self.nrow)
+        grid = image_grid(self.to_images(trainer, images), self.nrow)
         if trainer.logger is not None and hasattr(trainer.logger.experiment, "add_image"):
             trainer.logger.experiment.add_image("samples/ema", grid, trainer.global_step)
         out = log_dir(trainer)
         if out is not None:
             save_png(grid, Path(out) / "samples" / f"step{trainer.global_step:07d}.png")
+
+    def to_images(self, trainer: L.Trainer, samples: torch.Tensor) -> torch.Tensor:
+        """Latent samples decoded by the datamodule's VAE; without one, the first 3 latent channels."""
+        decode = getattr(trainer.datamodule, "decode", None)
+        if decode is None:
+            return samples
+        try:
+            return decode(samples)
+        except DTRLabError as err:  # a grid is a view: training goes on without the VAE
+            if not self._warned:
+                rank_zero_warn(f"SampleGrid shows raw latent channels: {err}")
+                self._warned = True
+            return samples[:, :3].clamp(-1, 1)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if (
