@@ -245,7 +245,7 @@ def ablation_rows(final: pd.DataFrame) -> pd.DataFrame:
 
 def figures(quality: pd.DataFrame, final: pd.DataFrame, out: Path) -> list[Path]:
     """The FID-vs-iteration figure (routing panel, weighting × routing panel) and the α/β ablation."""
-    from dtr_lab.plots_quality import ablation, quality_curves
+    from dtr_lab.plots import ablation, quality_curves
 
     main = quality[quality["param"] == ""]
     panels = pd.concat([

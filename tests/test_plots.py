@@ -186,3 +186,30 @@ def test_matrix_grid_run_still_training_shows_its_own_steps(tmp_path):
     fig = plots.matrix_grid(load_runs([ahead, behind]), "conflict", "cos")
     grid = [ax for ax in fig.axes if ax.collections and ax.get_label() != "<colorbar>"]
     assert [ax.get_title() for ax in grid] == ["step 0", "step 50", "step 100"] + ["step 0"] * 3
+
+
+def test_quality_curves_and_ablation_on_synthetic_frames():
+    """FID-vs-step lines per routing (mean of seeds) and the α/β sweep panels, values drawn as given."""
+    import pandas as pd
+
+    from dtr_lab.plots import ablation, quality_curves
+
+    rows = [
+        {"step": s, "metric": "fid", "value": v + seed, "seed": seed, "routing": r}
+        for r, base in (("vanilla", 100.0), ("dtr", 80.0))
+        for seed in (0, 2)
+        for s, v in ((300, base), (600, base / 2))
+    ]
+    fig = quality_curves(pd.DataFrame(rows), "fid")
+    ax = fig.axes[0]
+    assert ax.get_xlabel() == "training step" and "FID" in ax.get_ylabel()
+    means = {tuple(line.get_ydata()) for line in ax.get_lines() if len(line.get_ydata()) == 2}
+    assert (101.0, 51.0) in means and (81.0, 41.0) in means  # seed means 100+1, 50+1, 80+1, 40+1
+    final = pd.DataFrame(
+        {"param": ["alpha", "alpha", "beta"], "param_value": [1.0, 4.0, 0.8], "fid": [3.0, 2.0, 1.0],
+         "accuracy": [0.5, 0.6, 0.7]}
+    )
+    fig = ablation(final, {"alpha": "α", "beta": "β"})
+    assert len(fig.axes) == 4
+    assert list(fig.axes[0].get_lines()[0].get_ydata()) == [3.0, 2.0]
+    assert fig.axes[1].get_xlabel() == "β"
