@@ -82,15 +82,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help="also write the comparison figures and compare.md here")
     args = parser.parse_args(argv)
 
-    runs, bad = load(args.runs, PROG)
+    runs, bad = load(args.runs, PROG, args.by)
     if runs is None:
-        return 2
-    if args.by not in runs.labels.columns:
-        print(
-            f"{PROG}: error: --by {args.by!r} is not a run label; "
-            f"use one of {', '.join(runs.labels.columns)}",
-            file=sys.stderr,
-        )
         return 2
     try:
         table, notes = comparison(runs, args.by, args.baseline)

@@ -242,8 +242,9 @@ def write_figures(
     return drawn, skipped
 
 
-def load(paths: list[str], prog: str) -> tuple[Runs | None, int]:
-    """The readable runs (None if there are none) and how many paths were bad, reporting each."""
+def load(paths: list[str], prog: str, by: str) -> tuple[Runs | None, int]:
+    """The readable runs (None if there are none, or `by` is not a run label) and how many paths
+    were bad, reporting each."""
     bad = []
 
     def report(err: RunError) -> None:
@@ -258,6 +259,12 @@ def load(paths: list[str], prog: str) -> tuple[Runs | None, int]:
         return None, max(len(bad), 1)
     for problem in runs.problems:
         print(f"{prog}: note: {problem}", file=sys.stderr)
+    if by not in runs.labels.columns:
+        print(
+            f"{prog}: error: --by {by!r} is not a run label; use one of {', '.join(runs.labels.columns)}",
+            file=sys.stderr,
+        )
+        return None, len(bad)
     return runs, len(bad)
 
 
@@ -271,15 +278,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--baseline", default="vanilla", help="the --by value that ratios are taken against")
     args = parser.parse_args(argv)
 
-    runs, bad = load(args.runs, PROG)
+    runs, bad = load(args.runs, PROG, args.by)
     if runs is None:
-        return 2
-    if args.by not in runs.labels.columns:
-        print(
-            f"{PROG}: error: --by {args.by!r} is not a run label; "
-            f"use one of {', '.join(runs.labels.columns)}",
-            file=sys.stderr,
-        )
         return 2
     drawn, skipped = write_figures(runs, args.out, catalogue(args.by, args.baseline))
     for reason in skipped:
