@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from cli_helpers import tiny
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -56,24 +57,7 @@ def tiny_fit_args(save_dir: Path, name: str, routing_yaml: str, overrides: Path)
         str(REPO / "experiments/digits" / routing_yaml),
         "--config",
         str(overrides),
-        "--trainer.max_steps",
-        str(TINY_STEPS),
-        "--trainer.val_check_interval",
-        "2",
-        "--trainer.limit_val_batches",
-        "1",
-        "--trainer.log_every_n_steps",
-        "1",
-        "--trainer.enable_progress_bar",
-        "false",
-        "--trainer.enable_model_summary",
-        "false",
-        "--data.init_args.batch_size",
-        "16",
-        "--model.sample_steps",
-        "2",
-        "--trainer.logger.init_args.save_dir",
-        str(save_dir),
+        *tiny(save_dir, steps=TINY_STEPS, batch=16),
         "--trainer.logger.init_args.name",
         name,
     ]
