@@ -4,13 +4,18 @@ links and one-line errors for bad input."""
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 
+from dtr_lab.checkpoint_file import LIGHTNING_KEYWORDS, read_checkpoint
 from dtr_lab.data import ImageDataModule
-from dtr_lab.errors import find_bad_input
+from dtr_lab.errors import DTRLabError, find_bad_input
 from dtr_lab.module import DiffusionModule
+from dtr_lab.parser import OneLineParser, read_configs
+from dtr_lab.run_dir import remove_failed_start
 
 
 class DTRLabCLI(LightningCLI):
@@ -31,12 +36,46 @@ class DTRLabCLI(LightningCLI):
         DiffusionModule.on_load_checkpoint rejects a checkpoint of another shape with one line.
         """
 
+    def parse_arguments(self, parser, args) -> None:
+        read_configs(sys.argv[1:] if args is None else list(args))  # bad files: one line naming the file
+        super().parse_arguments(parser, args)
+
+    def instantiate_trainer(self, **kwargs):
+        try:
+            return super().instantiate_trainer(**kwargs)
+        except MisconfigurationException as err:  # Lightning's word for a bad trainer option
+            raise DTRLabError(f"trainer options: {err}; fix them in the config") from None
+
+    def _run_subcommand(self, subcommand: str) -> None:
+        """Reads --ckpt_path before the trainer opens the run directory; a start that fails removes the
+        run directory it opened if nothing but start-up files is in it (see dtr_lab.run_dir)."""
+        ckpt_path = self.config_init[subcommand].get("ckpt_path")
+        if ckpt_path and not (ckpt_path in LIGHTNING_KEYWORDS and not Path(ckpt_path).exists()):
+            state = read_checkpoint(ckpt_path)["state_dict"]
+            try:
+                self.model.check_checkpoint_shapes(state)
+            except DTRLabError as err:
+                raise DTRLabError(f"--ckpt_path {ckpt_path}: {err}") from None
+        logger = self.trainer.logger
+        run_dir = Path(logger.log_dir) if logger is not None and logger.log_dir else None
+        existed = run_dir is not None and run_dir.exists()
+        try:
+            super()._run_subcommand(subcommand)
+        except Exception:
+            if run_dir is not None and not existed and self.trainer.is_global_zero:
+                remove_failed_start(run_dir)
+            raise
+
     def before_fit(self) -> None:
         """Checks that need both model and data, before the trainer writes anything."""
         self.model.check_batch_size(self.datamodule.batch_size)
-        for callback in self.trainer.callbacks:
-            if hasattr(callback, "prepare"):  # analysis callbacks validate their options and probes
-                callback.prepare(self.model, self.datamodule)
+        self.model.check_optimizer()
+        analyses = [c for c in self.trainer.callbacks if hasattr(c, "prepare")]
+        if analyses:  # their probes come from the training set: a batch larger than it is the real fault
+            self.datamodule.setup("fit")
+            self.datamodule.check_batch_size()
+        for callback in analyses:  # analysis callbacks validate their options and probes
+            callback.prepare(self.model, self.datamodule)
 
 
 def main(args: list[str] | None = None) -> None:
@@ -52,6 +91,7 @@ def main(args: list[str] | None = None) -> None:
                     "init_args": {"save_dir": "runs", "name": "default"},
                 }
             },
+            parser_class=OneLineParser,
             args=args,
         )
     except Exception as exc:

@@ -32,6 +32,15 @@ OptimizerFactory = Callable[[Iterable], torch.optim.Optimizer]
 SAMPLERS = ("ddpm", "ddim")
 
 
+def check_sample_steps(steps: int, num_timesteps: int, option: str) -> None:
+    """Sampling steps must be an int in [1, T]: 0 or more than T would silently mean something else."""
+    if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= num_timesteps:
+        raise DTRLabError(
+            f"{option}={steps!r} must be an integer from 1 to T={num_timesteps} (model.num_timesteps); "
+            "DiT and DTR sample with 250"
+        )
+
+
 def ema_multi_avg_fn(decay: float) -> Callable:
     """EMA with warm-up: decay_n = min(decay, (1 + n) / (10 + n)), so early averages aren't stale."""
 
@@ -105,6 +114,7 @@ class DiffusionModule(L.LightningModule):
             raise DTRLabError(f"model.num_samples={num_samples} must be a positive integer")
         if not 0.0 <= class_dropout_prob < 1.0:
             raise DTRLabError(f"model.class_dropout_prob={class_dropout_prob} must be in [0, 1)")
+        check_sample_steps(sample_steps, num_timesteps, "model.sample_steps")
         self.save_hyperparameters(ignore=["net", "routing", "optimizer", "weighting", "mtl"])
         self.routing = routing or NoRouting()
         self.weighting = weighting or Uniform()
@@ -246,6 +256,14 @@ class DiffusionModule(L.LightningModule):
             return torch.optim.AdamW(groups, lr=1e-4, weight_decay=0.0)
         return self.optimizer_factory(groups)
 
+    def check_optimizer(self) -> None:
+        """Build the optimizer once, so options it rejects (lr < 0, betas outside [0, 1)) fail in one line
+        before the run starts rather than in the trainer's setup."""
+        try:
+            self.configure_optimizers()
+        except (ValueError, TypeError) as err:
+            raise DTRLabError(f"model.optimizer rejects its options: {err}; fix its init_args") from None
+
     def check_batch_size(self, batch_size: int) -> None:
         """Stratified sampling needs B divisible by K; checked before anything is written."""
         if self.task_intervals is not None:
@@ -291,10 +309,11 @@ class DiffusionModule(L.LightningModule):
         scale = self.hparams.guidance_scale if guidance_scale is None else guidance_scale
         eps_fn = guided(net, y, scale, self.hparams.num_classes)
         eta = 1.0 if (sampler or self.hparams.sampler) == "ddpm" else 0.0
-        steps = steps or self.hparams.sample_steps
-        steps = min(steps, self.diffusion.num_timesteps)
-        x = sample(eps_fn, self.diffusion, noise, steps, eta, clip_x0=self.hparams.clip_x0, generator=generator)
-        return x.clamp(-1, 1) if self.hparams.clip_x0 else x
+        steps = self.hparams.sample_steps if steps is None else steps
+        check_sample_steps(steps, self.diffusion.num_timesteps, "steps")
+        clip = self.hparams.clip_x0
+        x = sample(eps_fn, self.diffusion, noise, steps, eta, clip_x0=clip, generator=generator)
+        return x.clamp(-1, 1) if clip else x
 
     # ------------------------------------------------------------- prediction
     def predict_dataloader(self) -> DataLoader:
@@ -332,6 +351,7 @@ class DiffusionModule(L.LightningModule):
         """Fail with one line when a checkpoint was saved from a differently shaped model."""
         own = self.state_dict()
         missing = sorted(set(own) - set(state))
+        unexpected = sorted(set(state) - set(own))
         mismatched = [k for k in own if k in state and own[k].shape != state[k].shape]
         if mismatched:
             k = mismatched[0]
@@ -344,4 +364,9 @@ class DiffusionModule(L.LightningModule):
             raise DTRLabError(
                 f"checkpoint does not match the configured model: it lacks {missing[0]} "
                 f"({len(missing)} tensors missing); use the config the checkpoint was trained with"
+            )
+        if unexpected:
+            raise DTRLabError(
+                f"checkpoint does not match the configured model: it has {unexpected[0]}, which the model "
+                f"lacks ({len(unexpected)} extra tensors); use the config the checkpoint was trained with"
             )

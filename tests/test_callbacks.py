@@ -49,7 +49,7 @@ class LinearDenoiser(nn.Module):
 
 def fit(tmp_path, callbacks, optimizer, max_steps=2, net=LinearDenoiser, **trainer_args):
     torch.manual_seed(0)
-    module = DiffusionModule(net=net, num_timesteps=T, optimizer=optimizer, ema_decay=0.9)
+    module = DiffusionModule(net=net, num_timesteps=T, sample_steps=T, optimizer=optimizer, ema_decay=0.9)
     trainer = L.Trainer(
         max_steps=max_steps,
         logger=TensorBoardLogger(tmp_path, name="run", version=0),
@@ -187,7 +187,9 @@ def test_timestep_probe_and_bins(linear_run):
 
 def test_binned_training_loss_is_the_mean_per_bin():
     cb = TimestepLoss(every_n_steps=2, num_bins=4, probe_size=2)
-    module = DiffusionModule(net=LinearDenoiser, num_timesteps=T, image_size=8, in_channels=1, num_classes=10)
+    module = DiffusionModule(
+        net=LinearDenoiser, num_timesteps=T, sample_steps=T, image_size=8, in_channels=1, num_classes=10
+    )
     logged = []
     logger = SimpleNamespace(log_metrics=lambda metrics, step: logged.append((step, metrics)))
     trainer = SimpleNamespace(
@@ -388,7 +390,9 @@ def test_bad_input_fails_at_setup_before_writing(tmp_path, callback, match):
 
 
 def test_prepare_checks_and_builds_the_probe_before_fit():
-    module = DiffusionModule(net=LinearDenoiser, num_timesteps=T, image_size=8, in_channels=1, num_classes=10)
+    module = DiffusionModule(
+        net=LinearDenoiser, num_timesteps=T, sample_steps=T, image_size=8, in_channels=1, num_classes=10
+    )
     data = DigitsDataModule(batch_size=40)
     conflict = GradientConflict(intervals=Intervals(num_intervals=4))
     conflict.prepare(module, data)

@@ -21,7 +21,9 @@ def tiny_module(**kwargs) -> DiffusionModule:
     def net(*args, **kw):
         return DiT(*args, size="DiT-T/2", **kw)
 
-    return DiffusionModule(net=net, routing=DTRRouting(), num_timesteps=100, ema_decay=0.9, **kwargs)
+    return DiffusionModule(
+        net=net, routing=DTRRouting(), num_timesteps=100, ema_decay=0.9, **{"sample_steps": 100, **kwargs}
+    )
 
 
 def fit(module: DiffusionModule, tmp_path, steps: int = 4, batch_size: int = 32) -> L.Trainer:
@@ -104,7 +106,7 @@ def test_learned_sigma_adds_the_vb_term(tmp_path):
     def net(*args, **kw):
         return DiT(*args, size="DiT-T/2", learn_sigma=True, **kw)
 
-    module = DiffusionModule(net=net, num_timesteps=100, ema_decay=0.9)
+    module = DiffusionModule(net=net, num_timesteps=100, sample_steps=100, ema_decay=0.9)
     x0, noise, t = torch.rand(4, 1, 8, 8) * 2 - 1, torch.randn(4, 1, 8, 8), torch.tensor([0, 10, 50, 99])
     loss, mse = module.training_loss(x0, t, noise, None)
     assert (loss > mse).all()  # + L_vb (≥ 0 in expectation, > 0 for an untrained σ)

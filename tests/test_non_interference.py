@@ -54,6 +54,7 @@ def train(tmp_path, callbacks, net, precision, accumulate):
         net=partial(net, size="DiT-T/2"),
         routing=DTRRouting(),
         num_timesteps=100,
+        sample_steps=100,
         optimizer=partial(torch.optim.AdamW, lr=1e-3),
         ema_decay=0.9,
     )

@@ -14,6 +14,7 @@ from dtr_lab.callbacks.records import RecordWriter
 from dtr_lab.errors import DTRLabError
 from dtr_lab.metrics import SampleQualityMetrics
 from dtr_lab.metrics.features import FEATURES, find_inception_weights
+from dtr_lab.module import check_sample_steps
 
 
 def balanced_labels(n: int, num_classes: int) -> torch.Tensor | None:
@@ -132,6 +133,9 @@ class SampleQuality(L.Callback):
             )
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        steps = self.sample_kwargs["steps"]
+        if steps is not None:  # checked at setup, not at the first evaluation hundreds of steps in
+            check_sample_steps(steps, pl_module.diffusion.num_timesteps, "SampleQuality.steps")
         if stage == "test" and self.test_num_samples is None:
             self._check_count("model.num_samples", pl_module.hparams.num_samples, self.kid_subset_size)
 

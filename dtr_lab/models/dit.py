@@ -41,6 +41,8 @@ def parse_size(name: str) -> tuple[DiTSize, int]:
     """'DiT-B/2' -> (DiTSize(12, 768, 12), 2)."""
     try:
         size, patch = name.removeprefix("DiT-").split("/")
+        if int(patch) not in PATCH_SIZES:  # e.g. /0, which would divide by zero further on
+            raise ValueError(patch)
         return SIZES[size], int(patch)
     except (KeyError, ValueError):
         raise DTRLabError(f"model size {name!r} is unknown; choose one of {', '.join(MODEL_NAMES)}") from None

@@ -1,0 +1,64 @@
+"""Reading a `--ckpt_path` file before the trainer does, so a bad file ends in one line naming what is
+wrong, before the run directory is created.
+
+Lightning loads the checkpoint inside `trainer.fit/validate/test/predict`, after it has opened the new
+run directory, and lets torch's errors through as tracebacks. The cost of checking first is one extra
+read of the file: the zip CRC check reads every byte once (torch.load itself never checks the CRCs,
+so a bit flip in a tensor would otherwise load silently), and the tensors are memory-mapped, not copied.
+"""
+
+from __future__ import annotations
+
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from dtr_lab.errors import DTRLabError
+
+# Lightning's own ckpt_path values, resolved by the trainer (not files)
+LIGHTNING_KEYWORDS = ("last", "best", "hpc", "registry")
+FIX = "pass a checkpoint written by `python -m dtr_lab fit`, e.g. runs/<name>/version_N/checkpoints/last.ckpt"
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """The checkpoint at `path` (tensors memory-mapped); DTRLabError saying why it is unreadable."""
+    path = Path(path)
+    where = f"--ckpt_path {path}"
+    if not path.exists():
+        raise DTRLabError(f"{where}: no such file; {FIX}")
+    if path.is_dir():
+        inside = sorted(p.name for p in path.glob("*.ckpt"))
+        hint = f"pass one of the files in it ({', '.join(inside[:3])})" if inside else FIX
+        raise DTRLabError(f"{where} is a folder, not a checkpoint file; {hint}")
+    size = path.stat().st_size
+    if size == 0:
+        raise DTRLabError(f"{where} is empty (0 bytes: a save that never finished?); {FIX}")
+    if not zipfile.is_zipfile(path):
+        with path.open("rb") as f:
+            head = f.read(4)
+        what = (
+            f"truncated ({size} bytes, the end of its zip archive is missing: an interrupted save or copy)"
+            if head.startswith(b"PK")
+            else "not a PyTorch checkpoint (torch.save writes a zip archive; this file is something else)"
+        )
+        raise DTRLabError(f"{where} is {what}; {FIX}")
+    try:
+        with zipfile.ZipFile(path) as archive:
+            damaged = archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError) as err:
+        raise DTRLabError(f"{where} is a damaged zip archive ({err}); {FIX}") from None
+    if damaged is not None:
+        raise DTRLabError(
+            f"{where} is damaged: {damaged} fails its CRC check (bit flips on disk or a bad copy); "
+            f"use another checkpoint of the run (e.g. an epoch=…-step=….ckpt) or copy it again"
+        )
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as err:  # torch's unpickler raises many types for bytes it cannot interpret
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise DTRLabError(f"{where} cannot be read by torch.load ({reason[:200]}); {FIX}") from None
+    if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("state_dict"), dict):
+        raise DTRLabError(f"{where} holds no model state_dict, so it is not a Lightning checkpoint; {FIX}")
+    return checkpoint
