@@ -5,6 +5,9 @@ PY := $(VENV)/bin/python
 # The CPU build of torch unless an NVIDIA GPU is visible (an unpinned torch pulls a multi-GB CUDA build).
 TORCH_SPEC := $(shell if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then echo torch; else echo torch==2.13.0; fi)
 
+# The newest version_N under $(1) that holds a last.ckpt: an empty or failed version directory is never picked.
+newest_run = $$(ls -d $(1)/version_*/checkpoints/last.ckpt | sort -V | tail -1 | sed 's|/checkpoints/last.ckpt$$||')
+
 .PHONY: quickstart test test-slow bench reproduce lint clean-runs
 
 $(VENV)/.installed: pyproject.toml
@@ -24,8 +27,8 @@ quickstart: $(VENV)/.installed
 		--trainer.logger.init_args.name vanilla --trainer.enable_progress_bar false > runs/quickstart/vanilla.log 2>&1 & \
 	OMP_NUM_THREADS=1 $(PY) -m dtr_lab fit --config experiments/quickstart.yaml; status=$$?; \
 	wait $$! || { echo "the unrouted run failed: see runs/quickstart/vanilla.log"; exit 1; }; exit $$status
-	$(PY) analysis/make_figures.py $$(ls -d runs/quickstart/vanilla/version_* | sort -V | tail -1) \
-		$$(ls -d runs/quickstart/dtr/version_* | sort -V | tail -1) --out runs/quickstart/figures
+	$(PY) analysis/make_figures.py $(call newest_run,runs/quickstart/vanilla) $(call newest_run,runs/quickstart/dtr) \
+		--out runs/quickstart/figures
 	@echo
 	@echo "Figures: runs/quickstart/figures/index.md"
 	@echo "Logs:    runs/quickstart/{vanilla,dtr}/version_*"

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from make_figures import catalogue, load, markdown_table, write_figures
+from make_figures import catalogue, load, markdown_table, out_problem, write_figures
 
 from dtr_lab.runs import RunError, final_metrics
 
@@ -81,6 +81,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--out", type=Path, help="also write the comparison figures and compare.md here")
     args = parser.parse_args(argv)
+    problem = None if args.out is None else out_problem(args.out)
+    if problem:
+        print(f"{PROG}: error: {problem}", file=sys.stderr)
+        return 2
 
     runs, bad = load(args.runs, PROG, args.by)
     if runs is None:

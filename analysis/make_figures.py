@@ -242,6 +242,14 @@ def write_figures(
     return drawn, skipped
 
 
+def out_problem(out: Path) -> str | None:
+    """Why --out cannot become the figures folder (it, or a folder above it, is a file), or None."""
+    existing = next(p for p in (out, *out.parents) if p.exists())
+    if not existing.is_dir():
+        return f"--out {out}: {existing} is a file, not a folder; pass a folder for the figures (made if absent)"
+    return None
+
+
 def load(paths: list[str], prog: str, by: str) -> tuple[Runs | None, int]:
     """The readable runs (None if there are none, or `by` is not a run label) and how many paths
     were bad, reporting each."""
@@ -277,6 +285,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--baseline", default="vanilla", help="the --by value that ratios are taken against")
     args = parser.parse_args(argv)
+    problem = out_problem(args.out)
+    if problem:
+        print(f"{PROG}: error: {problem}", file=sys.stderr)
+        return 2
 
     runs, bad = load(args.runs, PROG, args.by)
     if runs is None:

@@ -18,18 +18,32 @@ STARTUP_TAGS = ("hp_metric",)
 STARTUP_TAG_PREFIX = "_hparams_/"
 
 
-def events_have_metrics(file: Path) -> bool:
-    """Whether a TensorBoard events file holds any summary beyond the start-up hyperparameters."""
-    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+def read_events(file: Path) -> tuple[list, int]:
+    """The Event protos of a TensorBoard events file up to its first damaged or cut-off record, and how
+    many of the file's bytes they span (the file size when it reads to its end)."""
+    from google.protobuf.message import DecodeError
+    from tensorboard.backend.event_processing.event_file_loader import RawEventFileLoader
+    from tensorboard.compat.proto import event_pb2
 
-    try:
-        for event in EventFileLoader(str(file)).Load():
-            for value in event.summary.value:
-                if value.tag not in STARTUP_TAGS and not value.tag.startswith(STARTUP_TAG_PREFIX):
-                    return True
-    except Exception:  # a file that cannot be read is kept, never judged empty
+    events, read = [], 0
+    # the loader checks each record's CRC and stops at the first bad one without saying so
+    for raw in RawEventFileLoader(str(file)).Load():
+        try:
+            events.append(event_pb2.Event.FromString(raw))
+        except DecodeError:
+            break
+        read += len(raw) + 16  # TFRecord framing: length (8), its CRC (4), the data, its CRC (4)
+    return events, read
+
+
+def events_have_metrics(file: Path) -> bool:
+    """Whether a TensorBoard events file holds any summary beyond the start-up hyperparameters; a
+    file that does not read to its end counts as holding some (it is never judged empty)."""
+    events, read = read_events(file)
+    if read < file.stat().st_size:
         return True
-    return False
+    tags = (value.tag for event in events for value in event.summary.value)
+    return any(tag not in STARTUP_TAGS and not tag.startswith(STARTUP_TAG_PREFIX) for tag in tags)
 
 
 def holds_output(path: Path) -> bool:

@@ -23,13 +23,14 @@ import pandas as pd
 import yaml
 
 from dtr_lab.errors import DTRLabError
+from dtr_lab.run_dir import EVENTS_GLOB, holds_output, read_events
 
 LABELS = ("run", "routing", "weighting", "mtl", "model", "seed")
 RECORDS = ("loss_by_t", "conflict", "affinity", "routing", "quality")
 FRAMES = ("scalars", *RECORDS, "intervals")
 RECORD_COLUMNS = ["step", "metric", "i", "j", "value"]
+NAN_TEXTS = ("nan", "-nan", "+nan")
 INTERVAL_COLUMNS = ["name", "k", "start", "end"]
-EVENTS_GLOB = "events.out.tfevents.*"
 # short names researchers use (DTR paper, Table 2), as in the experiments/digits/*.yaml file names
 SHORT_NAMES = {
     "NoRouting": "vanilla",
@@ -112,11 +113,20 @@ def read_records(path: Path, columns: list[str] = RECORD_COLUMNS) -> tuple[pd.Da
         raise RunError(f"{path}: header is {','.join(header)!r}, expected {','.join(columns)!r}")
     frame = pd.read_csv(io.StringIO(text), dtype=str, on_bad_lines="skip", keep_default_na=False)
     n = len(frame)
+    malformed = pd.Series(False, index=frame.index)
     for c in columns:
-        if _dtype(c) != "string":
-            frame[c] = pd.to_numeric(frame[c].str.strip(), errors="coerce")
-    must = [c for c in columns if c not in ("i", "j")]
-    frame = frame.dropna(subset=must)
+        if _dtype(c) == "string":
+            malformed |= frame[c].isna()
+            continue
+        cells = frame[c].fillna("").str.strip()
+        frame[c] = pd.to_numeric(cells, errors="coerce")
+        missing = frame[c].isna()
+        if c in ("i", "j"):  # empty on scalar rows
+            missing &= cells != ""
+        elif c == "value":  # a diverged run writes nan: that is a value, kept as NaN, not a malformed row
+            missing &= ~cells.str.lower().isin(NAN_TEXTS)
+        malformed |= missing
+    frame = frame[~malformed]
     if len(frame) < n:
         problems.append(f"{path}: {n - len(frame)} malformed row(s) ignored")
     frame = frame.astype({c: _dtype(c) for c in columns}).reset_index(drop=True)
@@ -133,27 +143,32 @@ def _dtype(column: str) -> str:
 
 
 def read_scalars(run_dir: Path) -> tuple[pd.DataFrame, list[str]]:
-    """Every TensorBoard scalar of a run as rows (step, tag, value, wall_time)."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    """Every TensorBoard scalar of a run as rows (step, tag, value, wall_time); a damaged events file is
+    read up to the damage, and a problem names the file and how much of it was lost."""
+    from tensorboard.util import tensor_util
 
-    frame = pd.DataFrame(
-        {"step": pd.Series(dtype="int64"), "tag": pd.Series(dtype="string"), "value": [], "wall_time": []}
-    )
-    if not any(run_dir.glob(EVENTS_GLOB)):
-        return frame, []
-    # images and tensors are not needed here; keep one of each so loading stays cheap
-    acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0, "images": 1, "tensors": 1})
-    try:
-        acc.Reload()
-    except Exception as err:  # a corrupt record mid-file: keep what was read before it
-        return frame, [f"{run_dir}: events file unreadable past some point ({type(err).__name__})"]
-    rows = [(e.step, tag, e.value, e.wall_time) for tag in acc.Tags()["scalars"] for e in acc.Scalars(tag)]
-    if rows:
-        frame = pd.DataFrame(rows, columns=["step", "tag", "value", "wall_time"]).astype({"tag": "string"})
-        # a resumed run re-logs steps after its last checkpoint: keep the latest write
-        frame = frame.sort_values("wall_time").drop_duplicates(["tag", "step"], keep="last")
-        frame = frame.sort_values(["tag", "step"], kind="stable").reset_index(drop=True)
-    return frame, []
+    rows, problems = [], []
+    for file in sorted(run_dir.glob(EVENTS_GLOB)):
+        events, read = read_events(file)
+        size = file.stat().st_size
+        if read < size:
+            problems.append(
+                f"{file}: unreadable from byte {read} of {size} (damaged or cut off); the scalars in its "
+                f"last {size - read} bytes ({(size - read) / size:.0%} of the file) are missing"
+            )
+        for event in events:
+            for value in event.summary.value:
+                kind = value.WhichOneof("value")
+                if kind == "simple_value":
+                    rows.append((event.step, value.tag, value.simple_value, event.wall_time))
+                elif kind == "tensor" and value.metadata.plugin_data.plugin_name == "scalars":
+                    scalar = float(tensor_util.make_ndarray(value.tensor))
+                    rows.append((event.step, value.tag, scalar, event.wall_time))
+    frame = pd.DataFrame(rows, columns=["step", "tag", "value", "wall_time"])
+    frame = frame.astype({"step": "int64", "tag": "string", "value": "float64", "wall_time": "float64"})
+    # a resumed run re-logs steps after its last checkpoint: keep the latest write
+    frame = frame.sort_values("wall_time", kind="stable").drop_duplicates(["tag", "step"], keep="last")
+    return frame.sort_values(["tag", "step"], kind="stable").reset_index(drop=True), problems
 
 
 def is_run_dir(path: Path) -> bool:
@@ -297,6 +312,7 @@ class Runs:
     """Several runs: the same frames as a Run, concatenated, plus one row of labels per run."""
 
     runs: list[Run]
+    skipped: list[str] = field(default_factory=list)  # folders passed over, e.g. failed starts
 
     def __post_init__(self) -> None:
         for name in FRAMES:
@@ -308,7 +324,7 @@ class Runs:
 
     @property
     def problems(self) -> list[str]:
-        return [p for r in self.runs for p in r.problems]
+        return self.skipped + [p for r in self.runs for p in r.problems]
 
     def __len__(self) -> int:
         return len(self.runs)
@@ -344,20 +360,33 @@ def load_runs(
 ) -> Runs:
     """Read runs from folders or glob patterns (a folder above runs finds every run below it).
 
-    With ``on_error`` a bad path is reported to it and skipped; without, it raises RunError.
+    With ``on_error`` a bad path is reported to it and skipped; without, it raises RunError. A folder
+    that a pattern or a parent folder turns up but that holds no run output (a failed or just-begun
+    start, an empty ``version_N``) is passed over with a note in ``problems``.
     """
     if isinstance(paths, (str, Path)):
         paths = [paths]
     dirs: list[Path] = []
+    skipped: list[str] = []
     for p in paths:
-        matches = sorted(glob.glob(str(p))) if glob.has_magic(str(p)) else [str(p)]
+        named = not glob.has_magic(str(p))
+        matches = [str(p)] if named else sorted(glob.glob(str(p)))
         if not matches:
             _fail(RunError(f"{p}: the pattern matches nothing; check the path"), on_error)
         for m in matches:
+            if not named and Path(m).is_dir() and not holds_output(Path(m)):
+                skipped.append(f"{m}: skipped, it holds no run output (a failed or just-begun start)")
+                continue
             try:
-                dirs += [d for d in find_run_dirs(m) if d not in dirs]
+                found = [d for d in find_run_dirs(m) if d not in dirs]
             except RunError as err:
                 _fail(err, on_error)
+                continue
+            for d in found:
+                if d != Path(m) and not holds_output(d):
+                    skipped.append(f"{d}: skipped, it holds no run output (a failed or just-begun start)")
+                else:
+                    dirs.append(d)
     names = _unique_names(dirs)
     loaded = []
     for d, name in zip(dirs, names, strict=True):
@@ -367,7 +396,7 @@ def load_runs(
             _fail(err, on_error)
     if not loaded:
         raise RunError(f"no readable run in {', '.join(map(str, paths))}")
-    return Runs(loaded)
+    return Runs(loaded, skipped)
 
 
 def _fail(err: RunError, on_error: Callable[[RunError], None] | None) -> None:

@@ -1,0 +1,202 @@
+"""Bad input to the CLI (checkpoints, config files, option values) ends in one `dtr_lab: error:` line
+with exit status 2, and an existing run directory stays exactly as it was."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from cli_helpers import REPO, run_cli, tiny
+from torch.utils.tensorboard import SummaryWriter
+
+from dtr_lab.cli import main
+from dtr_lab.run_dir import holds_output, remove_failed_start
+
+VANILLA = ["--config", str(REPO / "experiments/digits/base.yaml"), "--config", str(REPO / "experiments/digits/vanilla.yaml")]
+
+
+@pytest.fixture(scope="module")
+def existing(tiny_runs, tmp_path_factory) -> Path:
+    """A save_dir holding one finished run (a copy of the session's tiny vanilla run) at vanilla/version_0."""
+    root = tmp_path_factory.mktemp("bad_input")
+    shutil.copytree(tiny_runs["vanilla"], root / "vanilla" / "version_0")
+    return root
+
+
+def snapshot(root: Path) -> dict[str, str]:
+    """Every file under root with the md5 of its bytes, and every folder."""
+    return {
+        str(p.relative_to(root)): hashlib.md5(p.read_bytes()).hexdigest() if p.is_file() else "dir"
+        for p in sorted(root.rglob("*"))
+    }
+
+
+def fit_args(root: Path, *extra: str) -> list[str]:
+    return ["fit", *VANILLA, *tiny(root, steps=2), "--trainer.logger.init_args.name", "vanilla", *extra]
+
+
+def assert_one_error_line(err: str, *needles: str) -> str:
+    lines = [line for line in err.splitlines() if line.startswith("dtr_lab: error:")]
+    assert len(lines) == 1, err[-3000:]
+    assert "Traceback" not in err and "usage:" not in err, err[-3000:]
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    return lines[0]
+
+
+def fails_in_one_line(args: list[str], capsys, *needles: str) -> str:
+    """Run the CLI in this process: exit status 2 and one error line naming each needle."""
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_:
+        main(args)
+    assert exit_.value.code == 2
+    return assert_one_error_line(capsys.readouterr().err, *needles)
+
+
+# ------------------------------------------------------------------------------------------ checkpoints
+def bad_checkpoint(kind: str, good: Path, folder: Path) -> Path:
+    """A damaged copy of a good checkpoint, one per way a file can be unreadable."""
+    path = folder / f"{kind}.ckpt"
+    data = good.read_bytes()
+    if kind == "truncated":
+        path.write_bytes(data[: len(data) // 2])
+    elif kind == "text":
+        path.write_text("model weights, honestly\n")
+    elif kind == "empty":
+        path.write_bytes(b"")
+    elif kind == "directory":
+        path.mkdir()
+    elif kind == "bit-flipped":  # one bit in the middle, inside a tensor's bytes
+        flipped = bytearray(data)
+        flipped[len(data) // 2] ^= 0x10
+        path.write_bytes(bytes(flipped))
+    elif kind == "extra tensor":
+        checkpoint = torch.load(good, weights_only=True)
+        checkpoint["state_dict"]["net.extra.weight"] = torch.zeros(3)
+        torch.save(checkpoint, path)
+    return path
+
+
+@pytest.mark.parametrize(
+    "kind, needle",
+    [
+        ("missing", "no such file"),
+        ("truncated", "truncated"),
+        ("text", "not a PyTorch checkpoint"),
+        ("empty", "is empty"),
+        ("directory", "is a folder"),
+        ("bit-flipped", "fails its CRC check"),
+        ("extra tensor", "net.extra.weight"),
+    ],
+)
+def test_unreadable_checkpoint_is_one_line_and_touches_nothing(existing, tmp_path, capsys, kind, needle):
+    good = existing / "vanilla/version_0/checkpoints/last.ckpt"
+    path = bad_checkpoint(kind, good, tmp_path)
+    before = snapshot(existing)
+    fails_in_one_line(fit_args(existing, "--ckpt_path", str(path)), capsys, str(path), needle)
+    assert snapshot(existing) == before  # the old run intact, no new version_1
+
+
+def test_a_good_checkpoint_passes_the_same_checks(existing, tmp_path):
+    """The checks reject the damage, not the checkpoint: the undamaged file validates (2 → 3 steps)."""
+    good = existing / "vanilla/version_0/checkpoints/last.ckpt"
+    save = tmp_path / "resumed"
+    main(["validate", *VANILLA, *tiny(save, steps=2), "--ckpt_path", str(good)])
+    assert (save / "digits").is_dir()  # validate ran and logged; the checkpoint was accepted
+
+
+def test_real_process_prints_only_one_error_line(existing, tmp_path):
+    """As a user sees it: a subprocess, its exit status and its whole stderr."""
+    proc = run_cli(*fit_args(existing, "--ckpt_path", str(tmp_path / "nowhere.ckpt")))
+    assert proc.returncode == 2
+    assert_one_error_line(proc.stderr, "nowhere.ckpt", "no such file")
+
+
+# ----------------------------------------------------------------------------------------- config files
+CONFIG_FILES = {
+    "yaml syntax": ("model:\n  sample_steps: [1, 2\ntrainer:\n  max_steps: 3\n", ["line 3", "invalid YAML"]),
+    "unknown key": ("model:\n  sample_stepz: 4\n", ["model.sample_stepz"]),
+    "unknown class": ("model:\n  routing:\n    class_path: dtr_lab.routing.SlidingRouting\n", ["SlidingRouting"]),
+    "empty file": ("# nothing here yet\n", ["is empty"]),
+    "wrong type": ("model:\n  sample_steps: many\n", ["model.sample_steps", "many"]),
+    "negative lr": (
+        "model:\n  optimizer:\n    class_path: torch.optim.AdamW\n    init_args:\n      lr: -0.001\n",
+        ["model.optimizer", "-0.001"],
+    ),
+    "patch size 0": ("model:\n  net:\n    init_args:\n      size: DiT-T/0\n", ["DiT-T/0"]),
+    "negative max_steps": ("trainer:\n  max_steps: -5\n", ["max_steps", "-5"]),
+    "sample_steps 0": ("model:\n  sample_steps: 0\n", ["model.sample_steps=0", "from 1 to T=1000"]),
+    "sample_steps > T": ("model:\n  sample_steps: 1001\n", ["model.sample_steps=1001", "from 1 to T=1000"]),
+    "batch > dataset": ("data:\n  init_args:\n    batch_size: 100000\n", ["data.batch_size=100000"]),
+}
+
+
+@pytest.mark.parametrize("case", list(CONFIG_FILES))
+def test_bad_config_file_is_one_line_naming_file_or_key(existing, tmp_path, capsys, case):
+    text, needles = CONFIG_FILES[case]
+    config = tmp_path / "bad.yaml"
+    config.write_text(text)
+    before = snapshot(existing)
+    line = fails_in_one_line(fit_args(existing, "--config", str(config)), capsys, *needles)
+    if case in ("yaml syntax", "empty file", "unknown key", "unknown class", "wrong type"):
+        assert str(config) in line  # the parser's own faults name the file that holds them
+    assert snapshot(existing) == before
+
+
+def test_yaml_error_in_real_process_names_file_and_line(tmp_path):
+    config = tmp_path / "broken.yaml"
+    config.write_text("trainer:\n  max_steps: 3\n model: {\n")
+    proc = run_cli("fit", *VANILLA, "--config", str(config))
+    assert proc.returncode == 2
+    assert_one_error_line(proc.stderr, str(config), "line 3")
+
+
+def test_help_and_print_config_still_work():
+    proc = run_cli("fit", "--help")
+    assert proc.returncode == 0 and "--ckpt_path" in proc.stdout
+
+
+# ------------------------------------------------------------------------------------- run directories
+def test_a_start_that_fails_after_the_logger_opened_leaves_no_run_dir(existing, capsys):
+    """Without analysis callbacks the too-large batch is found by the train loader, after the logger
+    has opened version_1: the start removes it again."""
+    before = snapshot(existing)
+    args = fit_args(existing, "--trainer.callbacks", "[]", "--data.init_args.batch_size", "100000")
+    fails_in_one_line(args, capsys, "data.batch_size=100000")
+    assert snapshot(existing) == before
+
+
+def write_events(folder: Path, scalars: bool) -> None:
+    writer = SummaryWriter(str(folder))
+    writer.add_scalar("hp_metric", -1, 0)  # what the logger writes with the hyperparameters
+    if scalars:
+        writer.add_scalar("train/loss", 0.5, 3)
+    writer.close()
+
+
+def test_only_start_up_files_count_as_empty(tmp_path):
+    start = tmp_path / "start"
+    start.mkdir()
+    (start / "config.yaml").write_text("model: {}\n")
+    write_events(start, scalars=False)
+    (start / "checkpoints").mkdir()  # an empty folder is nothing either
+    assert not holds_output(start)
+    trained = tmp_path / "trained"
+    trained.mkdir()
+    (trained / "config.yaml").write_text("model: {}\n")
+    write_events(trained, scalars=True)
+    assert holds_output(trained)
+    saved = tmp_path / "saved"
+    (saved / "checkpoints").mkdir(parents=True)
+    (saved / "checkpoints" / "last.ckpt").write_bytes(b"x")
+    assert holds_output(saved)
+    damaged = tmp_path / "damaged"
+    damaged.mkdir()
+    (damaged / "events.out.tfevents.1.host.1.0").write_bytes(b"\x00\xff" * 40)
+    assert holds_output(damaged)  # what cannot be read is kept
+    assert remove_failed_start(start) and not start.exists()
+    for kept in (trained, saved, damaged):
+        assert not remove_failed_start(kept) and kept.exists()
