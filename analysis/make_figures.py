@@ -246,7 +246,7 @@ def out_problem(out: Path) -> str | None:
     """Why --out cannot become the figures folder (it, or a folder above it, is a file), or None."""
     existing = next(p for p in (out, *out.parents) if p.exists())
     if not existing.is_dir():
-        return f"--out {out}: {existing} is a file, not a folder; pass a folder for the figures (made if absent)"
+        return f"--out {out}: {existing} is a file, not a folder; pass a folder (made if absent)"
     return None
 
 

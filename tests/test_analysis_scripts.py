@@ -139,3 +139,23 @@ def test_compare_without_common_metric(tmp_path, run_main):
 def test_unknown_group_label(tiny_runs, tmp_path, name, run_main):
     done = run_main(name, tiny_runs["dtr"], "--by", "colour", "--out", tmp_path)
     assert done.returncode == 2 and "--by 'colour' is not a run label" in done.stderr
+
+
+def test_out_that_is_a_file_is_one_line(tiny_runs, tmp_path, run_main):
+    taken = tmp_path / "figures.png"
+    taken.write_bytes(b"an existing figure")
+    for name, out in (("make_figures.py", taken), ("compare.py", taken / "sub")):
+        done = run_main(name, tiny_runs["vanilla"], tiny_runs["dtr"], "--out", out)
+        assert done.returncode == 2 and done.stdout == ""
+        assert done.stderr.count("\n") == 1 and f"{taken} is a file, not a folder" in done.stderr
+    assert taken.read_bytes() == b"an existing figure"
+
+
+def test_compare_skips_an_empty_newest_version(tiny_runs, tmp_path, run_main):
+    """A failed start's empty version_1 next to a finished version_0 does not fail the comparison."""
+    for name in ("vanilla", "dtr"):
+        shutil.copytree(tiny_runs[name], tmp_path / name / "version_0")
+        (tmp_path / name / "version_1").mkdir()
+    done = run_main("compare.py", str(tmp_path / "*" / "version_*"))
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.count("holds no run output") == 2 and "probe loss, EMA" in done.stdout

@@ -15,7 +15,12 @@ from torch.utils.tensorboard import SummaryWriter
 from dtr_lab.cli import main
 from dtr_lab.run_dir import holds_output, remove_failed_start
 
-VANILLA = ["--config", str(REPO / "experiments/digits/base.yaml"), "--config", str(REPO / "experiments/digits/vanilla.yaml")]
+VANILLA = [
+    "--config",
+    str(REPO / "experiments/digits/base.yaml"),
+    "--config",
+    str(REPO / "experiments/digits/vanilla.yaml"),
+]
 
 
 @pytest.fixture(scope="module")
@@ -119,7 +124,7 @@ def test_real_process_prints_only_one_error_line(existing, tmp_path):
 CONFIG_FILES = {
     "yaml syntax": ("model:\n  sample_steps: [1, 2\ntrainer:\n  max_steps: 3\n", ["line 3", "invalid YAML"]),
     "unknown key": ("model:\n  sample_stepz: 4\n", ["model.sample_stepz"]),
-    "unknown class": ("model:\n  routing:\n    class_path: dtr_lab.routing.SlidingRouting\n", ["SlidingRouting"]),
+    "unknown class": ("model:\n  routing:\n    class_path: dtr_lab.routing.Sliding\n", ["routing.Sliding"]),
     "empty file": ("# nothing here yet\n", ["is empty"]),
     "wrong type": ("model:\n  sample_steps: many\n", ["model.sample_steps", "many"]),
     "negative lr": (

@@ -35,10 +35,12 @@ def fake_cifar_batches(n_per_batch: int = 4) -> dict[str, dict]:
     return batches
 
 
-def write_fake_cifar(root: Path, n_per_batch: int = 4, archive: bool = True) -> Path:
+def write_fake_cifar(
+    root: Path, n_per_batch: int = 4, archive: bool = True, batches: dict | None = None
+) -> Path:
     """A CIFAR-10 python-format archive (or extracted folder) with n_per_batch images per batch."""
     root.mkdir(parents=True, exist_ok=True)
-    batches = fake_cifar_batches(n_per_batch)
+    batches = batches or fake_cifar_batches(n_per_batch)
     if not archive:
         folder = root / "cifar-10-batches-py"
         folder.mkdir()
@@ -59,7 +61,7 @@ def write_fake_cifar(root: Path, n_per_batch: int = 4, archive: bool = True) -> 
 @pytest.mark.parametrize("archive", [True, False])
 def test_cifar_values_labels_and_layout(tmp_path, archive):
     write_fake_cifar(tmp_path, archive=archive)
-    dm = CIFAR10DataModule(root=str(tmp_path), batch_size=8, random_flip=False)
+    dm = CIFAR10DataModule(root=str(tmp_path), batch_size=8, random_flip=False, verify_checksum=False)
     dm.setup("fit")
     assert (dm.image_size, dm.in_channels, dm.num_classes) == (32, 3, 10)
     assert len(dm.train_set) == 20 and len(dm.val_set) == 4
@@ -76,7 +78,7 @@ def test_cifar_values_labels_and_layout(tmp_path, archive):
 
 def test_cifar_flip_doubles_training_set_with_mirror_images(tmp_path):
     write_fake_cifar(tmp_path)
-    dm = CIFAR10DataModule(root=str(tmp_path))
+    dm = CIFAR10DataModule(root=str(tmp_path), verify_checksum=False)
     dm.setup("fit")
     assert len(dm.train_set) == 40 and len(dm.val_set) == 4  # validation is never flipped
     x = torch.arange(3 * 32 * 32, dtype=torch.float32).view(3, 32, 32)
@@ -95,7 +97,7 @@ def test_cifar_missing_root_fails_in_init(tmp_path):
 def test_cifar_truncated_archive_names_the_file(tmp_path):
     path = write_fake_cifar(tmp_path)
     path.write_bytes(path.read_bytes()[:300])
-    dm = CIFAR10DataModule(root=str(tmp_path))
+    dm = CIFAR10DataModule(root=str(tmp_path), verify_checksum=False)
     with pytest.raises(DTRLabError, match="cifar-10-python.tar.gz"):
         dm.setup("fit")
 
@@ -121,6 +123,53 @@ def test_cifar_download_checks_md5_and_leaves_nothing_on_mismatch(tmp_path, monk
     dm.prepare_data()
     dm.setup("fit")
     assert len(dm.val_set) == 4
+
+
+class CreatesFile:
+    """A pickle payload: unpickling it calls open(path, "w"), which creates the file."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return open, (str(self.path), "w")
+
+
+@pytest.mark.parametrize("archive", [True, False])
+def test_cifar_crafted_pickle_runs_nothing_and_is_one_error(tmp_path, archive):
+    """Even with the checksum off, a batch whose unpickling would call open() is refused before the call."""
+    marker = tmp_path / "payload_ran"
+    root = tmp_path / "data"
+    batches = fake_cifar_batches()
+    batches["data_batch_2"] = {b"data": CreatesFile(marker), b"labels": [0]}
+    write_fake_cifar(root, archive=archive, batches=batches)
+    refused = r"data_batch_2: refused to unpickle, it asks for (io|builtins)\.open"
+    with pytest.raises(DTRLabError, match=refused):
+        CIFAR10DataModule(root=str(root), verify_checksum=False).setup("fit")
+    assert not marker.exists()
+
+
+def test_cifar_archive_md5_is_checked_before_reading(tmp_path, monkeypatch):
+    path = write_fake_cifar(tmp_path)
+    published = r"md5 [0-9a-f]{32}, not the published c58f30108f718f92721af3b95e74349a"
+    with pytest.raises(DTRLabError, match=published):
+        CIFAR10DataModule(root=str(tmp_path)).setup("fit")  # the fake is not the official archive
+    monkeypatch.setattr(cifar10, "ARCHIVE_MD5", hashlib.md5(path.read_bytes()).hexdigest())
+    dm = CIFAR10DataModule(root=str(tmp_path))  # the same bytes under the published md5 are read
+    dm.setup("fit")
+    assert len(dm.val_set) == 4
+
+
+def test_cifar_reads_python2_batches_like_the_official_ones(tmp_path):
+    """Protocol-2 pickles with the official batches' keys (the official files are Python 2 pickles;
+    Python 3 writes their byte strings through _codecs.encode, which the reader allows)."""
+    folder = write_fake_cifar(tmp_path, archive=False)
+    for name, batch in fake_cifar_batches().items():
+        batch = {**batch, b"batch_label": b"x", b"filenames": [b"a.png"]}
+        (folder / name).write_bytes(pickle.dumps(batch, protocol=2))
+    dm = CIFAR10DataModule(root=str(tmp_path), random_flip=False)
+    dm.setup("fit")
+    assert len(dm.train_set) == 20 and int(dm.val_set[0][1]) == 5
 
 
 # ------------------------------------------------------------------------------------- image folder
@@ -159,6 +208,21 @@ def test_image_folder_skips_unreadable_files_with_a_count(tmp_path):
         assert torch.allclose(x, torch.full_like(x, (10 if y == 0 else 200) / 127.5 - 1))  # "cat" < "dog"
     xb, yb = next(iter(dm.train_dataloader()))
     assert xb.shape == (2, 3, 8, 8) and yb.dtype == torch.long
+
+
+def test_image_folder_reads_16_bit_png_scaled_not_clipped(tmp_path):
+    """A 16-bit grayscale gradient, level 257·k (k = 0…255): read as k (65535 -> 255), not clipped at 255."""
+    levels = (257 * np.arange(256, dtype=np.uint16)).reshape(16, 16)
+    for k in range(2):
+        Image.fromarray(levels).save(tmp_path / f"{k}.png")
+    assert Image.open(tmp_path / "0.png").mode.startswith("I")  # really stored as 16 bits
+    dm = ImageFolderDataModule(str(tmp_path), image_size=16, val_fraction=0.5, random_flip=False)
+    dm.setup("fit")
+    x, _ = dm.train_set[0]
+    expected = torch.arange(256, dtype=torch.float32).view(16, 16) / 127.5 - 1
+    for channel in x:
+        torch.testing.assert_close(channel, expected)
+    assert (x == 1).float().mean() == 1 / 256  # one white pixel, not 98 %
 
 
 def test_image_folder_file_that_fails_to_decode_is_named(tmp_path):

@@ -326,3 +326,55 @@ def test_tensorboard_layout_and_hparams(tiny_runs):
         scalars = load_run(path).scalars
         logged = scalars[scalars["tag"] == "hparams/probe_loss_ema"]["value"]
         assert logged.tolist() == pytest.approx([expected], rel=1e-6)
+
+
+def test_damaged_events_file_reads_to_the_damage_and_says_what_was_lost(tiny_runs, tmp_path):
+    """A flipped byte mid-file: the scalars before it are read (exactly the original's), and a problem
+    names the file and how many of its bytes were lost."""
+    run = load_run(tiny_runs["dtr"])
+    copy = tmp_path / "flipped" / "version_0"
+    shutil.copytree(tiny_runs["dtr"], copy)
+    (events,) = copy.glob("events.out.tfevents.*")
+    data = bytearray(events.read_bytes())
+    at = len(data) // 2
+    data[at] ^= 0x01
+    events.write_bytes(bytes(data))
+    damaged = load_run(copy)
+    (problem,) = [p for p in damaged.problems if events.name in p]
+    start = int(problem.split("unreadable from byte ")[1].split()[0])
+    assert start <= at  # the damaged record and everything after it are lost, and said to be
+    assert f"of {len(data)} (damaged or cut off)" in problem and f"last {len(data) - start} bytes" in problem
+    full, part = run.scalars, damaged.scalars
+    assert 0 < len(part) < len(full)
+    key = ["tag", "step", "value"]
+    merged = part[key].merge(full[key], on=["tag", "step"], suffixes=("", "_full"))
+    assert len(merged) == len(part) and (merged["value"] == merged["value_full"]).all()
+
+
+def test_nan_values_are_values_and_malformed_rows_are_not(tmp_path):
+    """At divergence the callbacks write nan: kept as NaN; a cell that is no number is dropped."""
+    path = tmp_path / "loss_by_t.csv"
+    path.write_text("step,metric,i,j,value\n5,probe,0,,nan\n6,probe,0,,0.5\n7,probe,0,,oops\n8,probe,x,,1\n")
+    frame, problems = read_records(path)
+    assert frame["step"].tolist() == [5, 6] and math.isnan(frame["value"][0]) and frame["value"][1] == 0.5
+    assert problems == [f"{path}: 2 malformed row(s) ignored"]
+
+
+def test_patterns_and_folders_pass_over_runs_without_output(tmp_path, fake_runs):
+    """An empty version_N and a failed start's leftovers (config and an events file without metrics)
+    are skipped with a note when a pattern or a parent folder turns them up."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    root = fake_runs[0].parent
+    (root / "version_1").mkdir()
+    failed = root / "version_2"
+    failed.mkdir()
+    (failed / "config.yaml").write_text("model: {}\n")
+    SummaryWriter(str(failed)).close()
+    # the pattern turns up both; the folder walk only the one that looks like a run
+    for paths, notes in (([str(root / "version_*")], 2), ([root], 1)):
+        runs = load_runs(paths)
+        assert [r.path for r in runs] == [fake_runs[0]]
+        assert sum("holds no run output" in p for p in runs.problems) == notes
+    with pytest.raises(RunError, match="no logged metrics"):  # named on its own, it is still an error
+        load_runs([failed])

@@ -29,11 +29,20 @@ def center_crop_resize(img: Image.Image, size: int) -> Image.Image:
     return img.crop((left, top, left + size, top + size))
 
 
+def to_rgb(img: Image.Image) -> Image.Image:
+    """8-bit RGB; 16-bit grayscale (PIL modes I;16*, I) is scaled by 255/65535, which PIL's own
+    convert("RGB") does not do: it clips at 255 and turns most pixels white."""
+    if img.mode.startswith("I;16") or img.mode == "I":
+        levels = np.asarray(img, dtype=np.float64)  # (H, W) in 0..65535
+        img = Image.fromarray(np.round(levels.clip(0, 65535) * (255 / 65535)).astype(np.uint8), "L")
+    return img.convert("RGB")
+
+
 def load_image(path: Path, size: int) -> torch.Tensor:
     """One image file as a (3, size, size) uint8 RGB tensor; a DTRLabError naming it if it won't decode."""
     try:
         with Image.open(path) as img:
-            img = center_crop_resize(img.convert("RGB"), size)
+            img = center_crop_resize(to_rgb(img), size)
     except Exception as err:  # PIL raises OSError, SyntaxError, ValueError, ... for damaged files
         raise DTRLabError(f"{path}: cannot decode this image ({err}); remove or re-save the file") from err
     return torch.from_numpy(np.array(img)).permute(2, 0, 1)  # (3, S, S)
