@@ -22,8 +22,9 @@ LIGHTNING_KEYWORDS = ("last", "best", "hpc", "registry")
 FIX = "pass a checkpoint written by `python -m dtr_lab fit`, e.g. runs/<name>/version_N/checkpoints/last.ckpt"
 
 
-def read_checkpoint(path: str | Path) -> dict[str, Any]:
-    """The checkpoint at `path` (tensors memory-mapped); DTRLabError saying why it is unreadable."""
+def read_checkpoint(path: str | Path, weights_only: bool = True) -> dict[str, Any]:
+    """The checkpoint at `path` (tensors memory-mapped); DTRLabError saying why it is unreadable.
+    weights_only as the trainer will load it (torch's default, True, unless the config says false)."""
     path = Path(path)
     where = f"--ckpt_path {path}"
     if not path.exists():
@@ -55,7 +56,7 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
             f"use another checkpoint of the run (e.g. an epoch=…-step=….ckpt) or copy it again"
         )
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        checkpoint = torch.load(path, map_location="cpu", weights_only=weights_only, mmap=True)
     except Exception as err:  # torch's unpickler raises many types for bytes it cannot interpret
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise DTRLabError(f"{where} cannot be read by torch.load ({reason[:200]}); {FIX}") from None

@@ -49,9 +49,10 @@ class DTRLabCLI(LightningCLI):
     def _run_subcommand(self, subcommand: str) -> None:
         """Reads --ckpt_path before the trainer opens the run directory; a start that fails removes the
         run directory it opened if nothing but start-up files is in it (see dtr_lab.run_dir)."""
-        ckpt_path = self.config_init[subcommand].get("ckpt_path")
+        options = self.config_init[subcommand]
+        ckpt_path = options.get("ckpt_path")
         if ckpt_path and not (ckpt_path in LIGHTNING_KEYWORDS and not Path(ckpt_path).exists()):
-            state = read_checkpoint(ckpt_path)["state_dict"]
+            state = read_checkpoint(ckpt_path, options.get("weights_only") is not False)["state_dict"]
             try:
                 self.model.check_checkpoint_shapes(state)
             except DTRLabError as err:

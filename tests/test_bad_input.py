@@ -206,3 +206,26 @@ def test_only_start_up_files_count_as_empty(tmp_path):
     assert remove_failed_start(start) and not start.exists()
     for kept in (trained, saved, damaged):
         assert not remove_failed_start(kept) and kept.exists()
+
+
+# ---------------------------------------------------------------------------------------- sample steps
+def test_sample_steps_overrides_are_checked_too():
+    """0 used to mean T and values above T were clipped; a per-call or callback override is held to [1, T]."""
+    from dtr_lab.callbacks import SampleQuality
+    from dtr_lab.errors import DTRLabError
+    from dtr_lab.models import DiT
+    from dtr_lab.module import DiffusionModule
+
+    def net(*args):
+        return DiT(*args, size="DiT-T/4")
+
+    module = DiffusionModule(net=net, num_timesteps=20, sample_steps=20)
+    noise = torch.randn(1, 1, 8, 8)
+    for steps in (0, 21, 2.5):
+        with pytest.raises(DTRLabError, match=rf"steps={steps!r} must be an integer from 1 to T=20"):
+            module.sample(noise, torch.tensor([3]), steps=steps)
+    assert module.sample(noise, torch.tensor([3]), steps=20).shape == noise.shape
+    with pytest.raises(DTRLabError, match=r"SampleQuality.steps=21 must be an integer from 1 to T=20"):
+        SampleQuality(steps=21).setup(None, module, "fit")
+    with pytest.raises(DTRLabError, match=r"model.sample_steps=0"):
+        DiffusionModule(net=net, num_timesteps=20, sample_steps=0)
