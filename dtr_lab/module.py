@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from dtr_lab.diffusion import GaussianDiffusion, guided, per_sample_mse, sample
 from dtr_lab.diffusion.learned_variance import split_output, vb_term
-from dtr_lab.diffusion.samplers import RESPACINGS, check_fixed_variance, respaced_timesteps
+from dtr_lab.diffusion.samplers import check_fixed_variance, respaced_timesteps
 from dtr_lab.diffusion.weighting import LossWeighting, Uniform
 from dtr_lab.errors import DTRLabError
 from dtr_lab.metrics.features import to_uint8
@@ -112,9 +112,12 @@ class DiffusionModule(L.LightningModule):
             raise DTRLabError(f"model.num_samples={num_samples} must be a positive integer")
         if not 0.0 <= class_dropout_prob < 1.0:
             raise DTRLabError(f"model.class_dropout_prob={class_dropout_prob} must be in [0, 1)")
-        check_fixed_variance(fixed_variance)
-        if respacing == "ddim" or respacing not in RESPACINGS:  # a stride must give exactly sample_steps
-            respaced_timesteps(num_timesteps, sample_steps, respacing)
+        try:  # the samplers' own checks, named as the config's options
+            check_fixed_variance(fixed_variance)
+            if respacing != "even":  # an unknown name, or a stride that must give exactly sample_steps
+                respaced_timesteps(num_timesteps, sample_steps, respacing)
+        except DTRLabError as err:
+            raise DTRLabError(f"model.{err}") from None
         self.save_hyperparameters(ignore=["net", "routing", "optimizer", "weighting", "mtl"])
         self.routing = routing or NoRouting()
         self.weighting = weighting or Uniform()
