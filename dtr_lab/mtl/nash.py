@@ -53,11 +53,11 @@ class NashMTL:
     intervals: the K task intervals whose gradients are combined.
     update_every: solve for new weights every this many steps and reuse them in between.
     max_norm: clip the combined update to this L2 norm.
-    normalize_gram: solve on G/‖G‖_F instead of the raw Gram matrix G = Gᵀ G.
+    normalize_gram: solve on M/‖M‖_F instead of the raw Gram matrix M = Gᵀ G of the gradients G.
 
-    By default α solves (Gᵀ G) α = 1/α on the raw Gram matrix, as the reference code does (Navon
-    et al.'s nash-mtl, LibMTL's weighting/Nash_MTL.py, ANT's mtl_library/nash.py: their solver
-    divides G by its norm and multiplies α by it again in the constraints), so α_k (Gα)_k = 1 and
+    By default α solves M α = 1/α on the raw Gram matrix, as the reference code does (Navon et al.'s
+    nash-mtl, LibMTL's weighting/Nash_MTL.py, ANT's mtl_library/nash.py: their solver divides M by
+    its norm and multiplies α by it again in the constraints), so α_k (Mα)_k = 1 and
     ‖Σ α_k g_k‖ = √K before the clip to ``max_norm``. With ``normalize_gram`` the weights depend only
     on the gradients' directions and relative sizes and the update scales with the gradients like a
     plain step. ANT's code also divides the weighted loss by K, a constant that Adam undoes.
