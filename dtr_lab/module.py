@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from dtr_lab.diffusion import GaussianDiffusion, guided, per_sample_mse, sample
 from dtr_lab.diffusion.learned_variance import split_output, vb_term
+from dtr_lab.diffusion.samplers import check_fixed_variance, respaced_timesteps
 from dtr_lab.diffusion.weighting import LossWeighting, Uniform
 from dtr_lab.errors import DTRLabError
 from dtr_lab.metrics.features import to_uint8
@@ -71,6 +72,8 @@ class DiffusionModule(L.LightningModule):
         class_dropout_prob: float = 0.1,
         sampler: str = "ddpm",
         sample_steps: int = 250,
+        respacing: str = "even",
+        fixed_variance: str = "large",
         guidance_scale: float = 1.0,
         clip_x0: bool = True,
         num_samples: int = 1000,
@@ -97,6 +100,10 @@ class DiffusionModule(L.LightningModule):
             class_dropout_prob: share of training labels replaced by the null label (for guidance).
             sampler: 'ddpm' (ancestral) or 'ddim' (deterministic) for samples made by the module.
             sample_steps: sampling steps (respaced from T; 250 in DiT/DTR).
+            respacing: 'even' (steps spread over [0, T−1], DiT's "250") or 'ddim' (stride T/N from 0,
+                DiT/ADM's "ddimN": 25 steps of T = 1000 are 0, 40, …, 960).
+            fixed_variance: DDPM step variance of a model without learned σ: 'large' (σ² = β_t, the
+                DiT/ADM default) or 'small' (σ² = β̃_t, the posterior variance).
             guidance_scale: classifier-free guidance scale (1 = none; DTR reports 1.5).
             clip_x0: clip predicted x̂_0 and samples to [-1, 1] (images); false for VAE latents.
             num_samples: images drawn by `predict` (and scored by `test` with SampleQuality).
@@ -115,6 +122,12 @@ class DiffusionModule(L.LightningModule):
         if not 0.0 <= class_dropout_prob < 1.0:
             raise DTRLabError(f"model.class_dropout_prob={class_dropout_prob} must be in [0, 1)")
         check_sample_steps(sample_steps, num_timesteps, "model.sample_steps")
+        try:  # the samplers' own checks, named as the config's options
+            check_fixed_variance(fixed_variance)
+            if respacing != "even":  # an unknown name, or a stride that must give exactly sample_steps
+                respaced_timesteps(num_timesteps, sample_steps, respacing)
+        except DTRLabError as err:
+            raise DTRLabError(f"model.{err}") from None
         self.save_hyperparameters(ignore=["net", "routing", "optimizer", "weighting", "mtl"])
         self.routing = routing or NoRouting()
         self.weighting = weighting or Uniform()
@@ -311,9 +324,11 @@ class DiffusionModule(L.LightningModule):
         eta = 1.0 if (sampler or self.hparams.sampler) == "ddpm" else 0.0
         steps = self.hparams.sample_steps if steps is None else steps
         check_sample_steps(steps, self.diffusion.num_timesteps, "steps")
-        clip = self.hparams.clip_x0
-        x = sample(eps_fn, self.diffusion, noise, steps, eta, clip_x0=clip, generator=generator)
-        return x.clamp(-1, 1) if clip else x
+        x = sample(
+            eps_fn, self.diffusion, noise, steps, eta, clip_x0=self.hparams.clip_x0, generator=generator,
+            fixed_variance=self.hparams.fixed_variance, respacing=self.hparams.respacing,
+        )
+        return x.clamp(-1, 1) if self.hparams.clip_x0 else x
 
     # ------------------------------------------------------------- prediction
     def predict_dataloader(self) -> DataLoader:

@@ -2,7 +2,9 @@
 
 A routing strategy turns (num_tasks, channels) into a boolean mask table ``m[t, c]``; the
 :class:`Router` holds those tables as buffers and every routed block computes
-``z + Block(m_t ⊙ z)``, so masked channels pass through the skip connection only.
+``z + Block(m_t ⊙ z)``, so masked channels pass through the skip connection only. DTR's window is the
+same in every block; R-TR draws a table of its own for every routed block, as the official code
+builds one TaskRouter per block (models/DiT/models.py, models/taskrouting.py).
 """
 
 from __future__ import annotations
@@ -18,7 +20,10 @@ from dtr_lab.errors import DTRLabError
 class RoutingStrategy:
     """Maps (num_tasks, channels) to a BoolTensor [num_tasks, channels] of active channels."""
 
-    def masks(self, num_tasks: int, channels: int) -> torch.Tensor:
+    per_block = False  # whether every routed block gets a table of its own (else one per width)
+
+    def masks(self, num_tasks: int, channels: int, block: int = 0) -> torch.Tensor:
+        """The table of routed block ``block`` (ignored unless ``per_block``)."""
         raise NotImplementedError
 
     def __repr__(self) -> str:
@@ -43,7 +48,7 @@ def active_channels(beta: float, channels: int) -> int:
 class NoRouting(RoutingStrategy):
     """Every channel active at every timestep: the unrouted (vanilla) model."""
 
-    def masks(self, num_tasks: int, channels: int) -> torch.Tensor:
+    def masks(self, num_tasks: int, channels: int, block: int = 0) -> torch.Tensor:
         return torch.ones(num_tasks, channels, dtype=torch.bool)
 
 
@@ -59,7 +64,7 @@ class DTRRouting(RoutingStrategy):
         self.alpha = float(alpha)
         self.beta = _check_beta(beta)
 
-    def masks(self, num_tasks: int, channels: int) -> torch.Tensor:
+    def masks(self, num_tasks: int, channels: int, block: int = 0) -> torch.Tensor:
         c_beta = active_channels(self.beta, channels)
         t = torch.arange(num_tasks, dtype=torch.float64)
         progress = t / max(num_tasks - 1, 1)
@@ -70,15 +75,25 @@ class DTRRouting(RoutingStrategy):
 
 
 class RandomRouting(RoutingStrategy):
-    """R-TR baseline: an independent random set of C_β channels per timestep, fixed by seed."""
+    """R-TR baseline: an independent random set of C_β channels per timestep, fixed by seed.
 
-    def __init__(self, beta: float = 0.8, seed: int = 0) -> None:
+    per_block: every routed block draws its own table (the official code's R-TR: two blocks' sets at
+        the same t overlap by ≈ β); false shares one table per channel width across blocks.
+    Tables come from a generator of their own, seeded by (seed, block), so building a model never
+    touches the global RNG and a vanilla and an R-TR model built after one manual_seed get the same
+    initial weights.
+    """
+
+    def __init__(self, beta: float = 0.8, seed: int = 0, per_block: bool = True) -> None:
         self.beta = _check_beta(beta)
         self.seed = int(seed)
+        self.per_block = bool(per_block)
 
-    def masks(self, num_tasks: int, channels: int) -> torch.Tensor:
+    def masks(self, num_tasks: int, channels: int, block: int = 0) -> torch.Tensor:
         c_beta = active_channels(self.beta, channels)
-        gen = torch.Generator().manual_seed(self.seed)
+        # the shared table keeps the seed itself; block b's stream is seed·1000003 + b
+        seed = self.seed * 1_000_003 + block if self.per_block else self.seed
+        gen = torch.Generator().manual_seed(seed)
         order = torch.rand(num_tasks, channels, generator=gen).argsort(dim=1)  # (T, C)
         table = torch.zeros(num_tasks, channels, dtype=torch.bool)
         table.scatter_(1, order[:, :c_beta], True)
@@ -86,31 +101,48 @@ class RandomRouting(RoutingStrategy):
 
 
 class Router(nn.Module):
-    """Holds one mask table per channel width and gathers each sample's mask by its own t."""
+    """Holds the routed blocks' mask tables and gathers each sample's mask by its own t.
+
+    widths: the input width of every routed block, in the network's order (the block's index). A
+    per-block strategy stores a table per block (``table_b{index}``), any other one table per width
+    (``table_{width}``) that all blocks of that width share.
+    """
 
     def __init__(self, strategy: RoutingStrategy, num_timesteps: int, widths: list[int]) -> None:
         super().__init__()
         self.strategy = strategy
         self.num_timesteps = num_timesteps
         self.enabled = not isinstance(strategy, NoRouting)
-        for width in sorted(set(widths)):
-            # non-persistent: the table is a function of the config, so checkpoints of
-            # routed and unrouted models share one state_dict layout
-            table = strategy.masks(num_timesteps, width)
-            self.register_buffer(f"table_{width}", table.float(), persistent=False)
+        self.widths = list(widths)
+        self.names = [f"table_b{i}" if strategy.per_block else f"table_{w}" for i, w in enumerate(widths)]
+        for block, (name, width) in enumerate(zip(self.names, widths, strict=True)):
+            if not hasattr(self, name):
+                # non-persistent: the table is a function of the config, so checkpoints of
+                # routed and unrouted models share one state_dict layout
+                table = strategy.masks(num_timesteps, width, block)
+                self.register_buffer(name, table.float(), persistent=False)
 
-    def table(self, width: int) -> torch.Tensor:
-        """The [T, width] float mask table."""
-        return getattr(self, f"table_{width}")
+    def table(self, block: int) -> torch.Tensor:
+        """The [T, width] float mask table of routed block ``block``."""
+        return getattr(self, self.names[block])
 
-    def masks(self, t: torch.Tensor, width: int) -> torch.Tensor | None:
-        """Per-sample masks (N, width) for timesteps t (N,); None when routing is off."""
+    def tables(self) -> dict[int, list[torch.Tensor]]:
+        """The distinct tables by width, in block order: one per width when shared, else one per block."""
+        out: dict[int, list[torch.Tensor]] = {}
+        for name, width in dict(zip(self.names, self.widths, strict=True)).items():
+            out.setdefault(width, []).append(getattr(self, name))
+        return out
+
+    def masks(self, t: torch.Tensor) -> list[torch.Tensor | None]:
+        """Per-sample masks (N, width) of every routed block for timesteps t (N,); Nones when unrouted."""
         if not self.enabled:
-            return None
-        return self.table(width)[t]
+            return [None] * len(self.names)
+        # one gather per distinct table: shared tables cost one (N, width) gather for all their blocks
+        gathered = {name: getattr(self, name)[t] for name in dict.fromkeys(self.names)}
+        return [gathered[name] for name in self.names]
 
     def extra_repr(self) -> str:
-        return f"{self.strategy!r}, T={self.num_timesteps}"
+        return f"{self.strategy!r}, T={self.num_timesteps}, blocks={len(self.names)}"
 
 
 def route(z: torch.Tensor, mask: torch.Tensor | None, channel_dim: int = -1) -> torch.Tensor:

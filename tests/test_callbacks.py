@@ -9,6 +9,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import lightning as L
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -342,6 +343,39 @@ def test_interval_iou_by_hand():
     # IoU(t0,t1) = 1/3, (t0,t2) = 0, (t0,t3) = 1, (t1,t2) = 1/3, (t1,t3) = 1/3, (t2,t3) = 0
     expected = [[(1 + 1 / 3 + 1 / 3 + 1) / 4, (0 + 1 + 1 / 3 + 1 / 3) / 4], [5 / 12, (1 + 0 + 0 + 1) / 4]]
     torch.testing.assert_close(interval_iou(table, intervals), torch.tensor(expected))
+
+
+def test_routing_maps_of_per_block_tables(tmp_path):
+    """R-TR's per-block tables: the first block's table, the blocks' mean, and the mean IoU."""
+    from PIL import Image
+
+    from dtr_lab.models import DiT
+    from dtr_lab.routing import RandomRouting
+
+    module = DiffusionModule(
+        net=partial(DiT, size="DiT-T/2"), routing=RandomRouting(beta=0.5), num_timesteps=T, ema_decay=0.9
+    )
+    trainer = L.Trainer(
+        max_steps=1, logger=TensorBoardLogger(tmp_path, name="run", version=0),
+        callbacks=[RoutingMaps(Intervals(num_intervals=4))], enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, accelerator="cpu", limit_val_batches=0,
+    )  # fmt: skip
+    trainer.fit(module, DigitsDataModule(batch_size=8))
+    run = Path(tmp_path) / "run" / "version_0"
+    (tables,) = module.net.router.tables().values()  # width 128: one table per block
+    assert len(tables) == 4
+    first = torch.from_numpy(np.array(Image.open(run / "routing" / "masks_table_128.png"))) / 255
+    assert torch.equal(first, tables[0])
+    mean = torch.from_numpy(np.array(Image.open(run / "routing" / "mean_masks_table_128.png"))) / 255
+    expected = torch.stack(tables).mean(dim=0)  # quarters: the share of the 4 blocks routing c at t
+    assert torch.allclose(mean.float(), expected, atol=0.5 / 255)
+    assert not torch.equal(expected, tables[0]) and set(expected.unique().tolist()) <= {0, 0.25, 0.5, 0.75, 1}
+    iou = pd.read_csv(run / "records" / "routing.csv").pivot(index="i", columns="j", values="value")
+    intervals = Intervals(num_intervals=4).build(module.diffusion.snr(torch.arange(T)))
+    hand = torch.stack([interval_iou(table, intervals) for table in tables]).mean(dim=0)
+    assert torch.allclose(torch.tensor(iou.to_numpy(), dtype=torch.float32), hand, atol=1e-6)
+    # a random half of 128 channels: the IoU between distinct timesteps is about (1/2)/(3/2) = 1/3
+    assert abs(float(hand[0, 3]) - 1 / 3) < 0.02
 
 
 # --------------------------------------------------------------------------- bad input

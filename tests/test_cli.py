@@ -95,6 +95,8 @@ def test_resume_continues_the_same_run(tmp_path):
         (["--model.routing", "dtr_lab.routing.SlidingRouting"], "SlidingRouting"),
         (["--data.init_args.image_size", "12"], "data.image_size=12"),
         (["--model.sampler", "euler"], "model.sampler='euler'"),
+        (["--model.fixed_variance", "medium"], "model.fixed_variance='medium' is unknown; choose large"),
+        (["--model.respacing", "ddim", "--model.sample_steps", "999"], "model.respacing=ddim cannot make"),
     ],
 )
 def test_bad_config_is_one_clear_line(tmp_path, overrides, needle):

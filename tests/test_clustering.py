@@ -11,7 +11,7 @@ import yaml
 
 from dtr_lab.diffusion import GaussianDiffusion
 from dtr_lab.errors import DTRLabError
-from dtr_lab.mtl.clustering import affinity_intervals, main, snr_intervals
+from dtr_lab.mtl.clustering import affinity_intervals, ant_snr_cost, main, snr_intervals
 
 
 def all_splits(n: int, k: int):
@@ -32,8 +32,50 @@ def centre_affinity(affinity: torch.Tensor, edges: list[int]) -> float:
     return sum(float(affinity[a:b, (a + b) // 2].sum()) for a, b in zip(edges[:-1], edges[1:], strict=True))
 
 
+def ant_snr_objective(snr: list[float], edges: list[int]) -> float:
+    """ANT's Σ_{u∈[a,b)} |SNR(u) − SNR(c)|, c = Python's round((a+b)/2), a lone unit its own centre."""
+    total = 0.0
+    for a, b in zip(edges[:-1], edges[1:], strict=True):
+        c = a if b - a == 1 else round((a + b) / 2)
+        total += sum(abs(snr[u] - snr[c]) for u in range(a, b))
+    return total
+
+
+def test_ant_snr_cost_by_hand():
+    # SNR = 8, 4, 2, 1. Centres round((a+b)/2), halves to even: [0,2) -> 1, [0,3) -> 2 (1.5),
+    # [1,4) -> 2 (2.5), [0,4) -> 2, [2,4) -> 3, [1,3) -> 2
+    cost = ant_snr_cost(torch.tensor([8.0, 4.0, 2.0, 1.0]))
+    assert float(cost[0, 2]) == 4.0  # |8−4| + 0
+    assert float(cost[0, 3]) == 8.0  # |8−2| + |4−2| + 0 (the floor centre 1 would give 6)
+    assert float(cost[1, 4]) == 3.0  # |4−2| + 0 + |1−2| (a half-up centre 3 would give 4)
+    assert float(cost[0, 4]) == 9.0  # 6 + 2 + 0 + 1
+    assert float(cost[2, 4]) == 1.0 and float(cost[1, 3]) == 2.0
+    assert all(float(cost[a, a + 1]) == 0.0 for a in range(4))  # a lone timestep costs nothing
+    # k = 2: [0,1)+[1,4) = 0 + 3 beats [0,2)+[2,4) = 4 + 1 and [0,3)+[3,4) = 8 + 0
+    assert snr_intervals(torch.tensor([8.0, 4.0, 2.0, 1.0]), 2) == [0, 1, 4]
+
+
 @pytest.mark.parametrize(("n", "k"), [(9, 2), (9, 3), (10, 4), (8, 8)])
-def test_snr_clustering_equals_brute_force(n, k):
+def test_ant_snr_clustering_equals_brute_force(n, k):
+    snr = torch.rand(n, generator=torch.Generator().manual_seed(n * k), dtype=torch.float64).mul(8).exp()
+    values = snr.tolist()  # any order: the cost does not assume a monotone SNR
+    best = min(all_splits(n, k), key=lambda e: ant_snr_objective(values, e))
+    found = snr_intervals(snr, k)
+    assert ant_snr_objective(values, found) == pytest.approx(ant_snr_objective(values, best), rel=1e-12)
+    assert found == best
+
+
+def test_ant_snr_clustering_of_the_linear_schedule():
+    # ANT's objective on the linear schedule, T = 1000, k = 4
+    snr = GaussianDiffusion(1000, "linear").snr(torch.arange(1000))
+    assert snr_intervals(snr, 4) == [0, 1, 4, 16, 1000]
+    assert snr_intervals(snr, 4, "ant_snr") == [0, 1, 4, 16, 1000]
+    # the log-SNR variance is another objective with another optimum
+    assert snr_intervals(snr, 4, "log_snr_variance") == [0, 150, 486, 770, 1000]
+
+
+@pytest.mark.parametrize(("n", "k"), [(9, 2), (9, 3), (10, 4), (8, 8)])
+def test_log_snr_variance_clustering_equals_brute_force(n, k):
     snr = (
         torch.rand(n, generator=torch.Generator().manual_seed(n * k), dtype=torch.float64)
         .mul(8)
@@ -42,9 +84,14 @@ def test_snr_clustering_equals_brute_force(n, k):
     )
     log_snr = snr.log()
     best = min(all_splits(n, k), key=lambda e: snr_spread(log_snr, e))
-    found = snr_intervals(snr, k)
+    found = snr_intervals(snr, k, objective="log_snr_variance")
     assert snr_spread(log_snr, found) == pytest.approx(snr_spread(log_snr, best), abs=1e-9)
     assert found == best
+
+
+def test_unknown_snr_objective_is_one_line():
+    with pytest.raises(DTRLabError, match="objective='ant' is unknown; choose one of ant_snr, log_snr_var"):
+        snr_intervals(torch.linspace(10, 1, 10), 2, objective="ant")
 
 
 @pytest.mark.parametrize(("n", "k"), [(9, 2), (9, 3), (10, 4), (7, 7)])
@@ -67,7 +114,7 @@ def test_block_diagonal_affinity_gives_the_blocks():
 def test_snr_clustering_at_full_scale_is_fast_and_beats_uniform():
     snr = GaussianDiffusion(1000, "linear").snr(torch.arange(1000))
     start = time.perf_counter()
-    edges = snr_intervals(snr, 5)
+    edges = snr_intervals(snr, 5, "log_snr_variance")
     assert time.perf_counter() - start < 10.0
     assert (
         edges[0] == 0 and edges[-1] == 1000 and all(b > a for a, b in zip(edges[:-1], edges[1:], strict=True))
@@ -131,6 +178,17 @@ def test_cli_snr_mode(capsys):
     assert main(["--snr", "--timesteps", "100", "--schedule", "cosine", "--k", "4"]) == 0
     snr = GaussianDiffusion(100, "cosine").snr(torch.arange(100))
     assert yaml.safe_load(capsys.readouterr().out) == {"intervals": {"boundaries": snr_intervals(snr, 4)}}
+    assert main(["--snr", "--k", "4", "--objective", "log_snr_variance"]) == 0
+    out = capsys.readouterr().out
+    assert "least log_snr_variance" in out
+    assert yaml.safe_load(out) == {"intervals": {"boundaries": [0, 150, 486, 770, 1000]}}
+    assert main(["--snr", "--k", "4"]) == 0  # ANT's objective by default
+    assert yaml.safe_load(capsys.readouterr().out) == {"intervals": {"boundaries": [0, 1, 4, 16, 1000]}}
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--snr", "--k", "4", "--objective", "nope"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: argument --objective: invalid choice") and err.count("\n") == 1
 
 
 def nan_matrix() -> torch.Tensor:

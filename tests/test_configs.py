@@ -22,8 +22,6 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from test_data import write_fake_cifar, write_latents
 
 from dtr_lab.cli import main
-from dtr_lab.diffusion import GaussianDiffusion
-from dtr_lab.mtl.clustering import snr_intervals
 
 EXPERIMENTS = REPO / "experiments"
 
@@ -196,12 +194,14 @@ def test_imagenet256_has_the_papers_settings(size):
     assert model["routing"]["init_args"] == {"alpha": 4.0, "beta": 0.8}
 
 
-def test_imagenet256_uw_intervals_are_ants_snr_clustering():
-    folder = EXPERIMENTS / "imagenet256"
-    config = resolved((folder / "base.yaml", folder / "uw.yaml"))
-    edges = config["model"]["mtl"]["init_args"]["intervals"]["boundaries"]
-    diffusion = GaussianDiffusion(config["model"]["num_timesteps"], config["model"]["schedule"])
-    assert edges == snr_intervals(diffusion.snr(torch.arange(diffusion.num_timesteps)), len(edges) - 1)
+@pytest.mark.parametrize("folder", ["imagenet256", "repro"])
+def test_uw_intervals_are_dtr_codes_eight_uniform(folder):
+    # DTR's train.py: UncertaintyWeighting(num_task=8) over initialize_cluster(8), uniform in t
+    config = resolved((EXPERIMENTS / folder / "base.yaml", EXPERIMENTS / folder / "uw.yaml"))
+    intervals = config["model"]["mtl"]["init_args"]["intervals"]
+    assert (intervals["num_intervals"], intervals["spacing"], intervals["boundaries"]) == (8, "uniform", None)
+    assert config["model"]["mtl"]["init_args"]["lr"] == 0.025
+    assert config["data"]["init_args"]["batch_size"] % 8 == 0  # B/K samples per interval
 
 
 @pytest.mark.parametrize("combo", RUNS, ids=label)

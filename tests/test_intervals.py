@@ -68,6 +68,16 @@ def test_log_snr_edges_on_a_log_linear_snr():
     assert edges == [0, 25, 50, 75, 100]
 
 
+def test_snr_clustering_spacings_use_the_named_objective():
+    snr = linear_snr()
+    assert len(snr) == 1000
+    # ANT's SNR objective and the log-SNR variance, each solved exactly (see test_clustering.py)
+    assert Intervals(4, spacing="ant_snr").build(snr).edges.tolist() == [0, 1, 4, 16, 1000]
+    assert Intervals(4, spacing="log_snr_variance").build(snr).edges.tolist() == [0, 150, 486, 770, 1000]
+    with pytest.raises(DTRLabError, match="spacing='ant' is unknown; choose one of uniform, log_snr, ant_"):
+        Intervals(4, spacing="ant").build(snr)
+
+
 def test_log_snr_intervals_have_equal_log_snr_ranges():
     snr = linear_snr()
     intervals = Intervals(num_intervals=8, spacing="log_snr").build(snr)

@@ -161,19 +161,22 @@ def with_v(v_value: float):
 
 
 @pytest.mark.parametrize(("steps", "clip_x0"), [(None, True), (10, True), (7, False)])
-def test_learned_sampler_pinned_at_beta_tilde_is_ddpm(steps, clip_x0):
+def test_learned_sampler_pinned_at_a_bound_is_ddpm_with_that_fixed_variance(steps, clip_x0):
     diffusion = GaussianDiffusion(100)
     noise = torch.randn(4, 2, 3, 3, generator=torch.Generator().manual_seed(0))
 
-    def run(fn):
+    def run(fn, fixed_variance="large"):
         return sample(
-            fn, diffusion, noise, steps, eta=1.0, clip_x0=clip_x0, generator=torch.Generator().manual_seed(5)
+            fn, diffusion, noise, steps, eta=1.0, clip_x0=clip_x0, generator=torch.Generator().manual_seed(5),
+            fixed_variance=fixed_variance,
         )
 
-    fixed = run(toy_eps)
-    assert torch.allclose(run(with_v(-1.0)), fixed, atol=1e-5)
-    # the learned path really uses v: the upper bound β gives a different chain
-    assert not torch.allclose(run(with_v(1.0)), fixed, atol=1e-3)
+    small, large = run(toy_eps, "small"), run(toy_eps, "large")
+    # v = −1 is log β̃ (fixed small), v = +1 is log β (fixed large; they differ only at the first
+    # step, which adds no noise)
+    assert torch.allclose(run(with_v(-1.0)), small, atol=1e-5)
+    assert torch.allclose(run(with_v(1.0)), large, atol=1e-5)
+    assert not torch.allclose(small, large, atol=1e-3)
 
 
 def test_ddim_ignores_v():

@@ -11,6 +11,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from dtr_lab.data import DigitsDataModule
 from dtr_lab.diffusion import P2, MinSNR
+from dtr_lab.errors import DTRLabError
 from dtr_lab.models import DiT
 from dtr_lab.module import DiffusionModule
 from dtr_lab.mtl import Intervals, NashMTL, PCGrad, UncertaintyWeighting
@@ -113,3 +114,33 @@ def test_learned_sigma_adds_the_vb_term(tmp_path):
     fit(module, tmp_path, steps=2)
     out = module.sample(torch.randn(2, 1, 8, 8), torch.tensor([1, 2]), steps=5)
     assert out.shape == (2, 1, 8, 8) and torch.isfinite(out).all()
+
+
+def test_sample_uses_the_respacing_and_fixed_variance_options():
+    seen = []
+    module = tiny_module(sampler="ddpm", sample_steps=4, respacing="ddim", num_samples=2)
+    module.ema.module.register_forward_pre_hook(lambda m, args: seen.append(args[1][0].item()))
+    noise = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    large = module.sample(noise, torch.tensor([1, 2]), generator=torch.Generator().manual_seed(1))
+    assert seen == [75, 50, 25, 0]  # DiT's "ddim4" of T = 100: stride 25 from 0
+    assert module.hparams.fixed_variance == "large"  # the DiT/ADM default
+    small_module = tiny_module(sampler="ddpm", sample_steps=4, respacing="ddim", fixed_variance="small")
+    small_module.load_state_dict(module.state_dict())
+    small = small_module.sample(noise, torch.tensor([1, 2]), generator=torch.Generator().manual_seed(1))
+    assert not torch.allclose(large, small, atol=1e-3)
+    even = tiny_module(sample_steps=4)
+    assert even.hparams.respacing == "even"
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"fixed_variance": "medium"}, "model.fixed_variance='medium' is unknown"),
+        ({"respacing": "ddim", "sample_steps": 99}, "model.respacing=ddim cannot make exactly 99 steps"),
+        ({"respacing": "uniform"}, "model.respacing='uniform' is unknown"),
+    ],
+)
+def test_bad_sampling_options_are_one_line(kwargs, match):
+    with pytest.raises(DTRLabError, match=match) as err:
+        tiny_module(**kwargs)
+    assert "\n" not in str(err.value)

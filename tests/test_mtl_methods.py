@@ -13,23 +13,28 @@ from dtr_lab.mtl import Intervals, NashMTL, PCGrad, UncertaintyWeighting, nash_w
 
 
 def test_uw_loss_and_gradient_of_s_at_hand_values():
+    # ANT's and DTR's code feed L_k/K: Σ_k ½(e^{−s_k} L_k/K + s_k), here K = 2
     uw = UncertaintyWeighting(Intervals(boundaries=[0, 500, 1000]))
     with torch.no_grad():
         uw.log_var.copy_(torch.tensor([0.0, math.log(2.0)]))
     losses = torch.tensor([4.0, 6.0])
     loss = uw(losses)
-    # ½(e⁰·4 + 0) + ½(½·6 + ln 2) = 2 + 1.5 + ½ ln 2
-    assert loss.item() == pytest.approx(3.5 + 0.5 * math.log(2.0))
+    # ½(e⁰·4/2 + 0) + ½(½·6/2 + ln 2) = 1 + 0.75 + ½ ln 2
+    assert loss.item() == pytest.approx(1.75 + 0.5 * math.log(2.0))
     (grad,) = torch.autograd.grad(loss, uw.log_var)
-    # d/ds_k = ½(1 − e^{−s_k} L_k): ½(1 − 4) and ½(1 − 3)
-    assert torch.allclose(grad, torch.tensor([-1.5, -1.0]))
+    # d/ds_k = ½(1 − e^{−s_k} L_k/K): ½(1 − 2) and ½(1 − 1.5)
+    assert torch.allclose(grad, torch.tensor([-0.5, -0.25]))
+    # the network sees weight ½e^{−s_k}/K per L_k: ¼ and ⅛
+    losses = torch.tensor([4.0, 6.0], requires_grad=True)
+    (weights,) = torch.autograd.grad(uw(losses), losses)
+    assert torch.allclose(weights, torch.tensor([0.25, 0.125]))
 
 
-def test_uw_gradient_vanishes_at_s_equal_log_loss():
+def test_uw_gradient_vanishes_at_s_equal_log_loss_over_k():
     uw = UncertaintyWeighting(Intervals(num_intervals=3))
     losses = torch.tensor([0.2, 1.0, 3.0])
     with torch.no_grad():
-        uw.log_var.copy_(losses.log())
+        uw.log_var.copy_((losses / 3).log())
     (grad,) = torch.autograd.grad(uw(losses), uw.log_var)
     assert torch.allclose(grad, torch.zeros(3), atol=1e-6)
 
@@ -138,15 +143,30 @@ def test_nash_weights_of_opposite_gradients_give_no_update():
     assert (alpha @ g).norm() < 1e-6 * alpha.max() * g.norm()
 
 
-def test_nash_combine_solves_on_the_normalised_gram_and_clips():
+def test_nash_combine_solves_on_the_raw_gram_so_the_update_has_norm_sqrt_k():
+    # orthogonal g_k: α_k = 1/‖g_k‖, so Σ α_k g_k is the sum of K unit vectors, norm √K
+    g = torch.tensor([[3.0, 0.0, 0.0], [0.0, 0.5, 0.0], [0.0, 0.0, 2.0]])
+    update, stats = NashMTL(Intervals(num_intervals=3), max_norm=100.0).combine(g, step=0)
+    assert torch.allclose(stats["alpha"], torch.tensor([1 / 3, 2.0, 0.5]), rtol=1e-5)
+    assert torch.allclose(update, torch.ones(3), rtol=1e-5)
+    assert stats["norm"] == pytest.approx(math.sqrt(3), rel=1e-5)
+    # at 60° with norms 1 and 1: α = √(2/3) each (see above), ‖Σ α g‖² = αᵀMα = Σ α_k (Mα)_k = K
+    g60 = torch.tensor([[1.0, 0.0], [0.5, math.sqrt(3) / 2]])
+    _, stats60 = NashMTL(Intervals(num_intervals=2), max_norm=100.0).combine(g60, step=0)
+    assert stats60["norm"] == pytest.approx(math.sqrt(2), rel=1e-5)
+    # the reference then clips to max_norm = 1
+    clipped, _ = NashMTL(Intervals(num_intervals=3)).combine(g, step=0)
+    assert torch.allclose(clipped, torch.full((3,), 1 / math.sqrt(3)), rtol=1e-5)
+
+
+def test_nash_combine_on_the_normalised_gram_scales_with_the_gradients():
     g = torch.tensor([[3.0, 0.0], [0.0, 0.5]])
     # Gram diag(9, ¼) over its norm c = √(81 + 1/16): α = √c·(⅓, 2), so d = √c·(1, 1)
     c = math.sqrt(81 + 1 / 16)
-    update, stats = NashMTL(Intervals(num_intervals=2), max_norm=100.0).combine(g, step=0)
+    method = NashMTL(Intervals(num_intervals=2), max_norm=100.0, normalize_gram=True)
+    update, stats = method.combine(g, step=0)
     assert torch.allclose(update, torch.full((2,), math.sqrt(c)), rtol=1e-5)
     assert torch.allclose(stats["alpha"], math.sqrt(c) * torch.tensor([1 / 3, 2.0]), rtol=1e-5)
-    clipped, _ = NashMTL(Intervals(num_intervals=2), max_norm=1.0).combine(g, step=0)
-    assert torch.allclose(clipped, torch.full((2,), 1 / math.sqrt(2)), rtol=1e-5)
 
 
 def test_nash_refreshes_every_update_every_steps():

@@ -68,11 +68,30 @@ def test_adm64_block_counts_and_parameters():
 
 def test_routed_widths_cover_every_block():
     model = UNet(16, 1, 10, T, routing=DTRRouting(), size="UNet-T")
-    widths = {m.in_channels for m in model.modules() if isinstance(m, ResBlock | AttentionBlock)}
+    routed = [m for m in model.modules() if isinstance(m, ResBlock | AttentionBlock)]
     # UNet-T (32, 64): encoder 32->32, 32->64; decoder inputs 64+64, 64+32, 64+32, 32+32, 32+32, ...
-    assert widths == {32, 64, 96, 128}
-    for w in widths:
-        assert model.router.table(w).shape == (T, w)
+    assert {m.in_channels for m in routed} == {32, 64, 96, 128}
+    assert [m.route_index for m in routed] == list(range(len(routed)))
+    for m in routed:
+        assert model.router.table(m.route_index).shape == (T, m.in_channels)
+    assert sorted(model.router.tables()) == [32, 64, 96, 128]  # DTR: one shared table per width
+    assert all(len(tables) == 1 for tables in model.router.tables().values())
+
+
+def test_rtr_unet_draws_a_table_per_routed_block():
+    model = UNet(16, 1, 10, T, routing=RandomRouting(beta=0.5), size="UNet-T")
+    routed = [m for m in model.modules() if isinstance(m, ResBlock | AttentionBlock)]
+    tables = [model.router.table(m.route_index) for m in routed]
+    assert all((t.sum(1) == m.in_channels // 2).all() for t, m in zip(tables, routed, strict=True))
+    same_width = [t for t, m in zip(tables, routed, strict=True) if m.in_channels == 32]
+    assert len(same_width) > 1 and not torch.equal(same_width[0], same_width[1])
+    assert sum(len(v) for v in model.router.tables().values()) == len(routed)
+    # block i reads mask i: perturbing block i's table changes the output, for a randomised model
+    randomize(model)
+    x, t, y = torch.randn(2, 1, 16, 16), torch.tensor([3, 60]), torch.tensor([1, 2])
+    before = model(x, t, y)
+    model.router.table(routed[-1].route_index).fill_(1.0)
+    assert not torch.allclose(model(x, t, y), before)
 
 
 def make_block(width: int = 8, resample_mode=None) -> tuple[ResBlock, Router]:
@@ -93,20 +112,20 @@ def test_inactive_channel_passes_through(block_kind):
         # large weights make attention peaked; near-uniform attention averages the normed values to 0
         randomize(block, scale=1.0)
     t = torch.tensor([T - 1])
-    mask = router.masks(t, 8)
+    (mask,) = router.masks(t)
     # β = 0.5 of 8 channels: at t = T−1 the window is the last 4, so channel 0 is inactive
     assert mask[0].tolist() == [0, 0, 0, 0, 1, 1, 1, 1]
     z = torch.randn(1, 8, 4, 4)
     emb = torch.randn(1, 6)
     delta = torch.zeros_like(z)
     delta[:, 0] = torch.randn(4, 4)
-    out = block(z, emb, {8: mask})
-    out_changed = block(z + delta, emb, {8: mask})
+    out = block(z, emb, [mask])
+    out_changed = block(z + delta, emb, [mask])
     assert torch.allclose(out_changed - out, delta, atol=1e-6)
     # an active channel reaches the block, so it changes other channels too
     delta_active = torch.zeros_like(z)
     delta_active[:, 5] = torch.randn(4, 4)
-    diff = block(z + delta_active, emb, {8: mask}) - out
+    diff = block(z + delta_active, emb, [mask]) - out
     assert (diff - delta_active).abs().amax() > 1e-3
 
 

@@ -1,6 +1,8 @@
 """RoutingMaps: the T×C mask table of every routed width, as an image, and the channel overlap
 (IoU) between task intervals, at fit start: the routing's designed affinity, to set beside the
-measured one."""
+measured one. Where blocks of one width have tables of their own (R-TR), the image is the first
+block's table, a second image the share of those blocks with each channel active, and the IoU the
+mean over the blocks."""
 
 from __future__ import annotations
 
@@ -55,23 +57,28 @@ class RoutingMaps(L.Callback):
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not trainer.is_global_zero:
             return
-        tables = {
-            name: table.detach().cpu()
-            for router in pl_module.net.modules()
-            if isinstance(router, Router)
-            for name, table in router.named_buffers()
-        }
+        by_width: dict[int, list[torch.Tensor]] = {}
+        for router in pl_module.net.modules():
+            if isinstance(router, Router):
+                for width, tables in router.tables().items():
+                    by_width.setdefault(width, []).extend(t.detach().cpu() for t in tables)
         out = log_dir(trainer)
-        for name, table in tables.items():
-            image = table.float()[None]  # (1, T, C)
-            for logger in trainer.loggers:
-                if hasattr(logger.experiment, "add_image"):
-                    logger.experiment.add_image(f"routing/masks_{name}", image, 0)
-            if out is not None:
-                save_png(image, Path(out) / "routing" / f"masks_{name}.png", scale=1)
-        if not tables:
+        for width, tables in by_width.items():
+            images = {f"masks_table_{width}": tables[0].float()[None]}  # (1, T, C): the first block's
+            if len(tables) > 1:  # per-block tables: how many of the blocks route each channel at t
+                images[f"mean_masks_table_{width}"] = torch.stack(tables).float().mean(dim=0)[None]
+            for name, image in images.items():
+                for logger in trainer.loggers:
+                    if hasattr(logger.experiment, "add_image"):
+                        logger.experiment.add_image(f"routing/{name}", image, 0)
+                if out is not None:
+                    save_png(image, Path(out) / "routing" / f"{name}.png", scale=1)
+        if not by_width:
             return
-        ious = {name: interval_iou(table, self.task_intervals) for name, table in tables.items()}
+        ious = {
+            f"table_{width}": torch.stack([interval_iou(t, self.task_intervals) for t in tables]).mean(dim=0)
+            for width, tables in by_width.items()
+        }  # per width, the mean over its blocks' tables
         labels = self.task_intervals.labels()
         log_figure(trainer, "routing/iou", heatmap_figure(ious, labels, 0.0, 1.0), 0)
         if out is not None:

@@ -50,6 +50,15 @@ class Posterior:
         self.coef_x0 = alpha_bar_prev.sqrt() * self.betas / (1 - alpha_bar)
         self.coef_xt = (1 - self.betas).sqrt() * (1 - alpha_bar_prev) / (1 - alpha_bar)
 
+    def fixed_variance(self, kind: str) -> torch.Tensor:
+        """σ² per step of a fixed-variance reverse process, (S,): "small" is β̃_i; "large" is β_i with
+        β̃ of the second step at the first (ADM's FIXED_LARGE, guided_diffusion/gaussian_diffusion.py,
+        which DiT's create_diffusion picks unless sigma_small), on this chain's own β."""
+        if kind == "small":
+            return self.variance
+        first = self.variance[1:2] if len(self.betas) > 1 else self.betas[:1]
+        return torch.cat([first, self.betas[1:]])
+
     @staticmethod
     def _at(table: torch.Tensor, i: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
         """table[i] cast to like's dtype and shaped (N, 1, 1, ...) to broadcast over like."""

@@ -1,7 +1,8 @@
 """Reverse-process samplers: DDPM ancestral and DDIM on any subsequence of timesteps,
 with classifier-free guidance. Respaced steps call the model at the *original* t, so a
 routed model uses the masks it was trained with. A model with learned σ (output ε and v
-stacked on channels) samples DDPM with its own variance; DDIM ignores v."""
+stacked on channels) samples DDPM with its own variance; DDIM ignores v. A fixed-variance
+model samples DDPM with σ² = β_t ("large", the DiT/ADM default) or β̃_t ("small")."""
 
 from __future__ import annotations
 
@@ -16,10 +17,40 @@ from dtr_lab.errors import DTRLabError
 EpsFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (x_t, t) -> ε̂, or [ε̂, v] on channels
 
 
-def respaced_timesteps(num_timesteps: int, steps: int) -> list[int]:
-    """`steps` original timesteps, evenly spread over [0, T−1], increasing, ending at T−1."""
+FIXED_VARIANCES = ("large", "small")
+RESPACINGS = ("even", "ddim")
+
+
+def check_fixed_variance(kind: str) -> str:
+    """The fixed reverse variance must be "large" (σ² = β_t) or "small" (σ² = β̃_t)."""
+    if kind not in FIXED_VARIANCES:
+        raise DTRLabError(
+            f"fixed_variance={kind!r} is unknown; choose large (σ² = β_t, the DiT/ADM default) "
+            "or small (σ² = β̃_t)"
+        )
+    return kind
+
+
+def respaced_timesteps(num_timesteps: int, steps: int, respacing: str = "even") -> list[int]:
+    """`steps` original timesteps, increasing: "even" spreads them over [0, T−1], ending at T−1;
+    "ddim" takes every s-th from 0 with the smallest stride s giving exactly `steps` (DiT/ADM's
+    space_timesteps(T, "ddimN"), diffusion/respace.py: ddim25 of T = 1000 is 0, 40, …, 960)."""
+    if respacing not in RESPACINGS:
+        raise DTRLabError(
+            f"respacing={respacing!r} is unknown; choose even (spread over [0, T−1]) "
+            "or ddim (stride T/N from 0)"
+        )
     if not 1 <= steps <= num_timesteps:
         raise DTRLabError(f"sampling steps={steps} must be in [1, {num_timesteps}] (the training T)")
+    if respacing == "ddim":
+        # len(range(0, T, s)) = ⌈T/s⌉ falls as s grows, so the first stride that reaches `steps` is the one
+        stride = next((s for s in range(1, num_timesteps + 1) if -(-num_timesteps // s) <= steps), None)
+        if stride is None or -(-num_timesteps // stride) != steps:
+            raise DTRLabError(
+                f"respacing=ddim cannot make exactly {steps} steps of T={num_timesteps} with an integer "
+                "stride; pick a step count such as T/s for an integer s, or respacing: even"
+            )
+        return list(range(0, num_timesteps, stride))
     grid = torch.linspace(0, num_timesteps - 1, steps, dtype=torch.float64).round().long()
     return sorted(set(grid.tolist()))
 
@@ -51,22 +82,33 @@ def sample(
     eta: float = 1.0,
     clip_x0: bool = True,
     generator: torch.Generator | None = None,
+    fixed_variance: str = "large",
+    respacing: str = "even",
 ) -> torch.Tensor:
-    """Generalised DDIM (Song et al. 2021) from x_T = noise; eta = 1 is DDPM ancestral sampling
-    with the posterior variance β̃ (or a learned-σ model's own variance), eta = 0 is deterministic
-    DDIM."""
+    """Ancestral DDPM (eta = 1) or DDIM (Song et al. 2021, 0 <= eta < 1) from x_T = noise.
+
+    DDPM steps use the posterior mean μ̃(x_t, x̂_0) with a learned-σ model's own variance, else the
+    fixed σ² of ``fixed_variance`` on the respaced chain; DDIM steps use σ² = η² β̃ (eta = 0 is
+    deterministic). ``respacing`` picks the timesteps (see respaced_timesteps).
+    """
     T = diffusion.num_timesteps
-    ts = respaced_timesteps(T, steps or T)
+    ts = respaced_timesteps(T, steps or T, respacing)
     alpha_bar = diffusion.alpha_bar
     posterior = Posterior(diffusion, ts)
+    fixed_var = posterior.fixed_variance(check_fixed_variance(fixed_variance))  # (S,)
     x = noise
     for i in reversed(range(len(ts))):
         t = torch.full((x.shape[0],), ts[i], device=x.device, dtype=torch.long)
         x_t = x.to(torch.float64)
         eps, v = split_output(eps_fn(x, t).to(torch.float64), x.shape[1])
-        if v is not None and eta == 1.0:
-            mean, log_var = posterior.p_mean_log_variance(x_t, torch.full_like(t, i), eps, v, clip_x0)
+        step = torch.full_like(t, i)
+        if eta == 1.0 and v is not None:
+            mean, log_var = posterior.p_mean_log_variance(x_t, step, eps, v, clip_x0)
             std = (0.5 * log_var).exp()
+        elif eta == 1.0:
+            x0 = diffusion.predict_x0(x_t, t, eps)
+            mean = posterior.mean(x0.clamp(-1, 1) if clip_x0 else x0, x_t, step)
+            std = fixed_var[i].sqrt()
         else:
             ab = alpha_bar[ts[i]]
             ab_prev = alpha_bar[ts[i - 1]] if i > 0 else torch.ones_like(ab)
@@ -86,12 +128,14 @@ def sample(
 
 
 def ddpm(eps_fn: EpsFn, diffusion: GaussianDiffusion, noise: torch.Tensor, steps: int | None = None,
-         generator: torch.Generator | None = None) -> torch.Tensor:
+         generator: torch.Generator | None = None, fixed_variance: str = "large") -> torch.Tensor:
     """DDPM ancestral sampling (respaced when steps < T)."""
-    return sample(eps_fn, diffusion, noise, steps, eta=1.0, generator=generator)
+    return sample(
+        eps_fn, diffusion, noise, steps, eta=1.0, generator=generator, fixed_variance=fixed_variance
+    )
 
 
 def ddim(eps_fn: EpsFn, diffusion: GaussianDiffusion, noise: torch.Tensor, steps: int | None = None,
          eta: float = 0.0, generator: torch.Generator | None = None) -> torch.Tensor:
-    """DDIM sampling; deterministic for eta = 0."""
-    return sample(eps_fn, diffusion, noise, steps, eta=eta, generator=generator)
+    """DDIM sampling with σ² = η² β̃; deterministic for eta = 0, DDPM with β̃ for eta = 1."""
+    return sample(eps_fn, diffusion, noise, steps, eta=eta, generator=generator, fixed_variance="small")

@@ -41,13 +41,18 @@ class GaussianDiffusion(nn.Module):
         self.schedule = schedule
         betas = linear_betas(num_timesteps) if schedule == "linear" else cosine_betas(num_timesteps)
         alpha_bar = torch.cumprod(1 - betas, dim=0)
-        # float64 tables keep 1 − ᾱ_t accurate near t = 0; gathered values are cast per use
+        # float64 tables keep 1 − ᾱ_t accurate near t = 0; coefficients are formed in float64, then cast
         self.register_buffer("betas", betas, persistent=False)
         self.register_buffer("alpha_bar", alpha_bar, persistent=False)
 
-    def _at(self, table: torch.Tensor, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-        """table[t] cast to like's dtype and shaped (N, 1, 1, ...) to broadcast over like."""
-        return table[t].to(like.dtype).view(-1, *([1] * (like.dim() - 1)))
+    def _coefficients(self, t: torch.Tensor, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(√ᾱ_t, √(1−ᾱ_t)) computed in float64, then cast to like's dtype and shaped (N, 1, 1, ...).
+
+        1 − ᾱ_t is formed before the cast: in float32, 1 − ᾱ_0 = 1e-4 would keep only ~4 digits.
+        """
+        ab = self.alpha_bar[t]  # float64
+        shape = (-1, *([1] * (like.dim() - 1)))
+        return ab.sqrt().to(like.dtype).view(shape), (1 - ab).sqrt().to(like.dtype).view(shape)
 
     def snr(self, t: torch.Tensor) -> torch.Tensor:
         """SNR(t) = ᾱ_t / (1 − ᾱ_t), float32, shape of t."""
@@ -56,13 +61,13 @@ class GaussianDiffusion(nn.Module):
 
     def q_sample(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """x_t = √ᾱ_t x_0 + √(1−ᾱ_t) ε."""
-        ab = self._at(self.alpha_bar, t, x0)
-        return ab.sqrt() * x0 + (1 - ab).sqrt() * noise
+        sqrt_ab, sqrt_one_minus_ab = self._coefficients(t, x0)
+        return sqrt_ab * x0 + sqrt_one_minus_ab * noise
 
     def predict_x0(self, x_t: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
         """x̂_0 = (x_t − √(1−ᾱ_t) ε̂) / √ᾱ_t."""
-        ab = self._at(self.alpha_bar, t, x_t)
-        return (x_t - (1 - ab).sqrt() * eps) / ab.sqrt()
+        sqrt_ab, sqrt_one_minus_ab = self._coefficients(t, x_t)
+        return (x_t - sqrt_one_minus_ab * eps) / sqrt_ab
 
     def sample_timesteps(self, n: int, generator: torch.Generator, device: torch.device) -> torch.Tensor:
         """t ~ U{0, …, T−1}, (n,) long."""

@@ -198,7 +198,7 @@ class DiT(nn.Module):
         self.register_buffer("pos_embed", sincos_pos_embed_2d(D, grid)[None], persistent=False)
         self.t_embedder = TimestepEmbedder(D)
         self.y_embedder = LabelEmbedder(num_classes, D) if num_classes > 0 else None
-        self.router = Router(routing or NoRouting(), num_timesteps, [D])
+        self.router = Router(routing or NoRouting(), num_timesteps, [D] * dims.depth)
         self.blocks = nn.ModuleList(DiTBlock(D, dims.num_heads, mlp_ratio) for _ in range(dims.depth))
         self.final_layer = FinalLayer(D, patch, self.out_channels)
         self.initialize_weights()
@@ -237,7 +237,7 @@ class DiT(nn.Module):
             if y is None:
                 y = torch.full_like(t, self.null_label)
             c = c + self.y_embedder(y)  # (N, D)
-        mask = self.router.masks(t, h.shape[-1])  # (N, D) or None
-        for block in self.blocks:
+        masks = self.router.masks(t)  # per block: (N, D) or None
+        for block, mask in zip(self.blocks, masks, strict=True):
             h = block(h, c, mask)  # (N, L, D)
         return self.unpatchify(self.final_layer(h, c))  # (N, C_out, H, W)

@@ -131,6 +131,7 @@ class ResBlock(nn.Module):
     ) -> None:
         super().__init__()
         self.in_channels = in_channels
+        self.route_index = 0  # this block's mask in the network's per-block list (set by UNet)
         self.resample_mode = resample_mode
         self.in_norm = group_norm(in_channels)
         self.in_conv = nn.Conv2d(in_channels, out_channels, 3, padding=1)
@@ -141,9 +142,9 @@ class ResBlock(nn.Module):
         self.skip = nn.Identity() if in_channels == out_channels else nn.Conv2d(in_channels, out_channels, 1)
 
     def forward(
-        self, z: torch.Tensor, emb: torch.Tensor, masks: dict[int, torch.Tensor | None]
+        self, z: torch.Tensor, emb: torch.Tensor, masks: list[torch.Tensor | None]
     ) -> torch.Tensor:
-        u = route(z, masks[self.in_channels], channel_dim=1)  # (N, C_in, H, W): m_t ⊙ z
+        u = route(z, masks[self.route_index], channel_dim=1)  # (N, C_in, H, W): m_t ⊙ z
         # resampling between activation and conv, as in BigGAN's up/down blocks
         h = self.in_conv(resample(F.silu(self.in_norm(u)), self.resample_mode))  # (N, C_out, H', W')
         scale, shift = self.emb(emb)[:, :, None, None].chunk(2, dim=1)  # 2 × (N, C_out, 1, 1)
@@ -164,14 +165,15 @@ class AttentionBlock(nn.Module):
                 f"net.init_args.base_channels so every attention width is a multiple of {num_head_channels}"
             )
         self.in_channels = channels
+        self.route_index = 0  # this block's mask in the network's per-block list (set by UNet)
         self.norm = group_norm(channels)
         self.attn = Attention(channels, num_heads)
 
     def forward(
-        self, z: torch.Tensor, emb: torch.Tensor, masks: dict[int, torch.Tensor | None]
+        self, z: torch.Tensor, emb: torch.Tensor, masks: list[torch.Tensor | None]
     ) -> torch.Tensor:
         N, C, H, W = z.shape
-        u = route(z, masks[self.in_channels], channel_dim=1)  # (N, C, H, W)
+        u = route(z, masks[self.route_index], channel_dim=1)  # (N, C, H, W)
         tokens = self.norm(u).flatten(2).transpose(1, 2)  # (N, HW, C)
         h = self.attn(tokens).transpose(1, 2).reshape(N, C, H, W)  # (N, C, H, W)
         return z + h
@@ -185,7 +187,7 @@ class Downsample(nn.Module):
         self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=1)
 
     def forward(
-        self, z: torch.Tensor, emb: torch.Tensor, masks: dict[int, torch.Tensor | None]
+        self, z: torch.Tensor, emb: torch.Tensor, masks: list[torch.Tensor | None]
     ) -> torch.Tensor:
         return self.conv(z)  # (N, C, H/2, W/2)
 
@@ -198,7 +200,7 @@ class Upsample(nn.Module):
         self.conv = nn.Conv2d(channels, channels, 3, padding=1)
 
     def forward(
-        self, z: torch.Tensor, emb: torch.Tensor, masks: dict[int, torch.Tensor | None]
+        self, z: torch.Tensor, emb: torch.Tensor, masks: list[torch.Tensor | None]
     ) -> torch.Tensor:
         return self.conv(resample(z, "up"))  # (N, C, 2H, 2W)
 
@@ -207,7 +209,7 @@ class Stage(nn.ModuleList):
     """Layers applied in order; one entry of the U-Net's encoder or decoder."""
 
     def forward(
-        self, h: torch.Tensor, emb: torch.Tensor, masks: dict[int, torch.Tensor | None]
+        self, h: torch.Tensor, emb: torch.Tensor, masks: list[torch.Tensor | None]
     ) -> torch.Tensor:
         for layer in self:
             h = layer(h, emb, masks)
@@ -302,8 +304,9 @@ class UNet(nn.Module):
         self.conv_out = nn.Conv2d(ch, self.out_channels, 3, padding=1)
 
         routed = [m for m in self.modules() if isinstance(m, ResBlock | AttentionBlock)]
-        self.routed_widths = sorted({m.in_channels for m in routed})
-        self.router = Router(routing or NoRouting(), num_timesteps, self.routed_widths)
+        for index, block in enumerate(routed):
+            block.route_index = index
+        self.router = Router(routing or NoRouting(), num_timesteps, [m.in_channels for m in routed])
         self.initialize_weights()
 
     def initialize_weights(self) -> None:
@@ -325,7 +328,7 @@ class UNet(nn.Module):
             if y is None:
                 y = torch.full_like(t, self.null_label)
             emb = emb + self.y_embedder(y)  # (N, E)
-        masks = {width: self.router.masks(t, width) for width in self.routed_widths}  # (N, width) or None
+        masks = self.router.masks(t)  # per routed block: (N, C_in of the block) or None
         h = self.conv_in(x)  # (N, C_0, H, W)
         skips = [h]
         for stage in self.down:

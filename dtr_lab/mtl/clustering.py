@@ -2,8 +2,12 @@
 (timesteps, or fine intervals) into k contiguous intervals minimising a summed cost, by exact dynamic
 programming.
 
-Two costs: the spread of log-SNR within an interval (sum of squared deviations from the interval's
-mean log-SNR), or minus the affinity of each unit to its interval's centre unit.
+Costs of an interval [a, b) over timesteps, by name (SNR_OBJECTIVES):
+- ``ant_snr``, ANT's SNR objective (ANT's interval_clustering.py, snr_based_clustering):
+  Σ_{u∈[a,b)} |SNR(u) − SNR(c)| on raw SNR, c = round((a+b)/2) with halves to even as Python rounds;
+- ``log_snr_variance``: Σ_{u∈[a,b)} (log SNR(u) − mean over [a,b))², the spread of log-SNR.
+And over units with a measured affinity (ANT's tas_based_clustering): minus the affinity of each
+unit to its interval's centre unit ⌊(a+b)/2⌋.
 
     python -m dtr_lab.mtl.clustering RUN_DIR --k 5            # from a run's GradientConflict records
     python -m dtr_lab.mtl.clustering --snr --timesteps 1000 --schedule linear --k 5
@@ -20,6 +24,7 @@ import torch
 from dtr_lab.diffusion import GaussianDiffusion
 from dtr_lab.diffusion.schedule import SCHEDULES
 from dtr_lab.errors import DTRLabError
+from dtr_lab.mtl.intervals import SNR_OBJECTIVES
 
 
 def cluster(cost: torch.Tensor, k: int) -> list[int]:
@@ -49,7 +54,7 @@ def cluster(cost: torch.Tensor, k: int) -> list[int]:
     return [0, *reversed(edges)]
 
 
-def snr_cost(snr: torch.Tensor) -> torch.Tensor:
+def log_snr_variance_cost(snr: torch.Tensor) -> torch.Tensor:
     """cost[a, b] = Σ_{t∈[a,b)} (log SNR(t) − mean over [a,b))², from prefix sums, (n+1, n+1)."""
     x = snr.detach().double().cpu().log()
     x = x - x.mean()  # centring keeps the prefix sums small, against cancellation
@@ -65,6 +70,31 @@ def centres(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.div(a + b, 2, rounding_mode="floor")
 
 
+def ant_snr_centres(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """ANT's SNR centre round((a+b)/2) of [a, b), halves to even; a single unit is its own centre."""
+    return torch.minimum(torch.round((a + b) / 2).long(), (b - 1).clamp(min=0))  # torch.round: half to even
+
+
+def _grid(n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Index grids (a, b) over the (n+1, n+1) interval table."""
+    return torch.meshgrid(torch.arange(n + 1), torch.arange(n + 1), indexing="ij")
+
+
+def centre_sums(values: torch.Tensor, centre: torch.Tensor) -> torch.Tensor:
+    """cost[a, b] = Σ_{u∈[a,b)} values[u, centre[a, b]] from column prefix sums, (n+1, n+1) float64."""
+    n = values.shape[0]
+    column_sums = torch.cat([torch.zeros(1, n, dtype=torch.float64), values.cumsum(0)])  # (n+1, n)
+    a, b = _grid(n)
+    c = centre.clamp(max=n - 1)  # (n+1, n+1); entries with b <= a are ignored by cluster
+    return column_sums[b, c] - column_sums[a, c]
+
+
+def ant_snr_cost(snr: torch.Tensor) -> torch.Tensor:
+    """cost[a, b] = Σ_{u∈[a,b)} |SNR(u) − SNR(c)| with c ANT's centre of [a, b), (n+1, n+1)."""
+    x = snr.detach().double().cpu()
+    return centre_sums((x[:, None] - x[None, :]).abs(), ant_snr_centres(*_grid(len(x))))  # (u, c) distances
+
+
 def affinity_cost(affinity: torch.Tensor) -> torch.Tensor:
     """cost[a, b] = −Σ_{u∈[a,b)} affinity[u, c] with c the interval's centre unit, (n+1, n+1).
 
@@ -73,21 +103,22 @@ def affinity_cost(affinity: torch.Tensor) -> torch.Tensor:
     """
     if affinity.dim() != 2 or affinity.shape[0] != affinity.shape[1]:
         raise DTRLabError(f"the affinity matrix must be square, got shape {tuple(affinity.shape)}")
-    n = affinity.shape[0]
     affinity = affinity.detach().double().cpu()
     if bool(affinity.isnan().any()):
         i, j = (int(v) for v in affinity.isnan().nonzero()[0])
         raise DTRLabError(f"the affinity matrix has NaN (first at i={i}, j={j}); measure it again")
-    # column_sums[b, c] = Σ_{u<b} affinity[u, c]
-    column_sums = torch.cat([torch.zeros(1, n, dtype=torch.float64), affinity.cumsum(0)])  # (n+1, n)
-    a, b = torch.meshgrid(torch.arange(n + 1), torch.arange(n + 1), indexing="ij")
-    c = centres(a, b).clamp(max=n - 1)  # (n+1, n+1)
-    return -(column_sums[b, c] - column_sums[a, c])
+    return -centre_sums(affinity, centres(*_grid(affinity.shape[0])))
 
 
-def snr_intervals(snr: torch.Tensor, k: int) -> list[int]:
-    """Timestep edges of the k intervals with the least log-SNR spread."""
-    return cluster(snr_cost(snr), k)
+def snr_intervals(snr: torch.Tensor, k: int, objective: str = "ant_snr") -> list[int]:
+    """Timestep edges of the k intervals of least SNR cost: ANT's objective or the log-SNR variance."""
+    if objective == "ant_snr":
+        return cluster(ant_snr_cost(snr), k)
+    if objective == "log_snr_variance":
+        return cluster(log_snr_variance_cost(snr), k)
+    raise DTRLabError(
+        f"clustering objective={objective!r} is unknown; choose one of {', '.join(SNR_OBJECTIVES)}"
+    )
 
 
 def affinity_intervals(affinity: torch.Tensor, k: int) -> list[int]:
@@ -178,7 +209,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--metric", default="cos", help="matrix metric in the records, default cos")
     parser.add_argument("--step", type=int, default=None, help="training step to read (default: the last)")
-    parser.add_argument("--snr", action="store_true", help="cluster timesteps by log-SNR spread instead")
+    parser.add_argument("--snr", action="store_true", help="cluster timesteps by an SNR objective instead")
+    parser.add_argument(
+        "--objective", default="ant_snr", choices=SNR_OBJECTIVES, help="objective for --snr, default ant_snr"
+    )
     parser.add_argument("--timesteps", type=int, default=1000, help="T for --snr")
     parser.add_argument("--schedule", default="linear", choices=SCHEDULES, help="noise schedule for --snr")
     args = parser.parse_args(argv)
@@ -189,9 +223,10 @@ def main(argv: list[str] | None = None) -> int:
             if args.k > args.timesteps:
                 raise DTRLabError(f"--k={args.k} is more than --timesteps={args.timesteps}")
             diffusion = GaussianDiffusion(args.timesteps, args.schedule)
-            edges = snr_intervals(diffusion.snr(torch.arange(args.timesteps)), args.k)
+            edges = snr_intervals(diffusion.snr(torch.arange(args.timesteps)), args.k, args.objective)
             print(
-                f"# {args.k} intervals of least log-SNR spread, {args.schedule} schedule, T={args.timesteps}"
+                f"# {args.k} intervals of least {args.objective}, {args.schedule} schedule, "
+                f"T={args.timesteps}"
             )
         else:
             if args.run_dir is None:

@@ -1,7 +1,8 @@
 """Task intervals: K contiguous groups of timesteps, the "tasks" of MTL analysis and optimisation.
 
 Interval k holds the timesteps ``[edges[k], edges[k+1])``. The edges are uniform in t, uniform in
-log-SNR, or given explicitly (e.g. found by :mod:`dtr_lab.mtl.clustering`).
+log-SNR, clustered by an SNR objective of :mod:`dtr_lab.mtl.clustering` (ANT's ``ant_snr``, or
+``log_snr_variance``), or given explicitly (e.g. printed by that module's command line).
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ import torch
 
 from dtr_lab.errors import DTRLabError
 
-SPACINGS = ("uniform", "log_snr")
+SNR_OBJECTIVES = ("ant_snr", "log_snr_variance")  # the interval costs of dtr_lab.mtl.clustering
+SPACINGS = ("uniform", "log_snr", *SNR_OBJECTIVES)
 
 
 def check_num_intervals(num_intervals: int, num_timesteps: int | None = None) -> int:
@@ -35,7 +37,8 @@ class Intervals:
     """How to split the T timesteps into K task intervals (the config value; ``build`` makes them).
 
     num_intervals: K, the number of intervals (ignored when ``boundaries`` is given).
-    spacing: "uniform" (equal widths in t) or "log_snr" (equal widths in log-SNR).
+    spacing: "uniform" (equal widths in t), "log_snr" (equal widths in log-SNR), or the exact optimum of
+        an SNR clustering objective: "ant_snr" (ANT's) or "log_snr_variance".
     boundaries: explicit edges [0, b_1, …, T]; overrides the other two options.
     """
 
@@ -58,6 +61,11 @@ class Intervals:
             edges = torch.div(torch.arange(k + 1) * num_timesteps, k, rounding_mode="floor")
         elif self.spacing == "log_snr":
             edges = _log_snr_edges(snr, k)
+        elif self.spacing in SNR_OBJECTIVES:
+            # imported here: `python -m dtr_lab.mtl.clustering` must not find itself imported already
+            from dtr_lab.mtl.clustering import snr_intervals
+
+            edges = torch.tensor(snr_intervals(snr, k, self.spacing))
         else:
             raise DTRLabError(
                 f"intervals.spacing={self.spacing!r} is unknown; choose one of {', '.join(SPACINGS)}"

@@ -52,17 +52,26 @@ class NashMTL:
 
     intervals: the K task intervals whose gradients are combined.
     update_every: solve for new weights every this many steps and reuse them in between.
-    max_norm: clip the combined update to this L2 norm (the weights do not bound its scale).
+    max_norm: clip the combined update to this L2 norm.
+    normalize_gram: solve on M/‖M‖_F instead of the raw Gram matrix M = Gᵀ G of the gradients G.
 
-    The weights are solved on the Gram matrix divided by its Frobenius norm, which makes them depend
-    only on the gradients' directions and relative sizes; the update Σ α_k g_k then scales with the
-    gradients like a plain step does. Between solves the update is the gradient of Σ_k α_k L_k, so a
-    caller may skip the K per-interval gradients when ``due(step)`` is false and back-propagate that
-    weighted loss once instead (then clip to ``max_norm`` itself); this is the paper's saving.
+    By default α solves M α = 1/α on the raw Gram matrix, as the reference code does (Navon et al.'s
+    nash-mtl, LibMTL's weighting/Nash_MTL.py, ANT's mtl_library/nash.py: their solver divides M by
+    its norm and multiplies α by it again in the constraints), so α_k (Mα)_k = 1 and
+    ‖Σ α_k g_k‖ = √K before the clip to ``max_norm``. With ``normalize_gram`` the weights depend only
+    on the gradients' directions and relative sizes and the update scales with the gradients like a
+    plain step. ANT's code also divides the weighted loss by K, a constant that Adam undoes.
+    Between solves the update is the gradient of Σ_k α_k L_k, so a caller may skip the K
+    per-interval gradients when ``due(step)`` is false and back-propagate that weighted loss once
+    instead (then clip to ``max_norm`` itself); this is the paper's saving.
     """
 
     def __init__(
-        self, intervals: Intervals = DEFAULT_INTERVALS, update_every: int = 25, max_norm: float = 1.0
+        self,
+        intervals: Intervals = DEFAULT_INTERVALS,
+        update_every: int = 25,
+        max_norm: float = 1.0,
+        normalize_gram: bool = False,
     ) -> None:
         check_num_intervals(intervals.k)
         if update_every < 1:
@@ -72,6 +81,7 @@ class NashMTL:
         self.intervals = intervals
         self.update_every = update_every
         self.max_norm = float(max_norm)
+        self.normalize_gram = bool(normalize_gram)
         self.alpha: torch.Tensor | None = None  # (K,), the weights in use
         self.solved_at: int | None = None  # the step they were solved at
 
@@ -86,7 +96,9 @@ class NashMTL:
         if refreshed:
             gram = g @ g.T  # (K, K)
             scale = gram.norm()
-            self.alpha = nash_weights(gram / scale if scale > 0 else gram).to(g.device)
+            if self.normalize_gram and scale > 0:
+                gram = gram / scale
+            self.alpha = nash_weights(gram).to(g.device)
             self.solved_at = step
         update = self.alpha @ g  # (P,)
         norm = update.norm()
