@@ -353,7 +353,8 @@ def test_routing_maps_of_per_block_tables(tmp_path):
     from dtr_lab.routing import RandomRouting
 
     module = DiffusionModule(
-        net=partial(DiT, size="DiT-T/2"), routing=RandomRouting(beta=0.5), num_timesteps=T, ema_decay=0.9
+        net=partial(DiT, size="DiT-T/2"), routing=RandomRouting(beta=0.5), num_timesteps=T, sample_steps=T,
+        ema_decay=0.9,
     )
     trainer = L.Trainer(
         max_steps=1, logger=TensorBoardLogger(tmp_path, name="run", version=0),
