@@ -47,3 +47,17 @@ def test_sincos_position_embedding():
     assert pe.shape == (9, 8)
     assert torch.allclose(pe[0], torch.tensor([0.0, 0, 1, 1, 0, 0, 1, 1]))  # sin 0, cos 0 per axis
     assert not torch.allclose(pe[1], pe[3])  # (0,1) and (1,0) differ
+
+
+def test_hidden_size_overrides_width_only():
+    # DiT-T/2 at width 64 on 8×8×1 digits: 4 blocks of 64-wide adaLN-Zero transformer layers.
+    # Per block: qkv 64·192+192, proj 64·64+64, MLP 64·256+256 + 256·64+64, adaLN 64·384+384.
+    block = (64 * 192 + 192) + (64 * 64 + 64) + (64 * 256 + 256) + (256 * 64 + 64) + (64 * 384 + 384)
+    # patch embed 1·2·2·64+64, t-MLP 256·64+64 + 64·64+64, labels 11·64, final adaLN 64·128+128 + linear 64·4+4
+    rest = (4 * 64 + 64) + (256 * 64 + 64 + 64 * 64 + 64) + 11 * 64 + (64 * 128 + 128) + (64 * 4 + 4)
+    m = DiT(8, 1, 10, 100, size="DiT-T/2", hidden_size=64)
+    assert len(m.blocks) == 4 and m.blocks[0].attn.num_heads == 4
+    assert sum(p.numel() for p in m.parameters()) == 4 * block + rest
+    assert m(torch.randn(2, 1, 8, 8), torch.tensor([0, 99]), torch.tensor([1, 2])).shape == (2, 1, 8, 8)
+    with pytest.raises(DTRLabError, match="hidden_size=66 must be a positive multiple of 4"):
+        DiT(8, 1, 10, 100, size="DiT-T/2", hidden_size=66)
