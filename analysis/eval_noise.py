@@ -58,10 +58,15 @@ def evaluation_noise(run_dir: Path, checkpoint: str, samples: list[int], seeds: 
             images = generate(model, labels, n, SEED + k * SEED_STRIDE, batch_size=min(n, 500))
             seconds = time.perf_counter() - started
             scores = scorer(images, labels)
-            rows += [{"samples": n, "sample_seed": k, "metric": m, "value": scores[m], "seconds": seconds}
-                     for m in ("fid", "accuracy", "precision", "recall")]
-            print(f"N={n} seed {k}: FID {scores['fid']:.2f}, accuracy {scores['accuracy']:.3f} "
-                  f"({seconds:.0f} s sampling)", flush=True)
+            rows += [
+                {"samples": n, "sample_seed": k, "metric": m, "value": scores[m], "seconds": seconds}
+                for m in ("fid", "accuracy", "precision", "recall")
+            ]
+            print(
+                f"N={n} seed {k}: FID {scores['fid']:.2f}, accuracy {scores['accuracy']:.3f} "
+                f"({seconds:.0f} s sampling)",
+                flush=True,
+            )
     return pd.DataFrame(rows)
 
 
@@ -75,12 +80,16 @@ def summary(scores: pd.DataFrame) -> pd.DataFrame:
 
 
 def markdown(table: pd.DataFrame) -> str:
-    lines = ["| samples N | sample seeds | digits-FID mean | FID sd | accuracy mean | accuracy sd | s / sample |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        "| samples N | sample seeds | digits-FID mean | FID sd | accuracy mean | accuracy sd | s / sample |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for n, rows in table.groupby("samples"):
         fid, acc = (rows[rows["metric"] == m].iloc[0] for m in ("fid", "accuracy"))
-        lines.append(f"| {n} | {fid.seeds} | {fid['mean']:.2f} | {fid.sd:.2f} | {acc['mean']:.3f} | {acc.sd:.3f} "
-                     f"| {fid.s_per_sample:.4f} |")
+        lines.append(
+            f"| {n} | {fid.seeds} | {fid['mean']:.2f} | {fid.sd:.2f} | {acc['mean']:.3f} | {acc.sd:.3f} "
+            f"| {fid.s_per_sample:.4f} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -95,8 +104,10 @@ def main(argv: list[str] | None = None) -> int:
     from dtr_lab.errors import DTRLabError
 
     if args.seeds < 2 or min(args.samples) < 100:
-        print(f"{PROG}: error: --seeds must be ≥ 2 and every --samples ≥ 100 (KID's subset size)",
-              file=sys.stderr)
+        print(
+            f"{PROG}: error: --seeds must be ≥ 2 and every --samples ≥ 100 (KID's subset size)",
+            file=sys.stderr,
+        )
         return 2
     try:
         scores = evaluation_noise(args.run, args.checkpoint, args.samples, args.seeds)

@@ -9,6 +9,8 @@ random numbers before the network's initialisation) breaks this, and `check_pair
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 from lightning.pytorch import LightningDataModule
 
@@ -20,10 +22,16 @@ from dtr_lab.module import DiffusionModule
 
 def instantiate(args: list[str]) -> tuple[DiffusionModule, LightningDataModule]:
     """The module and datamodule that `python -m dtr_lab fit ARGS` would train, untrained (no run dir)."""
-    cli = DTRLabCLI(
-        DiffusionModule, ImageDataModule, subclass_mode_data=True, auto_configure_optimizers=False,
-        run=False, args=[*args, "--trainer.logger", "false"],
-    )
+    with warnings.catch_warnings():  # a calling script's own sys.argv is not meant for this parser
+        warnings.filterwarnings("ignore", message=".*args parameter is intended to run from within Python")
+        cli = DTRLabCLI(
+            DiffusionModule,
+            ImageDataModule,
+            subclass_mode_data=True,
+            auto_configure_optimizers=False,
+            run=False,
+            args=[*args, "--trainer.logger", "false"],
+        )
     return cli.model, cli.datamodule
 
 

@@ -11,12 +11,21 @@ ROUTINGS = ("vanilla", "rtr", "dtr")
 
 
 def build(routing: str, seed: int, *extra: str):
-    return instantiate([
-        "--config", str(REPO / "experiments/repro/base.yaml"),
-        "--config", str(REPO / f"experiments/digits/{routing}.yaml"),
-        "--seed_everything", str(seed), "--model.seed", str(seed), "--data.init_args.seed", str(seed),
-        *extra,
-    ])
+    return instantiate(
+        [
+            "--config",
+            str(REPO / "experiments/repro/base.yaml"),
+            "--config",
+            str(REPO / f"experiments/digits/{routing}.yaml"),
+            "--seed_everything",
+            str(seed),
+            "--model.seed",
+            str(seed),
+            "--data.init_args.seed",
+            str(seed),
+            *extra,
+        ]
+    )
 
 
 def first_batches(model, datamodule, n: int = 2):
