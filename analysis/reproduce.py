@@ -165,10 +165,11 @@ def figures(scores: pd.DataFrame, out: Path) -> list[Path]:
         fig.savefig(written[-1])
     swept = scores[(scores["param"] != "") & (scores["step"] == scores["step"].max())]
     if not swept.empty:
+        last = scores[scores["step"] == scores["step"].max()]
+        wide = last.pivot_table(index=["arm", "seed"], columns="metric", values="value").reset_index()
+        # labels merged back: main-study rows have param_value NaN, which a pivot index would drop
         final = (
-            scores[scores["step"] == scores["step"].max()]
-            .pivot_table(index=["arm", "seed", "param", "param_value"], columns="metric", values="value")
-            .reset_index()
+            last[["arm", "seed", "param", "param_value"]].drop_duplicates().merge(wide, on=["arm", "seed"])
         )
         seed0 = final[final["seed"] == 0]
         default = seed0[seed0["arm"] == "dtr-uniform"]

@@ -106,6 +106,7 @@ def figure(table: pd.DataFrame, steps: int, out: Path) -> Path:
     """The gain against width (at S steps) and against steps (DiT-T), for digits-FID and the low-t probe."""
     from dtr_lab.plots import paired_gains
 
+    table = table[table["step"] > 0]  # the probe's step-0 row is the shared initialisation
     width = table[table["step"] == steps].assign(axis="model width (at S steps)", x=lambda f: f["width"])
     length = table[table["size"] == "DiT-T/2"].assign(axis="training steps (DiT-T/2)", x=lambda f: f["step"])
     fig = paired_gains(
@@ -169,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     scores.to_csv(out / "scores.csv", index=False)
     table = gains(scores)
     table.to_csv(out / "paired.csv", index=False)
-    text = markdown(table, METRICS, key=["size", "step"])
+    text = markdown(table[table["step"] > 0], METRICS, key=["size", "step"])
     (out / "table.md").write_text(text)
     written = figure(table, steps, out)
     print()
