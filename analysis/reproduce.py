@@ -206,6 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--dry-run", action="store_true", help="print the plan and the commands, train nothing"
     )
+    parser.add_argument("--no-train", action="store_true", help="only tabulate the runs already finished")
     args = parser.parse_args(argv)
     started = time.time()
     out = args.out.resolve()
@@ -227,13 +228,15 @@ def main(argv: list[str] | None = None) -> int:
     from dtr_lab.errors import DTRLabError
     from dtr_lab.metrics import load_digits_classifier
 
-    try:
-        check_pairs(runs, comparisons, out)
-    except DTRLabError as err:
-        print(f"{PROG}: error: {err}", file=sys.stderr)
-        return 2
-    load_digits_classifier()  # train and cache it once here, not in two runs at the same time
-    failed = train(todo, out, args.jobs, args.threads)
+    failed = []
+    if not args.no_train:
+        try:
+            check_pairs(runs, comparisons, out)
+        except DTRLabError as err:
+            print(f"{PROG}: error: {err}", file=sys.stderr)
+            return 2
+        load_digits_classifier()  # train and cache it once here, not in two runs at the same time
+        failed = train(todo, out, args.jobs, args.threads)
 
     scores = read_scores(runs, out)
     scores.to_csv(out / "scores.csv", index=False)

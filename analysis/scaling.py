@@ -98,7 +98,8 @@ def gains(scores: pd.DataFrame) -> pd.DataFrame:
         tag = size_tag(size)
         comparison = Comparison("DTR − vanilla", f"vanilla-{tag}", f"dtr-{tag}")
         table = paired_table(scores, [comparison], METRICS)
-        frames.append(table.assign(size=size, width=width))
+        if not table.empty:  # a size none of whose pairs finished has no rows
+            frames.append(table.assign(size=size, width=width))
     return pd.concat(frames, ignore_index=True)
 
 
@@ -134,6 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--dry-run", action="store_true", help="print the plan and the commands, train nothing"
     )
+    parser.add_argument("--no-train", action="store_true", help="only tabulate the runs already finished")
     args = parser.parse_args(argv)
     started = time.time()
     out = args.out.resolve()
@@ -158,13 +160,15 @@ def main(argv: list[str] | None = None) -> int:
     from dtr_lab.metrics import load_digits_classifier
 
     comparisons = [Comparison("DTR − vanilla", f"vanilla-{size_tag(s)}", f"dtr-{size_tag(s)}") for s in SIZES]
-    try:
-        check_pairs(runs, comparisons, out)
-    except DTRLabError as err:
-        print(f"{PROG}: error: {err}", file=sys.stderr)
-        return 2
-    load_digits_classifier()  # train and cache it once here, not in two runs at the same time
-    failed = train(todo, out, args.jobs, args.threads)
+    failed = []
+    if not args.no_train:
+        try:
+            check_pairs(runs, comparisons, out)
+        except DTRLabError as err:
+            print(f"{PROG}: error: {err}", file=sys.stderr)
+            return 2
+        load_digits_classifier()  # train and cache it once here, not in two runs at the same time
+        failed = train(todo, out, args.jobs, args.threads)
 
     scores = read_scores(runs, out)
     scores.to_csv(out / "scores.csv", index=False)

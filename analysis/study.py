@@ -256,7 +256,7 @@ def metric_title(metric: str) -> str:
     if relative(metric):
         k, width = int(metric.removeprefix("probe_")), NUM_TIMESTEPS // PROBE_INTERVALS
         return f"Δ probe t∈[{k * width},{(k + 1) * width})"
-    return {"fid": "digits-FID", "accuracy": "accuracy"}.get(metric, metric)
+    return {"fid": "Δ digits-FID", "accuracy": "Δ accuracy"}.get(metric, f"Δ {metric}")
 
 
 def markdown(table: pd.DataFrame, metrics: list[str], key: list[str]) -> str:
@@ -268,7 +268,11 @@ def markdown(table: pd.DataFrame, metrics: list[str], key: list[str]) -> str:
         if r.empty:
             return "–"
         r = r.iloc[0]
-        return f"{r.a_mean:.{digits}f} ± {r.a_sd:.{digits}f} → {r.b_mean:.{digits}f} ± {r.b_sd:.{digits}f}"
+
+        def cell(mean: float, sd: float) -> str:
+            return f"{mean:.{digits}f}" if pd.isna(sd) else f"{mean:.{digits}f} ± {sd:.{digits}f}"
+
+        return f"{cell(r.a_mean, r.a_sd)} → {cell(r.b_mean, r.b_sd)}"
 
     def diff(rows: pd.DataFrame, metric: str) -> str:
         r = rows[rows["metric"] == metric]
@@ -276,7 +280,9 @@ def markdown(table: pd.DataFrame, metrics: list[str], key: list[str]) -> str:
             return "–"
         r = r.iloc[0]
         digits = 3 if metric == "accuracy" else 1 if relative(metric) else 2
-        star = "*" if r.pairs > 1 and (r.ci_low > 0 or r.ci_high < 0) else ""
+        if r.pairs < 2:
+            return f"{r['diff']:+.{digits}f}{r.unit}"
+        star = "*" if r.ci_low > 0 or r.ci_high < 0 else ""
         return f"{r['diff']:+.{digits}f}{r.unit} [{r.ci_low:+.{digits}f}, {r.ci_high:+.{digits}f}]{star}"
 
     head = ["comparison (b − a)", *key, "pairs", "FID a → b", "accuracy a → b", *map(metric_title, metrics)]
@@ -284,7 +290,7 @@ def markdown(table: pd.DataFrame, metrics: list[str], key: list[str]) -> str:
     for values, rows in table.groupby(["comparison", *key], sort=False):
         values = values if isinstance(values, tuple) else (values,)
         cells = [
-            *map(str, values),
+            *(str(int(v)) if isinstance(v, float) and v.is_integer() else str(v) for v in values),
             str(int(rows["pairs"].max())),
             arms(rows, "fid", 2),
             arms(rows, "accuracy", 3),
