@@ -231,7 +231,8 @@ def test_long_run_passes_through_the_short_run(tmp_path):
     states = {}
     for steps in (4, 8):
         save = tmp_path / f"s{steps}"
-        done = run_cli("fit", *DIGITS, *tiny(save, steps=steps), "--trainer.callbacks", "[]")
+        keep_all = ["--checkpoint.save_top_k", "-1"]  # every 2 steps, all kept
+        done = run_cli("fit", *DIGITS, *tiny(save, steps=steps), *keep_all, "--trainer.callbacks", "[]")
         assert done.returncode == 0, done.stderr
         ckpt = next((save / "digits").glob("version_*/checkpoints/epoch=*-step=4.ckpt"))
         states[steps] = torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]

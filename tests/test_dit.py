@@ -65,9 +65,10 @@ def test_hidden_size_overrides_width_only():
 
 
 def test_small_beta_routes_one_position_axis_away():
-    """Why DTR β = 0.5 fails on DiT-T/2 digits (README): the 2-D sin-cos embedding puts the row position in
-    channels [0, C/2) and the column position in [C/2, C), and DTR's window at β = 0.5 is exactly one half at
-    the ends of t, so blocks of the highest-noise tasks never see a token's row; β = 0.8 always sees both."""
+    """DTR at β = 0.5 on DiT-T/2 digits (README, "Why β = 0.5 fails"): the 2-D sin-cos embedding puts the row
+    position in channels [0, C/2) and the column position in [C/2, C), and the window at β = 0.5 is exactly
+    one half at the ends of t, so blocks of the highest-noise tasks never see a token's row (nor low-noise
+    tasks its column); β = 0.8 always sees both."""
     C, grid = 128, 4  # 8×8 digits, patch 2
     pe = sincos_pos_embed_2d(C, grid).view(grid, grid, C)  # (row, col, C)
     varies_by_row = (pe.amax(0) - pe.amin(0)).amax(0) > 0.1  # (C,)
