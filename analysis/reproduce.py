@@ -10,18 +10,18 @@ DTR − R-TR, DTR+MinSNR − MinSNR, DTR+UW − UW, MinSNR − uniform, UW − u
 difference, reported as its mean with a 95 % Student-t interval (n − 1 dof) beside each arm's mean ± sd:
 for digits-FID, class accuracy, and the EMA probe loss (fixed images and noise) averaged over 5 uniform
 intervals of t, in % of arm a. Writes OUT/table.md, OUT/paired.csv (every comparison × metric × step),
-OUT/scores.csv (every run's scores) and the FID-vs-step figure; with --ablation also a one-seed α/β
+OUT/scores.csv (every run's scores) and probe-loss-vs-step figures; with --ablation also a one-seed α/β
 ablation of DTR. Finished runs are skipped on a re-run; a run cut off half-way is trained again.
 
 Settings: DiT-T/2, AdamW 1e-3, EMA 0.999, 1500 steps, batch 64 for every arm — ANT-UW with K = 8
 uniform intervals as in the official DTR + ANT-UW scripts (8 samples per interval), and one batch for
-all arms so the weighting comparisons are paired too. Scored at steps 750 and 1500 on N = 1000 EMA
-samples (DDIM 25, guidance 1.5): analysis/eval_noise.py measured the sample-noise sd of digits-FID at
-N = 1000 well below the seed-to-seed sd (README).
+all arms so the weighting comparisons are paired too. Scored at the end on N = 2000 EMA samples
+(DDIM 25, guidance 1.5; analysis/eval_noise.py: the sample-noise sd of digits-FID falls as 1/√N, ≈ 11 at
+N = 400 and ≈ 7 at N = 1000 on a step-1000 checkpoint, README), the probe every 300 steps.
 
 Budget (2 CPU cores, 2 runs at a time, one thread each; measured: 0.11 s a DiT-T step at batch 64–65,
-0.0175 s a sample, ≈ 12 s start-up): a run is 1500 × 0.11 = 165 s of training + 2 × 1000 × 0.0175 =
-35 s of scoring + 4 probes ≈ 6 s + 12 s ≈ 218 s; 7 arms × 5 seeds = 35 runs over 2 lanes ≈ 35 × 218 / 2
+0.0175 s a sample, ≈ 12 s start-up): a run is 1500 × 0.11 = 165 s of training + 2000 × 0.0175 = 35 s
+of scoring + 6 probes ≈ 9 s + 12 s ≈ 221 s; 7 arms × 5 seeds = 35 runs over 2 lanes ≈ 35 × 221 / 2
 ≈ 64 min. --ablation adds 5 one-seed runs (≈ 9 min).
 """
 
@@ -76,8 +76,8 @@ METRICS = ["fid", "accuracy", *(f"probe_{k}" for k in range(5))]
 ALPHAS = (1.0, 2.0, 8.0)
 BETAS = (0.5, 0.7)
 DEFAULT_ALPHA, DEFAULT_BETA = 4.0, 0.8
-EVALUATIONS = 2  # scored at max_steps/2 and max_steps
-NUM_SAMPLES = 1000
+PROBES = 5  # probe loss every max_steps/5 steps (and at step 0); sample quality at the end only
+NUM_SAMPLES = 2000
 # Seconds on these 2-core machines with one thread a run (module docstring).
 STEP_S, SAMPLE_S, PROBE_S, START_S = 0.11, 0.0175, 1.5, 12.0
 PAPER_FID = {  # DiT-L/2, ImageNet 256, 400K iterations (DESIGN.md §1)
@@ -123,8 +123,8 @@ def plan(seeds: int, core_only: bool, ablation: bool, study: Path) -> list[RunSp
 
 def write_study_config(out: Path, max_steps: int, num_samples: int) -> Path:
     """OUT/study.yaml: max_steps and the study's callbacks (they replace the base config's list)."""
-    every = max(1, max_steps // EVALUATIONS)
-    config = {"trainer": {"max_steps": max_steps, "callbacks": study_callbacks(every, num_samples)}}
+    callbacks = study_callbacks(0, num_samples, probe_every_n_steps=max(1, max_steps // PROBES))
+    config = {"trainer": {"max_steps": max_steps, "callbacks": callbacks}}
     if max_steps < yaml.safe_load(BASE.read_text())["checkpoint"]["every_n_train_steps"]:
         config["checkpoint"] = {"every_n_train_steps": max_steps}
     return write_yaml(out / "study.yaml", config)
@@ -148,7 +148,8 @@ def arm_table(scores: pd.DataFrame) -> str:
 
 
 def figures(scores: pd.DataFrame, out: Path) -> list[Path]:
-    """FID and accuracy against step (routing panel, weighting × routing panel) and the α/β ablation."""
+    """The EMA probe loss of the lowest- and highest-noise fifth of t against step (routing panel,
+    weighting × routing panel; sample quality is scored at the end only) and the α/β ablation."""
     from dtr_lab.plots import ablation, quality_curves
 
     main = scores[scores["param"] == ""]
@@ -159,8 +160,9 @@ def figures(scores: pd.DataFrame, out: Path) -> list[Path]:
         ]
     )
     written = []
-    for metric in ("fid", "accuracy"):
+    for metric in ("probe_0", "probe_4"):
         fig = quality_curves(panels, metric, hue="routing", line_style="weighting", col="panel")
+        fig.axes[0].set_yscale("log")
         written.append(out / f"{metric}_vs_step.png")
         fig.savefig(written[-1])
     swept = scores[(scores["param"] != "") & (scores["step"] == scores["step"].max())]
@@ -216,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     arms = {r.arm for r in runs}
     comparisons = [c for c in COMPARISONS if c.a in arms and c.b in arms]
     todo = [r for r in runs if not is_done(r, out)]
-    per_run = max_steps * STEP_S + EVALUATIONS * (args.num_samples * SAMPLE_S + PROBE_S) + START_S
+    per_run = max_steps * STEP_S + args.num_samples * SAMPLE_S + (PROBES + 1) * PROBE_S + START_S
     print(
         f"{PROG}: {len(runs)} runs ({len(runs) - len(todo)} already done), {max_steps} steps each, "
         f"{args.jobs} at a time; estimate {len(todo) * per_run / args.jobs / 60:.0f} min"

@@ -87,9 +87,12 @@ def write_yaml(path: Path, config: dict) -> Path:
     return path
 
 
-def study_callbacks(every_n_steps: int, num_samples: int) -> list[dict]:
-    """The study's measurements: digits-FID/accuracy of `num_samples` EMA samples and the EMA probe loss
-    (64 fixed images × 20 timesteps, fixed noise: ≈ 13 training steps of compute) every N steps."""
+def study_callbacks(
+    every_n_steps: int, num_samples: int, probe_every_n_steps: int | None = None
+) -> list[dict]:
+    """The study's measurements: digits-FID/accuracy of `num_samples` EMA samples every N steps (0: at the
+    end only) and the EMA probe loss (64 fixed images × 20 timesteps, fixed noise: ≈ 13 training steps of
+    compute) every `probe_every_n_steps` (default N)."""
     return [
         {
             "class_path": "dtr_lab.callbacks.SampleQuality",
@@ -103,7 +106,7 @@ def study_callbacks(every_n_steps: int, num_samples: int) -> list[dict]:
             "class_path": "dtr_lab.callbacks.TimestepLoss",
             "init_args": {
                 "every_n_steps": 50,
-                "probe_every_n_steps": every_n_steps,
+                "probe_every_n_steps": probe_every_n_steps or every_n_steps,
                 "probe_timesteps": 20,
                 "probe_size": 64,
             },
@@ -129,14 +132,20 @@ def check_pairs(runs: list[RunSpec], comparisons: list[Comparison], out: Path) -
 
 
 def is_done(run: RunSpec, out: Path) -> bool:
-    """Finished earlier with the same command (a different --max-steps trains it again)."""
+    """Finished earlier with the same command and config files (other --max-steps or --num-samples train
+    it again)."""
     marker = run.directory(out) / "done.json"
     if not marker.is_file():
         return False
     try:
-        return json.loads(marker.read_text())["command"][1:] == run.command(out)[1:]
+        done = json.loads(marker.read_text())
+        return done["command"][1:] == run.command(out)[1:] and done["configs"] == config_texts(run)
     except (ValueError, KeyError):
         return False
+
+
+def config_texts(run: RunSpec) -> dict[str, str]:
+    return {str(path): path.read_text() for path in run.configs}
 
 
 def set_aside(run_dir: Path) -> None:
@@ -169,7 +178,8 @@ def train(runs: list[RunSpec], out: Path, jobs: int, threads: int) -> list[str]:
             took = time.time() - start
             if proc.returncode == 0:
                 marker = run.directory(out) / "done.json"
-                marker.write_text(json.dumps({"command": run.command(out), "seconds": round(took, 1)}))
+                done = {"command": run.command(out), "configs": config_texts(run), "seconds": round(took, 1)}
+                marker.write_text(json.dumps(done))
                 print(f"[{finished}/{total}] {run.arm} seed {run.seed}: {took:.0f} s", flush=True)
             else:
                 failed.append(f"{run.arm} seed {run.seed}")

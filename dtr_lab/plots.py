@@ -482,6 +482,8 @@ def sample_grids(runs: Run | Runs) -> Figure:
 METRIC_NAMES = {
     "fid": "digits-FID (lower is better)",
     "accuracy": "class accuracy of samples",
+    "probe_0": "EMA probe loss, t < 200",
+    "probe_4": "EMA probe loss, t ≥ 800",
     "kid_mean": "KID",
     "is_mean": "Inception Score",
     "precision": "precision",

@@ -162,7 +162,9 @@ def test_reproduce_reports_paired_differences(tiny_repro):
     scores = pd.read_csv(out / "scores.csv")
     paired = pd.read_csv(out / "paired.csv")
     assert set(paired["comparison"]) == {"R-TR − vanilla", "DTR − vanilla", "DTR − R-TR"}
-    assert set(paired["step"]) == {2, 4} and (paired["pairs"] == 2).all()
+    # sample quality at the end only, the probe every max_steps/5 (here every step) and at step 0
+    assert set(paired[paired.metric == "fid"]["step"]) == {4} and set(paired["step"]) == {0, 1, 2, 3, 4}
+    assert (paired["pairs"] == 2).all()
     assert set(paired["metric"]) == {"fid", "accuracy", *(f"probe_{k}" for k in range(5))}
 
     def value(arm, seed, metric):
@@ -181,7 +183,7 @@ def test_reproduce_reports_paired_differences(tiny_repro):
         assert row["ci_high"] - row["diff"] == pytest.approx(T_975_1DOF * abs(d[0] - d[1]) / 2, rel=1e-4)
     table = (out / "table.md").read_text()
     assert "| DTR − vanilla | 2 |" in table and "Δ probe t∈[0,200)" in table
-    assert (out / "fid_vs_step.png").stat().st_size > 0
+    assert (out / "probe_0_vs_step.png").stat().st_size > 0
 
 
 def test_reproduce_skips_finished_runs(tiny_repro):
