@@ -216,7 +216,8 @@ def test_scaling_gain_by_width_and_steps(tmp_path):
     done = script("scaling.py", "--out", out, "--max-steps", 2, "--seeds", 2, "--num-samples", 100)
     assert done.returncode == 0, done.stdout + done.stderr
     paired = pd.read_csv(out / "paired.csv")
-    steps = paired.groupby("size")["step"].unique().apply(sorted).to_dict()
+    fid = paired[paired["metric"] == "fid"]  # the probe also has the shared step-0 row
+    steps = fid.groupby("size")["step"].unique().apply(sorted).to_dict()
     assert steps == {"DiT-T/2": [2, 4, 6, 8], "DiT-XS/2": [2]}  # DiT-T trains 4 S, scored every S
     assert (paired["pairs"] == 2).all() and set(paired["width"]) == {128, 256}
     assert "| DTR − vanilla | DiT-XS/2 | 2 | 2 |" in (out / "table.md").read_text()
