@@ -482,6 +482,8 @@ def sample_grids(runs: Run | Runs) -> Figure:
 METRIC_NAMES = {
     "fid": "digits-FID (lower is better)",
     "accuracy": "class accuracy of samples",
+    "probe_0": "EMA probe loss, t < 200",
+    "probe_4": "EMA probe loss, t ≥ 800",
     "kid_mean": "KID",
     "is_mean": "Inception Score",
     "precision": "precision",
@@ -535,4 +537,30 @@ def ablation(
                 ax.set_xlabel(label)
                 ax.set_ylabel(METRIC_NAMES.get(metric, metric))
                 ax.set_xticks(rows["param_value"].tolist())
+    return fig
+
+
+def paired_gains(table: pd.DataFrame, metrics: dict[str, str]) -> Figure:
+    """Paired differences with their confidence intervals against a study axis: one column per value of
+    `axis` (e.g. model width, training steps), one row per metric; a dashed line marks no difference.
+
+    `table` has columns axis, x, metric, diff, ci_low, ci_high (as analysis/study.py's paired_table).
+    """
+    axes_names = list(dict.fromkeys(table["axis"]))
+    colour = palette(["dtr"])["dtr"]
+    with style():
+        fig, axes = plt.subplots(len(metrics), len(axes_names), squeeze=False,
+                                 figsize=(3.6 * len(axes_names), 2.6 * len(metrics)))
+        for c, name in enumerate(axes_names):
+            for r, (metric, label) in enumerate(metrics.items()):
+                ax = axes[r, c]
+                rows = table[(table["axis"] == name) & (table["metric"] == metric)].sort_values("x")
+                low, high = rows["diff"] - rows["ci_low"], rows["ci_high"] - rows["diff"]
+                ax.errorbar(rows["x"], rows["diff"], yerr=[low.fillna(0), high.fillna(0)], marker="o",
+                            color=colour, capsize=4)
+                ax.axhline(0, color="grey", linestyle="--", linewidth=1)
+                ax.set_xticks(rows["x"].tolist())
+                ax.set_xlabel(name)
+                ax.set_ylabel(label)
+        fig.suptitle("paired difference, mean and 95 % t interval over seeds", fontsize=9)
     return fig

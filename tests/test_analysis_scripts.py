@@ -159,3 +159,106 @@ def test_compare_skips_an_empty_newest_version(tiny_runs, tmp_path, run_main):
     done = run_main("compare.py", str(tmp_path / "*" / "version_*"))
     assert done.returncode == 0, done.stderr
     assert done.stderr.count("holds no run output") == 2 and "probe loss, EMA" in done.stdout
+
+
+# --- the paired studies (reproduce.py, scaling.py) on tiny settings ---
+
+T_975_1DOF = 12.7062  # Student t, 0.975 quantile, 1 degree of freedom (2 seeds)
+
+
+@pytest.fixture(scope="module")
+def tiny_repro(tmp_path_factory):
+    out = tmp_path_factory.mktemp("repro")
+    done = script("reproduce.py", "--out", out, "--max-steps", 4, "--seeds", 2, "--num-samples", 100,
+                  "--core-only")
+    assert done.returncode == 0, done.stdout + done.stderr
+    return out, done
+
+
+def test_reproduce_reports_paired_differences(tiny_repro):
+    import pandas as pd
+
+    out, done = tiny_repro
+    scores = pd.read_csv(out / "scores.csv")
+    paired = pd.read_csv(out / "paired.csv")
+    assert set(paired["comparison"]) == {"R-TR − vanilla", "DTR − vanilla", "DTR − R-TR"}
+    # sample quality at the end only, the probe every max_steps/5 (here every step) and at step 0
+    assert set(paired[paired.metric == "fid"]["step"]) == {4} and set(paired["step"]) == {0, 1, 2, 3, 4}
+    assert (paired["pairs"] == 2).all()
+    assert set(paired["metric"]) == {"fid", "accuracy", *(f"probe_{k}" for k in range(5))}
+
+    def value(arm, seed, metric):
+        at = scores[(scores.step == 4) & (scores.metric == metric)]
+        row = at[(at.arm == arm) & (at.seed == seed)]
+        return float(row["value"].iloc[0])
+
+    for metric, rel in (("fid", False), ("probe_0", True)):
+        d = [value("dtr-uniform", s, metric) - value("vanilla-uniform", s, metric) for s in (0, 1)]
+        if rel:
+            d = [100 * x / value("vanilla-uniform", s, metric) for s, x in zip((0, 1), d, strict=True)]
+        at = paired[(paired.step == 4) & (paired.metric == metric)]
+        row = at[at.comparison == "DTR − vanilla"].iloc[0]
+        # two pairs: sd = |d0 − d1|/√2, half-width = t · sd/√2 = t·|d0 − d1|/2
+        assert row["diff"] == pytest.approx((d[0] + d[1]) / 2)
+        assert row["ci_high"] - row["diff"] == pytest.approx(T_975_1DOF * abs(d[0] - d[1]) / 2, rel=1e-4)
+    table = (out / "table.md").read_text()
+    assert "| DTR − vanilla | 2 |" in table and "Δ probe t∈[0,200)" in table
+    assert (out / "probe_0_vs_step.png").stat().st_size > 0
+
+
+def test_reproduce_skips_finished_runs(tiny_repro):
+    out, _ = tiny_repro
+    again = script("reproduce.py", "--out", out, "--max-steps", 4, "--seeds", 2, "--num-samples", 100,
+                   "--core-only", "--dry-run")
+    assert again.returncode == 0 and "6 runs (6 already done)" in again.stdout
+
+
+def test_reproduce_refuses_routing_that_adds_parameters(tmp_path, run_main, monkeypatch):
+    """A paired study whose routed arm has parameters the unrouted one lacks: one line, nothing trained."""
+    import reproduce
+
+    routed = tmp_path / "dtr_sigma.yaml"
+    routed.write_text((REPO / "experiments/digits/dtr.yaml").read_text()
+                      + "  net:\n    init_args:\n      learn_sigma: true\n")
+    monkeypatch.setitem(reproduce.ROUTING, "dtr", routed)
+    study = tmp_path / "study"
+    done = run_main("reproduce.py", "--out", study, "--max-steps", 4, "--seeds", 2, "--core-only")
+    assert done.returncode == 2
+    errors = [line for line in done.stderr.splitlines() if "error" in line]
+    assert len(errors) == 1 and errors[0].startswith("reproduce.py: error: paired study: dtr-uniform")
+    assert "compare these arms unpaired" in done.stderr and not (study / "runs").exists()
+
+
+def test_scaling_gain_by_width_and_steps(tmp_path):
+    import pandas as pd
+
+    out = tmp_path / "scaling"
+    done = script("scaling.py", "--out", out, "--max-steps", 2, "--seeds", 2, "--num-samples", 100)
+    assert done.returncode == 0, done.stdout + done.stderr
+    paired = pd.read_csv(out / "paired.csv")
+    fid = paired[paired["metric"] == "fid"]  # the probe also has the shared step-0 row
+    steps = fid.groupby("size")["step"].unique().apply(sorted).to_dict()
+    assert steps == {"DiT-T/2": [2, 4, 6, 8], "DiT-XS/2": [2]}  # DiT-T trains 4 S, scored every S
+    assert (paired["pairs"] == 2).all() and set(paired["width"]) == {128, 256}
+    assert "| DTR − vanilla | DiT-XS/2 | 2 | 2 |" in (out / "table.md").read_text()
+    assert (out / "scaling.png").stat().st_size > 0
+
+
+def test_long_run_passes_through_the_short_run(tmp_path):
+    """Nothing in training depends on max_steps (constant LR, EMA warm-up by update count), so the
+    4-step checkpoint of an 8-step run equals a 4-step run's: scaling.py scores one long run at S, 2S, ..."""
+    import torch
+
+    from tests.cli_helpers import DIGITS, run_cli, tiny
+
+    states = {}
+    for steps in (4, 8):
+        save = tmp_path / f"s{steps}"
+        keep_all = ["--checkpoint.save_top_k", "-1"]  # every 2 steps, all kept
+        done = run_cli("fit", *DIGITS, *tiny(save, steps=steps), *keep_all, "--trainer.callbacks", "[]")
+        assert done.returncode == 0, done.stderr
+        ckpt = next((save / "digits").glob("version_*/checkpoints/epoch=*-step=4.ckpt"))
+        states[steps] = torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
+    assert states[4].keys() == states[8].keys() and any(k.startswith("ema.") for k in states[4])
+    for key, value in states[4].items():
+        assert torch.equal(value, states[8][key]), key

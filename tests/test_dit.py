@@ -47,3 +47,37 @@ def test_sincos_position_embedding():
     assert pe.shape == (9, 8)
     assert torch.allclose(pe[0], torch.tensor([0.0, 0, 1, 1, 0, 0, 1, 1]))  # sin 0, cos 0 per axis
     assert not torch.allclose(pe[1], pe[3])  # (0,1) and (1,0) differ
+
+
+def test_hidden_size_overrides_width_only():
+    # DiT-T/2 at width 64 on 8×8×1 digits: 4 blocks of 64-wide adaLN-Zero transformer layers.
+    # Per block: qkv 64·192+192, proj 64·64+64, MLP 64·256+256 + 256·64+64, adaLN 64·384+384.
+    block = (64 * 192 + 192) + (64 * 64 + 64) + (64 * 256 + 256) + (256 * 64 + 64) + (64 * 384 + 384)
+    # patch embed 1·2·2·64+64, t-MLP 256·64+64 + 64·64+64, labels 11·64,
+    # final adaLN 64·128+128 + linear 64·4+4
+    rest = (4 * 64 + 64) + (256 * 64 + 64 + 64 * 64 + 64) + 11 * 64 + (64 * 128 + 128) + (64 * 4 + 4)
+    m = DiT(8, 1, 10, 100, size="DiT-T/2", hidden_size=64)
+    assert len(m.blocks) == 4 and m.blocks[0].attn.num_heads == 4
+    assert sum(p.numel() for p in m.parameters()) == 4 * block + rest
+    assert m(torch.randn(2, 1, 8, 8), torch.tensor([0, 99]), torch.tensor([1, 2])).shape == (2, 1, 8, 8)
+    with pytest.raises(DTRLabError, match="hidden_size=66 must be a positive multiple of 4"):
+        DiT(8, 1, 10, 100, size="DiT-T/2", hidden_size=66)
+
+
+def test_small_beta_routes_one_position_axis_away():
+    """DTR at β = 0.5 on DiT-T/2 digits (README, "Why β = 0.5 fails"): the 2-D sin-cos embedding puts the row
+    position in channels [0, C/2) and the column position in [C/2, C), and the window at β = 0.5 is exactly
+    one half at the ends of t, so blocks of the highest-noise tasks never see a token's row (nor low-noise
+    tasks its column); β = 0.8 always sees both."""
+    C, grid = 128, 4  # 8×8 digits, patch 2
+    pe = sincos_pos_embed_2d(C, grid).view(grid, grid, C)  # (row, col, C)
+    varies_by_row = (pe.amax(0) - pe.amin(0)).amax(0) > 0.1  # (C,)
+    varies_by_col = (pe.amax(1) - pe.amin(1)).amax(0) > 0.1
+    assert not varies_by_row[C // 2 :].any() and not varies_by_col[: C // 2].any()
+    half = DTRRouting(alpha=4.0, beta=0.5).masks(1000, C)
+    assert half[999].nonzero().flatten().tolist() == list(range(64, 128))
+    blind = (half & varies_by_row).sum(1) == 0  # tasks whose blocks see no row position
+    assert blind[999] and blind[900] and not blind[0]
+    assert (((half & varies_by_col).sum(1) == 0)[:200]).all()  # and low-t tasks no column position
+    wide = DTRRouting(alpha=4.0, beta=0.8).masks(1000, C)
+    assert ((wide & varies_by_row).sum(1) > 0).all() and ((wide & varies_by_col).sum(1) > 0).all()

@@ -213,3 +213,23 @@ def test_quality_curves_and_ablation_on_synthetic_frames():
     assert len(fig.axes) == 4
     assert list(fig.axes[0].get_lines()[0].get_ydata()) == [3.0, 2.0]
     assert fig.axes[1].get_xlabel() == "β"
+
+
+def test_paired_gains_draws_means_and_interval_bars():
+    """One panel per (metric, axis); each point at its mean, its bar from ci_low to ci_high."""
+    import pandas as pd
+
+    from dtr_lab.plots import paired_gains
+
+    table = pd.DataFrame([
+        {"axis": "width", "x": 128, "metric": "fid", "diff": -1.0, "ci_low": -3.0, "ci_high": 1.0},
+        {"axis": "width", "x": 256, "metric": "fid", "diff": -4.0, "ci_low": -5.0, "ci_high": -3.5},
+        {"axis": "steps", "x": 1500, "metric": "fid", "diff": -1.0, "ci_low": -3.0, "ci_high": 1.0},
+        {"axis": "steps", "x": 6000, "metric": "fid", "diff": 2.0, "ci_low": 0.5, "ci_high": 3.0},
+    ])
+    fig = paired_gains(table, {"fid": "Δ FID"})
+    assert [ax.get_xlabel() for ax in fig.axes] == ["width", "steps"]
+    width = fig.axes[0]
+    assert list(width.get_lines()[0].get_ydata()) == [-1.0, -4.0]
+    bars = width.collections[0].get_segments()  # one vertical segment per point
+    assert [tuple(s[:, 1]) for s in bars] == [(-3.0, 1.0), (-5.0, -3.5)]

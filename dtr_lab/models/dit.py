@@ -167,6 +167,7 @@ class DiT(nn.Module):
         size: str = "DiT-S/2",
         mlp_ratio: float = 4.0,
         learn_sigma: bool = False,
+        hidden_size: int | None = None,
     ) -> None:
         """
         Args:
@@ -178,9 +179,19 @@ class DiT(nn.Module):
             size: a name from the registry, 'DiT-{T,XS,S,B,L,XL}/{1,2,4,8}'.
             mlp_ratio: MLP hidden width over the token width.
             learn_sigma: also output the ADM log-variance interpolation v (2× output channels).
+            hidden_size: token width instead of the size's (depth and heads kept), e.g. 64 for an
+                unrouted DiT-T as wide as a β = 0.5 routed one's active channels; a multiple of
+                4 (the 2-D sin-cos position embedding) and of the head count.
         """
         super().__init__()
         dims, patch = parse_size(size)
+        if hidden_size is not None:
+            if hidden_size < 4 or hidden_size % 4 or hidden_size % dims.num_heads:
+                raise DTRLabError(
+                    f"model.net.init_args.hidden_size={hidden_size} must be a positive multiple of 4 and of "
+                    f"{size}'s {dims.num_heads} heads"
+                )
+            dims = DiTSize(dims.depth, hidden_size, dims.num_heads)
         if input_size % patch:
             raise DTRLabError(
                 f"image size {input_size} is not divisible by the patch size {patch} of {size}; "

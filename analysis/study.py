@@ -1,0 +1,309 @@
+"""Paired seed studies, shared by reproduce.py and scaling.py: run specs, resumable training two runs at a
+time, the pairing check, and the table of paired differences with Student-t confidence intervals.
+
+Pairing: both arms of a comparison train from the same seed, which fixes the initial weights
+(seed_everything; routing adds no parameters), the timesteps, noise and label dropout (model.seed, the
+module's own generator) and the data order (data.seed). The per-seed difference b − a then cancels what
+the two arms share, and its mean over seeds gets a t interval (dtr_lab.stats). Before training, every
+compared pair is built at seed 0 and must have identical network parameters (dtr_lab.pairing), or the
+study stops with one error line.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from dtr_lab.runs import read_records
+from dtr_lab.stats import paired_difference
+
+REPO = Path(__file__).resolve().parents[1]
+QUALITY = ("fid", "accuracy", "precision", "recall")
+PROBE_INTERVALS = 5  # the probe loss is averaged over 5 uniform intervals of t (t // (T/5))
+NUM_TIMESTEPS = 1000
+
+
+@dataclass
+class RunSpec:
+    """One training run: its arm (folder name), seed, config files, extra overrides and labels."""
+
+    arm: str
+    seed: int
+    configs: list[Path]
+    overrides: list[str] = field(default_factory=list)
+    labels: dict = field(default_factory=dict)
+
+    def directory(self, out: Path) -> Path:
+        return out / "runs" / self.arm / f"seed{self.seed}"
+
+    def args(self, out: Path) -> list[str]:
+        """The `dtr_lab fit` arguments: every source of randomness seeded by the run's seed."""
+        seed = str(self.seed)
+        args = [a for c in self.configs for a in ("--config", str(c))]
+        args += [
+            "--seed_everything",
+            seed,
+            "--model.seed",
+            seed,
+            "--data.init_args.seed",
+            seed,
+            "--trainer.logger.init_args.save_dir",
+            str(out / "runs"),
+            "--trainer.logger.init_args.name",
+            self.arm,
+            "--trainer.logger.init_args.version",
+            f"seed{seed}",
+        ]
+        if self.labels.get("routing") == "rtr":  # a fresh random table per seed: part of R-TR's variance
+            args += ["--model.routing.init_args.seed", seed]
+        return args + self.overrides
+
+    def command(self, out: Path) -> list[str]:
+        return [sys.executable, "-m", "dtr_lab", "fit", *self.args(out)]
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """Arm b against arm a (b − a), e.g. DTR − vanilla."""
+
+    name: str
+    a: str
+    b: str
+
+
+def write_yaml(path: Path, config: dict) -> Path:
+    import yaml
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+def study_callbacks(
+    every_n_steps: int, num_samples: int, probe_every_n_steps: int | None = None
+) -> list[dict]:
+    """The study's measurements: digits-FID/accuracy of `num_samples` EMA samples every N steps (0: at the
+    end only) and the EMA probe loss (64 fixed images × 20 timesteps, fixed noise: ≈ 13 training steps of
+    compute) every `probe_every_n_steps` (default N)."""
+    return [
+        {
+            "class_path": "dtr_lab.callbacks.SampleQuality",
+            "init_args": {
+                "every_n_steps": every_n_steps,
+                "num_samples": num_samples,
+                "batch_size": min(num_samples, 500),
+            },
+        },
+        {
+            "class_path": "dtr_lab.callbacks.TimestepLoss",
+            "init_args": {
+                "every_n_steps": 50,
+                "probe_every_n_steps": probe_every_n_steps or every_n_steps,
+                "probe_timesteps": 20,
+                "probe_size": 64,
+            },
+        },
+        {"class_path": "dtr_lab.callbacks.SampleGrid", "init_args": {"every_n_steps": 0}},
+    ]
+
+
+def check_pairs(runs: list[RunSpec], comparisons: list[Comparison], out: Path) -> None:
+    """Build both arms of every comparison at their first seed; DTRLabError unless their networks start
+    identical (same parameter names, shapes and values)."""
+    from dtr_lab.pairing import check_paired, instantiate
+
+    first = {}
+    for run in runs:
+        first.setdefault(run.arm, run)
+    nets = {}
+    for c in comparisons:
+        for arm in (c.a, c.b):
+            if arm not in nets:
+                nets[arm] = instantiate(first[arm].args(out))[0].net
+        check_paired(nets[c.a], nets[c.b], (c.a, c.b))
+
+
+def is_done(run: RunSpec, out: Path) -> bool:
+    """Finished earlier with the same command and config files (other --max-steps or --num-samples train
+    it again)."""
+    marker = run.directory(out) / "done.json"
+    if not marker.is_file():
+        return False
+    try:
+        done = json.loads(marker.read_text())
+        return done["command"][1:] == run.command(out)[1:] and done["configs"] == config_texts(run)
+    except (ValueError, KeyError):
+        return False
+
+
+def config_texts(run: RunSpec) -> dict[str, str]:
+    return {str(path): path.read_text() for path in run.configs}
+
+
+def set_aside(run_dir: Path) -> None:
+    """Keep a cut-off or outdated run as RUN.incomplete (replacing an older one) and start clean."""
+    if run_dir.exists():
+        aside = run_dir.with_name(run_dir.name + ".incomplete")
+        shutil.rmtree(aside, ignore_errors=True)
+        run_dir.rename(aside)
+
+
+def train(runs: list[RunSpec], out: Path, jobs: int, threads: int) -> list[str]:
+    """Train the runs `jobs` at a time, each with `threads` CPU threads; the failures' names."""
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    (out / "logs").mkdir(parents=True, exist_ok=True)
+    pending, active, failed = list(runs), [], []
+    total, finished = len(runs), 0
+    while pending or active:
+        while pending and len(active) < jobs:
+            run = pending.pop(0)
+            set_aside(run.directory(out))
+            log = (out / "logs" / f"{run.arm}-seed{run.seed}.log").open("w")
+            proc = subprocess.Popen(run.command(out), cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+            active.append((run, proc, log, time.time()))
+        time.sleep(1.0)
+        for item in [a for a in active if a[1].poll() is not None]:
+            run, proc, log, start = item
+            active.remove(item)
+            log.close()
+            finished += 1
+            took = time.time() - start
+            if proc.returncode == 0:
+                marker = run.directory(out) / "done.json"
+                done = {"command": run.command(out), "configs": config_texts(run), "seconds": round(took, 1)}
+                marker.write_text(json.dumps(done))
+                print(f"[{finished}/{total}] {run.arm} seed {run.seed}: {took:.0f} s", flush=True)
+            else:
+                failed.append(f"{run.arm} seed {run.seed}")
+                print(
+                    f"[{finished}/{total}] {run.arm} seed {run.seed}: FAILED (exit {proc.returncode}), "
+                    f"see {log.name}",
+                    flush=True,
+                )
+    return failed
+
+
+def probe_by_interval(loss_by_t: pd.DataFrame) -> pd.DataFrame:
+    """EMA probe loss averaged over each uniform interval's grid timesteps: step, metric probe_k, value."""
+    rows = loss_by_t[loss_by_t["metric"] == "probe_ema"].copy()
+    rows["k"] = (rows["i"].astype(int) * PROBE_INTERVALS // NUM_TIMESTEPS).astype(int)
+    means = rows.groupby(["step", "k"], as_index=False)["value"].mean()
+    return means.assign(metric="probe_" + means["k"].astype(str))[["step", "metric", "value"]]
+
+
+def read_scores(runs: list[RunSpec], out: Path) -> pd.DataFrame:
+    """Every finished run's quality and per-interval probe scores at every evaluated step, long format
+    (arm, seed, step, metric, value and the run's labels)."""
+    frames = []
+    for run in runs:
+        records = run.directory(out) / "records"
+        if not is_done(run, out):
+            continue
+        parts = []
+        quality, _ = read_records(records / "quality.csv")
+        if not quality.empty:
+            parts.append(quality[quality["metric"].isin(QUALITY)][["step", "metric", "value"]])
+        loss_by_t, _ = read_records(records / "loss_by_t.csv")
+        if not loss_by_t.empty:
+            parts.append(probe_by_interval(loss_by_t))
+        if parts:
+            frames.append(pd.concat(parts).assign(arm=run.arm, seed=run.seed, **run.labels))
+    if not frames:
+        raise SystemExit("study: no finished run has records; see the logs in OUT/logs")
+    return pd.concat(frames, ignore_index=True)
+
+
+def relative(metric: str) -> bool:
+    """Probe losses compare as a relative change (%): they span orders of magnitude over t."""
+    return metric.startswith("probe_")
+
+
+def paired_table(scores: pd.DataFrame, comparisons: list[Comparison], metrics: list[str]) -> pd.DataFrame:
+    """Per comparison, step and metric: each arm's mean and sd over seeds and the paired difference
+    b − a (in % of a for probe losses) with its 95 % t interval over the seeds both arms finished."""
+    rows = []
+    for c in comparisons:
+        a = scores[scores["arm"] == c.a].set_index(["step", "metric", "seed"])["value"]
+        b = scores[scores["arm"] == c.b].set_index(["step", "metric", "seed"])["value"]
+        both = pd.concat({"a": a, "b": b}, axis=1).dropna()
+        for (step, metric), pair in both.groupby(level=["step", "metric"]):
+            if metric not in metrics:
+                continue
+            diff = pair["b"] - pair["a"]
+            if relative(metric):
+                diff = 100 * diff / pair["a"]
+            d = paired_difference(diff.tolist())
+            rows.append(
+                {
+                    "comparison": c.name,
+                    "a": c.a,
+                    "b": c.b,
+                    "step": step,
+                    "metric": metric,
+                    "pairs": d.n,
+                    "a_mean": pair["a"].mean(),
+                    "a_sd": pair["a"].std(ddof=1),
+                    "b_mean": pair["b"].mean(),
+                    "b_sd": pair["b"].std(ddof=1),
+                    "diff": d.mean,
+                    "ci_low": d.low,
+                    "ci_high": d.high,
+                    "unit": "%" if relative(metric) else "",
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def metric_title(metric: str) -> str:
+    if relative(metric):
+        k, width = int(metric.removeprefix("probe_")), NUM_TIMESTEPS // PROBE_INTERVALS
+        return f"Δ probe t∈[{k * width},{(k + 1) * width})"
+    return {"fid": "Δ digits-FID", "accuracy": "Δ accuracy"}.get(metric, f"Δ {metric}")
+
+
+def markdown(table: pd.DataFrame, metrics: list[str], key: list[str]) -> str:
+    """One row per comparison (and `key` values): arms' FID/accuracy 'a → b' (mean ± sd), then every
+    metric's paired difference 'mean [low, high]' (probe: % of a); '*' marks an interval excluding 0."""
+
+    def arms(rows: pd.DataFrame, metric: str, digits: int) -> str:
+        r = rows[rows["metric"] == metric]
+        if r.empty:
+            return "–"
+        r = r.iloc[0]
+
+        def cell(mean: float, sd: float) -> str:
+            return f"{mean:.{digits}f}" if pd.isna(sd) else f"{mean:.{digits}f} ± {sd:.{digits}f}"
+
+        return f"{cell(r.a_mean, r.a_sd)} → {cell(r.b_mean, r.b_sd)}"
+
+    def diff(rows: pd.DataFrame, metric: str) -> str:
+        r = rows[rows["metric"] == metric]
+        if r.empty:
+            return "–"
+        r = r.iloc[0]
+        digits = 3 if metric == "accuracy" else 1 if relative(metric) else 2
+        if r.pairs < 2:
+            return f"{r['diff']:+.{digits}f}{r.unit}"
+        star = "*" if r.ci_low > 0 or r.ci_high < 0 else ""
+        return f"{r['diff']:+.{digits}f}{r.unit} [{r.ci_low:+.{digits}f}, {r.ci_high:+.{digits}f}]{star}"
+
+    head = ["comparison (b − a)", *key, "pairs", "FID a → b", "accuracy a → b", *map(metric_title, metrics)]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for values, rows in table.groupby(["comparison", *key], sort=False):
+        values = values if isinstance(values, tuple) else (values,)
+        cells = [
+            *(str(int(v)) if isinstance(v, float) and v.is_integer() else str(v) for v in values),
+            str(int(rows["pairs"].max())),
+            arms(rows, "fid", 2),
+            arms(rows, "accuracy", 3),
+        ]
+        lines.append("| " + " | ".join(cells + [diff(rows, m) for m in metrics]) + " |")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,55 @@
+"""Paired runs: two configs trained from one seed start from the same network weights.
+
+Routing adds no parameters (its masks are buffers), so a routed and an unrouted network built after
+the same seed draw identical initial weights; the module's timesteps, noise and label dropout come
+from its own generator seeded by model.seed, and the data order from data.seed. A per-seed difference
+of the two arms then measures the routing, not the seed. A routing that adds parameters (or consumes
+random numbers before the network's initialisation) breaks this, and `check_paired` refuses it.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+from lightning.pytorch import LightningDataModule
+
+from dtr_lab.cli import DTRLabCLI
+from dtr_lab.data import ImageDataModule
+from dtr_lab.errors import DTRLabError
+from dtr_lab.module import DiffusionModule
+
+
+def instantiate(args: list[str]) -> tuple[DiffusionModule, LightningDataModule]:
+    """The module and datamodule that `python -m dtr_lab fit ARGS` would train, untrained (no run dir)."""
+    with warnings.catch_warnings():  # a calling script's own sys.argv is not meant for this parser
+        warnings.filterwarnings("ignore", message=".*args parameter is intended to run from within Python")
+        cli = DTRLabCLI(
+            DiffusionModule,
+            ImageDataModule,
+            subclass_mode_data=True,
+            auto_configure_optimizers=False,
+            run=False,
+            args=[*args, "--trainer.logger", "false"],
+        )
+    return cli.model, cli.datamodule
+
+
+def check_paired(reference: torch.nn.Module, other: torch.nn.Module, names: tuple[str, str]) -> None:
+    """Raise DTRLabError unless both networks have the same parameters (names, shapes and values)."""
+    a, b = dict(reference.named_parameters()), dict(other.named_parameters())
+    extra = sorted(set(b) ^ set(a))
+    shapes = [n for n in sorted(set(a) & set(b)) if a[n].shape != b[n].shape]
+    if extra or shapes:
+        which = ", ".join((extra + shapes)[:3])
+        raise DTRLabError(
+            f"paired study: {names[1]} and {names[0]} have different parameters ({which}; "
+            f"{sum(p.numel() for p in b.values())} vs {sum(p.numel() for p in a.values())}); pairing needs "
+            "routing that adds no parameters: compare these arms unpaired"
+        )
+    differ = [n for n in a if not torch.equal(a[n], b[n])]
+    if differ:
+        raise DTRLabError(
+            f"paired study: {names[1]} and {names[0]} start from different weights ({differ[0]}) at the same "
+            "seed; something draws random numbers before the network's initialisation"
+        )

@@ -1,0 +1,76 @@
+"""Paired runs: vanilla, R-TR and DTR built for one seed share weights, noise and data order."""
+
+import pytest
+import torch
+
+from dtr_lab.errors import DTRLabError
+from dtr_lab.pairing import check_paired, instantiate
+from tests.cli_helpers import REPO
+
+ROUTINGS = ("vanilla", "rtr", "dtr")
+
+
+def build(routing: str, seed: int, *extra: str):
+    return instantiate(
+        [
+            "--config",
+            str(REPO / "experiments/repro/base.yaml"),
+            "--config",
+            str(REPO / f"experiments/digits/{routing}.yaml"),
+            "--seed_everything",
+            str(seed),
+            "--model.seed",
+            str(seed),
+            "--data.init_args.seed",
+            str(seed),
+            *extra,
+        ]
+    )
+
+
+def first_batches(model, datamodule, n: int = 2):
+    datamodule.setup("fit")
+    batches = []
+    for i, (x0, y) in enumerate(datamodule.train_dataloader()):
+        if i == n:
+            break
+        batches.append((x0, y, *model.draw(x0, y)))  # data, then t, noise, dropped labels
+    return batches
+
+
+@pytest.fixture(scope="module")
+def arms():
+    return {r: build(r, 3) for r in ROUTINGS}
+
+
+def test_arms_of_one_seed_start_identical(arms):
+    vanilla, _ = arms["vanilla"]
+    for routing in ("rtr", "dtr"):
+        model, _ = arms[routing]
+        assert type(model.routing).__name__ == {"rtr": "RandomRouting", "dtr": "DTRRouting"}[routing]
+        check_paired(vanilla.net, model.net, ("vanilla", routing))  # raises if anything differs
+        for (n, a), (_, b) in zip(vanilla.net.named_parameters(), model.net.named_parameters(), strict=True):
+            assert torch.equal(a, b), n
+    batches = {r: first_batches(*arms[r]) for r in ROUTINGS}
+    for routing in ("rtr", "dtr"):
+        for ref, other in zip(batches["vanilla"], batches[routing], strict=True):
+            for a, b in zip(ref, other, strict=True):  # x0, y, t, noise, labels after dropout
+                assert torch.equal(a, b)
+    # the two first batches differ from each other: the check compares real draws, not constants
+    assert not torch.equal(batches["vanilla"][0][2], batches["vanilla"][1][2])
+
+
+def test_another_seed_differs(arms):
+    other, _ = build("vanilla", 4)
+    vanilla, dm = arms["vanilla"]
+    assert not torch.equal(vanilla.net.blocks[0].attn.qkv.weight, other.net.blocks[0].attn.qkv.weight)
+
+
+def test_routing_that_adds_parameters_is_refused(arms):
+    vanilla, _ = arms["vanilla"]
+    wider, _ = build("dtr", 3, "--model.net.init_args.learn_sigma", "true")
+    with pytest.raises(DTRLabError, match="different parameters .*compare these arms unpaired"):
+        check_paired(vanilla.net, wider.net, ("vanilla", "dtr"))
+    reseeded, _ = build("dtr", 5)
+    with pytest.raises(DTRLabError, match="start from different weights"):
+        check_paired(vanilla.net, reseeded.net, ("vanilla", "dtr"))
