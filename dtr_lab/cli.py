@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import sys
 
-from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 
+from dtr_lab.checkpointing import Interrupted, RunCheckpoint
 from dtr_lab.data import ImageDataModule
 from dtr_lab.errors import find_bad_input
 from dtr_lab.module import DiffusionModule
@@ -19,8 +19,8 @@ class DTRLabCLI(LightningCLI):
     def add_arguments_to_parser(self, parser) -> None:
         for key in ("image_size", "in_channels", "num_classes"):
             parser.link_arguments(f"data.{key}", f"model.{key}", apply_on="instantiate")
-        # always keep last.ckpt for resuming; configs tune the cadence
-        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        # always keep last.ckpt for resuming (written atomically, also on Ctrl-C); configs tune the cadence
+        parser.add_lightning_class_args(RunCheckpoint, "checkpoint")
         parser.set_defaults({"checkpoint.save_last": True, "checkpoint.every_n_train_steps": 500})
 
     def _parse_ckpt_path(self) -> None:
@@ -54,6 +54,9 @@ def main(args: list[str] | None = None) -> None:
             },
             args=args,
         )
+    except Interrupted as exc:
+        print(f"dtr_lab: {exc}", file=sys.stderr)
+        sys.exit(exc.exit_code)
     except Exception as exc:
         bad_input = find_bad_input(exc)
         if bad_input is None:
