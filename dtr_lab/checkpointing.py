@@ -136,6 +136,9 @@ class RunCheckpoint(ModelCheckpoint):
             weights = [p for p in pl_module.parameters() if p.is_floating_point()]
             if weights and not torch.isfinite(torch.stack(torch._foreach_norm(weights))).all():
                 bad_step = trainer.global_step
+        if trainer.world_size > 1:  # every rank stops together (a collective, on the check cadence only)
+            bad = trainer.strategy.reduce_boolean_decision(bad_step >= 0, all=False)
+            bad_step = max(bad_step, trainer.global_step) if bad else -1
         if bad_step >= 0:
             saved = (
                 f"last good checkpoint: {self.last_model_path}" if self.last_model_path else "nothing saved"
@@ -164,7 +167,10 @@ class RunCheckpoint(ModelCheckpoint):
             )  # before end-of-fit analyses
         if self._is_final_step(trainer):
             self._training_done = True
-        if self._signum is not None:
+        interrupted = self._signum is not None
+        if trainer.world_size > 1:  # a signal may reach one rank only; one small all-reduce per step in DDP
+            interrupted = trainer.strategy.reduce_boolean_decision(interrupted, all=False)
+        if interrupted:
             self._stop(trainer)
 
     @staticmethod
@@ -192,7 +198,7 @@ class RunCheckpoint(ModelCheckpoint):
     def _stop(self, trainer: L.Trainer) -> None:
         if self._last_global_step_saved != trainer.global_step:
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
-        raise Interrupted(self._interrupted_message(), self._signum)
+        raise Interrupted(self._interrupted_message(), self._signum or signal.SIGTERM)
 
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         for signum, handler in self._previous_handlers.items():
@@ -209,6 +215,8 @@ class RunCheckpoint(ModelCheckpoint):
             exception, (Diverged, Interrupted, KeyboardInterrupt)
         ) or self._should_skip_saving_checkpoint(trainer):
             return
+        if trainer.world_size > 1:
+            return  # ranks may have failed at different points: a collective save could hang
         progress = trainer.fit_loop.epoch_loop.batch_progress.current
         if not progress.ready == progress.started == progress.processed:
             return  # failed inside a step: the last checkpoint is the last consistent state

@@ -15,19 +15,29 @@ import pytest
 import torch
 from cli_helpers import DIGITS, REPO, run_cli, tiny
 from test_cli import run_dir, scalars
+from test_module import tiny_module
 
 from dtr_lab.checkpointing import write_atomically
 from dtr_lab.cli import main
 from dtr_lab.data.base import EpochShuffleSampler, ResumableDataLoader
+from dtr_lab.errors import DTRLabError
+from dtr_lab.mtl import PCGrad
+from dtr_lab.routing import NoRouting
 
 DTR = [*DIGITS, "--config", str(REPO / "experiments/digits/dtr.yaml")]
 VANILLA = [*DIGITS, "--config", str(REPO / "experiments/digits/vanilla.yaml")]
 
 # Runs the CLI with torch.save replaced: at global step FAULT_STEP it writes half the checkpoint and then
 # FAULT (hang: signals the test through FAULT_MARKER and sleeps, to be killed; enospc: the disk is full).
+# FAULT=analysis makes the end-of-fit sample grid fail instead.
 FAULTY_SAVE = """
 import errno, io, os, sys, time, torch
+from dtr_lab.callbacks import SampleGrid
 from dtr_lab.cli import main
+def fail(*args):
+    raise RuntimeError("injected analysis failure")
+if os.environ["FAULT"] == "analysis":
+    SampleGrid.on_train_end = fail
 real_save = torch.save
 def save(obj, f, *args, **kwargs):
     if isinstance(obj, dict) and obj.get("global_step") == int(os.environ["FAULT_STEP"]):
@@ -114,31 +124,48 @@ def test_loader_resumes_mid_epoch_in_the_same_order():
     assert len(list(at_end)) == 12
 
 
-def test_checkpoint_of_another_routing_is_one_line_unless_allowed(tmp_path):
+def test_checkpoint_identity_names_each_field_and_its_override():
+    dtr = tiny_module()
+    saved = dtr.identity()
+    assert saved["routing"] == "DTRRouting(alpha=4.0, beta=0.8)" and saved["net"] == "DiT(DiT-T/2)"
+    assert saved["num_timesteps"] == 100 and saved["mtl"] == "none"
+    dtr.check_checkpoint_identity(saved)  # its own checkpoint loads
+    vanilla = tiny_module()
+    vanilla.routing = NoRouting()
+    with pytest.raises(
+        DTRLabError, match=r"routing=DTRRouting\(alpha=4.0, beta=0.8\) but .* routing=NoRouting\(\)"
+    ):
+        vanilla.check_checkpoint_identity(saved)
+    with pytest.raises(DTRLabError, match="mtl=none but the config has mtl=PCGrad"):
+        tiny_module(mtl=PCGrad()).check_checkpoint_identity(saved)
+    tiny_module(allow_checkpoint_mismatch=["mtl"], mtl=PCGrad()).check_checkpoint_identity(saved)
+    with pytest.warns(UserWarning, match="no dtr_lab identity"):
+        dtr.check_checkpoint_identity(None)  # a checkpoint from before the identity was stored
+    with pytest.raises(DTRLabError, match="unknown field 'routnig'"):
+        tiny_module(allow_checkpoint_mismatch=["routnig"])
+
+
+def test_checkpoint_of_another_routing_is_one_line(tmp_path):
     assert run_cli("fit", *DTR, *tiny(tmp_path, steps=2)).returncode == 0
     ckpt = run_dir(tmp_path) / "checkpoints/last.ckpt"
     proc = run_cli("validate", *VANILLA, *tiny(tmp_path), "--ckpt_path", str(ckpt))
     assert proc.returncode == 2
     (line,) = dtr_lab_lines(proc.stderr)
     assert "routing=DTRRouting(alpha=4.0, beta=0.8)" in line and "routing=NoRouting()" in line
-    assert "--model.allow_checkpoint_mismatch" in line and "Traceback" not in proc.stderr
-    allowed = run_cli(
-        "validate",
-        *VANILLA,
-        *tiny(tmp_path),
-        "--ckpt_path",
-        str(ckpt),
-        "--model.allow_checkpoint_mismatch",
-        "[routing]",
-    )
-    assert allowed.returncode == 0, allowed.stderr[-2000:]
+    assert "--model.allow_checkpoint_mismatch [routing]" in line and "Traceback" not in proc.stderr
 
 
-def test_divergence_stops_with_one_line_and_saves_nothing_non_finite(tmp_path):
+@pytest.mark.parametrize(
+    "method",
+    [[], pytest.param(["--config", str(REPO / "experiments/digits/pcgrad.yaml")], marks=pytest.mark.slow)],
+    ids=["automatic", "pcgrad"],
+)
+def test_divergence_stops_with_one_line_and_saves_nothing_non_finite(tmp_path, method):
     proc = run_cli(
         "fit",
         *DIGITS,
-        *tiny(tmp_path, steps=12),
+        *method,
+        *tiny(tmp_path, steps=12, batch=40),  # a multiple of the 5 PCGrad intervals
         "--model.optimizer.init_args.lr",
         "1000",
         "--checkpoint.every_n_train_steps",
@@ -157,6 +184,15 @@ def test_divergence_stops_with_one_line_and_saves_nothing_non_finite(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------ slow
+@pytest.mark.slow
+def test_a_failing_end_of_fit_analysis_costs_no_trained_steps(tmp_path):
+    """5 steps, periodic checkpoints at 2 and 4; the final step is saved before the sample grid fails."""
+    proc = cli("fit", *DIGITS, *tiny(tmp_path, steps=5), env={"FAULT": "analysis"})
+    _, stderr = proc.communicate(timeout=600)
+    assert proc.returncode == 1 and "injected analysis failure" in stderr  # a bug keeps its traceback
+    assert assert_complete_checkpoints(run_dir(tmp_path))["last.ckpt"] == 5
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("fault", ["hang", "enospc"])
 def test_kill_or_full_disk_during_a_save_keeps_the_previous_checkpoint(tmp_path, fault):
@@ -196,7 +232,7 @@ def test_sigterm_saves_the_current_step_and_resume_continues(tmp_path):
         time.sleep(0.05)  # training is under way once the first periodic checkpoint exists
     proc.send_signal(signal.SIGTERM)
     _, stderr = proc.communicate(timeout=300)
-    assert proc.returncode == 128 + signal.SIGTERM
+    assert proc.returncode == 128 + signal.SIGTERM, stderr[-3000:]
     (line,) = dtr_lab_lines(stderr)
     assert line.startswith("dtr_lab: interrupted at step ") and "Traceback" not in stderr
     step = int(line.split("at step ")[1].split(":")[0])
