@@ -19,6 +19,7 @@ import contextlib
 import errno
 import os
 import signal
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from dtr_lab.errors import DTRLabError
 
@@ -98,12 +100,11 @@ class RunCheckpoint(ModelCheckpoint):
     Lightning already syncs to log, and before every save.
     """
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._first_bad_step: torch.Tensor | None = None  # on device; -1 while every loss is finite
-        self._signum: int | None = None
-        self._previous_handlers: dict[int, Any] = {}
-        self._training_done = False
+    # no __init__ of its own: the CLI reads ModelCheckpoint's signature for the `checkpoint` options
+    _first_bad_step: torch.Tensor | None = None  # on device; -1 while every loss is finite
+    _signum: int | None = None
+    _training_done = False
+    _previous_handlers: dict[int, Any] | None = None
 
     # --------------------------------------------------------------- atomic writes
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
@@ -111,7 +112,7 @@ class RunCheckpoint(ModelCheckpoint):
         if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:  # leave a configured plugin alone
             trainer.strategy.checkpoint_io = AtomicCheckpointIO()
         if stage == "fit":  # before Lightning's own SIGTERM handler, which then calls this one too
-            self._signum, self._training_done = None, False
+            self._signum, self._training_done, self._previous_handlers = None, False, {}
             for signum in (signal.SIGINT, signal.SIGTERM):
                 self._previous_handlers[signum] = signal.signal(signum, self._on_signal)
 
@@ -161,11 +162,9 @@ class RunCheckpoint(ModelCheckpoint):
         if trainer.global_step % trainer.log_every_n_steps == 0:
             self.check_finite(trainer, pl_module)
         super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
-        if self._is_final_step(trainer) and not self._should_skip_saving_checkpoint(trainer):
-            self._save_last_checkpoint(
-                trainer, self._monitor_candidates(trainer)
-            )  # before end-of-fit analyses
-        if self._is_final_step(trainer):
+        if self._is_final_step(trainer):  # saved before the end-of-fit analyses run
+            if not self._should_skip_saving_checkpoint(trainer):
+                self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
             self._training_done = True
         interrupted = self._signum is not None
         if trainer.world_size > 1:  # a signal may reach one rank only; one small all-reduce per step in DDP
@@ -177,10 +176,14 @@ class RunCheckpoint(ModelCheckpoint):
     def _is_final_step(trainer: L.Trainer) -> bool:
         if 0 <= trainer.max_steps <= trainer.global_step:
             return True
-        last_epoch = trainer.max_epochs is not None and trainer.current_epoch + 1 >= trainer.max_epochs
+        max_epochs = trainer.max_epochs if trainer.max_epochs is not None else -1  # -1: bounded by max_steps
+        last_epoch = 0 <= max_epochs <= trainer.current_epoch + 1
         return last_epoch and trainer.fit_loop.epoch_loop.batch_progress.is_last_batch
 
     # --------------------------------------------------------------- interruption
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Replace Lightning's SIGTERM handler, which would end the run as a SystemExit with code 0."""
+        signal.signal(signal.SIGTERM, self._on_signal)
 
     def _on_signal(self, signum: int, frame: Any) -> None:
         """First signal: stop after the current step. A second Ctrl-C: stop now (Python's default)."""
@@ -201,9 +204,9 @@ class RunCheckpoint(ModelCheckpoint):
         raise Interrupted(self._interrupted_message(), self._signum or signal.SIGTERM)
 
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        for signum, handler in self._previous_handlers.items():
+        for signum, handler in (self._previous_handlers or {}).items():
             signal.signal(signum, handler)
-        self._previous_handlers = {}
+        self._previous_handlers = None
 
     # ------------------------------------------------------------------ exceptions
     def on_exception(
@@ -211,6 +214,14 @@ class RunCheckpoint(ModelCheckpoint):
     ) -> None:
         """Keep the trained steps when something fails after a completed step (an analysis, validation)."""
         super().on_exception(trainer, pl_module, exception)
+        if isinstance(exception, SIGTERMException):  # Lightning's own SIGTERM path (before training started)
+            self._signum = self._signum or signal.SIGTERM
+            exception.code = 128 + self._signum
+            if self._last_global_step_saved != trainer.global_step:
+                self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+            if trainer.is_global_zero:
+                print(f"dtr_lab: {self._interrupted_message()}", file=sys.stderr)
+            return
         if isinstance(
             exception, (Diverged, Interrupted, KeyboardInterrupt)
         ) or self._should_skip_saving_checkpoint(trainer):
