@@ -7,10 +7,10 @@ import sys
 from pathlib import Path
 
 from lightning.fabric.utilities.exceptions import MisconfigurationException
-from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 
 from dtr_lab.checkpoint_file import LIGHTNING_KEYWORDS, read_checkpoint
+from dtr_lab.checkpointing import Interrupted, RunCheckpoint
 from dtr_lab.data import ImageDataModule
 from dtr_lab.errors import DTRLabError, find_bad_input
 from dtr_lab.module import DiffusionModule
@@ -24,8 +24,8 @@ class DTRLabCLI(LightningCLI):
     def add_arguments_to_parser(self, parser) -> None:
         for key in ("image_size", "in_channels", "num_classes"):
             parser.link_arguments(f"data.{key}", f"model.{key}", apply_on="instantiate")
-        # always keep last.ckpt for resuming; configs tune the cadence
-        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        # always keep last.ckpt for resuming (written atomically, also on Ctrl-C); configs tune the cadence
+        parser.add_lightning_class_args(RunCheckpoint, "checkpoint")
         parser.set_defaults({"checkpoint.save_last": True, "checkpoint.every_n_train_steps": 500})
 
     def _parse_ckpt_path(self) -> None:
@@ -52,9 +52,11 @@ class DTRLabCLI(LightningCLI):
         options = self.config_init[subcommand]
         ckpt_path = options.get("ckpt_path")
         if ckpt_path and not (ckpt_path in LIGHTNING_KEYWORDS and not Path(ckpt_path).exists()):
-            state = read_checkpoint(ckpt_path, options.get("weights_only") is not False)["state_dict"]
-            try:
-                self.model.check_checkpoint_shapes(state)
+            checkpoint = read_checkpoint(ckpt_path, options.get("weights_only") is not False)
+            try:  # what it was trained as, then its tensors; on_load_checkpoint warns about old ones
+                if "dtr_lab_identity" in checkpoint:
+                    self.model.check_checkpoint_identity(checkpoint["dtr_lab_identity"])
+                self.model.check_checkpoint_shapes(checkpoint["state_dict"])
             except DTRLabError as err:
                 raise DTRLabError(f"--ckpt_path {ckpt_path}: {err}") from None
         logger = self.trainer.logger
@@ -95,6 +97,9 @@ def main(args: list[str] | None = None) -> None:
             parser_class=OneLineParser,
             args=args,
         )
+    except Interrupted as exc:
+        print(f"dtr_lab: {exc}", file=sys.stderr)
+        sys.exit(exc.exit_code)
     except Exception as exc:
         bad_input = find_bad_input(exc)
         if bad_input is None:

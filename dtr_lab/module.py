@@ -13,6 +13,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 from torch.optim.swa_utils import AveragedModel
 from torch.utils.data import DataLoader, TensorDataset
@@ -31,6 +32,10 @@ from dtr_lab.routing import NoRouting, RoutingStrategy
 NetFactory = Callable[[int, int, int, int, RoutingStrategy], nn.Module]
 OptimizerFactory = Callable[[Iterable], torch.optim.Optimizer]
 SAMPLERS = ("ddpm", "ddim")
+# what a checkpoint was trained as; checked on load (override one with model.allow_checkpoint_mismatch)
+IDENTITY_FIELDS = (
+    "routing", "num_timesteps", "schedule", "net", "image_size", "in_channels", "num_classes", "mtl"
+)
 
 
 def check_sample_steps(steps: int, num_timesteps: int, option: str) -> None:
@@ -81,6 +86,7 @@ class DiffusionModule(L.LightningModule):
         image_size: int = 8,
         in_channels: int = 1,
         num_classes: int = 10,
+        allow_checkpoint_mismatch: list[str] | None = None,
     ) -> None:
         """
         Args:
@@ -111,6 +117,9 @@ class DiffusionModule(L.LightningModule):
             image_size: set from data.image_size.
             in_channels: set from data.in_channels.
             num_classes: set from data.num_classes (0 for unconditional).
+            allow_checkpoint_mismatch: identity fields in which a loaded checkpoint may differ from this
+                config, for deliberate fine-tuning across them (e.g. [routing]); one of
+                routing, num_timesteps, schedule, net, image_size, in_channels, num_classes, mtl.
         """
         super().__init__()
         if sampler not in SAMPLERS:
@@ -128,6 +137,12 @@ class DiffusionModule(L.LightningModule):
                 respaced_timesteps(num_timesteps, sample_steps, respacing)
         except DTRLabError as err:
             raise DTRLabError(f"model.{err}") from None
+        unknown = sorted(set(allow_checkpoint_mismatch or ()) - set(IDENTITY_FIELDS))
+        if unknown:
+            raise DTRLabError(
+                f"model.allow_checkpoint_mismatch has unknown field {unknown[0]!r}; "
+                f"choose from {', '.join(IDENTITY_FIELDS)}"
+            )
         self.save_hyperparameters(ignore=["net", "routing", "optimizer", "weighting", "mtl"])
         self.routing = routing or NoRouting()
         self.weighting = weighting or Uniform()
@@ -353,14 +368,51 @@ class DiffusionModule(L.LightningModule):
         return {"images": to_uint8(images).permute(0, 2, 3, 1).cpu(), "labels": y.cpu()}
 
     # ------------------------------------------------------------ checkpoints
+    def identity(self) -> dict[str, str | int]:
+        """What this model is trained as: the fields a checkpoint must agree on to be loaded into it."""
+        hp = self.hparams
+        mtl = "none" if self.mtl is None else f"{type(self.mtl).__name__}(intervals={self.mtl.intervals})"
+        net = type(self.net).__name__ + (f"({self.net.size})" if hasattr(self.net, "size") else "")
+        return {
+            "routing": repr(self.routing),
+            "num_timesteps": hp.num_timesteps,
+            "schedule": hp.schedule,
+            "net": net,
+            "image_size": hp.image_size,
+            "in_channels": hp.in_channels,
+            "num_classes": hp.num_classes,
+            "mtl": mtl,
+        }
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["dtr_lab_identity"] = self.identity()
         if self.rng is not None:
             checkpoint["dtr_lab_rng_state"] = self.rng.get_state()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.check_checkpoint_identity(checkpoint.get("dtr_lab_identity"))
         self.check_checkpoint_shapes(checkpoint.get("state_dict", {}))
         self._rng_state = checkpoint.get("dtr_lab_rng_state")
         self.rng = None
+
+    def check_checkpoint_identity(self, saved: dict[str, str | int] | None) -> None:
+        """Fail with one line when a checkpoint was trained as something else (routing, T, backbone, ...)."""
+        if saved is None:
+            rank_zero_warn(
+                "the checkpoint has no dtr_lab identity (saved by an older dtr_lab): its routing, T, "
+                "schedule, backbone, image shape and MTL method are not checked against this config"
+            )
+            return
+        allowed = set(self.hparams.allow_checkpoint_mismatch or ())
+        own = self.identity()
+        for field in IDENTITY_FIELDS:
+            if field in saved and saved[field] != own[field] and field not in allowed:
+                raise DTRLabError(
+                    f"checkpoint was trained with {field}={saved[field]} "
+                    f"but the config has {field}={own[field]}; "
+                    "use the config the checkpoint was trained with (its run directory's config.yaml), or "
+                    f"pass --model.allow_checkpoint_mismatch [{field}] to fine-tune across it deliberately"
+                )
 
     def check_checkpoint_shapes(self, state: dict[str, torch.Tensor]) -> None:
         """Fail with one line when a checkpoint was saved from a differently shaped model."""

@@ -121,6 +121,6 @@ def test_checkpoint_of_another_shape_is_rejected(tmp_path):
         str(first / "checkpoints/last.ckpt"),
     )
     assert proc.returncode == 2
-    assert "checkpoint does not match the configured model" in proc.stderr
+    assert "checkpoint was trained with net=DiT(DiT-T/2) but the config has net=DiT(DiT-XS/2)" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert sorted(p.name for p in first.rglob("*")) == before  # the existing run is untouched

@@ -185,7 +185,7 @@ def test_checkpoint_that_does_not_match_the_config(runs, tmp_path, capsys):
                      "--ckpt_path", str(run / "checkpoints/last.ckpt"),
                      "--model.net.init_args.size", "DiT-XS/2",
                      "--trainer.logger.init_args.save_dir", str(tmp_path))
-    assert "checkpoint does not match the configured model" in line
+    assert "checkpoint was trained with net=DiT(DiT-T/2) but the config has net=DiT(DiT-XS/2)" in line
 
 
 def test_fewer_test_samples_than_the_kid_subset(runs, tmp_path, capsys):

@@ -1,4 +1,5 @@
-"""What every image DataModule shares: tensors in [-1, 1], NCHW, seeded per-epoch shuffling."""
+"""What every image DataModule shares: tensors in [-1, 1], NCHW, seeded per-epoch shuffling that
+resumes mid-epoch."""
 
 from __future__ import annotations
 
@@ -14,16 +15,52 @@ class EpochShuffleSampler(Sampler[int]):
 
     def __init__(self, size: int, seed: int) -> None:
         self.size, self.seed, self.epoch = size, seed, 0
+        self.start = 0  # indices of this epoch already seen before a resume; skipped once
 
     def set_epoch(self, epoch: int) -> None:  # Lightning calls this at every epoch start
         self.epoch = epoch
 
     def __iter__(self):
         gen = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-        return iter(torch.randperm(self.size, generator=gen).tolist())
+        start, self.start = self.start, 0
+        return iter(torch.randperm(self.size, generator=gen)[start:].tolist())
 
     def __len__(self) -> int:
         return self.size
+
+
+class ResumableDataLoader(DataLoader):
+    """A DataLoader whose place in the epoch goes into checkpoints, so a resume from any step continues
+    with the next batch of the same epoch.
+
+    Lightning saves `state_dict()` of a training loader that has one and hands it back through
+    `load_state_dict` before iterating again. The position counts batches handed to the training loop:
+    Lightning fetches a sized loader without prefetching, so fetched means consumed.
+    """
+
+    position = 0  # batches of the current epoch handed out
+    _resume: dict[str, int] | None = None
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": getattr(self.sampler, "epoch", 0), "position": self.position}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self._resume = state
+
+    def __iter__(self):
+        # a generator: runs at the first fetch, after Lightning's set_epoch for the resumed epoch
+        resume, self._resume = self._resume, None
+        skip = resume["position"] if resume and resume["epoch"] == getattr(self.sampler, "epoch", 0) else 0
+        cheap = isinstance(self.sampler, EpochShuffleSampler)
+        if cheap:  # skip indices, not loaded batches
+            self.sampler.start = skip * self.batch_size
+        batches = super().__iter__()
+        for _ in range(0 if cheap else skip):  # another sampler (e.g. DDP's wrapper): load and drop
+            next(batches)
+        self.position = skip
+        for batch in batches:
+            self.position += 1
+            yield batch
 
 
 class ImageDataModule(L.LightningDataModule):
@@ -52,7 +89,7 @@ class ImageDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         self.check_batch_size()
-        return DataLoader(
+        return ResumableDataLoader(
             self.train_set,
             batch_size=self.batch_size,
             sampler=EpochShuffleSampler(len(self.train_set), self.seed),

@@ -197,6 +197,7 @@ class DiT(nn.Module):
                 f"image size {input_size} is not divisible by the patch size {patch} of {size}; "
                 "pick a model with a smaller patch or resize the data (data.image_size)"
             )
+        self.size = size
         self.in_channels = in_channels
         self.out_channels = 2 * in_channels if learn_sigma else in_channels
         self.learn_sigma = learn_sigma

@@ -254,6 +254,7 @@ class UNet(nn.Module):
         dims = resolve_size(
             size, input_size, base_channels, channel_mult, num_res_blocks, attention_resolutions, dropout
         )
+        self.size = size
         self.in_channels = in_channels
         self.out_channels = 2 * in_channels if learn_sigma else in_channels
         self.learn_sigma = learn_sigma
