@@ -175,6 +175,7 @@ def tiny_repro(tmp_path_factory):
     return out, done
 
 
+@pytest.mark.slow  # trains several tiny runs end to end: minutes on 2 cores
 def test_reproduce_reports_paired_differences(tiny_repro):
     import pandas as pd
 
@@ -206,6 +207,7 @@ def test_reproduce_reports_paired_differences(tiny_repro):
     assert (out / "probe_0_vs_step.png").stat().st_size > 0
 
 
+@pytest.mark.slow  # trains several tiny runs end to end: minutes on 2 cores
 def test_reproduce_skips_finished_runs(tiny_repro):
     out, _ = tiny_repro
     again = script("reproduce.py", "--out", out, "--max-steps", 4, "--seeds", 2, "--num-samples", 100,
@@ -229,6 +231,7 @@ def test_reproduce_refuses_routing_that_adds_parameters(tmp_path, run_main, monk
     assert "compare these arms unpaired" in done.stderr and not (study / "runs").exists()
 
 
+@pytest.mark.slow  # trains several tiny runs end to end: minutes on 2 cores
 def test_scaling_gain_by_width_and_steps(tmp_path):
     import pandas as pd
 
