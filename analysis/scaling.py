@@ -38,13 +38,12 @@ import yaml  # noqa: E402
 from study import (  # noqa: E402
     Comparison,
     RunSpec,
-    check_pairs,
+    check_and_train,
     is_done,
     markdown,
     paired_table,
     read_scores,
     study_callbacks,
-    train,
     write_yaml,
 )
 
@@ -156,19 +155,10 @@ def main(argv: list[str] | None = None) -> int:
         for run in todo:
             print(" ".join(run.command(out)))
         return 0
-    from dtr_lab.errors import DTRLabError
-    from dtr_lab.metrics import load_digits_classifier
-
     comparisons = [Comparison("DTR − vanilla", f"vanilla-{size_tag(s)}", f"dtr-{size_tag(s)}") for s in SIZES]
-    failed = []
-    if not args.no_train:
-        try:
-            check_pairs(runs, comparisons, out)
-        except DTRLabError as err:
-            print(f"{PROG}: error: {err}", file=sys.stderr)
-            return 2
-        load_digits_classifier()  # train and cache it once here, not in two runs at the same time
-        failed = train(todo, out, args.jobs, args.threads)
+    failed = (
+        [] if args.no_train else check_and_train(runs, todo, comparisons, out, args.jobs, args.threads, PROG)
+    )
 
     scores = read_scores(runs, out)
     scores.to_csv(out / "scores.csv", index=False)

@@ -191,6 +191,29 @@ def train(runs: list[RunSpec], out: Path, jobs: int, threads: int) -> list[str]:
     return failed
 
 
+def check_and_train(
+    runs: list[RunSpec],
+    todo: list[RunSpec],
+    comparisons: list[Comparison],
+    out: Path,
+    jobs: int,
+    threads: int,
+    prog: str,
+) -> list[str]:
+    """Refuse a study whose compared arms' networks differ (one line, exit 2), then train `todo`;
+    return the failures' names."""
+    from dtr_lab.errors import DTRLabError
+    from dtr_lab.metrics import load_digits_classifier
+
+    try:
+        check_pairs(runs, comparisons, out)
+    except DTRLabError as err:
+        print(f"{prog}: error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+    load_digits_classifier()  # train and cache it once here, not in two runs at the same time
+    return train(todo, out, jobs, threads)
+
+
 def probe_by_interval(loss_by_t: pd.DataFrame) -> pd.DataFrame:
     """EMA probe loss averaged over each uniform interval's grid timesteps: step, metric probe_k, value."""
     rows = loss_by_t[loss_by_t["metric"] == "probe_ema"].copy()

@@ -44,7 +44,10 @@ def run_main(capsys, monkeypatch):
 
     def call(name: str, *args) -> subprocess.CompletedProcess:
         module = importlib.import_module(name.removesuffix(".py"))
-        rc = module.main([str(a) for a in args])
+        try:
+            rc = module.main([str(a) for a in args])
+        except SystemExit as exit:  # argparse and the studies' refusals end this way, as a script would
+            rc = exit.code
         out, err = capsys.readouterr()
         return subprocess.CompletedProcess(name, rc, out, err)
 
