@@ -63,6 +63,7 @@ def write_atomically(path: Path, write: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp's 0600 would hide the run from its group
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
@@ -77,6 +78,13 @@ def write_atomically(path: Path, write: Any) -> None:
         os.fsync(dir_fd)  # the rename itself survives a power cut
     finally:
         os.close(dir_fd)
+
+
+def current_umask() -> int:
+    """The process's umask (reading it means setting it; put straight back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 class Diverged(DTRLabError):

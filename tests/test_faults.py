@@ -17,7 +17,7 @@ from cli_helpers import DIGITS, REPO, run_cli, tiny
 from test_cli import run_dir, scalars
 from test_module import tiny_module
 
-from dtr_lab.checkpointing import write_atomically
+from dtr_lab.checkpointing import current_umask, write_atomically
 from dtr_lab.cli import main
 from dtr_lab.data.base import EpochShuffleSampler, ResumableDataLoader
 from dtr_lab.errors import DTRLabError
@@ -83,6 +83,8 @@ def cli(*args: str, env: dict[str, str] | None = None, **kwargs) -> subprocess.P
 def test_failed_write_keeps_the_previous_file_and_leaves_no_partial(tmp_path):
     target = tmp_path / "last.ckpt"
     write_atomically(target, lambda f: f.write(b"good"))
+    # the mode a plain open() would give (mkstemp alone gives 0600)
+    assert target.stat().st_mode & 0o777 == 0o666 & ~current_umask()
 
     def half_then_full(f):
         f.write(b"partial")
