@@ -1,13 +1,18 @@
 """The evaluation's own noise: one checkpoint scored with several sample seeds at several sample counts.
 
     python analysis/eval_noise.py runs/repro/runs/vanilla-uniform/seed0 --samples 400 1000 2000 --seeds 5
+    python analysis/eval_noise.py runs/repro/runs/vanilla-uniform/seed0 runs/repro/runs/dtr-uniform/seed0 \
+        --samples 1000 --seeds 5     # and the noise of the paired difference b − a
 
 Each (N, sample seed) draws N fresh EMA samples (balanced labels, the run's sampler and guidance) and
 scores them by digits-FID and class accuracy against the same real set, as SampleQuality does during
 training (sample seed 0 is SampleQuality's own x_T). The sd over sample seeds at fixed weights is the
 part of a run's score that is evaluation noise, not training; the study's N is chosen so that it is
 small beside the seed-to-seed spread of the score. Writes OUT/eval_noise.csv (every score) and
-OUT/eval_noise.md (mean and sd per N); costs ≈ 0.0175 s a sample on one core (DiT-T/2, 25 DDIM steps,
+OUT/eval_noise.md (mean and sd per N). Given two runs (the two arms of one seed of a paired study), both
+are scored with the same sample seeds, as the study scores both arms with the same x_T, and the table
+adds the sd of the per-sample-seed difference b − a: the evaluation noise inside a paired difference,
+which the shared x_T makes smaller than either arm's own. Costs ≈ 0.0175 s a sample on one core (DiT-T/2, 25 DDIM steps,
 guidance 1.5), so the default 5 × (400 + 1000 + 2000) samples take ≈ 5 minutes.
 """
 
@@ -30,6 +35,7 @@ SEED_STRIDE = 10_007  # sample seed k uses SEED + k·stride; batch b of it seeds
 
 def evaluation_noise(run_dir: Path, checkpoint: str, samples: list[int], seeds: int) -> pd.DataFrame:
     """Scores of the checkpoint: one row per (samples, sample_seed, metric) with the sampling seconds."""
+    print(f"{PROG}: scoring {run_dir}", flush=True)
     import torch
 
     from dtr_lab.callbacks.sample_quality import balanced_labels, generate, real_images
@@ -70,25 +76,33 @@ def evaluation_noise(run_dir: Path, checkpoint: str, samples: list[int], seeds: 
     return pd.DataFrame(rows)
 
 
+def paired(scores: pd.DataFrame) -> pd.DataFrame:
+    """The per-sample-seed difference b − a of two runs' scores, as rows of a third "run", "b − a"."""
+    a, b = (scores[scores["run"] == r].set_index(["samples", "sample_seed", "metric"]) for r in ("a", "b"))
+    diff = (b["value"] - a["value"]).rename("value").reset_index()
+    return diff.assign(run="b − a", seconds=float("nan"))
+
+
 def summary(scores: pd.DataFrame) -> pd.DataFrame:
-    """Mean and sd (n − 1) over sample seeds, per sample count and metric, and seconds per sample."""
-    grouped = scores.groupby(["samples", "metric"])["value"]
+    """Mean and sd (n − 1) over sample seeds, per run, sample count and metric, and seconds per sample."""
+    grouped = scores.groupby(["run", "samples", "metric"])["value"]
     table = pd.concat({"mean": grouped.mean(), "sd": grouped.std(ddof=1), "seeds": grouped.size()}, axis=1)
-    seconds = scores.groupby("samples")["seconds"].mean()
-    per_sample = (seconds / seconds.index).rename("s_per_sample").reset_index()
-    return table.reset_index().merge(per_sample, on="samples")
+    seconds = scores.groupby(["run", "samples"])["seconds"].mean().reset_index()
+    seconds["s_per_sample"] = seconds["seconds"] / seconds["samples"]
+    return table.reset_index().merge(seconds[["run", "samples", "s_per_sample"]], on=["run", "samples"])
 
 
 def markdown(table: pd.DataFrame) -> str:
     lines = [
-        "| samples N | sample seeds | digits-FID mean | FID sd | accuracy mean | accuracy sd | s / sample |",
-        "|---|---|---|---|---|---|---|",
+        "| run | samples N | sample seeds | digits-FID mean | FID sd | accuracy mean | accuracy sd | s / sample |",
+        "|---|---|---|---|---|---|---|---|",
     ]
-    for n, rows in table.groupby("samples"):
+    for (run, n), rows in table.groupby(["run", "samples"], sort=False):
         fid, acc = (rows[rows["metric"] == m].iloc[0] for m in ("fid", "accuracy"))
+        per_sample = "–" if pd.isna(fid.s_per_sample) else f"{fid.s_per_sample:.4f}"
         lines.append(
-            f"| {n} | {fid.seeds} | {fid['mean']:.2f} | {fid.sd:.2f} | {acc['mean']:.3f} | {acc.sd:.3f} "
-            f"| {fid.s_per_sample:.4f} |"
+            f"| {run} | {n} | {fid.seeds} | {fid['mean']:.2f} | {fid.sd:.2f} | {acc['mean']:.3f} | {acc.sd:.3f} "
+            f"| {per_sample} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -96,6 +110,9 @@ def markdown(table: pd.DataFrame) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("run", type=Path, help="run directory (config.yaml, checkpoints/)")
+    parser.add_argument(
+        "run_b", type=Path, nargs="?", default=None, help="a second run (the other arm of a pair): adds b − a"
+    )
     parser.add_argument("--checkpoint", default="last", help="checkpoint name in RUN/checkpoints (no .ckpt)")
     parser.add_argument("--samples", type=int, nargs="+", default=[400, 1000, 2000], help="sample counts N")
     parser.add_argument("--seeds", type=int, default=5, help="sample seeds per N")
@@ -110,12 +127,17 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
     try:
-        scores = evaluation_noise(args.run, args.checkpoint, args.samples, args.seeds)
+        runs = {"a": args.run} if args.run_b is None else {"a": args.run, "b": args.run_b}
+        scores = pd.concat(
+            [evaluation_noise(d, args.checkpoint, args.samples, args.seeds).assign(run=r) for r, d in runs.items()]
+        )
     except DTRLabError as err:
         print(f"{PROG}: error: {err}", file=sys.stderr)
         return 2
     out = args.out or args.run
     out.mkdir(parents=True, exist_ok=True)
+    if args.run_b is not None:
+        scores = pd.concat([scores, paired(scores)], ignore_index=True)
     scores.to_csv(out / "eval_noise.csv", index=False)
     table = summary(scores)
     (out / "eval_noise.md").write_text(markdown(table))

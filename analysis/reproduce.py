@@ -1,6 +1,6 @@
 """The small-scale reproduction of the DTR paper's claims on the 8×8 digits, as a paired seed study.
 
-    python analysis/reproduce.py --out runs/repro                  # the full study, ≈ 64 min on 2 cores
+    python analysis/reproduce.py --out runs/repro                  # the full study, ≈ 60 min on 2 cores
     python analysis/reproduce.py --out /tmp/smoke --max-steps 30 --seeds 2 --core-only   # the pipeline
 
 Trains 7 arms — unrouted / R-TR / DTR with uniform weights, and unrouted / DTR with Min-SNR and with
@@ -13,16 +13,16 @@ intervals of t, in % of arm a. Writes OUT/table.md, OUT/paired.csv (every compar
 OUT/scores.csv (every run's scores) and probe-loss-vs-step figures; with --ablation also a one-seed α/β
 ablation of DTR. Finished runs are skipped on a re-run; a run cut off half-way is trained again.
 
-Settings: DiT-T/2, AdamW 1e-3, EMA 0.999, 1500 steps, batch 64 for every arm — ANT-UW with K = 8
+Settings: DiT-T/2, AdamW 3e-3, EMA 0.999, 600 steps, batch 64 for every arm — ANT-UW with K = 8
 uniform intervals as in the official DTR + ANT-UW scripts (8 samples per interval), and one batch for
-all arms so the weighting comparisons are paired too. Scored at the end on N = 2000 EMA samples
-(DDIM 25, guidance 1.5; analysis/eval_noise.py: the sample-noise sd of digits-FID falls as 1/√N, ≈ 11 at
-N = 400 and ≈ 7 at N = 1000 on a step-1000 checkpoint, README), the probe every 300 steps.
+all arms so the weighting comparisons are paired too. Scored at the end on N = 1000 EMA samples
+(DDIM 25, guidance 1.5, the same x_T for every arm; analysis/eval_noise.py measures what that leaves of
+evaluation noise in a paired difference, README), the probe every 120 steps.
 
-Budget (2 CPU cores, 2 runs at a time, one thread each; measured: 0.11 s a DiT-T step at batch 64–65,
-0.0175 s a sample, ≈ 12 s start-up): a run is 1500 × 0.11 = 165 s of training + 2000 × 0.0175 = 35 s
-of scoring + 6 probes ≈ 9 s + 12 s ≈ 221 s; 7 arms × 5 seeds = 35 runs over 2 lanes ≈ 35 × 221 / 2
-≈ 64 min. --ablation adds 5 one-seed runs (≈ 9 min).
+Budget (2 CPU cores, 2 runs at a time, one thread each; measured on DiT-T/2 at batch 64: 0.195 s a
+step, 0.056 s a sample (25 steps × 2 for guidance), ≈ 15 s start-up): a run is 600 × 0.195 = 117 s of
+training + 1000 × 0.056 = 56 s of scoring + 6 probes ≈ 9 s + 15 s ≈ 197 s; 7 arms × 5 seeds = 35 runs
+over 2 lanes ≈ 58 min. --ablation adds 5 one-seed runs (≈ 8 min).
 """
 
 from __future__ import annotations
@@ -76,9 +76,9 @@ ALPHAS = (1.0, 2.0, 8.0)
 BETAS = (0.5, 0.7)
 DEFAULT_ALPHA, DEFAULT_BETA = 4.0, 0.8
 PROBES = 5  # probe loss every max_steps/5 steps (and at step 0); sample quality at the end only
-NUM_SAMPLES = 2000
+NUM_SAMPLES = 1000
 # Seconds on these 2-core machines with one thread a run (module docstring).
-STEP_S, SAMPLE_S, PROBE_S, START_S = 0.11, 0.0175, 1.5, 12.0
+STEP_S, SAMPLE_S, PROBE_S, START_S = 0.195, 0.056, 1.5, 15.0
 PAPER_FID = {  # DiT-L/2, ImageNet 256, 400K iterations (DESIGN.md §1)
     "vanilla-uniform": 12.59,
     "rtr-uniform": 16.18,

@@ -268,3 +268,32 @@ def test_long_run_passes_through_the_short_run(tmp_path):
     assert states[4].keys() == states[8].keys() and any(k.startswith("ema.") for k in states[4])
     for key, value in states[4].items():
         assert torch.equal(value, states[8][key]), key
+
+
+def test_eval_noise_of_a_paired_difference(monkeypatch):
+    """Two arms scored with the same sample seeds: the difference's sd is taken per seed, so noise the
+    arms share (the same x_T) cancels: here a's and b's FIDs move together and b − a is constant."""
+    import pandas as pd
+
+    monkeypatch.syspath_prepend(str(REPO / "analysis"))
+    import eval_noise
+
+    rows = []
+    for run, shift in (("a", 0.0), ("b", 3.0)):
+        for seed, common in enumerate((40.0, 50.0, 45.0)):
+            rows += [
+                {"run": run, "samples": 1000, "sample_seed": seed, "metric": "fid", "value": common + shift,
+                 "seconds": 50.0},
+                {"run": run, "samples": 1000, "sample_seed": seed, "metric": "accuracy",
+                 "value": 0.9 + 0.01 * seed * (run == "b"), "seconds": 50.0},
+            ]
+    scores = pd.DataFrame(rows)
+    table = eval_noise.summary(pd.concat([scores, eval_noise.paired(scores)], ignore_index=True))
+    fid = table[table["metric"] == "fid"].set_index("run")
+    assert fid.loc["a", "sd"] == pytest.approx(5.0) and fid.loc["b", "sd"] == pytest.approx(5.0)
+    assert fid.loc["b − a", "mean"] == pytest.approx(3.0) and fid.loc["b − a", "sd"] == pytest.approx(0.0)
+    acc = table[table["metric"] == "accuracy"].set_index("run")
+    assert acc.loc["b − a", "mean"] == pytest.approx(0.01) and acc.loc["b − a", "sd"] == pytest.approx(0.01)
+    assert fid.loc["a", "s_per_sample"] == pytest.approx(0.05)
+    text = eval_noise.markdown(table)
+    assert "| b − a | 1000 | 3 | 3.00 | 0.00 |" in text and "| a | 1000 | 3 | 45.00 | 5.00 |" in text
