@@ -42,13 +42,13 @@ test: $(VENV)/.installed
 test-slow: $(VENV)/.installed
 	OMP_NUM_THREADS=1 $(PY) -m pytest -m slow
 
-# The small-scale DTR reproduction as a paired seed study: about 64 minutes on 2 CPU cores; finished
-# runs are skipped.
+# The small-scale DTR reproduction as a paired seed study (35 runs of 600 steps): about 58 minutes on
+# 2 CPU cores; finished runs are skipped.
 reproduce: $(VENV)/.installed
 	$(PY) analysis/reproduce.py --out runs/repro --seeds 5 --jobs 2 --threads 1
 
-# DTR's paired gain against model width (DiT-T, DiT-XS) and training length (1500-6000 steps): about
-# 75 minutes on 2 CPU cores; finished runs are skipped.
+# DTR's paired gain against model width (DiT-T, DiT-XS) and training length (600-2400 steps): about
+# 64 minutes on 2 CPU cores; finished runs are skipped.
 scaling: $(VENV)/.installed
 	$(PY) analysis/scaling.py --out runs/scaling --seeds 3 --jobs 2 --threads 1
 

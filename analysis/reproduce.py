@@ -75,6 +75,13 @@ METRICS = ["fid", "accuracy", *(f"probe_{k}" for k in range(5))]
 ALPHAS = (1.0, 2.0, 8.0)
 BETAS = (0.5, 0.7)
 DEFAULT_ALPHA, DEFAULT_BETA = 4.0, 0.8
+DIFFERENCE_LABELS = {
+    "fid": "Δ digits-FID",
+    "accuracy": "Δ accuracy",
+    "probe_0": "Δ probe loss t < 200 (%)",
+    "probe_2": "Δ probe loss 400 ≤ t < 600 (%)",
+    "probe_4": "Δ probe loss t ≥ 800 (%)",
+}
 PROBES = 5  # probe loss every max_steps/5 steps (and at step 0); sample quality at the end only
 NUM_SAMPLES = 1000
 # Seconds on these 2-core machines with one thread a run (module docstring).
@@ -146,10 +153,11 @@ def arm_table(scores: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
-def figures(scores: pd.DataFrame, out: Path) -> list[Path]:
-    """The EMA probe loss of the lowest- and highest-noise fifth of t against step (routing panel,
-    weighting × routing panel; sample quality is scored at the end only) and the α/β ablation."""
-    from dtr_lab.plots import ablation, quality_curves
+def figures(scores: pd.DataFrame, final: pd.DataFrame, out: Path) -> list[Path]:
+    """Every comparison's final paired differences at a glance; the EMA probe loss of the lowest- and
+    highest-noise fifth of t against step (routing panel, weighting × routing panel; sample quality is
+    scored at the end only) and the α/β ablation."""
+    from dtr_lab.plots import ablation, paired_differences, quality_curves
 
     main = scores[scores["param"] == ""]
     panels = pd.concat(
@@ -158,7 +166,9 @@ def figures(scores: pd.DataFrame, out: Path) -> list[Path]:
             main[main["routing"].isin(["vanilla", "dtr"])].assign(panel="weighting × routing"),
         ]
     )
-    written = []
+    fig = paired_differences(final, {m: DIFFERENCE_LABELS[m] for m in DIFFERENCE_LABELS})
+    written = [out / "paired_differences.png"]
+    fig.savefig(written[0])
     for metric in ("probe_0", "probe_4"):
         fig = quality_curves(panels, metric, hue="routing", line_style="weighting", col="panel")
         fig.axes[0].set_yscale("log")
@@ -237,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
     final = paired[paired["step"] == paired["step"].max()]
     text = arm_table(scores) + "\n" + markdown(final, METRICS, key=[])
     (out / "table.md").write_text(text)
-    written = figures(scores, out)
+    written = figures(scores, final, out)
     print()
     print(text)
     for path in [out / "table.md", out / "paired.csv", out / "scores.csv", *written]:

@@ -1,10 +1,10 @@
 """Does DTR's gain grow with model size and training length? A paired scaling study on the 8×8 digits.
 
-    python analysis/scaling.py --out runs/scaling                  # the full study, ≈ 75 min on 2 cores
+    python analysis/scaling.py --out runs/scaling                  # the full study, ≈ 64 min on 2 cores
     python analysis/scaling.py --out /tmp/smoke --max-steps 4 --seeds 2 --num-samples 100   # the pipeline
 
 Trains unrouted and DTR (α = 4, β = 0.8) DiT-T/2 (4 blocks × 128) for 4 × S steps and DiT-XS/2
-(6 blocks × 256) for S steps (S = 1500, the reproduction's length), paired as in reproduce.py (same
+(6 blocks × 256) for S steps (S = 600, the reproduction's length), paired as in reproduce.py (same
 seed: same initial weights, data order and noise), 3 seeds each, the reproduction's settings otherwise
 (experiments/repro/base.yaml). Every run is scored every S steps: with a constant learning rate and an
 EMA whose warm-up counts updates, nothing in training depends on max_steps (tests/test_analysis_scripts.py
@@ -14,11 +14,11 @@ and OUT/paired.csv (DTR − vanilla per size and step: digits-FID, accuracy and 
 5 uniform intervals of t, each a mean with a 95 % t interval over seeds), OUT/scores.csv and
 OUT/scaling.png (the gain with its interval against width and against steps). Finished runs are skipped.
 
-Budget (2 CPU cores, 2 runs at a time, one thread each; DiT-T: 0.11 s a step at batch 64, 0.0175 s a
-sample; DiT-XS measured 4.3× DiT-T's step time and 4.9× its sampling time, ≈ 0.47 s and 0.086 s):
-DiT-T run 6000 × 0.11 = 660 s + 4 scorings × 600 samples × 0.0175 = 42 s + ≈ 18 s of probes and
-start-up ≈ 720 s; DiT-XS run 1500 × 0.47 = 705 s + 600 × 0.086 = 52 s + ≈ 24 s ≈ 781 s. 3 seeds × 2 arms ×
-(720 + 781) s over 2 lanes ≈ 75 min. N = 600 samples (not the reproduction's 1000) keeps it in budget:
+Budget (2 CPU cores, 2 runs at a time, one thread each; measured at batch 64: DiT-T 0.195 s a step and
+0.056 s a sample, DiT-XS ≈ 0.78 s a step (4×) and 0.215 s a sample (3.8×), ≈ 15 s start-up): a DiT-T run
+is 2400 × 0.195 = 468 s + 4 scorings × 600 samples × 0.056 = 134 s + ≈ 24 s of probes and start-up
+≈ 626 s; a DiT-XS run 600 × 0.78 = 468 s + 600 × 0.215 = 129 s + ≈ 51 s ≈ 648 s. 3 seeds × 2 arms ×
+(626 + 648) s over 2 lanes ≈ 64 min. N = 600 samples (not the reproduction's 1000) keeps it in budget:
 at 3 seeds the interval is dominated by training noise (README: evaluation noise).
 """
 
@@ -56,9 +56,9 @@ SIZES = {"DiT-T/2": (128, 4), "DiT-XS/2": (256, 1)}
 METRICS = ["fid", "accuracy", *(f"probe_{k}" for k in range(5))]
 NUM_SAMPLES = 600
 # Seconds on these 2-core machines with one thread a run (module docstring).
-STEP_S = {"DiT-T/2": 0.11, "DiT-XS/2": 0.47}
-SAMPLE_S = {"DiT-T/2": 0.0175, "DiT-XS/2": 0.086}
-START_S = 18.0
+STEP_S = {"DiT-T/2": 0.195, "DiT-XS/2": 0.78}
+SAMPLE_S = {"DiT-T/2": 0.056, "DiT-XS/2": 0.215}
+START_S = 15.0
 
 
 def size_tag(size: str) -> str:

@@ -564,3 +564,29 @@ def paired_gains(table: pd.DataFrame, metrics: dict[str, str]) -> Figure:
                 ax.set_ylabel(label)
         fig.suptitle("paired difference, mean and 95 % t interval over seeds", fontsize=9)
     return fig
+
+
+def paired_differences(table: pd.DataFrame, metrics: dict[str, str]) -> Figure:
+    """Every comparison of a paired study at a glance: one panel per metric, one row per comparison, its
+    mean paired difference b − a with the 95 % t interval; a dashed line marks no difference.
+
+    `table` has columns comparison, metric, diff, ci_low, ci_high (analysis/study.py's paired_table at one
+    step); comparisons are drawn top to bottom in the table's order.
+    """
+    order = list(dict.fromkeys(table["comparison"]))
+    colour = palette(["dtr"])["dtr"]
+    with style():
+        fig, axes = plt.subplots(1, len(metrics), sharey=True, squeeze=False,
+                                 figsize=(2.9 * len(metrics) + 1.4, 0.38 * len(order) + 1.2))
+        for ax, (metric, label) in zip(axes[0], metrics.items(), strict=True):
+            rows = table[table["metric"] == metric].set_index("comparison").reindex(order)
+            y = np.arange(len(order))
+            low, high = rows["diff"] - rows["ci_low"], rows["ci_high"] - rows["diff"]
+            ax.errorbar(rows["diff"], y, xerr=[low.fillna(0), high.fillna(0)], fmt="o", color=colour,
+                        capsize=3)
+            ax.axvline(0, color="grey", linestyle="--", linewidth=1)
+            ax.set_yticks(y, order)
+            ax.set_xlabel(label)
+        axes[0][0].invert_yaxis()  # the first comparison on top (the axes share y)
+        fig.suptitle("paired difference b − a, mean and 95 % t interval over seeds", fontsize=9)
+    return fig

@@ -233,3 +233,27 @@ def test_paired_gains_draws_means_and_interval_bars():
     assert list(width.get_lines()[0].get_ydata()) == [-1.0, -4.0]
     bars = width.collections[0].get_segments()  # one vertical segment per point
     assert [tuple(s[:, 1]) for s in bars] == [(-3.0, 1.0), (-5.0, -3.5)]
+
+
+def test_paired_differences_one_row_per_comparison_in_order():
+    """One panel per metric; comparison k at height k (first on top), its bar from ci_low to ci_high."""
+    import pandas as pd
+
+    from dtr_lab.plots import paired_differences
+
+    rows = [
+        ("R-TR − vanilla", "fid", 55.0, 50.0, 61.0),
+        ("DTR − vanilla", "fid", 2.0, -14.0, 18.0),
+        ("R-TR − vanilla", "probe_0", 14.0, 12.0, 16.0),
+        ("DTR − vanilla", "probe_0", -0.5, -4.0, 3.0),
+    ]
+    table = pd.DataFrame(rows, columns=["comparison", "metric", "diff", "ci_low", "ci_high"])
+    fig = paired_differences(table, {"fid": "Δ FID", "probe_0": "Δ probe (%)"})
+    assert [ax.get_xlabel() for ax in fig.axes] == ["Δ FID", "Δ probe (%)"]
+    fid = fig.axes[0]
+    assert [t.get_text() for t in fid.get_yticklabels()] == ["R-TR − vanilla", "DTR − vanilla"]
+    assert fid.get_ylim()[0] > fid.get_ylim()[1]  # inverted: the first comparison on top
+    assert list(fid.get_lines()[0].get_xdata()) == [55.0, 2.0]
+    bars = fid.collections[0].get_segments()  # one horizontal segment per comparison
+    assert [tuple(s[:, 0]) for s in bars] == [(50.0, 61.0), (-14.0, 18.0)]
+    assert [tuple(s[:, 1]) for s in bars] == [(0.0, 0.0), (1.0, 1.0)]
