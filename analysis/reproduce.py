@@ -42,6 +42,7 @@ from study import (  # noqa: E402
     Comparison,
     RunSpec,
     check_and_train,
+    check_num_samples,
     is_done,
     markdown,
     paired_table,
@@ -219,6 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--no-train", action="store_true", help="only tabulate the runs already finished")
     args = parser.parse_args(argv)
+    check_num_samples(args.num_samples, PROG)
     started = time.time()
     out = args.out.resolve()
     max_steps = args.max_steps or yaml.safe_load(BASE.read_text())["trainer"]["max_steps"]

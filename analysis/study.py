@@ -29,6 +29,7 @@ REPO = Path(__file__).resolve().parents[1]
 QUALITY = ("fid", "accuracy", "precision", "recall")
 PROBE_INTERVALS = 5  # the probe loss is averaged over 5 uniform intervals of t (t // (T/5))
 NUM_TIMESTEPS = 1000
+MIN_SAMPLES = 100  # SampleQuality's kid_subset_size
 
 
 @dataclass
@@ -85,6 +86,19 @@ def write_yaml(path: Path, config: dict) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path
+
+
+def check_num_samples(num_samples: int, prog: str) -> None:
+    """Refuse (one line, exit 2, nothing written) a sample count the scores cannot be computed from: KID
+    draws subsets of MIN_SAMPLES samples, and the t interval of a FID difference needs N ≈ 1000."""
+    if num_samples < MIN_SAMPLES:
+        print(
+            f"{prog}: error: --num-samples {num_samples} is below {MIN_SAMPLES}, the KID subset size every "
+            f"score needs; use ≥ 1000 to keep a FID difference's sample noise small (README: evaluation "
+            f"noise)",
+            file=sys.stderr,
+        )
+        raise SystemExit(2)
 
 
 def study_callbacks(

@@ -297,3 +297,13 @@ def test_eval_noise_of_a_paired_difference(monkeypatch):
     assert fid.loc["a", "s_per_sample"] == pytest.approx(0.05)
     text = eval_noise.markdown(table)
     assert "| b − a | 1000 | 3 | 3.00 | 0.00 |" in text and "| a | 1000 | 3 | 45.00 | 5.00 |" in text
+
+
+@pytest.mark.parametrize("name", ["reproduce.py", "scaling.py"])
+def test_study_with_too_few_samples_is_one_line(tmp_path, run_main, name):
+    study = tmp_path / "study"
+    done = run_main(name, "--out", study, "--num-samples", 50, "--seeds", 2)
+    assert done.returncode == 2
+    errors = [line for line in done.stderr.splitlines() if line.strip()]
+    assert len(errors) == 1 and errors[0].startswith(f"{name}: error: --num-samples 50 is below 100")
+    assert not study.exists()
