@@ -90,7 +90,7 @@ def test_uw_log_variances_learn_with_their_own_lr_and_are_checkpointed(tmp_path)
 def test_stratified_batch_gives_each_interval_its_share():
     module = tiny_module(mtl=PCGrad(Intervals(4)))
     t, _, _ = module.draw(torch.zeros(32, 1, 8, 8), None)
-    k = module.task_intervals.index(t)
+    k = module.tasks.intervals.index(t)
     assert torch.equal(k, torch.arange(4).repeat_interleave(8))
 
 
