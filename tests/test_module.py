@@ -14,7 +14,7 @@ from dtr_lab.diffusion import P2, MinSNR
 from dtr_lab.errors import DTRLabError
 from dtr_lab.models import DiT
 from dtr_lab.module import DiffusionModule
-from dtr_lab.mtl import Intervals, NashMTL, PCGrad, UncertaintyWeighting
+from dtr_lab.mtl import CAGrad, Intervals, NashMTL, PCGrad, UncertaintyWeighting
 from dtr_lab.routing import DTRRouting
 
 
@@ -59,6 +59,7 @@ def params_of(module):
         ({"mtl": UncertaintyWeighting(Intervals(4))}, [f"uw/s_{k}" for k in range(4)]),
         ({"mtl": PCGrad(Intervals(4))}, ["pcgrad/projection_rate"]),
         ({"mtl": NashMTL(Intervals(4), update_every=2)}, [f"nash/alpha_{k}" for k in range(4)]),
+        ({"mtl": CAGrad(Intervals(4))}, [f"cagrad/w_{k}" for k in range(4)]),
     ],
 )
 def test_each_method_trains_without_nan_and_logs_its_weights(tmp_path, kwargs, expected_tags):

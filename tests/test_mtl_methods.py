@@ -9,7 +9,7 @@ import torch
 from helpers import bound, linear_task_batch
 
 from dtr_lab.errors import DTRLabError
-from dtr_lab.mtl import Intervals, NashMTL, PCGrad, UncertaintyWeighting, nash_weights, pcgrad
+from dtr_lab.mtl import CAGrad, Intervals, NashMTL, PCGrad, UncertaintyWeighting, nash_weights, pcgrad
 from dtr_lab.seeds import derive_seed
 
 # --- ANT uncertainty weighting ---
@@ -231,3 +231,48 @@ def test_nash_bad_input():
         NashMTL(max_norm=0.0)
     with pytest.raises(DTRLabError, match=r"intervals\.num_intervals"):
         PCGrad(Intervals(num_intervals=1))
+
+
+# --- CAGrad ---
+
+
+def test_cagrad_at_a_boundary_weight_worked_by_hand():
+    # g1 = (2, 0), g2 = (0, 1): g₀ = (1, ½), ‖g₀‖ = √1.25. On w = (t, 1−t), F(t) = ½ + 1.5t +
+    # c√1.25·√(5t² − 2t + 1), and F'(t) = 1.5 + c√1.25 (5t − 1)/√(5t² − 2t + 1) ≥ 1.5 − 0.4·1.118 > 0 for
+    # c = 0.4 (the fraction is ≥ −1 on [0, 1]): w = (0, 1), g_w = g2, and
+    # d = (g₀ + c‖g₀‖ g2) / (1 + c²) = (1, ½ + 0.4√1.25) / 1.16
+    batch, _ = linear_task_batch(torch.tensor([[2.0, 0.0], [0.0, 1.0]], dtype=torch.float64))
+    update = CAGrad()(batch)
+    assert CAGrad.gradient_method and update.loss is None
+    expected = torch.tensor([1.0, 0.5 + 0.4 * math.sqrt(1.25)], dtype=torch.float64) / 1.16
+    torch.testing.assert_close(update.grad, expected, atol=1e-5, rtol=0)
+    assert update.metrics["cagrad/w_0"] == pytest.approx(0.0, abs=1e-5)
+    assert update.metrics["cagrad/w_1"] == pytest.approx(1.0, abs=1e-5)
+
+
+def test_cagrad_of_symmetric_gradients_and_its_rescaling():
+    # orthogonal unit gradients: by symmetry w = (½, ½), g_w = g₀, so d = (1 + c) g₀ before rescaling
+    g = torch.tensor([[1.0, 0.0], [0.0, 1.0]], dtype=torch.float64)
+    g0 = torch.tensor([0.5, 0.5], dtype=torch.float64)
+    for rescale, scale in ((0, 1.0), (1, 1 + 0.4**2), (2, 1.4)):
+        update = CAGrad(rescale=rescale)(linear_task_batch(g)[0])
+        torch.testing.assert_close(update.grad, 1.4 / scale * g0, atol=1e-5, rtol=0)
+    # c = 0 is the plain mean gradient
+    plain = CAGrad(c=0.0)(linear_task_batch(torch.tensor([[3.0, 1.0], [-1.0, 2.0]], dtype=torch.float64))[0])
+    torch.testing.assert_close(plain.grad, torch.tensor([1.0, 1.5], dtype=torch.float64), atol=1e-6, rtol=0)
+
+
+def test_cagrad_improves_the_worst_task_more_than_the_mean_gradient():
+    g = torch.randn(4, 12, generator=gen(3), dtype=torch.float64)
+    update = CAGrad(rescale=0)(linear_task_batch(g)[0]).grad
+    mean = g.mean(dim=0)
+    # d is the best worst-task direction in the ball ‖d − g₀‖ ≤ c‖g₀‖, which holds g₀ itself
+    assert (update - mean).norm() <= 0.4 * mean.norm() * (1 + 1e-4)
+    assert (g @ update).min() >= (g @ mean).min() - 1e-6
+
+
+def test_cagrad_bad_input():
+    with pytest.raises(DTRLabError, match="c=-1"):
+        CAGrad(c=-1.0)
+    with pytest.raises(DTRLabError, match="rescale=3"):
+        CAGrad(rescale=3)

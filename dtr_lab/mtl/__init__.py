@@ -1,6 +1,7 @@
 """Diffusion timesteps as tasks: intervals, the run's task split, the MTL methods' protocol and methods
-(uncertainty weighting, PCGrad, Nash-MTL), interval clustering."""
+(uncertainty weighting, PCGrad, Nash-MTL, CAGrad), interval clustering."""
 
+from dtr_lab.mtl.cagrad import CAGrad
 from dtr_lab.mtl.intervals import Intervals, TaskIntervals
 from dtr_lab.mtl.method import MTLMethod, TaskBatch, Update
 from dtr_lab.mtl.nash import NashMTL, nash_weights
@@ -19,5 +20,6 @@ __all__ = [
     "PCGrad",
     "pcgrad",
     "NashMTL",
+    "CAGrad",
     "nash_weights",
 ]
