@@ -29,6 +29,7 @@ from dtr_lab.mtl.intervals import DEFAULT_INTERVALS, Intervals
 from dtr_lab.mtl.method import MTLMethod, TaskBatch, Update
 from dtr_lab.mtl.tasks import Tasks
 from dtr_lab.routing import NoRouting, RoutingStrategy
+from dtr_lab.samples import generate
 from dtr_lab.seeds import derive_seed
 
 # (input_size, in_channels, num_classes, num_timesteps, routing) -> network
@@ -359,15 +360,13 @@ class DiffusionModule(L.LightningModule):
         """EMA samples for a batch of (index, label): uint8 images (N, H, W, C) and their labels (N,)."""
         index, y = batch
         hp = self.hparams
+        datamodule = self.trainer.datamodule if self._trainer else None
         # seeded by the batch's first sample index, which differs across DDP ranks (batch_idx does not)
-        gen = torch.Generator(device=self.device).manual_seed(derive_seed(hp.seed, int(index[0])))
-        shape = (len(y), hp.in_channels, hp.image_size, hp.image_size)
-        noise = torch.randn(shape, generator=gen, device=self.device)
-        images = self.sample(noise, y if hp.num_classes > 0 else None, generator=gen)  # (N, C, H, W)
-        decode = getattr(self.trainer.datamodule, "decode", None) if self._trainer else None
-        if decode is not None:  # latents -> images
-            images = decode(images)
-        return {"images": to_uint8(images).permute(0, 2, 3, 1).cpu(), "labels": y.cpu()}
+        images = generate(
+            self, y if hp.num_classes > 0 else None, len(y), derive_seed(hp.seed, int(index[0])), len(y),
+            None if datamodule is None else datamodule.decode,
+        )  # (N, C, H, W)
+        return {"images": to_uint8(images).permute(0, 2, 3, 1), "labels": y.cpu()}
 
     # ------------------------------------------------------------ checkpoints
     def identity(self) -> dict[str, str | int]:

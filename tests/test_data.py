@@ -358,7 +358,8 @@ def test_latent_decode_without_diffusers_is_a_clear_error(tmp_path, monkeypatch)
         LatentDataModule(str(tmp_path)).decode(torch.zeros(1, 4, 2, 2))
 
 
-def test_image_modules_have_no_decode(tmp_path):
-    """The data space of image modules is images: callers test `getattr(dm, "decode", None)`."""
+def test_image_modules_decode_as_the_identity(tmp_path):
+    """The data space of image modules is images: their decode returns its input."""
     write_fake_cifar(tmp_path)
-    assert getattr(CIFAR10DataModule(root=str(tmp_path)), "decode", None) is None
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    assert CIFAR10DataModule(root=str(tmp_path)).decode(x) is x
