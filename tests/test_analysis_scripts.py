@@ -223,7 +223,7 @@ def test_reproduce_refuses_routing_that_adds_parameters(tmp_path, run_main, monk
     import reproduce
 
     routed = tmp_path / "dtr_sigma.yaml"
-    routed.write_text((REPO / "experiments/digits/dtr.yaml").read_text()
+    routed.write_text((REPO / "experiments/routing/dtr.yaml").read_text()
                       + "  net:\n    init_args:\n      learn_sigma: true\n")
     monkeypatch.setitem(reproduce.ROUTING, "dtr", routed)
     study = tmp_path / "study"

@@ -19,7 +19,7 @@ VANILLA = [
     "--config",
     str(REPO / "experiments/digits/base.yaml"),
     "--config",
-    str(REPO / "experiments/digits/vanilla.yaml"),
+    str(REPO / "experiments/routing/vanilla.yaml"),
 ]
 
 

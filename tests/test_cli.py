@@ -26,7 +26,7 @@ def scalars(path: Path, tag: str) -> list[tuple[int, float]]:
 
 
 def test_fit_writes_events_checkpoint_and_resolved_config(tmp_path):
-    proc = run_cli("fit", *DIGITS, "--config", str(REPO / "experiments/digits/dtr.yaml"), *tiny(tmp_path))
+    proc = run_cli("fit", *DIGITS, "--config", str(REPO / "experiments/routing/dtr.yaml"), *tiny(tmp_path))
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = run_dir(tmp_path)
     assert list(out.glob("events.out.tfevents.*"))
@@ -45,7 +45,7 @@ def test_print_config_and_composition():
         "fit",
         *DIGITS,
         "--config",
-        str(REPO / "experiments/digits/rtr.yaml"),
+        str(REPO / "experiments/routing/rtr.yaml"),
         "--model.routing.init_args.beta",
         "0.5",
         "--print_config",
@@ -58,7 +58,7 @@ def test_print_config_and_composition():
 
 def test_resume_continues_the_same_run(tmp_path):
     """12 steps straight == 6 steps + resume from last.ckpt to 12 (epochs of 6 batches of 256)."""
-    base = [*DIGITS, "--config", str(REPO / "experiments/digits/dtr.yaml")]
+    base = [*DIGITS, "--config", str(REPO / "experiments/routing/dtr.yaml")]
     straight, split = tmp_path / "straight", tmp_path / "split"
     main(["fit", *base, *tiny(straight, steps=12, batch=256), "--checkpoint.every_n_train_steps", "6"])
     main(["fit", *base, *tiny(split, steps=6, batch=256), "--checkpoint.every_n_train_steps", "6"])

@@ -25,17 +25,26 @@ from dtr_lab.cli import main
 
 EXPERIMENTS = REPO / "experiments"
 
-# Folders whose files compose along several axes: one file from each axis. A folder not listed here
-# composes as base.yaml + each other file (or, without a base.yaml, each file alone).
+# Products of composable files: one entry from each axis, an entry being one file or several together.
+# Concerns live once (experiments/routing, weighting, mtl) and compose with each dataset. A folder not
+# named here composes as base.yaml + each other file (or, without a base.yaml, each file alone).
+ROUTINGS = [("routing/vanilla.yaml",), ("routing/rtr.yaml",), ("routing/dtr.yaml",)]
 AXES = {
-    "imagenet256": [
-        ["base.yaml"],
-        ["dit_b2.yaml", "dit_l2.yaml"],
-        ["vanilla.yaml", "rtr.yaml", "dtr.yaml"],
-        ["uniform.yaml", "min_snr.yaml", "uw.yaml"],
+    "digits": [
+        [("digits/base.yaml",)],
+        ROUTINGS,
+        [("weighting/uniform.yaml",), ("weighting/min_snr.yaml",), ("weighting/p2.yaml",)]
+        + [(f"mtl/{m}.yaml", "digits/stratified.yaml") for m in ("uw", "pcgrad", "nash", "cagrad")],
     ],
-    "cifar10": [["unet.yaml", "dit.yaml"], ["vanilla.yaml", "rtr.yaml", "dtr.yaml"]],
+    "imagenet256": [
+        [("imagenet256/base.yaml",)],
+        [("imagenet256/dit_b2.yaml",), ("imagenet256/dit_l2.yaml",)],
+        ROUTINGS,
+        [("weighting/uniform.yaml",), ("weighting/min_snr.yaml",), ("mtl/uw8.yaml",)],
+    ],
+    "cifar10": [[("cifar10/unet.yaml",), ("cifar10/dit.yaml",)], ROUTINGS],
 }
+CONCERNS = {"routing", "weighting", "mtl"}  # folders composed through AXES only
 FAKE_ROOT = {"CIFAR10DataModule": "cifar10", "LatentDataModule": "latents"}
 TINY_SIZE = {"dtr_lab.models.DiT": "DiT-T/2", "dtr_lab.models.UNet": "UNet-T"}
 # the output layer of each family and its rows per output channel (DiT: one per pixel of a 2×2 patch)
@@ -59,15 +68,20 @@ TINY_PROBE_ARGS = {"probe_size": 2, "probe_timesteps": 3}
 TINY_CALLBACK_ARGS = {"dtr_lab.callbacks.SampleGrid": {"num_samples": 4}}
 
 
+def product(axes: list[list[tuple[str, ...]]], picks: tuple[int, ...]) -> tuple[Path, ...]:
+    return tuple(EXPERIMENTS / f for axis, i in zip(axes, picks, strict=True) for f in axis[i % len(axis)])
+
+
 def compositions() -> list[tuple[Path, ...]]:
     """Every runnable combination of the shipped YAML files, as --config sequences."""
     combos = []
+    for axes in AXES.values():
+        combos += [product(axes, picks) for picks in itertools.product(*(range(len(a)) for a in axes))]
     for folder in sorted({p.parent for p in EXPERIMENTS.rglob("*.yaml")}):
+        if folder.name in AXES or folder.name in CONCERNS:
+            continue
         files = sorted(folder.glob("*.yaml"))
-        axes = AXES.get(folder.name)
-        if axes is not None:
-            combos += [tuple(folder / f for f in combo) for combo in itertools.product(*axes)]
-        elif (folder / "base.yaml").exists():
+        if (folder / "base.yaml").exists():
             base = folder / "base.yaml"
             combos += [(base,)] + [(base, f) for f in files if f != base]
         else:
@@ -77,14 +91,13 @@ def compositions() -> list[tuple[Path, ...]]:
 
 def covering(combos: list[tuple[Path, ...]]) -> list[tuple[tuple[Path, ...], bool]]:
     """A few combinations that between them use every file (the diagonals of each product), each with
-    whether it is quick: the last diagonal of each product (DTR; for ImageNet also ANT-UW) and the
-    top-level configs (quickstart) are; the rest are marked slow."""
+    whether it is quick: the last diagonal of each product and the top-level configs (quickstart) are;
+    the rest are marked slow."""
     chosen = []
-    for folder, axes in AXES.items():
+    for axes in AXES.values():
         n = max(len(axis) for axis in axes)
-        for i in range(n):
-            chosen.append((tuple(EXPERIMENTS / folder / axis[i % len(axis)] for axis in axes), i == n - 1))
-    listed = {EXPERIMENTS / folder for folder in AXES}
+        chosen += [(product(axes, (i,) * len(axes)), i == n - 1) for i in range(n)]
+    listed = {EXPERIMENTS / folder for folder in (*AXES, *CONCERNS)}
     chosen += [(combo, combo[0].parent == EXPERIMENTS) for combo in combos if combo[0].parent not in listed]
     return chosen
 
@@ -106,12 +119,17 @@ def resolved(combo: tuple[Path, ...], *overrides: str) -> dict:
     return yaml.safe_load(out.getvalue())
 
 
+def intervals_of(config: dict) -> dict:
+    """The run's task intervals: model.intervals, or where a method states them, its own."""
+    mtl = config["model"].get("mtl") or {}
+    return config["model"].get("intervals") or (mtl.get("init_args") or {}).get("intervals") or {}
+
+
 def num_intervals(config: dict) -> int | None:
     """K of the config's MTL method, or None without one."""
-    mtl = config["model"].get("mtl")
-    if not mtl:
+    if not config["model"].get("mtl"):
         return None
-    intervals = mtl["init_args"]["intervals"]
+    intervals = intervals_of(config)
     return len(intervals["boundaries"]) - 1 if intervals.get("boundaries") else intervals["num_intervals"]
 
 
@@ -176,10 +194,30 @@ def test_config_parses(combo):
         assert config["data"]["init_args"]["batch_size"] % k == 0
 
 
+def test_no_shipped_yaml_is_a_copy_of_another():
+    seen: dict[bytes, Path] = {}
+    for path in sorted(EXPERIMENTS.rglob("*.yaml")):
+        text = path.read_bytes()
+        assert text not in seen, f"{path} is a copy of {seen[text]}: compose the one file instead"
+        seen[text] = path
+
+
+def test_quickstart_is_the_digits_dtr_composition_plus_its_extras():
+    composed = resolved((EXPERIMENTS / "digits/base.yaml", EXPERIMENTS / "routing/dtr.yaml"))
+    quickstart = resolved((EXPERIMENTS / "quickstart.yaml",))
+    extras = [c for c in quickstart["trainer"]["callbacks"] if c not in composed["trainer"]["callbacks"]]
+    assert [c["class_path"] for c in extras] == ["dtr_lab.callbacks.SampleQuality"]
+    quickstart["trainer"]["callbacks"] = [c for c in quickstart["trainer"]["callbacks"] if c not in extras]
+    for config in (composed, quickstart):
+        config["trainer"]["logger"]["init_args"].pop("save_dir")
+        config["trainer"]["logger"]["init_args"].pop("name")
+    assert quickstart == composed
+
+
 @pytest.mark.parametrize("size", ["dit_b2", "dit_l2"])
 def test_imagenet256_has_the_papers_settings(size):
     folder = EXPERIMENTS / "imagenet256"
-    config = resolved((folder / "base.yaml", folder / f"{size}.yaml", folder / "dtr.yaml"))
+    config = resolved((folder / "base.yaml", folder / f"{size}.yaml", EXPERIMENTS / "routing/dtr.yaml"))
     model, trainer, data = config["model"], config["trainer"], config["data"]
     assert model["net"]["init_args"]["size"] == {"dit_b2": "DiT-B/2", "dit_l2": "DiT-L/2"}[size]
     assert model["net"]["init_args"]["learn_sigma"] is True
@@ -194,11 +232,13 @@ def test_imagenet256_has_the_papers_settings(size):
     assert model["routing"]["init_args"] == {"alpha": 4.0, "beta": 0.8}
 
 
-@pytest.mark.parametrize("folder", ["imagenet256", "repro"])
-def test_uw_intervals_are_dtr_codes_eight_uniform(folder):
+@pytest.mark.parametrize(
+    "combo", [("imagenet256/base.yaml", "mtl/uw8.yaml"), ("repro/base.yaml", "repro/uw.yaml")]
+)
+def test_uw_intervals_are_dtr_codes_eight_uniform(combo):
     # DTR's train.py: UncertaintyWeighting(num_task=8) over initialize_cluster(8), uniform in t
-    config = resolved((EXPERIMENTS / folder / "base.yaml", EXPERIMENTS / folder / "uw.yaml"))
-    intervals = config["model"]["mtl"]["init_args"]["intervals"]
+    config = resolved(tuple(EXPERIMENTS / f for f in combo))
+    intervals = intervals_of(config)
     assert (intervals["num_intervals"], intervals["spacing"], intervals["boundaries"]) == (8, "uniform", None)
     assert config["model"]["mtl"]["init_args"]["lr"] == 0.025
     assert config["data"]["init_args"]["batch_size"] % 8 == 0  # B/K samples per interval
@@ -226,7 +266,8 @@ def test_shrunken_config_trains_two_steps(combo, fake_data, tmp_path):
 def test_cifar10_dtr_trains_a_few_hundred_steps(fake_data, tmp_path):
     """The CIFAR-10 U-Net DTR config (UNet-T) learns the fake archive's flat images (ε-MSE 0.8 -> 0.02)."""
     folder = EXPERIMENTS / "cifar10"
-    config = shrink(resolved((folder / "unet.yaml", folder / "dtr.yaml")), fake_data, tmp_path / "runs")
+    combo = (folder / "unet.yaml", EXPERIMENTS / "routing/dtr.yaml")
+    config = shrink(resolved(combo), fake_data, tmp_path / "runs")
     config["trainer"].update(max_steps=300, val_check_interval=100, log_every_n_steps=10)
     config["checkpoint"]["every_n_train_steps"] = 100
     config["data"]["init_args"]["batch_size"] = 16

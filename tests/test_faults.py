@@ -159,7 +159,7 @@ def test_checkpoint_of_another_routing_is_one_line(tmp_path):
 
 @pytest.mark.parametrize(
     "method",
-    [[], pytest.param(["--config", str(REPO / "experiments/digits/pcgrad.yaml")], marks=pytest.mark.slow)],
+    [[], pytest.param(["--config", str(REPO / "experiments/mtl/pcgrad.yaml")], marks=pytest.mark.slow)],
     ids=["automatic", "pcgrad"],
 )
 def test_divergence_stops_with_one_line_and_saves_nothing_non_finite(tmp_path, method):

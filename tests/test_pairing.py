@@ -16,7 +16,7 @@ def build(routing: str, seed: int, *extra: str):
             "--config",
             str(REPO / "experiments/repro/base.yaml"),
             "--config",
-            str(REPO / f"experiments/digits/{routing}.yaml"),
+            str(REPO / f"experiments/routing/{routing}.yaml"),
             "--seed_everything",
             str(seed),
             "--model.seed",
