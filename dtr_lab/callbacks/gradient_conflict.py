@@ -6,6 +6,8 @@ conflict. ANT (Go et al., NeurIPS 2023) calls this cosine the task affinity scor
 
 from __future__ import annotations
 
+import math
+
 import lightning as L
 import torch
 
@@ -109,7 +111,7 @@ class GradientConflict(IntervalProbe):
         scalars.update({f"conflict/cos_by_distance/d{d + 1}": v for d, v in enumerate(by_distance.tolist())})
         for name in self.blocks:
             scalars[f"conflict/neg_share/{name}"] = neg_share(matrices[f"cos/{name}"])
-        self.log_scalars(trainer, {tag: v for tag, v in scalars.items() if v == v}, step)
+        self.log_scalars(trainer, {tag: v for tag, v in scalars.items() if math.isfinite(v)}, step)
 
         self.log_heatmaps(trainer, "conflict/cos", {"cos": cos}, step)
         if self.blocks:
@@ -121,7 +123,7 @@ class GradientConflict(IntervalProbe):
             for name, matrix in matrices.items():
                 write_matrix(self.writer, step, name, matrix)
                 share = neg_share(matrix)
-                if share == share:
+                if math.isfinite(share):
                     self.writer.scalar(step, name.replace("cos", "neg_share", 1), share)
             self.writer.vector(step, "grad_norm", grad_norm)
             self.writer.vector(step, "cos_by_distance", by_distance, index=range(1, k))
