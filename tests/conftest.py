@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from cli_helpers import tiny
+from helpers import tiny
 
 REPO = Path(__file__).resolve().parents[1]
 

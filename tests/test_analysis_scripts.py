@@ -254,8 +254,7 @@ def test_long_run_passes_through_the_short_run(tmp_path):
     """Nothing in training depends on max_steps (constant LR, EMA warm-up by update count), so the
     4-step checkpoint of an 8-step run equals a 4-step run's: scaling.py scores one long run at S, 2S, ..."""
     import torch
-
-    from tests.cli_helpers import DIGITS, run_cli, tiny
+    from helpers import DIGITS, run_cli, tiny
 
     states = {}
     for steps in (4, 8):

@@ -2,27 +2,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 import yaml
-from cli_helpers import DIGITS, REPO, run_cli, tiny
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from helpers import DIGITS, REPO, run_cli, run_dir, scalars, tiny
 
 from dtr_lab.cli import main
-
-
-def run_dir(save_dir: Path, name: str = "digits") -> Path:
-    versions = sorted((save_dir / name).glob("version_*"))
-    assert versions, f"no run directory under {save_dir / name}"
-    return versions[-1]
-
-
-def scalars(path: Path, tag: str) -> list[tuple[int, float]]:
-    acc = EventAccumulator(str(path))
-    acc.Reload()
-    return [(e.step, e.value) for e in acc.Scalars(tag)]
 
 
 def test_fit_writes_events_checkpoint_and_resolved_config(tmp_path):

@@ -7,9 +7,6 @@ MTL method, learned σ, callbacks, optimizer — is the config's own.
 
 from __future__ import annotations
 
-import contextlib
-import copy
-import io
 import itertools
 import math
 from pathlib import Path
@@ -17,13 +14,19 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from cli_helpers import REPO
+from helpers import (
+    EXPERIMENTS,
+    intervals_of,
+    label,
+    num_intervals,
+    resolved,
+    shrink,
+    write_fake_cifar,
+    write_latents,
+)
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-from test_data import write_fake_cifar, write_latents
 
 from dtr_lab.cli import main
-
-EXPERIMENTS = REPO / "experiments"
 
 # Products of composable files: one entry from each axis, an entry being one file or several together.
 # Concerns live once (experiments/routing, weighting, mtl) and compose with each dataset. A folder not
@@ -45,27 +48,9 @@ AXES = {
     "cifar10": [[("cifar10/unet.yaml",), ("cifar10/dit.yaml",)], ROUTINGS],
 }
 CONCERNS = {"routing", "weighting", "mtl"}  # folders composed through AXES only
-FAKE_ROOT = {"CIFAR10DataModule": "cifar10", "LatentDataModule": "latents"}
-TINY_SIZE = {"dtr_lab.models.DiT": "DiT-T/2", "dtr_lab.models.UNet": "UNet-T"}
 # the output layer of each family and its rows per output channel (DiT: one per pixel of a 2×2 patch)
 OUTPUT_LAYER = {"dtr_lab.models.DiT": ("net.final_layer.linear.weight", 4),
                 "dtr_lab.models.UNet": ("net.conv_out.weight", 1)}
-# trainer settings of a two-step, one-process CPU run in full precision
-TWO_STEPS = {
-    "max_steps": 2,
-    "accelerator": "cpu",
-    "devices": 1,
-    "strategy": "auto",
-    "precision": "32-true",
-    "val_check_interval": 2,
-    "limit_val_batches": 1,
-    "log_every_n_steps": 1,
-    "enable_progress_bar": False,
-    "enable_model_summary": False,
-}
-# options that size a callback's measurement, at their smallest (cadences stay the config's)
-TINY_PROBE_ARGS = {"probe_size": 2, "probe_timesteps": 3}
-TINY_CALLBACK_ARGS = {"dtr_lab.callbacks.SampleGrid": {"num_samples": 4}}
 
 
 def product(axes: list[list[tuple[str, ...]]], picks: tuple[int, ...]) -> tuple[Path, ...]:
@@ -102,37 +87,6 @@ def covering(combos: list[tuple[Path, ...]]) -> list[tuple[tuple[Path, ...], boo
     return chosen
 
 
-def label(combo: tuple[Path, ...]) -> str:
-    return "+".join(str(p.relative_to(EXPERIMENTS)) for p in combo)
-
-
-def config_args(combo: tuple[Path, ...]) -> list[str]:
-    return [arg for path in combo for arg in ("--config", str(path))]
-
-
-def resolved(combo: tuple[Path, ...], *overrides: str) -> dict:
-    """The config the CLI would run, from --print_config (in process: importing torch dominates)."""
-    out = io.StringIO()
-    with pytest.raises(SystemExit) as done, contextlib.redirect_stdout(out):
-        main(["fit", *config_args(combo), *overrides, "--print_config"])
-    assert done.value.code in (None, 0), f"{label(combo)} does not parse"
-    return yaml.safe_load(out.getvalue())
-
-
-def intervals_of(config: dict) -> dict:
-    """The run's task intervals: model.intervals, or where a method states them, its own."""
-    mtl = config["model"].get("mtl") or {}
-    return config["model"].get("intervals") or (mtl.get("init_args") or {}).get("intervals") or {}
-
-
-def num_intervals(config: dict) -> int | None:
-    """K of the config's MTL method, or None without one."""
-    if not config["model"].get("mtl"):
-        return None
-    intervals = intervals_of(config)
-    return len(intervals["boundaries"]) - 1 if intervals.get("boundaries") else intervals["num_intervals"]
-
-
 @pytest.fixture(autouse=True)
 def one_thread():
     """One intra-op thread: on a shared 2-core machine a second one spins against other processes and
@@ -150,29 +104,6 @@ def fake_data(tmp_path_factory) -> dict[str, Path]:
     write_fake_cifar(root / "cifar10", n_per_batch=8)
     write_latents(root / "latents", sizes=(24, 24), shape=(4, 8, 8), flip=True, num_classes=1000)
     return {"cifar10": root / "cifar10", "latents": root / "latents"}
-
-
-def shrink(config: dict, data: dict[str, Path], save_dir: Path) -> dict:
-    """A copy of a resolved paper-scale config that is a seconds-long CPU run of the same kind."""
-    config = copy.deepcopy(config)
-    trainer, model, data_args = config["trainer"], config["model"], config["data"]["init_args"]
-    trainer.update(TWO_STEPS)
-    trainer["logger"]["init_args"]["save_dir"] = str(save_dir)
-    for callback in trainer["callbacks"] or []:
-        args = callback.get("init_args") or {}
-        args.update({key: value for key, value in TINY_PROBE_ARGS.items() if key in args})
-        args.update(TINY_CALLBACK_ARGS.get(callback["class_path"], {}))
-    config["checkpoint"]["every_n_train_steps"] = 2
-    model["sample_steps"] = 2
-    model["net"]["init_args"]["size"] = TINY_SIZE[model["net"]["class_path"]]
-    k = num_intervals(config)
-    data_args["batch_size"] = 2 * k if k else 8  # stratified batches need B % K == 0
-    data_class = config["data"]["class_path"].rsplit(".", 1)[-1]
-    if data_class in FAKE_ROOT:
-        data_args.update(root=str(data[FAKE_ROOT[data_class]]), num_workers=0)
-        if data_class == "CIFAR10DataModule":  # a locally made archive: not the published md5
-            data_args["verify_checksum"] = False
-    return config
 
 
 ALL = compositions()

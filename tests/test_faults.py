@@ -13,9 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from cli_helpers import DIGITS, REPO, run_cli, tiny
-from test_cli import run_dir, scalars
-from test_module import tiny_module
+from helpers import DIGITS, REPO, run_cli, run_dir, scalars, tiny, tiny_module
 
 from dtr_lab.checkpointing import current_umask, write_atomically
 from dtr_lab.cli import main

@@ -7,6 +7,7 @@ import math
 import lightning as L
 import pytest
 import torch
+from helpers import tiny_module
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from dtr_lab.data import DigitsDataModule
@@ -15,16 +16,6 @@ from dtr_lab.errors import DTRLabError
 from dtr_lab.models import DiT
 from dtr_lab.module import DiffusionModule
 from dtr_lab.mtl import CAGrad, Intervals, NashMTL, PCGrad, UncertaintyWeighting
-from dtr_lab.routing import DTRRouting
-
-
-def tiny_module(**kwargs) -> DiffusionModule:
-    def net(*args, **kw):
-        return DiT(*args, size="DiT-T/2", **kw)
-
-    return DiffusionModule(
-        net=net, routing=DTRRouting(), num_timesteps=100, ema_decay=0.9, **{"sample_steps": 100, **kwargs}
-    )
 
 
 def fit(module: DiffusionModule, tmp_path, steps: int = 4, batch_size: int = 32) -> L.Trainer:

@@ -2,10 +2,10 @@
 
 import pytest
 import torch
+from helpers import REPO
 
 from dtr_lab.errors import DTRLabError
 from dtr_lab.pairing import check_paired, instantiate
-from tests.cli_helpers import REPO
 
 ROUTINGS = ("vanilla", "rtr", "dtr")
 

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from cli_helpers import DIGITS, tiny
+from helpers import DIGITS, tiny
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from dtr_lab.callbacks import SampleQuality
