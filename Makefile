@@ -23,7 +23,7 @@ $(VENV)/.installed: pyproject.toml
 # the unrouted run's output goes to runs/quickstart/vanilla.log, the DTR run shows its progress bar.
 quickstart: $(VENV)/.installed
 	mkdir -p runs/quickstart
-	OMP_NUM_THREADS=1 $(PY) -m dtr_lab fit --config experiments/quickstart.yaml --config experiments/digits/vanilla.yaml \
+	OMP_NUM_THREADS=1 $(PY) -m dtr_lab fit --config experiments/quickstart.yaml --config experiments/routing/vanilla.yaml \
 		--trainer.logger.init_args.name vanilla --trainer.enable_progress_bar false > runs/quickstart/vanilla.log 2>&1 & \
 	OMP_NUM_THREADS=1 $(PY) -m dtr_lab fit --config experiments/quickstart.yaml; status=$$?; \
 	wait $$! || { echo "the unrouted run failed: see runs/quickstart/vanilla.log"; exit 1; }; exit $$status

@@ -38,10 +38,11 @@ def evaluation_noise(run_dir: Path, checkpoint: str, samples: list[int], seeds: 
     print(f"{PROG}: scoring {run_dir}", flush=True)
     import torch
 
-    from dtr_lab.callbacks.sample_quality import balanced_labels, generate, real_images
+    from dtr_lab.callbacks.sample_quality import real_images
     from dtr_lab.errors import DTRLabError
     from dtr_lab.metrics import SampleQualityMetrics
     from dtr_lab.pairing import instantiate
+    from dtr_lab.samples import balanced_labels, generate
 
     config, ckpt = run_dir / "config.yaml", run_dir / "checkpoints" / f"{checkpoint}.ckpt"
     for path in (config, ckpt):

@@ -54,10 +54,10 @@ from study import (  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 PROG = Path(__file__).name
 BASE = REPO / "experiments/repro/base.yaml"
-ROUTING = {r: REPO / f"experiments/digits/{r}.yaml" for r in ("vanilla", "rtr", "dtr")}
+ROUTING = {r: REPO / f"experiments/routing/{r}.yaml" for r in ("vanilla", "rtr", "dtr")}
 WEIGHTING = {
-    "uniform": REPO / "experiments/digits/uniform.yaml",
-    "min_snr": REPO / "experiments/digits/min_snr.yaml",
+    "uniform": REPO / "experiments/weighting/uniform.yaml",
+    "min_snr": REPO / "experiments/weighting/min_snr.yaml",
     "uw": REPO / "experiments/repro/uw.yaml",
 }
 CORE = [("vanilla", "uniform"), ("rtr", "uniform"), ("dtr", "uniform")]

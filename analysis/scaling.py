@@ -51,7 +51,7 @@ from study import (  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 PROG = Path(__file__).name
 BASE = REPO / "experiments/repro/base.yaml"
-ROUTING = {r: REPO / f"experiments/digits/{r}.yaml" for r in ("vanilla", "dtr")}
+ROUTING = {r: REPO / f"experiments/routing/{r}.yaml" for r in ("vanilla", "dtr")}
 # model size -> (hidden size, training length in units of S)
 SIZES = {"DiT-T/2": (128, 4), "DiT-XS/2": (256, 1)}
 METRICS = ["fid", "accuracy", *(f"probe_{k}" for k in range(5))]

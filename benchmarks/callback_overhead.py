@@ -1,6 +1,6 @@
 """Cost of the MTL analysis callbacks on the digits config, measured side by side in one process.
 
-One `fit` of the digits DTR config (experiments/digits/base.yaml + dtr.yaml) carries every analysis
+One `fit` of the digits DTR config (experiments/digits/base.yaml + routing/dtr.yaml) carries every analysis
 callback, each wrapped in a timer, with its measurement cadence shortened so that many measurements
 interleave with ordinary training steps. Reported (medians):
 
@@ -33,7 +33,7 @@ from dtr_lab.module import DiffusionModule
 from dtr_lab.mtl.intervals import Intervals
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = [ROOT / "experiments/digits/base.yaml", ROOT / "experiments/digits/dtr.yaml"]
+CONFIGS = [ROOT / "experiments/digits/base.yaml", ROOT / "experiments/routing/dtr.yaml"]
 HOOKS = ("setup", "on_fit_start", "on_train_batch_start", "on_train_batch_end", "on_train_end")
 ONCE = ("setup", "on_fit_start", "on_train_end")  # probes, records, routing maps; labelled figures
 

@@ -29,7 +29,7 @@ from dtr_lab.data import ImageDataModule
 from dtr_lab.module import DiffusionModule
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = [ROOT / "experiments/digits/base.yaml", ROOT / "experiments/digits/dtr.yaml"]
+CONFIGS = [ROOT / "experiments/digits/base.yaml", ROOT / "experiments/routing/dtr.yaml"]
 
 
 def timed_fit(variant: str, steps: int, every: int, save_dir: Path) -> tuple[float, list[float]]:

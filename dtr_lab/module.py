@@ -24,9 +24,13 @@ from dtr_lab.diffusion.samplers import check_fixed_variance, respaced_timesteps
 from dtr_lab.diffusion.weighting import LossWeighting, Uniform
 from dtr_lab.errors import DTRLabError
 from dtr_lab.metrics.features import to_uint8
-from dtr_lab.mtl import NashMTL, PCGrad, UncertaintyWeighting
-from dtr_lab.mtl.gradients import flat_grad, interval_gradients, write_grad
+from dtr_lab.mtl.gradients import write_grad
+from dtr_lab.mtl.intervals import DEFAULT_INTERVALS, Intervals
+from dtr_lab.mtl.method import MTLMethod, TaskBatch, Update
+from dtr_lab.mtl.tasks import Tasks
 from dtr_lab.routing import NoRouting, RoutingStrategy
+from dtr_lab.samples import generate
+from dtr_lab.seeds import derive_seed
 
 # (input_size, in_channels, num_classes, num_timesteps, routing) -> network
 NetFactory = Callable[[int, int, int, int, RoutingStrategy], nn.Module]
@@ -69,7 +73,8 @@ class DiffusionModule(L.LightningModule):
         num_timesteps: int = 1000,
         schedule: str = "linear",
         weighting: LossWeighting | None = None,
-        mtl: UncertaintyWeighting | PCGrad | NashMTL | None = None,
+        intervals: Intervals | None = None,
+        mtl: MTLMethod | None = None,
         optimizer: OptimizerFactory | None = None,
         gradient_clip_val: float | None = None,
         compile: bool = False,
@@ -96,8 +101,10 @@ class DiffusionModule(L.LightningModule):
             num_timesteps: T, the number of denoising tasks.
             schedule: β-schedule, 'linear' or 'cosine'.
             weighting: per-sample loss weight from SNR(t): Uniform (default), MinSNR or P2.
-            mtl: a method over K timestep intervals (stratified batches): UncertaintyWeighting
-                (ANT-UW), or the gradient methods PCGrad and NashMTL (manual optimisation).
+            intervals: the K timestep intervals, the tasks of the MTL method and of the analysis
+                callbacks (default 5, uniform in t); may instead be stated as the MTL method's intervals.
+            mtl: a method over the K intervals (stratified batches): UncertaintyWeighting (ANT-UW), or a
+                gradient method such as PCGrad or NashMTL (manual optimisation).
             optimizer: optimizer class and options; default AdamW(lr=1e-4, weight_decay=0) as in DTR.
             gradient_clip_val: max gradient norm for the gradient methods (which optimise manually;
                 otherwise use Lightning's trainer.gradient_clip_val).
@@ -143,16 +150,27 @@ class DiffusionModule(L.LightningModule):
                 f"model.allow_checkpoint_mismatch has unknown field {unknown[0]!r}; "
                 f"choose from {', '.join(IDENTITY_FIELDS)}"
             )
-        self.save_hyperparameters(ignore=["net", "routing", "optimizer", "weighting", "mtl"])
+        stated = getattr(mtl, "intervals", None)
+        if intervals is not None and stated is not None and intervals != stated:
+            raise DTRLabError(
+                f"model.intervals={intervals} and model.mtl's intervals={stated} disagree; "
+                "state the task intervals once (model.intervals)"
+            )
+        self.save_hyperparameters(ignore=["net", "routing", "optimizer", "weighting", "mtl", "intervals"])
         self.routing = routing or NoRouting()
         self.weighting = weighting or Uniform()
         self.diffusion = GaussianDiffusion(num_timesteps, schedule)
-        self.mtl = mtl
-        self.task_intervals = (
-            None if mtl is None else mtl.intervals.build(self.diffusion.snr(torch.arange(num_timesteps)))
+        # the run's timestep tasks, read by the MTL method and the analysis callbacks alike
+        self.tasks = Tasks(
+            self.diffusion.snr(torch.arange(num_timesteps)),
+            intervals or stated or DEFAULT_INTERVALS,
+            stratified=mtl is not None,
         )
+        self.mtl = mtl
+        if mtl is not None:
+            mtl.bind(self.tasks)
         # the gradient methods combine K per-interval gradients themselves
-        self.automatic_optimization = not isinstance(mtl, (PCGrad, NashMTL))
+        self.automatic_optimization = not (mtl is not None and mtl.gradient_method)
         self.net = net(image_size, in_channels, num_classes, num_timesteps, self.routing)
         if compile:
             self.net.compile()
@@ -205,10 +223,7 @@ class DiffusionModule(L.LightningModule):
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """Timesteps, noise and label dropout for one training batch, from the module's generator."""
         gen = self.generator()
-        if self.task_intervals is None:
-            t = self.diffusion.sample_timesteps(x0.shape[0], gen, self.device)
-        else:  # stratified: B/K samples from each interval, grouped by interval
-            t = self.task_intervals.sample(self.task_intervals.per_interval(x0.shape[0]), gen, self.device)
+        t = self.tasks.sample(x0.shape[0], gen, self.device)  # stratified: grouped by interval
         noise = torch.randn(x0.shape, generator=gen, device=self.device, dtype=x0.dtype)
         if y is not None and self.hparams.num_classes > 0 and self.hparams.class_dropout_prob > 0:
             drop = torch.rand(y.shape, generator=gen, device=self.device) < self.hparams.class_dropout_prob
@@ -219,45 +234,34 @@ class DiffusionModule(L.LightningModule):
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> dict[str, Any]:
         x0, y = batch
         t, noise, y = self.draw(x0, y)
-        if not self.automatic_optimization:
-            return self.gradient_method_step(x0, t, noise, y)
-        losses, mse = self.training_loss(x0, t, noise, y)  # (N,) each
-        if isinstance(self.mtl, UncertaintyWeighting):
-            loss = self.mtl(losses.view(self.task_intervals.num_intervals, -1).mean(1))
-            self.log_dict({f"uw/s_{k}": s for k, s in enumerate(self.mtl.log_var.detach())})
-        else:
+        self.tasks.release()  # the analyses' gradients of this step are used up: free them before ours
+        if self.mtl is None:
+            losses, mse = self.training_loss(x0, t, noise, y)  # (N,) each
             loss = losses.mean()
+        else:
+            params = [p for p in self.net.parameters() if p.requires_grad]
+            tasks = TaskBatch(
+                self.tasks, self.training_loss, (x0, t, noise, y), params, self.global_step, self.hparams.seed
+            )
+            update = self.mtl(tasks)
+            self.tasks.release()
+            mse = tasks.reported
+            if update.grad is not None:
+                return self.apply_update(update, mse, t)
+            loss = update.loss
+            self.log_dict(update.metrics)
         self.log("train/loss", mse.mean(), prog_bar=True)
         # callbacks (TimestepLoss) bin these by t without another forward pass
         return {"loss": loss, "t": t, "per_sample_loss": mse.detach()}
 
-    def gradient_method_step(
-        self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor, y: torch.Tensor | None
-    ) -> dict[str, Any]:
-        """PCGrad / Nash-MTL: K per-interval gradients (one sub-batch each) -> one combined update."""
+    def apply_update(self, update: Update, mse: torch.Tensor, t: torch.Tensor) -> dict[str, Any]:
+        """A gradient method's flat update -> one optimizer step (manual optimisation)."""
         opt = self.optimizers()
         params = [p for p in self.net.parameters() if p.requires_grad]
-        K = self.task_intervals.num_intervals
-        if isinstance(self.mtl, NashMTL) and not self.mtl.due(self.global_step):
-            # between solves the update is ∇ Σ α_k L_k: one ordinary backward, the paper's saving
-            losses, mse = self.training_loss(x0, t, noise, y)
-            weighted = self.mtl.alpha.to(losses) @ losses.view(K, -1).mean(1)
-            update = flat_grad(weighted, params)
-            norm = update.norm()
-            update = update * (self.mtl.max_norm / norm).clamp(max=1.0)
-            stats: dict[str, Any] = {"alpha": self.mtl.alpha}
-        else:
-            grads, mse = interval_gradients(
-                lambda *sub: self.training_loss(*sub), (x0, t, noise, y), K, params
-            )  # (K, P), (N,)
-            if isinstance(self.mtl, PCGrad):
-                gen = torch.Generator().manual_seed(self.hparams.seed * 1_000_003 + self.global_step)
-                update, stats = self.mtl.combine(grads, gen)
-            else:
-                update, stats = self.mtl.combine(grads, self.global_step)
+        grad = update.grad
         if self.trainer.world_size > 1:  # autograd.grad bypasses DDP's gradient all-reduce
-            update = self.trainer.strategy.reduce(update, reduce_op="mean")
-        write_grad(update, params)
+            grad = self.trainer.strategy.reduce(grad, reduce_op="mean")
+        write_grad(grad, params)
         if self.hparams.gradient_clip_val:
             self.clip_gradients(
                 opt, gradient_clip_val=self.hparams.gradient_clip_val, gradient_clip_algorithm="norm"
@@ -266,11 +270,11 @@ class DiffusionModule(L.LightningModule):
         opt.zero_grad(set_to_none=True)
         self.ema.update_parameters(self.net)
         self.log("train/loss", mse.mean(), prog_bar=True)
-        if "alpha" in stats:
-            self.log_dict({f"nash/alpha_{k}": a for k, a in enumerate(stats["alpha"].tolist())})
-        if "projection_rate" in stats:
-            self.log("pcgrad/projection_rate", float(stats["projection_rate"]))
+        self.log_dict(update.metrics)
         return {"loss": mse.mean().detach(), "t": t, "per_sample_loss": mse.detach()}
+
+    def on_train_end(self) -> None:
+        self.tasks.release()  # the analyses' gradients of the last step
 
     def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
         super().optimizer_step(*args, **kwargs)
@@ -278,8 +282,8 @@ class DiffusionModule(L.LightningModule):
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         groups = [{"params": [p for p in self.net.parameters() if p.requires_grad]}]
-        if isinstance(self.mtl, UncertaintyWeighting):
-            groups.append(self.mtl.param_group())  # s_k has its own learning rate
+        if self.mtl is not None:
+            groups += self.mtl.param_groups()  # e.g. ANT-UW's s_k, with their own learning rate
         if self.optimizer_factory is None:
             return torch.optim.AdamW(groups, lr=1e-4, weight_decay=0.0)
         return self.optimizer_factory(groups)
@@ -294,8 +298,7 @@ class DiffusionModule(L.LightningModule):
 
     def check_batch_size(self, batch_size: int) -> None:
         """Stratified sampling needs B divisible by K; checked before anything is written."""
-        if self.task_intervals is not None:
-            self.task_intervals.per_interval(batch_size)
+        self.tasks.check_batch_size(batch_size)
 
     # ------------------------------------------------------------- validation
     def fixed_draw(self, x0: torch.Tensor, batch_idx: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -357,21 +360,19 @@ class DiffusionModule(L.LightningModule):
         """EMA samples for a batch of (index, label): uint8 images (N, H, W, C) and their labels (N,)."""
         index, y = batch
         hp = self.hparams
+        datamodule = self.trainer.datamodule if self._trainer else None
         # seeded by the batch's first sample index, which differs across DDP ranks (batch_idx does not)
-        gen = torch.Generator(device=self.device).manual_seed(hp.seed * 1_000_003 + int(index[0]))
-        shape = (len(y), hp.in_channels, hp.image_size, hp.image_size)
-        noise = torch.randn(shape, generator=gen, device=self.device)
-        images = self.sample(noise, y if hp.num_classes > 0 else None, generator=gen)  # (N, C, H, W)
-        decode = getattr(self.trainer.datamodule, "decode", None) if self._trainer else None
-        if decode is not None:  # latents -> images
-            images = decode(images)
-        return {"images": to_uint8(images).permute(0, 2, 3, 1).cpu(), "labels": y.cpu()}
+        images = generate(
+            self, y if hp.num_classes > 0 else None, len(y), derive_seed(hp.seed, int(index[0])), len(y),
+            None if datamodule is None else datamodule.decode,
+        )  # (N, C, H, W)
+        return {"images": to_uint8(images).permute(0, 2, 3, 1), "labels": y.cpu()}
 
     # ------------------------------------------------------------ checkpoints
     def identity(self) -> dict[str, str | int]:
         """What this model is trained as: the fields a checkpoint must agree on to be loaded into it."""
         hp = self.hparams
-        mtl = "none" if self.mtl is None else f"{type(self.mtl).__name__}(intervals={self.mtl.intervals})"
+        mtl = "none" if self.mtl is None else f"{type(self.mtl).__name__}(intervals={self.tasks.config})"
         net = type(self.net).__name__ + (f"({self.net.size})" if hasattr(self.net, "size") else "")
         return {
             "routing": repr(self.routing),

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from dtr_lab.errors import DTRLabError
+from dtr_lab.seeds import derive_seed
 
 
 class RoutingStrategy:
@@ -92,7 +93,7 @@ class RandomRouting(RoutingStrategy):
     def masks(self, num_tasks: int, channels: int, block: int = 0) -> torch.Tensor:
         c_beta = active_channels(self.beta, channels)
         # the shared table keeps the seed itself; block b's stream is seed·1000003 + b
-        seed = self.seed * 1_000_003 + block if self.per_block else self.seed
+        seed = derive_seed(self.seed, block) if self.per_block else self.seed
         gen = torch.Generator().manual_seed(seed)
         order = torch.rand(num_tasks, channels, generator=gen).argsort(dim=1)  # (T, C)
         table = torch.zeros(num_tasks, channels, dtype=torch.bool)

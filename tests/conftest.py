@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from cli_helpers import tiny
+from helpers import tiny
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -54,7 +54,7 @@ def tiny_fit_args(save_dir: Path, name: str, routing_yaml: str, overrides: Path)
         "--config",
         str(REPO / "experiments/digits/base.yaml"),
         "--config",
-        str(REPO / "experiments/digits" / routing_yaml),
+        str(REPO / "experiments/routing" / routing_yaml),
         "--config",
         str(overrides),
         *tiny(save_dir, steps=TINY_STEPS, batch=16),

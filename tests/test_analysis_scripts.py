@@ -223,7 +223,7 @@ def test_reproduce_refuses_routing_that_adds_parameters(tmp_path, run_main, monk
     import reproduce
 
     routed = tmp_path / "dtr_sigma.yaml"
-    routed.write_text((REPO / "experiments/digits/dtr.yaml").read_text()
+    routed.write_text((REPO / "experiments/routing/dtr.yaml").read_text()
                       + "  net:\n    init_args:\n      learn_sigma: true\n")
     monkeypatch.setitem(reproduce.ROUTING, "dtr", routed)
     study = tmp_path / "study"
@@ -254,8 +254,7 @@ def test_long_run_passes_through_the_short_run(tmp_path):
     """Nothing in training depends on max_steps (constant LR, EMA warm-up by update count), so the
     4-step checkpoint of an 8-step run equals a 4-step run's: scaling.py scores one long run at S, 2S, ..."""
     import torch
-
-    from tests.cli_helpers import DIGITS, run_cli, tiny
+    from helpers import DIGITS, run_cli, tiny
 
     states = {}
     for steps in (4, 8):

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from cli_helpers import REPO, run_cli, tiny
+from helpers import REPO, run_cli, tiny
 from torch.utils.tensorboard import SummaryWriter
 
 from dtr_lab.cli import main
@@ -19,7 +19,7 @@ VANILLA = [
     "--config",
     str(REPO / "experiments/digits/base.yaml"),
     "--config",
-    str(REPO / "experiments/digits/vanilla.yaml"),
+    str(REPO / "experiments/routing/vanilla.yaml"),
 ]
 
 

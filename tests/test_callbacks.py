@@ -17,14 +17,15 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from torch import nn
 
 from dtr_lab.callbacks import GradientConflict, RoutingMaps, TaskAffinity, TimestepLoss
-from dtr_lab.callbacks.gradient_conflict import cos_by_distance, neg_share
+from dtr_lab.callbacks.gradient_conflict import cos_by_distance, cosine_matrix, gram, neg_share
 from dtr_lab.callbacks.heatmap import heatmap_image
-from dtr_lab.callbacks.probe import IntervalProbe, block_slices, cosine_matrix, gram
+from dtr_lab.callbacks.probe import block_slices
 from dtr_lab.callbacks.routing_maps import interval_iou
 from dtr_lab.callbacks.task_affinity import optimizer_lookahead
 from dtr_lab.data import DigitsDataModule
 from dtr_lab.errors import DTRLabError
 from dtr_lab.module import DiffusionModule
+from dtr_lab.mtl import PCGrad
 from dtr_lab.mtl.intervals import Intervals
 from dtr_lab.runs import load_run
 
@@ -234,25 +235,102 @@ def test_tag_with_optimizer_update_is_adams_first_step(tmp_path):
             assert z[i, j] == pytest.approx(float(1 - after / grads[j][0]), abs=2e-4)
 
 
-def test_probe_gradients_are_shared_within_a_step_and_released(tmp_path, monkeypatch):
+def count_backward_passes(monkeypatch) -> list[int]:
+    """Counts torch.autograd.grad calls: one per interval sub-batch's backward pass."""
     calls = []
-    original = IntervalProbe.interval_gradients
+    original = torch.autograd.grad
 
-    def counted(self, pl_module, probe, params):
-        calls.append(pl_module.trainer.global_step)
-        assert not IntervalProbe._shared  # the previous step's gradients were released
-        return original(self, pl_module, probe, params)
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return original(*args, **kwargs)
 
-    monkeypatch.setattr(IntervalProbe, "interval_gradients", counted)
-    same = {"intervals": Intervals(num_intervals=2), "probe_size": 3}
-    callbacks = [
-        GradientConflict(every_n_steps=1, **same),
-        TaskAffinity(every_n_steps=2, **same),
-        TaskAffinity(every_n_steps=2, intervals=Intervals(num_intervals=3), probe_size=3),  # another probe
-    ]
-    fit(tmp_path, callbacks, partial(torch.optim.SGD, lr=0.0), max_steps=2)
-    assert calls == [0, 0, 1, 2, 2]  # steps 0 and 2: once for the shared probe, once for the other
-    assert not IntervalProbe._shared
+    monkeypatch.setattr(torch.autograd, "grad", counted)
+    return calls
+
+
+class StepCounts(L.Callback):
+    """Backward passes counted by the time each training batch ends."""
+
+    def __init__(self, calls: list[int]) -> None:
+        self.calls, self.at_end = calls, []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.at_end.append(len(self.calls))
+
+
+@pytest.mark.parametrize("order", [("conflict", "affinity"), ("affinity", "conflict")])
+def test_interval_gradients_are_computed_once_per_step_for_conflict_affinity_and_pcgrad(
+    tmp_path, monkeypatch, order
+):
+    # K = 2 intervals from the module; PCGrad's training gradients: K backward passes a step; the probe's:
+    # K more at every measured step, shared by GradientConflict and TaskAffinity in either order
+    calls = count_backward_passes(monkeypatch)
+    counts = StepCounts(calls)
+    made = {
+        "conflict": lambda: GradientConflict(every_n_steps=2, probe_size=3),
+        "affinity": lambda: TaskAffinity(every_n_steps=2, probe_size=3, update="sgd", lr=0.1),
+    }
+    torch.manual_seed(0)
+    module = DiffusionModule(
+        net=LinearDenoiser, num_timesteps=T, sample_steps=T, intervals=Intervals(num_intervals=2),
+        mtl=PCGrad(), optimizer=partial(torch.optim.SGD, lr=0.0), ema_decay=0.9,
+    )
+    trainer = L.Trainer(
+        max_steps=3, logger=False, callbacks=[*(made[n]() for n in order), counts],
+        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+        limit_val_batches=0, accelerator="cpu",
+    )
+    trainer.fit(module, DigitsDataModule(batch_size=16))
+    # steps 0, 1, 2 end after 2 + 2, 2, 2 + 2 passes; the end of fit (step 3) measures nothing
+    assert counts.at_end == [4, 6, 10]
+    assert len(calls) == 10
+    assert module.tasks._value is None  # released: no gradients outlive the step
+
+
+def test_callbacks_use_the_modules_task_split_unless_told_otherwise():
+    module = DiffusionModule(
+        net=LinearDenoiser, num_timesteps=T, sample_steps=T, image_size=8, in_channels=1, num_classes=10,
+        intervals=Intervals(boundaries=[0, 10, 40, T]),
+    )
+    data = DigitsDataModule(batch_size=30)
+    default = [GradientConflict(), TaskAffinity(), RoutingMaps()]
+    own = GradientConflict(intervals=Intervals(num_intervals=4))
+    for callback in [*default, own]:
+        callback.prepare(module, data)
+    for callback in default:
+        assert callback.task_intervals is module.tasks.intervals
+    assert own.task_intervals.edges.tolist() == [0, 25, 50, 75, 100]
+    timestep_loss = TimestepLoss(num_bins=5, probe_size=2)
+    timestep_loss.prepare(module, data)
+    assert timestep_loss.bins.edges.tolist() == [0, 20, 40, 60, 80, 100]  # its own bins, asked for
+
+
+def test_prepare_builds_once_per_module_and_data(monkeypatch):
+    module = DiffusionModule(
+        net=LinearDenoiser, num_timesteps=T, sample_steps=T, image_size=8, in_channels=1, num_classes=10
+    )
+    data = DigitsDataModule(batch_size=30)
+    conflict = GradientConflict()
+    builds = []
+    original = GradientConflict.build
+    monkeypatch.setattr(GradientConflict, "build", lambda self, *a: builds.append(1) or original(self, *a))
+    conflict.prepare(module, data)  # the CLI, before fit
+    conflict.setup(SimpleNamespace(datamodule=data), module, "fit")  # the trainer's setup
+    assert len(builds) == 1
+    conflict.prepare(module, DigitsDataModule(batch_size=60))  # other data: built again
+    assert len(builds) == 2 and conflict.probe.per_interval == 12
+
+
+def test_module_and_method_intervals_must_agree():
+    with pytest.raises(DTRLabError, match="state the task intervals once"):
+        DiffusionModule(
+            net=LinearDenoiser, num_timesteps=T, sample_steps=T,
+            intervals=Intervals(num_intervals=4), mtl=PCGrad(Intervals(num_intervals=5)),
+        )
+    agreed = DiffusionModule(
+        net=LinearDenoiser, num_timesteps=T, sample_steps=T, mtl=PCGrad(Intervals(num_intervals=4))
+    )
+    assert agreed.tasks.num_intervals == 4 and agreed.tasks.stratified
 
 
 # --------------------------------------------------------------------------- pieces by hand

@@ -2,31 +2,16 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 import yaml
-from cli_helpers import DIGITS, REPO, run_cli, tiny
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from helpers import DIGITS, REPO, run_cli, run_dir, scalars, tiny
 
 from dtr_lab.cli import main
 
 
-def run_dir(save_dir: Path, name: str = "digits") -> Path:
-    versions = sorted((save_dir / name).glob("version_*"))
-    assert versions, f"no run directory under {save_dir / name}"
-    return versions[-1]
-
-
-def scalars(path: Path, tag: str) -> list[tuple[int, float]]:
-    acc = EventAccumulator(str(path))
-    acc.Reload()
-    return [(e.step, e.value) for e in acc.Scalars(tag)]
-
-
 def test_fit_writes_events_checkpoint_and_resolved_config(tmp_path):
-    proc = run_cli("fit", *DIGITS, "--config", str(REPO / "experiments/digits/dtr.yaml"), *tiny(tmp_path))
+    proc = run_cli("fit", *DIGITS, "--config", str(REPO / "experiments/routing/dtr.yaml"), *tiny(tmp_path))
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = run_dir(tmp_path)
     assert list(out.glob("events.out.tfevents.*"))
@@ -45,7 +30,7 @@ def test_print_config_and_composition():
         "fit",
         *DIGITS,
         "--config",
-        str(REPO / "experiments/digits/rtr.yaml"),
+        str(REPO / "experiments/routing/rtr.yaml"),
         "--model.routing.init_args.beta",
         "0.5",
         "--print_config",
@@ -58,7 +43,7 @@ def test_print_config_and_composition():
 
 def test_resume_continues_the_same_run(tmp_path):
     """12 steps straight == 6 steps + resume from last.ckpt to 12 (epochs of 6 batches of 256)."""
-    base = [*DIGITS, "--config", str(REPO / "experiments/digits/dtr.yaml")]
+    base = [*DIGITS, "--config", str(REPO / "experiments/routing/dtr.yaml")]
     straight, split = tmp_path / "straight", tmp_path / "split"
     main(["fit", *base, *tiny(straight, steps=12, batch=256), "--checkpoint.every_n_train_steps", "6"])
     main(["fit", *base, *tiny(split, steps=6, batch=256), "--checkpoint.every_n_train_steps", "6"])

@@ -7,9 +7,6 @@ MTL method, learned σ, callbacks, optimizer — is the config's own.
 
 from __future__ import annotations
 
-import contextlib
-import copy
-import io
 import itertools
 import math
 from pathlib import Path
@@ -17,57 +14,59 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from cli_helpers import REPO
+from helpers import (
+    EXPERIMENTS,
+    intervals_of,
+    label,
+    num_intervals,
+    resolved,
+    shrink,
+    write_fake_cifar,
+    write_latents,
+)
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-from test_data import write_fake_cifar, write_latents
 
 from dtr_lab.cli import main
 
-EXPERIMENTS = REPO / "experiments"
-
-# Folders whose files compose along several axes: one file from each axis. A folder not listed here
-# composes as base.yaml + each other file (or, without a base.yaml, each file alone).
+# Products of composable files: one entry from each axis, an entry being one file or several together.
+# Concerns live once (experiments/routing, weighting, mtl) and compose with each dataset. A folder not
+# named here composes as base.yaml + each other file (or, without a base.yaml, each file alone).
+ROUTINGS = [("routing/vanilla.yaml",), ("routing/rtr.yaml",), ("routing/dtr.yaml",)]
 AXES = {
-    "imagenet256": [
-        ["base.yaml"],
-        ["dit_b2.yaml", "dit_l2.yaml"],
-        ["vanilla.yaml", "rtr.yaml", "dtr.yaml"],
-        ["uniform.yaml", "min_snr.yaml", "uw.yaml"],
+    "digits": [
+        [("digits/base.yaml",)],
+        ROUTINGS,
+        [("weighting/uniform.yaml",), ("weighting/min_snr.yaml",), ("weighting/p2.yaml",)]
+        + [(f"mtl/{m}.yaml", "digits/stratified.yaml") for m in ("uw", "pcgrad", "nash", "cagrad")],
     ],
-    "cifar10": [["unet.yaml", "dit.yaml"], ["vanilla.yaml", "rtr.yaml", "dtr.yaml"]],
+    "imagenet256": [
+        [("imagenet256/base.yaml",)],
+        [("imagenet256/dit_b2.yaml",), ("imagenet256/dit_l2.yaml",)],
+        ROUTINGS,
+        [("weighting/uniform.yaml",), ("weighting/min_snr.yaml",), ("mtl/uw8.yaml",)],
+    ],
+    "cifar10": [[("cifar10/unet.yaml",), ("cifar10/dit.yaml",)], ROUTINGS],
 }
-FAKE_ROOT = {"CIFAR10DataModule": "cifar10", "LatentDataModule": "latents"}
-TINY_SIZE = {"dtr_lab.models.DiT": "DiT-T/2", "dtr_lab.models.UNet": "UNet-T"}
+CONCERNS = {"routing", "weighting", "mtl"}  # folders composed through AXES only
 # the output layer of each family and its rows per output channel (DiT: one per pixel of a 2×2 patch)
 OUTPUT_LAYER = {"dtr_lab.models.DiT": ("net.final_layer.linear.weight", 4),
                 "dtr_lab.models.UNet": ("net.conv_out.weight", 1)}
-# trainer settings of a two-step, one-process CPU run in full precision
-TWO_STEPS = {
-    "max_steps": 2,
-    "accelerator": "cpu",
-    "devices": 1,
-    "strategy": "auto",
-    "precision": "32-true",
-    "val_check_interval": 2,
-    "limit_val_batches": 1,
-    "log_every_n_steps": 1,
-    "enable_progress_bar": False,
-    "enable_model_summary": False,
-}
-# options that size a callback's measurement, at their smallest (cadences stay the config's)
-TINY_PROBE_ARGS = {"probe_size": 2, "probe_timesteps": 3}
-TINY_CALLBACK_ARGS = {"dtr_lab.callbacks.SampleGrid": {"num_samples": 4}}
+
+
+def product(axes: list[list[tuple[str, ...]]], picks: tuple[int, ...]) -> tuple[Path, ...]:
+    return tuple(EXPERIMENTS / f for axis, i in zip(axes, picks, strict=True) for f in axis[i % len(axis)])
 
 
 def compositions() -> list[tuple[Path, ...]]:
     """Every runnable combination of the shipped YAML files, as --config sequences."""
     combos = []
+    for axes in AXES.values():
+        combos += [product(axes, picks) for picks in itertools.product(*(range(len(a)) for a in axes))]
     for folder in sorted({p.parent for p in EXPERIMENTS.rglob("*.yaml")}):
+        if folder.name in AXES or folder.name in CONCERNS:
+            continue
         files = sorted(folder.glob("*.yaml"))
-        axes = AXES.get(folder.name)
-        if axes is not None:
-            combos += [tuple(folder / f for f in combo) for combo in itertools.product(*axes)]
-        elif (folder / "base.yaml").exists():
+        if (folder / "base.yaml").exists():
             base = folder / "base.yaml"
             combos += [(base,)] + [(base, f) for f in files if f != base]
         else:
@@ -77,42 +76,15 @@ def compositions() -> list[tuple[Path, ...]]:
 
 def covering(combos: list[tuple[Path, ...]]) -> list[tuple[tuple[Path, ...], bool]]:
     """A few combinations that between them use every file (the diagonals of each product), each with
-    whether it is quick: the last diagonal of each product (DTR; for ImageNet also ANT-UW) and the
-    top-level configs (quickstart) are; the rest are marked slow."""
+    whether it is quick: the last diagonal of each product and the top-level configs (quickstart) are;
+    the rest are marked slow."""
     chosen = []
-    for folder, axes in AXES.items():
+    for axes in AXES.values():
         n = max(len(axis) for axis in axes)
-        for i in range(n):
-            chosen.append((tuple(EXPERIMENTS / folder / axis[i % len(axis)] for axis in axes), i == n - 1))
-    listed = {EXPERIMENTS / folder for folder in AXES}
+        chosen += [(product(axes, (i,) * len(axes)), i == n - 1) for i in range(n)]
+    listed = {EXPERIMENTS / folder for folder in (*AXES, *CONCERNS)}
     chosen += [(combo, combo[0].parent == EXPERIMENTS) for combo in combos if combo[0].parent not in listed]
     return chosen
-
-
-def label(combo: tuple[Path, ...]) -> str:
-    return "+".join(str(p.relative_to(EXPERIMENTS)) for p in combo)
-
-
-def config_args(combo: tuple[Path, ...]) -> list[str]:
-    return [arg for path in combo for arg in ("--config", str(path))]
-
-
-def resolved(combo: tuple[Path, ...], *overrides: str) -> dict:
-    """The config the CLI would run, from --print_config (in process: importing torch dominates)."""
-    out = io.StringIO()
-    with pytest.raises(SystemExit) as done, contextlib.redirect_stdout(out):
-        main(["fit", *config_args(combo), *overrides, "--print_config"])
-    assert done.value.code in (None, 0), f"{label(combo)} does not parse"
-    return yaml.safe_load(out.getvalue())
-
-
-def num_intervals(config: dict) -> int | None:
-    """K of the config's MTL method, or None without one."""
-    mtl = config["model"].get("mtl")
-    if not mtl:
-        return None
-    intervals = mtl["init_args"]["intervals"]
-    return len(intervals["boundaries"]) - 1 if intervals.get("boundaries") else intervals["num_intervals"]
 
 
 @pytest.fixture(autouse=True)
@@ -134,29 +106,6 @@ def fake_data(tmp_path_factory) -> dict[str, Path]:
     return {"cifar10": root / "cifar10", "latents": root / "latents"}
 
 
-def shrink(config: dict, data: dict[str, Path], save_dir: Path) -> dict:
-    """A copy of a resolved paper-scale config that is a seconds-long CPU run of the same kind."""
-    config = copy.deepcopy(config)
-    trainer, model, data_args = config["trainer"], config["model"], config["data"]["init_args"]
-    trainer.update(TWO_STEPS)
-    trainer["logger"]["init_args"]["save_dir"] = str(save_dir)
-    for callback in trainer["callbacks"] or []:
-        args = callback.get("init_args") or {}
-        args.update({key: value for key, value in TINY_PROBE_ARGS.items() if key in args})
-        args.update(TINY_CALLBACK_ARGS.get(callback["class_path"], {}))
-    config["checkpoint"]["every_n_train_steps"] = 2
-    model["sample_steps"] = 2
-    model["net"]["init_args"]["size"] = TINY_SIZE[model["net"]["class_path"]]
-    k = num_intervals(config)
-    data_args["batch_size"] = 2 * k if k else 8  # stratified batches need B % K == 0
-    data_class = config["data"]["class_path"].rsplit(".", 1)[-1]
-    if data_class in FAKE_ROOT:
-        data_args.update(root=str(data[FAKE_ROOT[data_class]]), num_workers=0)
-        if data_class == "CIFAR10DataModule":  # a locally made archive: not the published md5
-            data_args["verify_checksum"] = False
-    return config
-
-
 ALL = compositions()
 RUNS = [combo if quick else pytest.param(combo, marks=pytest.mark.slow) for combo, quick in covering(ALL)]
 
@@ -176,10 +125,30 @@ def test_config_parses(combo):
         assert config["data"]["init_args"]["batch_size"] % k == 0
 
 
+def test_no_shipped_yaml_is_a_copy_of_another():
+    seen: dict[bytes, Path] = {}
+    for path in sorted(EXPERIMENTS.rglob("*.yaml")):
+        text = path.read_bytes()
+        assert text not in seen, f"{path} is a copy of {seen[text]}: compose the one file instead"
+        seen[text] = path
+
+
+def test_quickstart_is_the_digits_dtr_composition_plus_its_extras():
+    composed = resolved((EXPERIMENTS / "digits/base.yaml", EXPERIMENTS / "routing/dtr.yaml"))
+    quickstart = resolved((EXPERIMENTS / "quickstart.yaml",))
+    extras = [c for c in quickstart["trainer"]["callbacks"] if c not in composed["trainer"]["callbacks"]]
+    assert [c["class_path"] for c in extras] == ["dtr_lab.callbacks.SampleQuality"]
+    quickstart["trainer"]["callbacks"] = [c for c in quickstart["trainer"]["callbacks"] if c not in extras]
+    for config in (composed, quickstart):
+        config["trainer"]["logger"]["init_args"].pop("save_dir")
+        config["trainer"]["logger"]["init_args"].pop("name")
+    assert quickstart == composed
+
+
 @pytest.mark.parametrize("size", ["dit_b2", "dit_l2"])
 def test_imagenet256_has_the_papers_settings(size):
     folder = EXPERIMENTS / "imagenet256"
-    config = resolved((folder / "base.yaml", folder / f"{size}.yaml", folder / "dtr.yaml"))
+    config = resolved((folder / "base.yaml", folder / f"{size}.yaml", EXPERIMENTS / "routing/dtr.yaml"))
     model, trainer, data = config["model"], config["trainer"], config["data"]
     assert model["net"]["init_args"]["size"] == {"dit_b2": "DiT-B/2", "dit_l2": "DiT-L/2"}[size]
     assert model["net"]["init_args"]["learn_sigma"] is True
@@ -194,11 +163,13 @@ def test_imagenet256_has_the_papers_settings(size):
     assert model["routing"]["init_args"] == {"alpha": 4.0, "beta": 0.8}
 
 
-@pytest.mark.parametrize("folder", ["imagenet256", "repro"])
-def test_uw_intervals_are_dtr_codes_eight_uniform(folder):
+@pytest.mark.parametrize(
+    "combo", [("imagenet256/base.yaml", "mtl/uw8.yaml"), ("repro/base.yaml", "repro/uw.yaml")]
+)
+def test_uw_intervals_are_dtr_codes_eight_uniform(combo):
     # DTR's train.py: UncertaintyWeighting(num_task=8) over initialize_cluster(8), uniform in t
-    config = resolved((EXPERIMENTS / folder / "base.yaml", EXPERIMENTS / folder / "uw.yaml"))
-    intervals = config["model"]["mtl"]["init_args"]["intervals"]
+    config = resolved(tuple(EXPERIMENTS / f for f in combo))
+    intervals = intervals_of(config)
     assert (intervals["num_intervals"], intervals["spacing"], intervals["boundaries"]) == (8, "uniform", None)
     assert config["model"]["mtl"]["init_args"]["lr"] == 0.025
     assert config["data"]["init_args"]["batch_size"] % 8 == 0  # B/K samples per interval
@@ -226,7 +197,8 @@ def test_shrunken_config_trains_two_steps(combo, fake_data, tmp_path):
 def test_cifar10_dtr_trains_a_few_hundred_steps(fake_data, tmp_path):
     """The CIFAR-10 U-Net DTR config (UNet-T) learns the fake archive's flat images (ε-MSE 0.8 -> 0.02)."""
     folder = EXPERIMENTS / "cifar10"
-    config = shrink(resolved((folder / "unet.yaml", folder / "dtr.yaml")), fake_data, tmp_path / "runs")
+    combo = (folder / "unet.yaml", EXPERIMENTS / "routing/dtr.yaml")
+    config = shrink(resolved(combo), fake_data, tmp_path / "runs")
     config["trainer"].update(max_steps=300, val_check_interval=100, log_every_n_steps=10)
     config["checkpoint"]["every_n_train_steps"] = 100
     config["data"]["init_args"]["batch_size"] = 16

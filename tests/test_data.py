@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import hashlib
-import io
-import json
 import pickle
 import sys
-import tarfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from helpers import fake_cifar_batches, write_fake_cifar, write_latents
 from PIL import Image
 
 from dtr_lab.data import cifar10
@@ -20,41 +18,6 @@ from dtr_lab.data.cifar10 import CIFAR10DataModule
 from dtr_lab.data.image_folder import ImageFolderDataModule, center_crop_resize
 from dtr_lab.data.latents import LatentDataModule
 from dtr_lab.errors import DTRLabError
-
-BATCH_NAMES = [f"data_batch_{k}" for k in range(1, 6)] + ["test_batch"]
-
-
-def fake_cifar_batches(n_per_batch: int = 4) -> dict[str, dict]:
-    """Pickle-ready batches: image j of batch b has every byte equal to 10·b + j, label (b + j) % 10."""
-    batches = {}
-    for b, name in enumerate(BATCH_NAMES):
-        data = np.stack([np.full(3072, 10 * b + j, dtype=np.uint8) for j in range(n_per_batch)])
-        batches[name] = {b"data": data, b"labels": [(b + j) % 10 for j in range(n_per_batch)]}
-    # one pixel marks the row-major, channel-first layout: red plane, row 0, column 31
-    batches["test_batch"][b"data"][0, 31] = 255
-    return batches
-
-
-def write_fake_cifar(
-    root: Path, n_per_batch: int = 4, archive: bool = True, batches: dict | None = None
-) -> Path:
-    """A CIFAR-10 python-format archive (or extracted folder) with n_per_batch images per batch."""
-    root.mkdir(parents=True, exist_ok=True)
-    batches = batches or fake_cifar_batches(n_per_batch)
-    if not archive:
-        folder = root / "cifar-10-batches-py"
-        folder.mkdir()
-        for name, batch in batches.items():
-            (folder / name).write_bytes(pickle.dumps(batch))
-        return folder
-    path = root / "cifar-10-python.tar.gz"
-    with tarfile.open(path, "w:gz") as tar:
-        for name, batch in batches.items():
-            raw = pickle.dumps(batch)
-            info = tarfile.TarInfo(f"cifar-10-batches-py/{name}")
-            info.size = len(raw)
-            tar.addfile(info, io.BytesIO(raw))
-    return path
 
 
 # ----------------------------------------------------------------------------------------- CIFAR-10
@@ -268,31 +231,6 @@ def test_image_folder_bad_roots_fail_in_init(tmp_path, make):
         ImageFolderDataModule(str(root))
 
 
-# ------------------------------------------------------------------------------------------ latents
-def write_latents(root: Path, sizes=(3, 2), shape=(4, 2, 2), flip=True, num_classes=5) -> np.ndarray:
-    """Shards whose sample k has every latent value k (twin: −k) and label k % num_classes."""
-    root.mkdir(parents=True, exist_ok=True)
-    start = 0
-    for s, n in enumerate(sizes):
-        k = np.arange(start, start + n, dtype=np.float32)[:, None, None, None]
-        np.save(root / f"latents_{s:05d}.npy", np.broadcast_to(k, (n, *shape)).astype(np.float16))
-        np.save(root / f"labels_{s:05d}.npy", np.arange(start, start + n) % num_classes)
-        if flip:
-            np.save(root / f"latents_flip_{s:05d}.npy", np.broadcast_to(-k, (n, *shape)).astype(np.float16))
-        start += n
-    meta = {
-        "vae": "unused",
-        "scaling_factor": 0.18215,
-        "latent_shape": list(shape),
-        "num_classes": num_classes,
-        "num_samples": start,
-        "flip": flip,
-        "image_size": 16,
-    }
-    (root / "meta.json").write_text(json.dumps(meta))
-    return meta
-
-
 def test_latents_read_across_shards_with_flip_twins(tmp_path):
     write_latents(tmp_path)
     dm = LatentDataModule(str(tmp_path), batch_size=2, val_fraction=0.2)
@@ -358,7 +296,8 @@ def test_latent_decode_without_diffusers_is_a_clear_error(tmp_path, monkeypatch)
         LatentDataModule(str(tmp_path)).decode(torch.zeros(1, 4, 2, 2))
 
 
-def test_image_modules_have_no_decode(tmp_path):
-    """The data space of image modules is images: callers test `getattr(dm, "decode", None)`."""
+def test_image_modules_decode_as_the_identity(tmp_path):
+    """The data space of image modules is images: their decode returns its input."""
     write_fake_cifar(tmp_path)
-    assert getattr(CIFAR10DataModule(root=str(tmp_path)), "decode", None) is None
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    assert CIFAR10DataModule(root=str(tmp_path)).decode(x) is x

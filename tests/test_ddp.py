@@ -16,9 +16,7 @@ import lightning as L
 import pytest
 import torch
 import yaml
-from cli_helpers import REPO
-from test_configs import EXPERIMENTS, resolved, shrink
-from test_data import write_fake_cifar, write_latents
+from helpers import EXPERIMENTS, REPO, resolved, shrink, write_fake_cifar, write_latents
 
 pytestmark = pytest.mark.slow
 

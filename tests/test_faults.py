@@ -13,9 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from cli_helpers import DIGITS, REPO, run_cli, tiny
-from test_cli import run_dir, scalars
-from test_module import tiny_module
+from helpers import DIGITS, REPO, run_cli, run_dir, scalars, tiny, tiny_module
 
 from dtr_lab.checkpointing import current_umask, write_atomically
 from dtr_lab.cli import main
@@ -159,7 +157,7 @@ def test_checkpoint_of_another_routing_is_one_line(tmp_path):
 
 @pytest.mark.parametrize(
     "method",
-    [[], pytest.param(["--config", str(REPO / "experiments/digits/pcgrad.yaml")], marks=pytest.mark.slow)],
+    [[], pytest.param(["--config", str(REPO / "experiments/mtl/pcgrad.yaml")], marks=pytest.mark.slow)],
     ids=["automatic", "pcgrad"],
 )
 def test_divergence_stops_with_one_line_and_saves_nothing_non_finite(tmp_path, method):

@@ -5,17 +5,16 @@ import torch
 
 import dtr_lab.metrics.digits_classifier as dc
 import dtr_lab.metrics.features as feats
+from dtr_lab.data.digits import digits_split, load_digits_tensors
 from dtr_lab.errors import DTRLabError
 from dtr_lab.metrics import (
     SampleQualityMetrics,
-    digits_split,
     feature_extractor,
     frechet_distance,
     inception_score,
     kernel_distance,
     knn_radii,
     load_digits_classifier,
-    load_digits_tensors,
     manifold_coverage,
     precision_recall,
     train_digits_classifier,

@@ -7,6 +7,7 @@ import math
 import lightning as L
 import pytest
 import torch
+from helpers import tiny_module
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from dtr_lab.data import DigitsDataModule
@@ -14,17 +15,7 @@ from dtr_lab.diffusion import P2, MinSNR
 from dtr_lab.errors import DTRLabError
 from dtr_lab.models import DiT
 from dtr_lab.module import DiffusionModule
-from dtr_lab.mtl import Intervals, NashMTL, PCGrad, UncertaintyWeighting
-from dtr_lab.routing import DTRRouting
-
-
-def tiny_module(**kwargs) -> DiffusionModule:
-    def net(*args, **kw):
-        return DiT(*args, size="DiT-T/2", **kw)
-
-    return DiffusionModule(
-        net=net, routing=DTRRouting(), num_timesteps=100, ema_decay=0.9, **{"sample_steps": 100, **kwargs}
-    )
+from dtr_lab.mtl import CAGrad, Intervals, NashMTL, PCGrad, UncertaintyWeighting
 
 
 def fit(module: DiffusionModule, tmp_path, steps: int = 4, batch_size: int = 32) -> L.Trainer:
@@ -59,6 +50,7 @@ def params_of(module):
         ({"mtl": UncertaintyWeighting(Intervals(4))}, [f"uw/s_{k}" for k in range(4)]),
         ({"mtl": PCGrad(Intervals(4))}, ["pcgrad/projection_rate"]),
         ({"mtl": NashMTL(Intervals(4), update_every=2)}, [f"nash/alpha_{k}" for k in range(4)]),
+        ({"mtl": CAGrad(Intervals(4))}, [f"cagrad/w_{k}" for k in range(4)]),
     ],
 )
 def test_each_method_trains_without_nan_and_logs_its_weights(tmp_path, kwargs, expected_tags):
@@ -90,7 +82,7 @@ def test_uw_log_variances_learn_with_their_own_lr_and_are_checkpointed(tmp_path)
 def test_stratified_batch_gives_each_interval_its_share():
     module = tiny_module(mtl=PCGrad(Intervals(4)))
     t, _, _ = module.draw(torch.zeros(32, 1, 8, 8), None)
-    k = module.task_intervals.index(t)
+    k = module.tasks.intervals.index(t)
     assert torch.equal(k, torch.arange(4).repeat_interleave(8))
 
 

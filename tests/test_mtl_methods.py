@@ -1,24 +1,27 @@
-"""Uncertainty weighting, PCGrad and Nash-MTL against hand-worked values."""
+"""Uncertainty weighting, PCGrad and Nash-MTL against hand-worked values, through the one protocol
+of the MTL methods (``method(TaskBatch) -> Update``)."""
 
 import itertools
 import math
 
 import pytest
 import torch
+from helpers import bound, linear_task_batch
 
 from dtr_lab.errors import DTRLabError
-from dtr_lab.mtl import Intervals, NashMTL, PCGrad, UncertaintyWeighting, nash_weights, pcgrad
+from dtr_lab.mtl import CAGrad, Intervals, NashMTL, PCGrad, UncertaintyWeighting, nash_weights, pcgrad
+from dtr_lab.seeds import derive_seed
 
 # --- ANT uncertainty weighting ---
 
 
 def test_uw_loss_and_gradient_of_s_at_hand_values():
     # ANT's and DTR's code feed L_k/K: Σ_k ½(e^{−s_k} L_k/K + s_k), here K = 2
-    uw = UncertaintyWeighting(Intervals(boundaries=[0, 500, 1000]))
+    uw = bound(UncertaintyWeighting(), 2)
     with torch.no_grad():
         uw.log_var.copy_(torch.tensor([0.0, math.log(2.0)]))
     losses = torch.tensor([4.0, 6.0])
-    loss = uw(losses)
+    loss = uw.weighted(losses)
     # ½(e⁰·4/2 + 0) + ½(½·6/2 + ln 2) = 1 + 0.75 + ½ ln 2
     assert loss.item() == pytest.approx(1.75 + 0.5 * math.log(2.0))
     (grad,) = torch.autograd.grad(loss, uw.log_var)
@@ -26,25 +29,40 @@ def test_uw_loss_and_gradient_of_s_at_hand_values():
     assert torch.allclose(grad, torch.tensor([-0.5, -0.25]))
     # the network sees weight ½e^{−s_k}/K per L_k: ¼ and ⅛
     losses = torch.tensor([4.0, 6.0], requires_grad=True)
-    (weights,) = torch.autograd.grad(uw(losses), losses)
+    (weights,) = torch.autograd.grad(uw.weighted(losses), losses)
     assert torch.allclose(weights, torch.tensor([0.25, 0.125]))
 
 
 def test_uw_gradient_vanishes_at_s_equal_log_loss_over_k():
-    uw = UncertaintyWeighting(Intervals(num_intervals=3))
+    uw = bound(UncertaintyWeighting(), 3)
     losses = torch.tensor([0.2, 1.0, 3.0])
     with torch.no_grad():
         uw.log_var.copy_((losses / 3).log())
-    (grad,) = torch.autograd.grad(uw(losses), uw.log_var)
+    (grad,) = torch.autograd.grad(uw.weighted(losses), uw.log_var)
     assert torch.allclose(grad, torch.zeros(3), atol=1e-6)
 
 
 def test_uw_parameters_group_and_checkpoint_state():
-    uw = UncertaintyWeighting(Intervals(num_intervals=4), lr=0.1)
+    uw = bound(UncertaintyWeighting(lr=0.1), 4)
     assert uw.log_var.shape == (4,) and torch.equal(uw.log_var.detach(), torch.zeros(4))
-    group = uw.param_group()
+    (group,) = uw.param_groups()
     assert group["lr"] == 0.1 and group["params"][0] is uw.log_var
     assert "log_var" in uw.state_dict()
+
+
+def test_uw_update_is_the_weighted_loss_of_the_interval_losses():
+    uw = bound(UncertaintyWeighting(), 2)
+    with torch.no_grad():
+        uw.log_var.copy_(torch.tensor([0.0, math.log(2.0)]))
+    batch, theta = linear_task_batch(torch.tensor([[2.0, 0.0], [0.0, 4.0]]))
+    update = uw(batch)
+    assert update.grad is None and not uw.gradient_method
+    # at θ = 0 every L_k is 0: the loss is ½ Σ s_k = ½ ln 2, and ∂/∂θ = Σ_k ½ e^{−s_k}/K g_k
+    assert update.loss.item() == pytest.approx(0.5 * math.log(2.0))
+    (grad,) = torch.autograd.grad(update.loss, theta)
+    assert torch.allclose(grad, torch.tensor([0.25 * 2.0, 0.125 * 4.0]))
+    assert set(update.metrics) == {"uw/s_0", "uw/s_1"}
+    assert float(update.metrics["uw/s_1"]) == pytest.approx(math.log(2.0))
 
 
 def test_uw_bad_input():
@@ -104,11 +122,21 @@ def test_pcgrad_three_vectors_depend_on_the_random_order():
     assert len(seen) > 1
 
 
-def test_pcgrad_combine_averages_and_reports_projections():
-    method = PCGrad(Intervals(num_intervals=2))
-    update, stats = method.combine(torch.tensor([[1.0, 0.0], [-1.0, 1.0]]), gen())
-    assert torch.allclose(update, torch.tensor([0.25, 0.75]))
-    assert stats == {"projections": 2, "projection_rate": 1.0}
+def test_pcgrad_update_averages_and_reports_projections():
+    batch, _ = linear_task_batch(torch.tensor([[1.0, 0.0], [-1.0, 1.0]]))
+    update = PCGrad()(batch)
+    assert update.loss is None and PCGrad.gradient_method
+    assert torch.allclose(update.grad, torch.tensor([0.25, 0.75]))
+    assert update.metrics == {"pcgrad/projection_rate": 1.0}
+    assert batch.reported.tolist() == [0.0, 0.0]  # the per-sample values of the pass that ran
+
+
+def test_pcgrad_orders_are_seeded_by_model_seed_and_step():
+    grads = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [-1.0, -1.0, 1.0]])
+    for seed, step in ((0, 0), (3, 7)):
+        update = PCGrad()(linear_task_batch(grads, step=step, seed=seed)[0])
+        total, _ = pcgrad(grads, gen(derive_seed(seed, step)))
+        assert torch.equal(update.grad, total / 3)
 
 
 # --- Nash-MTL ---
@@ -143,46 +171,57 @@ def test_nash_weights_of_opposite_gradients_give_no_update():
     assert (alpha @ g).norm() < 1e-6 * alpha.max() * g.norm()
 
 
-def test_nash_combine_solves_on_the_raw_gram_so_the_update_has_norm_sqrt_k():
+def nash(method: NashMTL, g: torch.Tensor, step: int = 0):
+    """(update (P,), α (K,)) of one call on gradients g (K, P)."""
+    update = method(linear_task_batch(g, step=step)[0])
+    return update.grad, torch.tensor([update.metrics[f"nash/alpha_{k}"] for k in range(len(g))])
+
+
+def test_nash_solves_on_the_raw_gram_so_the_update_has_norm_sqrt_k():
     # orthogonal g_k: α_k = 1/‖g_k‖, so Σ α_k g_k is the sum of K unit vectors, norm √K
     g = torch.tensor([[3.0, 0.0, 0.0], [0.0, 0.5, 0.0], [0.0, 0.0, 2.0]])
-    update, stats = NashMTL(Intervals(num_intervals=3), max_norm=100.0).combine(g, step=0)
-    assert torch.allclose(stats["alpha"], torch.tensor([1 / 3, 2.0, 0.5]), rtol=1e-5)
+    update, alpha = nash(NashMTL(max_norm=100.0), g)
+    assert torch.allclose(alpha, torch.tensor([1 / 3, 2.0, 0.5]), rtol=1e-5)
     assert torch.allclose(update, torch.ones(3), rtol=1e-5)
-    assert stats["norm"] == pytest.approx(math.sqrt(3), rel=1e-5)
     # at 60° with norms 1 and 1: α = √(2/3) each (see above), ‖Σ α g‖² = αᵀMα = Σ α_k (Mα)_k = K
     g60 = torch.tensor([[1.0, 0.0], [0.5, math.sqrt(3) / 2]])
-    _, stats60 = NashMTL(Intervals(num_intervals=2), max_norm=100.0).combine(g60, step=0)
-    assert stats60["norm"] == pytest.approx(math.sqrt(2), rel=1e-5)
+    update60, _ = nash(NashMTL(max_norm=100.0), g60)
+    assert update60.norm().item() == pytest.approx(math.sqrt(2), rel=1e-5)
     # the reference then clips to max_norm = 1
-    clipped, _ = NashMTL(Intervals(num_intervals=3)).combine(g, step=0)
+    clipped, _ = nash(NashMTL(), g)
     assert torch.allclose(clipped, torch.full((3,), 1 / math.sqrt(3)), rtol=1e-5)
 
 
-def test_nash_combine_on_the_normalised_gram_scales_with_the_gradients():
+def test_nash_on_the_normalised_gram_scales_with_the_gradients():
     g = torch.tensor([[3.0, 0.0], [0.0, 0.5]])
     # Gram diag(9, ¼) over its norm c = √(81 + 1/16): α = √c·(⅓, 2), so d = √c·(1, 1)
     c = math.sqrt(81 + 1 / 16)
-    method = NashMTL(Intervals(num_intervals=2), max_norm=100.0, normalize_gram=True)
-    update, stats = method.combine(g, step=0)
+    update, alpha = nash(NashMTL(max_norm=100.0, normalize_gram=True), g)
     assert torch.allclose(update, torch.full((2,), math.sqrt(c)), rtol=1e-5)
-    assert torch.allclose(stats["alpha"], math.sqrt(c) * torch.tensor([1 / 3, 2.0]), rtol=1e-5)
+    assert torch.allclose(alpha, math.sqrt(c) * torch.tensor([1 / 3, 2.0]), rtol=1e-5)
 
 
-def test_nash_refreshes_every_update_every_steps():
-    method = NashMTL(Intervals(num_intervals=2), update_every=3, max_norm=1e6)
+def test_nash_refreshes_every_update_every_steps_and_reuses_alpha_in_between():
+    method = NashMTL(update_every=3, max_norm=1e6)
     g0 = torch.tensor([[3.0, 0.0], [0.0, 0.5]])
     g1 = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
-    _, stats0 = method.combine(g0, step=10)
-    assert stats0["refreshed"] and method.due(13) and not method.due(12)
+    _, alpha0 = nash(method, g0, step=10)
+    assert method.due(13) and not method.due(12)
     for step in (11, 12):
-        update, stats = method.combine(g1, step=step)
-        assert not stats["refreshed"]
-        assert torch.allclose(stats["alpha"], stats0["alpha"])
-        assert torch.allclose(update, stats0["alpha"])  # α @ identity
-    _, stats3 = method.combine(g1, step=13)
-    assert stats3["refreshed"]
-    assert torch.allclose(stats3["alpha"][0], stats3["alpha"][1])  # equal-norm orthogonal gradients
+        # between solves: the gradient of Σ α_k L_k, one backward instead of K
+        update, alpha = nash(method, g1, step=step)
+        assert torch.allclose(alpha, alpha0)
+        assert torch.allclose(update, alpha0)  # α @ identity
+    _, alpha3 = nash(method, g1, step=13)
+    assert torch.allclose(alpha3[0], alpha3[1])  # equal-norm orthogonal gradients
+
+
+def test_nash_between_solves_clips_the_weighted_gradient_too():
+    method = NashMTL(update_every=2)  # max_norm 1
+    g = torch.tensor([[3.0, 0.0], [0.0, 4.0]])
+    nash(method, g, step=0)  # α = (⅓, ¼): update (1, 1), norm √2 -> clipped
+    update, _ = nash(method, 2 * g, step=1)  # reused α: (2, 2), clipped to norm 1
+    assert torch.allclose(update, torch.full((2,), 2**-0.5), rtol=1e-5)
 
 
 def test_nash_bad_input():
@@ -192,3 +231,48 @@ def test_nash_bad_input():
         NashMTL(max_norm=0.0)
     with pytest.raises(DTRLabError, match=r"intervals\.num_intervals"):
         PCGrad(Intervals(num_intervals=1))
+
+
+# --- CAGrad ---
+
+
+def test_cagrad_at_a_boundary_weight_worked_by_hand():
+    # g1 = (2, 0), g2 = (0, 1): g₀ = (1, ½), ‖g₀‖ = √1.25. On w = (t, 1−t), F(t) = ½ + 1.5t +
+    # c√1.25·√(5t² − 2t + 1), and F'(t) = 1.5 + c√1.25 (5t − 1)/√(5t² − 2t + 1) ≥ 1.5 − 0.4·1.118 > 0 for
+    # c = 0.4 (the fraction is ≥ −1 on [0, 1]): w = (0, 1), g_w = g2, and
+    # d = (g₀ + c‖g₀‖ g2) / (1 + c²) = (1, ½ + 0.4√1.25) / 1.16
+    batch, _ = linear_task_batch(torch.tensor([[2.0, 0.0], [0.0, 1.0]], dtype=torch.float64))
+    update = CAGrad()(batch)
+    assert CAGrad.gradient_method and update.loss is None
+    expected = torch.tensor([1.0, 0.5 + 0.4 * math.sqrt(1.25)], dtype=torch.float64) / 1.16
+    torch.testing.assert_close(update.grad, expected, atol=1e-5, rtol=0)
+    assert update.metrics["cagrad/w_0"] == pytest.approx(0.0, abs=1e-5)
+    assert update.metrics["cagrad/w_1"] == pytest.approx(1.0, abs=1e-5)
+
+
+def test_cagrad_of_symmetric_gradients_and_its_rescaling():
+    # orthogonal unit gradients: by symmetry w = (½, ½), g_w = g₀, so d = (1 + c) g₀ before rescaling
+    g = torch.tensor([[1.0, 0.0], [0.0, 1.0]], dtype=torch.float64)
+    g0 = torch.tensor([0.5, 0.5], dtype=torch.float64)
+    for rescale, scale in ((0, 1.0), (1, 1 + 0.4**2), (2, 1.4)):
+        update = CAGrad(rescale=rescale)(linear_task_batch(g)[0])
+        torch.testing.assert_close(update.grad, 1.4 / scale * g0, atol=1e-5, rtol=0)
+    # c = 0 is the plain mean gradient
+    plain = CAGrad(c=0.0)(linear_task_batch(torch.tensor([[3.0, 1.0], [-1.0, 2.0]], dtype=torch.float64))[0])
+    torch.testing.assert_close(plain.grad, torch.tensor([1.0, 1.5], dtype=torch.float64), atol=1e-6, rtol=0)
+
+
+def test_cagrad_improves_the_worst_task_more_than_the_mean_gradient():
+    g = torch.randn(4, 12, generator=gen(3), dtype=torch.float64)
+    update = CAGrad(rescale=0)(linear_task_batch(g)[0]).grad
+    mean = g.mean(dim=0)
+    # d is the best worst-task direction in the ball ‖d − g₀‖ ≤ c‖g₀‖, which holds g₀ itself
+    assert (update - mean).norm() <= 0.4 * mean.norm() * (1 + 1e-4)
+    assert (g @ update).min() >= (g @ mean).min() - 1e-6
+
+
+def test_cagrad_bad_input():
+    with pytest.raises(DTRLabError, match="c=-1"):
+        CAGrad(c=-1.0)
+    with pytest.raises(DTRLabError, match="rescale=3"):
+        CAGrad(rescale=3)

@@ -143,7 +143,7 @@ def ddp_fit(tmp_path: Path, name: str, callbacks: str, steps: int = 6) -> Path:
         "--config",
         str(ROOT / "experiments/digits/base.yaml"),
         "--config",
-        str(ROOT / "experiments/digits/dtr.yaml"),
+        str(ROOT / "experiments/routing/dtr.yaml"),
         "--config",
         str(config),
     ]

@@ -2,10 +2,10 @@
 
 import pytest
 import torch
+from helpers import REPO
 
 from dtr_lab.errors import DTRLabError
 from dtr_lab.pairing import check_paired, instantiate
-from tests.cli_helpers import REPO
 
 ROUTINGS = ("vanilla", "rtr", "dtr")
 
@@ -16,7 +16,7 @@ def build(routing: str, seed: int, *extra: str):
             "--config",
             str(REPO / "experiments/repro/base.yaml"),
             "--config",
-            str(REPO / f"experiments/digits/{routing}.yaml"),
+            str(REPO / f"experiments/routing/{routing}.yaml"),
             "--seed_everything",
             str(seed),
             "--model.seed",

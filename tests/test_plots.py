@@ -11,8 +11,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+from helpers import write_fake_run  # noqa: E402
 from matplotlib.collections import PolyCollection  # noqa: E402
-from test_runs import write_fake_run  # noqa: E402
 
 from dtr_lab import plots  # noqa: E402
 from dtr_lab.runs import RunError, load_runs  # noqa: E402

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
+from helpers import CONFLICT_EDGES, write_fake_run
 
 from dtr_lab.runs import (
     RunError,
@@ -27,79 +27,6 @@ from dtr_lab.runs import (
     routing_affinity_correlation,
     run_labels,
 )
-
-ROUTING_PATHS = {"dtr": "dtr_lab.routing.DTRRouting", "vanilla": "dtr_lab.routing.NoRouting"}
-CONFLICT_EDGES = [0, 250, 500, 750, 1000]
-
-
-def _rows(path: Path, header: tuple, rows: list) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(header)
-        w.writerows(rows)
-
-
-def write_fake_run(root: Path, routing: str = "dtr", seed: int = 0, scale: float = 1.0) -> Path:
-    """A run directory in the format LightningCLI + the analysis callbacks write, with known values:
-    probe loss at t is scale·(t+10)/1000 (ema) and twice that (raw); the K=4 cosine matrix is
-    1 − |i−j|/2; affinity Z_{i→j} = −|i−j| − 0.1·i; IoU = 1/(1+|i−j|)."""
-    run = root / f"{routing}_s{seed}" / "version_0"
-    run.mkdir(parents=True)
-    config = {
-        "seed_everything": seed,
-        "model": {
-            "net": {"class_path": "dtr_lab.models.DiT", "init_args": {"size": "DiT-T/2"}},
-            "routing": {"class_path": ROUTING_PATHS[routing], "init_args": {"alpha": 4.0, "beta": 0.8}},
-            "seed": 0,
-        },
-        "data": {"class_path": "dtr_lab.data.DigitsDataModule"},
-    }
-    (run / "config.yaml").write_text(yaml.safe_dump(config))
-    from torch.utils.tensorboard import SummaryWriter
-
-    writer = SummaryWriter(str(run))
-    for step in range(10):
-        writer.add_scalar("train/loss", scale * (1.0 + step), step)
-    writer.add_scalar("val/loss_ema", scale * 0.5, 9)
-    writer.close()
-
-    rec = run / "records"
-    header = ("step", "metric", "i", "j", "value")
-    probe = [
-        (s, m, t, "", f * scale * (t + 10) / 1000)
-        for s in (0, 100)
-        for m, f in (("probe_ema", 1), ("probe_raw", 2))
-        for t in (0, 100, 500, 900)
-    ]
-    train = [(100, "train", t, "", scale * 0.1) for t in range(0, 1000, 250)]
-    _rows(rec / "loss_by_t.csv", header, probe + train)
-    k = 4
-    conflict = []
-    for s in (0, 50, 100):
-        conflict += [(s, "cos", i, j, 1 - abs(i - j) / 2 * (1 + s / 100)) for i in range(k) for j in range(k)]
-        conflict += [(s, "cos_by_distance", d, "", 1 - d / 2 * (1 + s / 100)) for d in range(k)]
-        conflict += [(s, "neg_share", "", "", s / 200), (s, "neg_share/blocks.0", "", "", s / 400)]
-        conflict += [(s, "grad_norm", i, "", 1.0 + i) for i in range(k)]
-    _rows(rec / "conflict.csv", header, conflict)
-    _rows(
-        rec / "affinity.csv",
-        header,
-        [(s, "tag", i, j, -abs(i - j) - 0.1 * i) for s in (0, 100) for i in range(k) for j in range(k)],
-    )
-    iou = [
-        (0, "iou", i, j, 1 / (1 + abs(i - j)) if routing == "dtr" else 1.0)
-        for i in range(k)
-        for j in range(k)
-    ]
-    _rows(rec / "routing.csv", header, iou)
-    edges = [
-        (n, i, CONFLICT_EDGES[i], CONFLICT_EDGES[i + 1])
-        for n in ("conflict", "affinity", "routing", "loss_by_t")
-        for i in range(k)
-    ]
-    _rows(rec / "intervals.csv", ("name", "k", "start", "end"), edges)
-    return run
 
 
 @pytest.fixture

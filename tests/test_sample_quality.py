@@ -9,15 +9,15 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from cli_helpers import DIGITS, tiny
+from helpers import DIGITS, tiny
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from dtr_lab.callbacks import SampleQuality
 from dtr_lab.callbacks.sample_quality import balanced_labels, generate
 from dtr_lab.cli import main
 from dtr_lab.data import DigitsDataModule
+from dtr_lab.data.digits import digits_split, load_digits_tensors
 from dtr_lab.errors import DTRLabError
-from dtr_lab.metrics import digits_split, load_digits_tensors
 
 QUALITY = "dtr_lab.callbacks.SampleQuality"
 # `predict`/`test` take model options from the checkpoint's hyperparameters (LightningCLI's

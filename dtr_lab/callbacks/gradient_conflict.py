@@ -6,19 +6,28 @@ conflict. ANT (Go et al., NeurIPS 2023) calls this cosine the task affinity scor
 
 from __future__ import annotations
 
+import math
+
 import lightning as L
 import torch
 
-from dtr_lab.callbacks.probe import (
-    AUTO,
-    IntervalProbe,
-    Probe,
-    block_slices,
-    cosine_matrix,
-    gram,
-    write_matrix,
-)
+from dtr_lab.callbacks.probe import AUTO, IntervalProbe, Probe, block_slices, write_matrix
 from dtr_lab.mtl.intervals import Intervals
+
+
+def gram(grads: torch.Tensor, ranges: list[tuple[int, int]] | None = None) -> torch.Tensor:
+    """G_ij = ⟨g_i, g_j⟩ over all of the flat gradients (K, P), or over the given [start, end) ranges."""
+    if ranges is None:
+        return grads @ grads.T  # (K, K)
+    return sum(grads[:, a:b] @ grads[:, a:b].T for a, b in ranges)
+
+
+def cosine_matrix(gram: torch.Tensor) -> torch.Tensor:
+    """cos(g_i, g_j) from the Gram matrix (K, K); NaN where a gradient is zero (undefined)."""
+    norm = gram.diagonal().clamp(min=0).sqrt()  # (K,)
+    denom = norm[:, None] * norm[None, :]
+    cos = (gram / denom).clamp(-1.0, 1.0)
+    return torch.where(denom > 0, cos, torch.full_like(cos, float("nan")))
 
 
 def neg_share(cos: torch.Tensor) -> float:
@@ -53,7 +62,8 @@ class GradientConflict(IntervalProbe):
         Args:
             every_n_steps: measure after every N optimizer steps (and at step 0 and the last step when
                 it is a multiple of N).
-            intervals: the K task intervals (default: 5, uniform in t).
+            intervals: the K task intervals; default the module's (model.intervals). Another split
+                is measured with gradients of its own (another K backward passes).
             probe_size: n probe images; each interval sees all n at its own timesteps, so a measurement
                 is a forward and backward pass over K·n samples; null: n = B/K (B = data.batch_size),
                 about one training step.
@@ -101,7 +111,7 @@ class GradientConflict(IntervalProbe):
         scalars.update({f"conflict/cos_by_distance/d{d + 1}": v for d, v in enumerate(by_distance.tolist())})
         for name in self.blocks:
             scalars[f"conflict/neg_share/{name}"] = neg_share(matrices[f"cos/{name}"])
-        self.log_scalars(trainer, {tag: v for tag, v in scalars.items() if v == v}, step)
+        self.log_scalars(trainer, {tag: v for tag, v in scalars.items() if math.isfinite(v)}, step)
 
         self.log_heatmaps(trainer, "conflict/cos", {"cos": cos}, step)
         if self.blocks:
@@ -113,7 +123,7 @@ class GradientConflict(IntervalProbe):
             for name, matrix in matrices.items():
                 write_matrix(self.writer, step, name, matrix)
                 share = neg_share(matrix)
-                if share == share:
+                if math.isfinite(share):
                     self.writer.scalar(step, name.replace("cos", "neg_share", 1), share)
             self.writer.vector(step, "grad_norm", grad_norm)
             self.writer.vector(step, "cos_by_distance", by_distance, index=range(1, k))

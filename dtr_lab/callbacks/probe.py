@@ -7,7 +7,9 @@ alone and every measurement over training sees exactly the same inputs. Measurem
 on the plain network (never the DDP wrapper), take one gradient per interval sub-batch with
 ``dtr_lab.mtl.gradients.interval_gradients`` (``torch.autograd.grad``, never ``.grad``), draw
 nothing from the module's generator, and fork the global RNG (dropout) around themselves, so a run
-with analyses on trains bit-identically to one without.
+with analyses on trains bit-identically to one without. The intervals are the module's task split
+(``pl_module.tasks``) unless a callback is given its own; the per-interval gradients go through the
+module's ``tasks.gradients``, so analyses measuring the same probe at the same step share one set.
 """
 
 from __future__ import annotations
@@ -24,9 +26,9 @@ from torch import nn
 
 from dtr_lab.callbacks.heatmap import heatmap_figure, heatmap_image, log_figure, log_image
 from dtr_lab.callbacks.logging import log_dir
+from dtr_lab.callbacks.prepared import PreparedCallback
 from dtr_lab.callbacks.records import RecordWriter, write_intervals
 from dtr_lab.errors import DTRLabError
-from dtr_lab.mtl.gradients import interval_gradients
 from dtr_lab.mtl.intervals import Intervals, TaskIntervals, check_num_intervals
 
 AUTO = "auto"  # block_pattern: each child of net.blocks, when the network has them
@@ -117,21 +119,6 @@ def block_slices(
     return blocks
 
 
-def gram(grads: torch.Tensor, ranges: list[tuple[int, int]] | None = None) -> torch.Tensor:
-    """G_ij = ⟨g_i, g_j⟩ over all of the flat gradients (K, P), or over the given [start, end) ranges."""
-    if ranges is None:
-        return grads @ grads.T  # (K, K)
-    return sum(grads[:, a:b] @ grads[:, a:b].T for a, b in ranges)
-
-
-def cosine_matrix(gram: torch.Tensor) -> torch.Tensor:
-    """cos(g_i, g_j) from the Gram matrix (K, K); NaN where a gradient is zero (undefined)."""
-    norm = gram.diagonal().clamp(min=0).sqrt()  # (K,)
-    denom = norm[:, None] * norm[None, :]
-    cos = (gram / denom).clamp(-1.0, 1.0)
-    return torch.where(denom > 0, cos, torch.full_like(cos, float("nan")))
-
-
 @contextmanager
 def isolated(trainer: L.Trainer, device: torch.device, seed: int) -> Iterator[None]:
     """Run a measurement in the training precision with its own global RNG state, restored afterwards."""
@@ -148,14 +135,10 @@ def isolated(trainer: L.Trainer, device: torch.device, seed: int) -> Iterator[No
             yield
 
 
-class IntervalProbe(L.Callback):
+class IntervalProbe(PreparedCallback):
     """Base of the analyses measured every N steps on a fixed per-interval probe (rank 0 only)."""
 
     record_name = ""  # records/<record_name>.csv
-    # GradientConflict and TaskAffinity with the same probe need the same K gradients at a shared
-    # step: the first computes them, the others reuse them, and the last callback drops them before
-    # the training step runs. Key: (network id, step, probe key).
-    _shared: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def __init__(
         self,
@@ -172,9 +155,10 @@ class IntervalProbe(L.Callback):
             )
         if probe_size is not None and probe_size < 1:
             raise DTRLabError(f"{owner}.probe_size={probe_size} must be at least 1 image (or null for B/K)")
-        self.intervals = intervals or Intervals()
-        with self.option_errors():
-            check_num_intervals(self.intervals.k)
+        self.intervals = intervals  # None: the module's task split
+        if intervals is not None:
+            with self.option_errors():
+                check_num_intervals(intervals.k)
         if params is not None:
             try:
                 re.compile(params)
@@ -199,16 +183,10 @@ class IntervalProbe(L.Callback):
         except DTRLabError as err:
             raise DTRLabError(f"{type(self).__name__}.{err}") from None
 
-    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        if stage == "fit":
-            self.prepare(pl_module, trainer.datamodule)
-
-    def prepare(self, pl_module: L.LightningModule, datamodule: L.LightningDataModule) -> None:
-        """Check the options against the model and data and build the probe; writes nothing, so the
-        CLI may call it before the trainer opens the run directory."""
-        T = pl_module.diffusion.num_timesteps
+    def build(self, pl_module: L.LightningModule, datamodule: L.LightningDataModule) -> None:
+        """Check the options against the model and data and build the probe."""
         with self.option_errors():
-            self.task_intervals = self.intervals.build(pl_module.diffusion.snr(torch.arange(T)).cpu())
+            self.task_intervals = pl_module.tasks.split(self.intervals)
             self.param_names = select_parameters(pl_module.net, self.params, "params")
             # B/K images: the K sub-batches together are one training batch, so one measurement
             # costs about one training step
@@ -231,11 +209,9 @@ class IntervalProbe(L.Callback):
         self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx: int
     ) -> None:
         self.maybe_measure(trainer, pl_module)
-        self.release_shared(trainer)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.maybe_measure(trainer, pl_module)
-        self.release_shared(trainer)
         for tag, (step, matrices, style) in self._heatmaps.items():
             labels = self.task_intervals.labels()
             figure = heatmap_figure(
@@ -254,42 +230,21 @@ class IntervalProbe(L.Callback):
         with isolated(trainer, pl_module.device, self.seed):
             self.measure(trainer, pl_module, probe, [params[n] for n in self.param_names], step)
 
-    def release_shared(self, trainer: L.Trainer) -> None:
-        """The last interval probe in the callback list frees the step's shared gradients."""
-        probes = [cb for cb in trainer.callbacks if isinstance(cb, IntervalProbe)]
-        if probes and probes[-1] is self:
-            IntervalProbe._shared.clear()
-
     def probe_gradients(
         self, pl_module: L.LightningModule, probe: Probe, params: list[torch.Tensor], step: int
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The probe's (K, P) gradients and (K,) losses at this step, computed once for every analysis
-        with the same probe (intervals, size, seed, parameters)."""
-        key = (
-            id(pl_module.net),
-            step,
-            tuple(self.task_intervals.edges.tolist()),
-            probe.per_interval,
-            self.seed,
-            tuple(self.param_names),
-        )
-        if key not in IntervalProbe._shared:
-            IntervalProbe._shared.clear()
-            IntervalProbe._shared[key] = self.interval_gradients(pl_module, probe, params)
-        return IntervalProbe._shared[key]
-
-    def interval_gradients(
-        self, pl_module: L.LightningModule, probe: Probe, params: list[torch.Tensor]
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(K, P) float32 gradients and (K,) losses of the raw network on the probe's interval sub-batches."""
+        """The probe's (K, P) float32 gradients and (K,) losses of the raw network at this step, computed
+        once for every analysis with the same probe (intervals, size, seed, parameters)."""
 
         def loss_fn(x0, t, noise, y) -> tuple[torch.Tensor, torch.Tensor]:
             losses = pl_module.per_sample_loss(x0, t, noise, y, net=pl_module.net)  # (n,)
             return losses, losses
 
+        key = ("probe", step, tuple(self.task_intervals.edges.tolist()), probe.per_interval, self.seed,
+               tuple(self.param_names))
         batch = (probe.x0, probe.t, probe.noise, probe.y)
-        grads, losses = interval_gradients(loss_fn, batch, probe.num_intervals, params)  # (K, P), (K·n,)
-        return grads.float(), losses.float().view(probe.num_intervals, -1).mean(dim=1)
+        grads, losses = pl_module.tasks.gradients(key, loss_fn, batch, probe.num_intervals, params)
+        return grads.float(), losses.float().view(probe.num_intervals, -1).mean(dim=1)  # (K, P), (K,)
 
     def measure(
         self,

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 
 from dtr_lab.callbacks.heatmap import heatmap_figure, log_figure
 from dtr_lab.callbacks.logging import log_dir, save_png
+from dtr_lab.callbacks.prepared import PreparedCallback
 from dtr_lab.callbacks.records import RecordWriter, write_intervals
 from dtr_lab.errors import DTRLabError
 from dtr_lab.mtl.intervals import Intervals, TaskIntervals
@@ -31,26 +32,21 @@ def interval_iou(table: torch.Tensor, intervals: TaskIntervals) -> torch.Tensor:
     return (member.T @ iou @ member) / (size[:, None] * size[None, :])  # (K, K)
 
 
-class RoutingMaps(L.Callback):
+class RoutingMaps(PreparedCallback):
     """Logs each mask table (rows: timesteps t, columns: channels; white = active) and the K×K IoU."""
 
     def __init__(self, intervals: Intervals | None = None) -> None:
         """
         Args:
-            intervals: the K task intervals for the IoU matrix (default: 5, uniform in t).
+            intervals: the K task intervals for the IoU matrix; default the module's (model.intervals).
         """
-        self.intervals = intervals or Intervals()
+        self.intervals = intervals
         self.task_intervals: TaskIntervals | None = None
 
-    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        if stage == "fit":
-            self.prepare(pl_module, trainer.datamodule)
-
-    def prepare(self, pl_module: L.LightningModule, datamodule: L.LightningDataModule | None = None) -> None:
-        """Check the intervals against T; writes nothing (the CLI may call it before fit)."""
-        T = pl_module.diffusion.num_timesteps
+    def build(self, pl_module: L.LightningModule, datamodule: L.LightningDataModule | None = None) -> None:
+        """Check the intervals against T."""
         try:
-            self.task_intervals = self.intervals.build(pl_module.diffusion.snr(torch.arange(T)).cpu())
+            self.task_intervals = pl_module.tasks.split(self.intervals)
         except DTRLabError as err:
             raise DTRLabError(f"RoutingMaps.{err}") from None
 

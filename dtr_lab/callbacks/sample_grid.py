@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 import lightning as L
@@ -10,6 +11,7 @@ from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 
 from dtr_lab.callbacks.logging import log_dir, save_png
 from dtr_lab.errors import DTRLabError
+from dtr_lab.samples import balanced_labels, generate
 
 
 def image_grid(images: torch.Tensor, nrow: int, pad: int = 1) -> torch.Tensor:
@@ -49,17 +51,10 @@ class SampleGrid(L.Callback):
         if trainer.global_step == self._last_step:
             return
         self._last_step = trainer.global_step
-        hp = pl_module.hparams
-        gen = torch.Generator().manual_seed(self.seed)
-        noise = torch.randn(self.num_samples, hp.in_channels, hp.image_size, hp.image_size, generator=gen)
-        y = torch.arange(self.num_samples) % hp.num_classes if hp.num_classes > 0 else None
-        device = pl_module.device
-        images = pl_module.sample(
-            noise.to(device),
-            None if y is None else y.to(device),
-            generator=torch.Generator(device=device).manual_seed(self.seed),
-        )
-        grid = image_grid(self.to_images(trainer, images), self.nrow)
+        labels = balanced_labels(self.num_samples, pl_module.hparams.num_classes)
+        decode = partial(self.to_images, trainer)
+        images = generate(pl_module, labels, self.num_samples, self.seed, self.num_samples, decode)
+        grid = image_grid(images, self.nrow)
         if trainer.logger is not None and hasattr(trainer.logger.experiment, "add_image"):
             trainer.logger.experiment.add_image("samples/ema", grid, trainer.global_step)
         out = log_dir(trainer)
@@ -67,12 +62,9 @@ class SampleGrid(L.Callback):
             save_png(grid, Path(out) / "samples" / f"step{trainer.global_step:07d}.png")
 
     def to_images(self, trainer: L.Trainer, samples: torch.Tensor) -> torch.Tensor:
-        """Latent samples decoded by the datamodule's VAE; without one, the first 3 latent channels."""
-        decode = getattr(trainer.datamodule, "decode", None)
-        if decode is None:
-            return samples
+        """Samples decoded by the datamodule; latents without their VAE: the first 3 channels."""
         try:
-            return decode(samples)
+            return trainer.datamodule.decode(samples)
         except DTRLabError as err:  # a grid is a view: training goes on without the VAE
             if not self._warned:
                 rank_zero_warn(f"SampleGrid shows raw latent channels: {err}")

@@ -15,39 +15,9 @@ from dtr_lab.errors import DTRLabError
 from dtr_lab.metrics import SampleQualityMetrics
 from dtr_lab.metrics.features import FEATURES, find_inception_weights
 from dtr_lab.module import check_sample_steps
+from dtr_lab.samples import balanced_labels, generate
 
-
-def balanced_labels(n: int, num_classes: int) -> torch.Tensor | None:
-    """Labels cycling over the classes, so every class gets n/num_classes samples; None if unconditional."""
-    return torch.arange(n) % num_classes if num_classes > 0 else None
-
-
-@torch.no_grad()
-def generate(
-    pl_module: L.LightningModule,
-    labels: torch.Tensor | None,
-    num_samples: int,
-    seed: int,
-    batch_size: int,
-    decode=None,
-    **sample_kwargs,
-) -> torch.Tensor:
-    """`num_samples` EMA samples in [-1, 1] (decoded to images when the data are latents), (N, C, H, W).
-
-    Batch b draws its noise from seed + b, so a set of samples depends only on the seed and the
-    batch size, never on the training RNG.
-    """
-    hp = pl_module.hparams
-    device = pl_module.device
-    out = []
-    for b, start in enumerate(range(0, num_samples, batch_size)):
-        n = min(batch_size, num_samples - start)
-        gen = torch.Generator(device=device).manual_seed(seed + b)
-        noise = torch.randn(n, hp.in_channels, hp.image_size, hp.image_size, generator=gen, device=device)
-        y = None if labels is None else labels[start : start + n].to(device)
-        x = pl_module.sample(noise, y, generator=gen, **sample_kwargs)
-        out.append((decode(x) if decode is not None else x).cpu())
-    return torch.cat(out)
+__all__ = ["SampleQuality", "balanced_labels", "generate", "real_images"]
 
 
 def real_images(datamodule: L.LightningDataModule, max_images: int, seed: int) -> torch.Tensor:
@@ -61,8 +31,7 @@ def real_images(datamodule: L.LightningDataModule, max_images: int, seed: int) -
     idx = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:n]
     tensors = getattr(dataset, "tensors", None)
     x = tensors[0][idx] if tensors is not None else torch.stack([dataset[i][0] for i in idx.tolist()])
-    decode = getattr(datamodule, "decode", None)
-    return torch.cat([decode(chunk) for chunk in x.split(256)]) if decode is not None else x
+    return torch.cat([datamodule.decode(chunk) for chunk in x.split(256)])
 
 
 class SampleQuality(L.Callback):
@@ -153,7 +122,7 @@ class SampleQuality(L.Callback):
         labels = balanced_labels(num_samples, pl_module.hparams.num_classes)
         images = generate(
             pl_module, labels, num_samples, self.seed, self.batch_size,
-            getattr(trainer.datamodule, "decode", None), **self.sample_kwargs,
+            trainer.datamodule.decode, **self.sample_kwargs,
         )
         return self._scorer(trainer)(images, labels)
 

@@ -70,7 +70,8 @@ class TaskAffinity(IntervalProbe):
         Args:
             every_n_steps: measure after every N optimizer steps (and at step 0 and the last step when
                 it is a multiple of N).
-            intervals: the K task intervals (default: 5, uniform in t).
+            intervals: the K task intervals; default the module's (model.intervals). Another split
+                is measured with gradients of its own (another K backward passes).
             probe_size: n probe images; each interval sees all n at its own timesteps; null: n = B/K.
             params: regex selecting the parameters the lookahead step moves; null for all trainable ones.
             update: 'optimizer' (the configured optimizer's step from its current state) or 'sgd'

@@ -14,6 +14,7 @@ from matplotlib.figure import Figure
 
 from dtr_lab.callbacks.heatmap import log_figure
 from dtr_lab.callbacks.logging import log_dir
+from dtr_lab.callbacks.prepared import PreparedCallback
 from dtr_lab.callbacks.probe import isolated
 from dtr_lab.callbacks.records import RecordWriter, write_intervals
 from dtr_lab.errors import DTRLabError
@@ -53,7 +54,7 @@ def loss_curve_figure(grid: torch.Tensor, curves: dict[str, torch.Tensor], step:
     return fig
 
 
-class TimestepLoss(L.Callback):
+class TimestepLoss(PreparedCallback):
     """Training loss binned by t every N steps, and a fixed-probe loss-vs-t curve every M steps."""
 
     def __init__(
@@ -101,19 +102,13 @@ class TimestepLoss(L.Callback):
         self._last_logged = -1
         self._last_probed = -1
 
-    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        if stage == "fit":
-            self.prepare(pl_module, trainer.datamodule)
-
-    def prepare(self, pl_module: L.LightningModule, datamodule: L.LightningDataModule) -> None:
-        """Check the options against T and the data and build the probe; writes nothing, so the CLI
-        may call it before the trainer opens the run directory."""
+    def build(self, pl_module: L.LightningModule, datamodule: L.LightningDataModule) -> None:
+        """Check the options against T and the data and build the probe."""
         T = pl_module.diffusion.num_timesteps
         if self.num_bins > T:
             raise DTRLabError(f"TimestepLoss.num_bins={self.num_bins} is larger than T={T}; use at most {T}")
-        self.bins = Intervals(num_intervals=self.num_bins).build(
-            pl_module.diffusion.snr(torch.arange(T)).cpu()
-        )
+        # a finer split than the module's K tasks, asked for explicitly: bins of the loss curve
+        self.bins = pl_module.tasks.split(Intervals(num_intervals=self.num_bins))
         self.grid = probe_grid(self.probe_timesteps, T)
         try:
             x0, y = datamodule.probe_batch(self.probe_size, self.seed)  # (n, C, H, W), (n,)

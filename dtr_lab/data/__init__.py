@@ -1,7 +1,7 @@
 """LightningDataModules yielding (x in [-1, 1] NCHW float, y long) batches.
 
-Modules whose data are images have no `decode`; LatentDataModule's samples are VAE latents and
-its `decode(z)` turns them into images for grids and metrics.
+Every module has `decode(x)`, samples -> images: the identity for image data; LatentDataModule's
+samples are VAE latents, which its `decode(z)` turns into images for grids and metrics.
 """
 
 from dtr_lab.data.base import ImageDataModule

@@ -110,6 +110,10 @@ class ImageDataModule(L.LightningDataModule):
         """What to sample is the model's choice (model.num_samples labels cycling over the classes)."""
         return self.trainer.lightning_module.predict_dataloader()
 
+    def decode(self, x: torch.Tensor) -> torch.Tensor:
+        """Samples in the data space -> images in [-1, 1]: the identity for pixel data."""
+        return x
+
     def probe_batch(self, size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
         """A fixed, seeded set of `size` training images and labels for analyses."""
         if self.train_set is None:

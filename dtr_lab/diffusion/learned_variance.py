@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import torch
 
-from dtr_lab.diffusion.schedule import GaussianDiffusion
+from dtr_lab.diffusion.schedule import GaussianDiffusion, at, predict_x0
 from dtr_lab.errors import DTRLabError
 
 
@@ -38,6 +38,7 @@ class Posterior:
 
     def __init__(self, diffusion: GaussianDiffusion, timesteps: Sequence[int] | None = None) -> None:
         alpha_bar = diffusion.alpha_bar  # float64
+        self.source = alpha_bar  # the table it was built from (a device move replaces it)
         if timesteps is not None:
             alpha_bar = alpha_bar[torch.as_tensor(list(timesteps), device=alpha_bar.device)]
         alpha_bar_prev = torch.cat([alpha_bar.new_ones(1), alpha_bar[:-1]])
@@ -50,6 +51,14 @@ class Posterior:
         self.coef_x0 = alpha_bar_prev.sqrt() * self.betas / (1 - alpha_bar)
         self.coef_xt = (1 - self.betas).sqrt() * (1 - alpha_bar_prev) / (1 - alpha_bar)
 
+    @staticmethod
+    def of(diffusion: GaussianDiffusion) -> Posterior:
+        """The full chain's posterior, built once per diffusion (and device) rather than per loss call."""
+        cached = diffusion.__dict__.get("_posterior")
+        if cached is None or cached.source is not diffusion.alpha_bar:
+            cached = diffusion.__dict__["_posterior"] = Posterior(diffusion)
+        return cached
+
     def fixed_variance(self, kind: str) -> torch.Tensor:
         """σ² per step of a fixed-variance reverse process, (S,): "small" is β̃_i; "large" is β_i with
         β̃ of the second step at the first (ADM's FIXED_LARGE, guided_diffusion/gaussian_diffusion.py,
@@ -59,30 +68,24 @@ class Posterior:
         first = self.variance[1:2] if len(self.betas) > 1 else self.betas[:1]
         return torch.cat([first, self.betas[1:]])
 
-    @staticmethod
-    def _at(table: torch.Tensor, i: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-        """table[i] cast to like's dtype and shaped (N, 1, 1, ...) to broadcast over like."""
-        return table[i].to(like.dtype).view(-1, *([1] * (like.dim() - 1)))
-
     def mean(self, x0: torch.Tensor, x_t: torch.Tensor, i: torch.Tensor) -> torch.Tensor:
         """μ̃(x_t, x_0) = √ᾱ_prev β/(1−ᾱ) x_0 + √α (1−ᾱ_prev)/(1−ᾱ) x_t."""
-        return self._at(self.coef_x0, i, x_t) * x0 + self._at(self.coef_xt, i, x_t) * x_t
+        return at(self.coef_x0, i, x_t) * x0 + at(self.coef_xt, i, x_t) * x_t
 
     def log_variance(self, i: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
         """log β̃ (clipped at the first step), shaped to broadcast over like."""
-        return self._at(self.log_variance_clipped, i, like)
+        return at(self.log_variance_clipped, i, like)
 
     def model_log_variance(self, v: torch.Tensor, i: torch.Tensor) -> torch.Tensor:
         """log σ²_θ = v' log β + (1 − v') log β̃ with v' = (v + 1)/2, elementwise over v."""
         frac = (v + 1) / 2
-        return frac * self._at(self.betas, i, v).log() + (1 - frac) * self.log_variance(i, v)
+        return frac * at(self.betas, i, v).log() + (1 - frac) * self.log_variance(i, v)
 
     def p_mean_log_variance(
         self, x_t: torch.Tensor, i: torch.Tensor, eps: torch.Tensor, v: torch.Tensor, clip_x0: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The model's reverse step p_θ(x_prev | x_t): mean μ̃(x_t, x̂_0(ε)) and log σ²_θ(v)."""
-        ab = self._at(self.alpha_bar, i, x_t)
-        x0 = (x_t - (1 - ab).sqrt() * eps) / ab.sqrt()
+        x0 = predict_x0(x_t, eps, at(self.alpha_bar, i, x_t))
         if clip_x0:
             x0 = x0.clamp(-1, 1)
         return self.mean(x0, x_t, i), self.model_log_variance(v, i)
@@ -122,7 +125,7 @@ def vb_term(
     """L_vb per sample in bits per dim, float32 (N,): KL(q(x_{t−1}|x_t,x_0) ‖ p_θ) for t > 0 and
     −log p_θ(x_0|x_1), discretised, for t = 0. The mean uses ε detached: only v learns from L_vb."""
     x0, x_t, eps, v = x0.float(), x_t.float(), eps.detach().float(), v.float()
-    posterior = Posterior(diffusion)
+    posterior = Posterior.of(diffusion)
     true_mean = posterior.mean(x0, x_t, t)
     true_log_var = posterior.log_variance(t, x_t)
     model_mean, model_log_var = posterior.p_mean_log_variance(x_t, t, eps, v)

@@ -11,7 +11,7 @@ from collections.abc import Callable
 import torch
 
 from dtr_lab.diffusion.learned_variance import Posterior, split_output
-from dtr_lab.diffusion.schedule import GaussianDiffusion
+from dtr_lab.diffusion.schedule import GaussianDiffusion, at, predict_x0
 from dtr_lab.errors import DTRLabError
 
 EpsFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (x_t, t) -> ε̂, or [ε̂, v] on channels
@@ -106,13 +106,13 @@ def sample(
             mean, log_var = posterior.p_mean_log_variance(x_t, step, eps, v, clip_x0)
             std = (0.5 * log_var).exp()
         elif eta == 1.0:
-            x0 = diffusion.predict_x0(x_t, t, eps)
+            x0 = predict_x0(x_t, eps, at(alpha_bar, t, x_t))
             mean = posterior.mean(x0.clamp(-1, 1) if clip_x0 else x0, x_t, step)
             std = fixed_var[i].sqrt()
         else:
             ab = alpha_bar[ts[i]]
             ab_prev = alpha_bar[ts[i - 1]] if i > 0 else torch.ones_like(ab)
-            x0 = (x_t - (1 - ab).sqrt() * eps) / ab.sqrt()
+            x0 = predict_x0(x_t, eps, ab)
             if clip_x0:
                 x0 = x0.clamp(-1, 1)
                 eps = (x_t - ab.sqrt() * x0) / (1 - ab).sqrt()

@@ -28,6 +28,16 @@ def cosine_betas(num_timesteps: int, s: float = 0.008, max_beta: float = 0.999) 
     return (1 - f[1:] / f[:-1]).clamp(max=max_beta)
 
 
+def at(table: torch.Tensor, index: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """table[index] cast to like's dtype and shaped (N, 1, 1, ...) to broadcast over like."""
+    return table[index].to(like.dtype).view(-1, *([1] * (like.dim() - 1)))
+
+
+def predict_x0(x_t: torch.Tensor, eps: torch.Tensor, alpha_bar: torch.Tensor) -> torch.Tensor:
+    """x̂_0 = (x_t − √(1−ᾱ) ε̂) / √ᾱ, with ᾱ broadcast over x_t."""
+    return (x_t - (1 - alpha_bar).sqrt() * eps) / alpha_bar.sqrt()
+
+
 class GaussianDiffusion(nn.Module):
     """The forward process q(x_t | x_0) over T timesteps, with ε-prediction losses."""
 
@@ -41,18 +51,12 @@ class GaussianDiffusion(nn.Module):
         self.schedule = schedule
         betas = linear_betas(num_timesteps) if schedule == "linear" else cosine_betas(num_timesteps)
         alpha_bar = torch.cumprod(1 - betas, dim=0)
-        # float64 tables keep 1 − ᾱ_t accurate near t = 0; coefficients are formed in float64, then cast
+        # float64 tables keep 1 − ᾱ_t accurate near t = 0 (in float32, 1 − ᾱ_0 = 1e-4 would keep ~4
+        # digits); the q_sample coefficients are tabled once, then gathered and cast per call
         self.register_buffer("betas", betas, persistent=False)
         self.register_buffer("alpha_bar", alpha_bar, persistent=False)
-
-    def _coefficients(self, t: torch.Tensor, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(√ᾱ_t, √(1−ᾱ_t)) computed in float64, then cast to like's dtype and shaped (N, 1, 1, ...).
-
-        1 − ᾱ_t is formed before the cast: in float32, 1 − ᾱ_0 = 1e-4 would keep only ~4 digits.
-        """
-        ab = self.alpha_bar[t]  # float64
-        shape = (-1, *([1] * (like.dim() - 1)))
-        return ab.sqrt().to(like.dtype).view(shape), (1 - ab).sqrt().to(like.dtype).view(shape)
+        self.register_buffer("sqrt_alpha_bar", alpha_bar.sqrt(), persistent=False)
+        self.register_buffer("sqrt_one_minus_alpha_bar", (1 - alpha_bar).sqrt(), persistent=False)
 
     def snr(self, t: torch.Tensor) -> torch.Tensor:
         """SNR(t) = ᾱ_t / (1 − ᾱ_t), float32, shape of t."""
@@ -61,13 +65,7 @@ class GaussianDiffusion(nn.Module):
 
     def q_sample(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """x_t = √ᾱ_t x_0 + √(1−ᾱ_t) ε."""
-        sqrt_ab, sqrt_one_minus_ab = self._coefficients(t, x0)
-        return sqrt_ab * x0 + sqrt_one_minus_ab * noise
-
-    def predict_x0(self, x_t: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
-        """x̂_0 = (x_t − √(1−ᾱ_t) ε̂) / √ᾱ_t."""
-        sqrt_ab, sqrt_one_minus_ab = self._coefficients(t, x_t)
-        return (x_t - sqrt_one_minus_ab * eps) / sqrt_ab
+        return at(self.sqrt_alpha_bar, t, x0) * x0 + at(self.sqrt_one_minus_alpha_bar, t, x0) * noise
 
     def sample_timesteps(self, n: int, generator: torch.Generator, device: torch.device) -> torch.Tensor:
         """t ~ U{0, …, T−1}, (n,) long."""

@@ -3,9 +3,7 @@ digits classifier whose features give digits-FID and whose predictions give clas
 
 from dtr_lab.metrics.digits_classifier import (
     DigitsClassifier,
-    digits_split,
     load_digits_classifier,
-    load_digits_tensors,
     train_digits_classifier,
 )
 from dtr_lab.metrics.features import DigitsFeatures, InceptionFeatures, feature_extractor
@@ -17,14 +15,12 @@ __all__ = [
     "DigitsFeatures",
     "InceptionFeatures",
     "SampleQualityMetrics",
-    "digits_split",
     "feature_extractor",
     "frechet_distance",
     "inception_score",
     "kernel_distance",
     "knn_radii",
     "load_digits_classifier",
-    "load_digits_tensors",
     "manifold_coverage",
     "precision_recall",
     "train_digits_classifier",

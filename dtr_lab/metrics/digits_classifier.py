@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dtr_lab.data.digits import digits_split, load_digits_tensors
+from dtr_lab.data import DigitsDataModule
 from dtr_lab.errors import DTRLabError
 
 IMAGE_SIZE = 8
@@ -63,7 +63,7 @@ def accuracy(model: DigitsClassifier, x: torch.Tensor, y: torch.Tensor) -> float
 
 
 def train_digits_classifier(seed: int = 0, epochs: int = 15, batch_size: int = 64) -> DigitsClassifier:
-    """Train on the digits training split (digits_split(seed)) with Adam; the global RNG is untouched."""
+    """Train on DigitsDataModule(seed=seed)'s training split with Adam; the global RNG is untouched."""
     # One thread: the summation order, hence the weights, then do not depend on the machine's
     # core count; the network is small enough that this costs about two seconds.
     threads = torch.get_num_threads()
@@ -75,8 +75,10 @@ def train_digits_classifier(seed: int = 0, epochs: int = 15, batch_size: int = 6
 
 
 def _train(seed: int, epochs: int, batch_size: int) -> DigitsClassifier:
-    x, y = load_digits_tensors()
-    train_idx, val_idx = digits_split(seed)
+    data = DigitsDataModule(seed=seed)  # the split the diffusion models train on
+    data.setup("fit")
+    x, y = data.train_set.tensors
+    x_val, y_val = data.val_set.tensors
     generator = torch.Generator().manual_seed(seed)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -85,7 +87,7 @@ def _train(seed: int, epochs: int, batch_size: int) -> DigitsClassifier:
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, epochs)
     model.train()
     for _ in range(epochs):
-        order = train_idx[torch.randperm(len(train_idx), generator=generator)]
+        order = torch.randperm(len(x), generator=generator)
         for batch in order.split(batch_size):
             loss = F.cross_entropy(model(x[batch]), y[batch])
             optimizer.zero_grad()
@@ -93,7 +95,7 @@ def _train(seed: int, epochs: int, batch_size: int) -> DigitsClassifier:
             optimizer.step()
         scheduler.step()
     model.eval().requires_grad_(False)
-    model.val_accuracy = accuracy(model, x[val_idx], y[val_idx])
+    model.val_accuracy = accuracy(model, x_val, y_val)
     return model
 
 

@@ -112,7 +112,10 @@ class Attention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         N, L, C = x.shape
         qkv = self.qkv(x).view(N, L, 3, self.num_heads, C // self.num_heads).permute(2, 0, 3, 1, 4)
-        out = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2])  # (N, H, L, C/H)
+        # unbind, not qkv[0], qkv[1], qkv[2]: indexing makes backward build and sum three zero tensors
+        # the size of qkv (timm's Attention splits the same way)
+        q, k, v = qkv.unbind(0)  # (N, H, L, C/H) each
+        out = F.scaled_dot_product_attention(q, k, v)  # (N, H, L, C/H)
         return self.proj(out.transpose(1, 2).reshape(N, L, C))  # (N, L, C)
 
 

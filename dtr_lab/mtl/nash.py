@@ -6,7 +6,8 @@ from __future__ import annotations
 import torch
 
 from dtr_lab.errors import DTRLabError
-from dtr_lab.mtl.intervals import DEFAULT_INTERVALS, Intervals, check_num_intervals
+from dtr_lab.mtl.intervals import Intervals
+from dtr_lab.mtl.method import MTLMethod, TaskBatch, Update, clip_norm
 
 
 def nash_weights(
@@ -47,10 +48,10 @@ def nash_weights(
     return alpha.to(gram.dtype)
 
 
-class NashMTL:
+class NashMTL(MTLMethod):
     """Nash-MTL as the gradient method of a run: K per-interval gradients -> one update.
 
-    intervals: the K task intervals whose gradients are combined.
+    intervals: the run's K task intervals, if stated here rather than as the module's ``intervals``.
     update_every: solve for new weights every this many steps and reuse them in between.
     max_norm: clip the combined update to this L2 norm.
     normalize_gram: solve on M/‖M‖_F instead of the raw Gram matrix M = Gᵀ G of the gradients G.
@@ -61,24 +62,25 @@ class NashMTL:
     ‖Σ α_k g_k‖ = √K before the clip to ``max_norm``. With ``normalize_gram`` the weights depend only
     on the gradients' directions and relative sizes and the update scales with the gradients like a
     plain step. ANT's code also divides the weighted loss by K, a constant that Adam undoes.
-    Between solves the update is the gradient of Σ_k α_k L_k, so a caller may skip the K
-    per-interval gradients when ``due(step)`` is false and back-propagate that weighted loss once
-    instead (then clip to ``max_norm`` itself); this is the paper's saving.
+    Between solves the update is the gradient of Σ_k α_k L_k: one ordinary backward instead of the K
+    per-interval ones, the paper's saving.
     """
+
+    gradient_method = True
+    tag = "nash"
 
     def __init__(
         self,
-        intervals: Intervals = DEFAULT_INTERVALS,
+        intervals: Intervals | None = None,
         update_every: int = 25,
         max_norm: float = 1.0,
         normalize_gram: bool = False,
     ) -> None:
-        check_num_intervals(intervals.k)
+        super().__init__(intervals)
         if update_every < 1:
             raise DTRLabError(f"NashMTL update_every={update_every} must be >= 1, e.g. 25")
         if not max_norm > 0:
             raise DTRLabError(f"NashMTL max_norm={max_norm} must be > 0, e.g. 1.0")
-        self.intervals = intervals
         self.update_every = update_every
         self.max_norm = float(max_norm)
         self.normalize_gram = bool(normalize_gram)
@@ -89,19 +91,23 @@ class NashMTL:
         """Whether the weights are re-solved at this step (always on the first call, e.g. after resuming)."""
         return self.alpha is None or not 0 <= step - self.solved_at < self.update_every
 
-    def combine(self, grads: torch.Tensor, step: int) -> tuple[torch.Tensor, dict]:
-        """(K, P) per-interval gradients at training step ``step`` -> (update (P,), stats)."""
-        g = grads.float()  # (K, P)
-        refreshed = self.due(step)
-        if refreshed:
-            gram = g @ g.T  # (K, K)
-            scale = gram.norm()
-            if self.normalize_gram and scale > 0:
-                gram = gram / scale
-            self.alpha = nash_weights(gram).to(g.device)
-            self.solved_at = step
-        update = self.alpha @ g  # (P,)
-        norm = update.norm()
-        update = update * (self.max_norm / norm).clamp(max=1.0)
-        stats = {"alpha": self.alpha.detach().cpu(), "refreshed": refreshed, "norm": float(norm)}
-        return update.to(grads.dtype), stats
+    def solve(self, grads: torch.Tensor, step: int) -> None:
+        """New bargaining weights α from the (K, P) interval gradients."""
+        gram = grads @ grads.T  # (K, K)
+        scale = gram.norm()
+        if self.normalize_gram and scale > 0:
+            gram = gram / scale
+        self.alpha = nash_weights(gram).to(grads.device)
+        self.solved_at = step
+
+    def forward(self, batch: TaskBatch) -> Update:
+        if self.due(batch.step):
+            g = batch.gradients()
+            self.solve(g.float(), batch.step)
+            update = (self.alpha @ g.float()).to(g.dtype)  # (P,)
+        else:
+            losses = batch.losses()  # (K,)
+            update = batch.gradient(self.alpha.to(losses) @ losses)
+        update, _ = clip_norm(update, self.max_norm)
+        metrics = {f"{self.tag}/alpha_{k}": a for k, a in enumerate(self.alpha.tolist())}
+        return Update(grad=update, metrics=metrics)

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import torch
 
-from dtr_lab.mtl.intervals import DEFAULT_INTERVALS, Intervals, check_num_intervals
+from dtr_lab.mtl.method import MTLMethod, TaskBatch, Update
+from dtr_lab.seeds import derive_seed
 
 
 def pcgrad(grads: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, int]:
@@ -35,23 +36,22 @@ def pcgrad(grads: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tenso
     return projected.sum(dim=0).to(grads.dtype), int(projections)
 
 
-class PCGrad:
+class PCGrad(MTLMethod):
     """PCGrad as the gradient method of a run: K per-interval gradients -> one update.
 
-    intervals: the K task intervals whose gradients are combined.
+    The update is the *mean* of the projected gradients, so that without conflicts it equals the
+    gradient of the batch-mean loss of a stratified batch (a plain step's scale). Each step's visiting
+    orders are drawn from a generator seeded by (model seed, step).
+
+    intervals: the run's K task intervals, if stated here rather than as the module's ``intervals``.
     """
 
-    def __init__(self, intervals: Intervals = DEFAULT_INTERVALS) -> None:
-        check_num_intervals(intervals.k)
-        self.intervals = intervals
+    gradient_method = True
+    tag = "pcgrad"
 
-    def combine(self, grads: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, dict]:
-        """(K, P) per-interval gradients of the interval mean losses -> (update (P,), stats).
-
-        The update is the *mean* of the projected gradients, so that without conflicts it equals the
-        gradient of the batch-mean loss of a stratified batch (a plain step's scale).
-        """
+    def forward(self, batch: TaskBatch) -> Update:
+        grads = batch.gradients()  # (K, P)
         num_tasks = grads.shape[0]
-        total, projections = pcgrad(grads, generator)
-        stats = {"projections": projections, "projection_rate": projections / (num_tasks * (num_tasks - 1))}
-        return total / num_tasks, stats
+        total, projections = pcgrad(grads, torch.Generator().manual_seed(derive_seed(batch.seed, batch.step)))
+        rate = projections / (num_tasks * (num_tasks - 1))
+        return Update(grad=total / num_tasks, metrics={f"{self.tag}/projection_rate": float(rate)})

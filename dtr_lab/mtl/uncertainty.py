@@ -13,29 +13,41 @@ import torch
 from torch import nn
 
 from dtr_lab.errors import DTRLabError
-from dtr_lab.mtl.intervals import DEFAULT_INTERVALS, Intervals, check_num_intervals
+from dtr_lab.mtl.intervals import Intervals
+from dtr_lab.mtl.method import MTLMethod, TaskBatch, Update
+from dtr_lab.mtl.tasks import Tasks
 
 
-class UncertaintyWeighting(nn.Module):
+class UncertaintyWeighting(MTLMethod):
     """Learned per-interval loss weights exp(−s_k) with a regulariser s_k (ANT-UW).
 
-    intervals: the K task intervals; s has one entry per interval.
+    intervals: the run's K task intervals, if stated here rather than as the module's ``intervals``;
+        s has one entry per interval.
     lr: learning rate of s (its own optimizer parameter group; 0.025 in the ANT reference).
     """
 
-    def __init__(self, intervals: Intervals = DEFAULT_INTERVALS, lr: float = 0.025) -> None:
-        super().__init__()
+    tag = "uw"
+
+    def __init__(self, intervals: Intervals | None = None, lr: float = 0.025) -> None:
+        super().__init__(intervals)
         if not lr > 0:
             raise DTRLabError(f"uncertainty weighting lr={lr} must be > 0; the ANT reference uses 0.025")
-        self.intervals = intervals
         self.lr = float(lr)
-        self.log_var = nn.Parameter(torch.zeros(check_num_intervals(intervals.k)))  # s_k, (K,)
+        self.log_var: nn.Parameter | None = None  # s_k, (K,): sized by bind
 
-    def forward(self, interval_losses: torch.Tensor) -> torch.Tensor:
+    def bind(self, tasks: Tasks) -> None:
+        self.log_var = nn.Parameter(torch.zeros(tasks.num_intervals))
+
+    def weighted(self, interval_losses: torch.Tensor) -> torch.Tensor:
         """(K,) mean loss per interval L_k -> the scalar Σ_k ½(exp(−s_k) L_k/K + s_k)."""
         s = self.log_var  # (K,)
         return 0.5 * (torch.exp(-s) * interval_losses / len(s) + s).sum()
 
-    def param_group(self) -> dict:
-        """An optimizer parameter group for s, with its own lr and no weight decay."""
-        return {"params": [self.log_var], "lr": self.lr, "weight_decay": 0.0}
+    def forward(self, batch: TaskBatch) -> Update:
+        loss = self.weighted(batch.losses())
+        metrics = {f"{self.tag}/s_{k}": s for k, s in enumerate(self.log_var.detach())}
+        return Update(loss=loss, metrics=metrics)
+
+    def param_groups(self) -> list[dict]:
+        """s in its own optimizer parameter group, with its own lr and no weight decay."""
+        return [{"params": [self.log_var], "lr": self.lr, "weight_decay": 0.0}]
