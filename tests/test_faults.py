@@ -22,8 +22,8 @@ from dtr_lab.errors import DTRLabError
 from dtr_lab.mtl import PCGrad
 from dtr_lab.routing import NoRouting
 
-DTR = [*DIGITS, "--config", str(REPO / "experiments/digits/dtr.yaml")]
-VANILLA = [*DIGITS, "--config", str(REPO / "experiments/digits/vanilla.yaml")]
+DTR = [*DIGITS, "--config", str(REPO / "experiments/routing/dtr.yaml")]
+VANILLA = [*DIGITS, "--config", str(REPO / "experiments/routing/vanilla.yaml")]
 
 # Runs the CLI with torch.save replaced: at global step FAULT_STEP it writes half the checkpoint and then
 # FAULT (hang: signals the test through FAULT_MARKER and sleeps, to be killed; enospc: the disk is full).
