@@ -167,7 +167,7 @@ def figures(scores: pd.DataFrame, final: pd.DataFrame, out: Path) -> list[Path]:
             main[main["routing"].isin(["vanilla", "dtr"])].assign(panel="weighting × routing"),
         ]
     )
-    fig = paired_differences(final, {m: DIFFERENCE_LABELS[m] for m in DIFFERENCE_LABELS})
+    fig = paired_differences(final, DIFFERENCE_LABELS)
     written = [out / "paired_differences.png"]
     fig.savefig(written[0])
     for metric in ("probe_0", "probe_4"):
