@@ -24,7 +24,7 @@ from dtr_lab.diffusion.samplers import check_fixed_variance, respaced_timesteps
 from dtr_lab.diffusion.weighting import LossWeighting, Uniform
 from dtr_lab.errors import DTRLabError
 from dtr_lab.metrics.features import to_uint8
-from dtr_lab.mtl.gradients import write_grad
+from dtr_lab.mtl.gradients import flat_grad, write_grad
 from dtr_lab.mtl.intervals import DEFAULT_INTERVALS, Intervals
 from dtr_lab.mtl.method import MTLMethod, TaskBatch, Update
 from dtr_lab.mtl.tasks import Tasks
@@ -97,7 +97,8 @@ class DiffusionModule(L.LightningModule):
         Args:
             net: the denoiser's class and options (e.g. dtr_lab.models.DiT with size: DiT-S/2);
                 image size, channels, classes, T and routing are filled in by the module.
-            routing: NoRouting (default), RandomRouting or DTRRouting.
+            routing: NoRouting (default), RandomRouting, DTRRouting, AffinityRouting or SwitchRouting
+                (learned: its diffusion-prior loss, weighted by its w_jsd, joins the objective).
             num_timesteps: T, the number of denoising tasks.
             schedule: β-schedule, 'linear' or 'cosine'.
             weighting: per-sample loss weight from SNR(t): Uniform (default), MinSNR or P2.
@@ -235,6 +236,7 @@ class DiffusionModule(L.LightningModule):
         x0, y = batch
         t, noise, y = self.draw(x0, y)
         self.tasks.release()  # the analyses' gradients of this step are used up: free them before ours
+        prior = self.routing_prior(t)
         if self.mtl is None:
             losses, mse = self.training_loss(x0, t, noise, y)  # (N,) each
             loss = losses.mean()
@@ -247,12 +249,29 @@ class DiffusionModule(L.LightningModule):
             self.tasks.release()
             mse = tasks.reported
             if update.grad is not None:
+                if prior is not None:  # the combined task gradient, plus the prior's own
+                    update = Update(grad=update.grad + flat_grad(prior, params), metrics=update.metrics)
                 return self.apply_update(update, mse, t)
             loss = update.loss
             self.log_dict(update.metrics)
+        if prior is not None:
+            loss = loss + prior
         self.log("train/loss", mse.mean(), prog_bar=True)
         # callbacks (TimestepLoss) bin these by t without another forward pass
         return {"loss": loss, "t": t, "per_sample_loss": mse.detach()}
+
+    def routing_prior(self, t: torch.Tensor) -> torch.Tensor | None:
+        """w_JSD × a learned routing's own loss for this batch's timesteps (Switch's diffusion prior), the
+        JSD logged; None for fixed routing. Its random tie-breaking is seeded by (seed, step): resumable,
+        and the module's generator (the paired runs' timesteps and noise) is untouched."""
+        routing_loss = getattr(self.net, "routing_loss", None)  # a network of one's own may have none
+        if routing_loss is None:
+            return None
+        jsd = routing_loss(t, torch.Generator().manual_seed(derive_seed(self.hparams.seed, self.global_step)))
+        if jsd is None:
+            return None
+        self.log("train/prior_jsd", jsd.detach())
+        return self.routing.w_jsd * jsd
 
     def apply_update(self, update: Update, mse: torch.Tensor, t: torch.Tensor) -> dict[str, Any]:
         """A gradient method's flat update -> one optimizer step (manual optimisation)."""

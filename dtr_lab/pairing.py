@@ -1,10 +1,12 @@
 """Paired runs: two configs trained from one seed start from the same network weights.
 
-Routing adds no parameters (its masks are buffers), so a routed and an unrouted network built after
-the same seed draw identical initial weights; the module's timesteps, noise and label dropout come
-from its own generator seeded by model.seed, and the data order from data.seed. A per-seed difference
-of the two arms then measures the routing, not the seed. A routing that adds parameters (or consumes
-random numbers before the network's initialisation) breaks this, and `check_paired` refuses it.
+Fixed routing adds no parameters (its masks are buffers) and a learned one only its own, drawn from a
+generator of their own (Switch: zero experts, so it starts as the unrouted network), so a routed and
+an unrouted network built after the same seed draw identical initial weights; the module's timesteps,
+noise and label dropout come from its own generator seeded by model.seed, and the data order from
+data.seed. A per-seed difference of the two arms then measures the routing, not the seed. A network
+that differs otherwise (or draws random numbers before its initialisation) breaks this, and
+`check_paired` refuses it.
 """
 
 from __future__ import annotations
@@ -36,16 +38,18 @@ def instantiate(args: list[str]) -> tuple[DiffusionModule, LightningDataModule]:
 
 
 def check_paired(reference: torch.nn.Module, other: torch.nn.Module, names: tuple[str, str]) -> None:
-    """Raise DTRLabError unless both networks have the same parameters (names, shapes and values)."""
+    """Raise DTRLabError unless both networks have the same parameters (names, shapes and values), apart
+    from a learned routing's own (under ``router.``, e.g. Switch's gates and experts, which start as
+    the unrouted network: zero experts)."""
     a, b = dict(reference.named_parameters()), dict(other.named_parameters())
-    extra = sorted(set(b) ^ set(a))
+    extra = sorted(n for n in set(b) ^ set(a) if not n.startswith("router."))
     shapes = [n for n in sorted(set(a) & set(b)) if a[n].shape != b[n].shape]
     if extra or shapes:
         which = ", ".join((extra + shapes)[:3])
         raise DTRLabError(
             f"paired study: {names[1]} and {names[0]} have different parameters ({which}; "
             f"{sum(p.numel() for p in b.values())} vs {sum(p.numel() for p in a.values())}); pairing needs "
-            "routing that adds no parameters: compare these arms unpaired"
+            "routing that adds parameters only of its own (router.*): compare these arms unpaired"
         )
     differ = [n for n in a if not torch.equal(a[n], b[n])]
     if differ:

@@ -10,6 +10,7 @@ builds one TaskRouter per block (models/DiT/models.py, models/taskrouting.py).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -26,6 +27,11 @@ class RoutingStrategy:
     def masks(self, num_tasks: int, channels: int, block: int = 0) -> torch.Tensor:
         """The table of routed block ``block`` (ignored unless ``per_block``)."""
         raise NotImplementedError
+
+    def build(self, num_timesteps: int, widths: list[int], embed_dim: int) -> nn.Module:
+        """The network's router for routed blocks of these input widths (embed_dim: the timestep
+        embedding's width, which learned routings gate on)."""
+        return Router(self, num_timesteps, widths)
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in vars(self).items())
@@ -134,22 +140,30 @@ class Router(nn.Module):
             out.setdefault(width, []).append(getattr(self, name))
         return out
 
-    def masks(self, t: torch.Tensor) -> list[torch.Tensor | None]:
-        """Per-sample masks (N, width) of every routed block for timesteps t (N,); Nones when unrouted."""
+    def masks(self, t: torch.Tensor, emb: torch.Tensor | None = None) -> list[torch.Tensor | None]:
+        """Per-sample masks (N, width) of every routed block for timesteps t (N,); Nones when unrouted.
+        (emb, the timestep embedding, is what learned routers gate on; tables don't need it.)"""
         if not self.enabled:
             return [None] * len(self.names)
         # one gather per distinct table: shared tables cost one (N, width) gather for all their blocks
         gathered = {name: getattr(self, name)[t] for name in dict.fromkeys(self.names)}
         return [gathered[name] for name in self.names]
 
+    def loss(self, embedder: nn.Module, t: torch.Tensor, generator: torch.Generator | None = None) -> None:
+        """A fixed table has no loss of its own (a learned router's is added to the objective)."""
+        return None
+
     def extra_repr(self) -> str:
         return f"{self.strategy!r}, T={self.num_timesteps}, blocks={len(self.names)}"
 
 
-def route(z: torch.Tensor, mask: torch.Tensor | None, channel_dim: int = -1) -> torch.Tensor:
-    """m_t ⊙ z with the (N, C) mask broadcast over every dim but batch and channel_dim."""
+def route(z: torch.Tensor, mask: torch.Tensor | Callable | None, channel_dim: int = -1) -> torch.Tensor:
+    """m_t ⊙ z with the (N, C) mask broadcast over every dim but batch and channel_dim; a learned mask
+    (a callable, e.g. Switch's gated experts) computes m ⊙ z from z itself."""
     if mask is None:
         return z
+    if not isinstance(mask, torch.Tensor):
+        return mask(z, channel_dim)
     shape = [1] * z.dim()
     shape[0] = mask.shape[0]
     shape[channel_dim] = mask.shape[1]

@@ -1,4 +1,4 @@
-"""Paired runs: vanilla, R-TR and DTR built for one seed share weights, noise and data order."""
+"""Paired runs: vanilla, R-TR, DTR and Switch built for one seed share weights, noise and data order."""
 
 import pytest
 import torch
@@ -7,7 +7,8 @@ from helpers import REPO
 from dtr_lab.errors import DTRLabError
 from dtr_lab.pairing import check_paired, instantiate
 
-ROUTINGS = ("vanilla", "rtr", "dtr")
+ROUTINGS = ("vanilla", "rtr", "dtr", "switch")
+NAMES = {"rtr": "RandomRouting", "dtr": "DTRRouting", "switch": "SwitchRouting"}
 
 
 def build(routing: str, seed: int, *extra: str):
@@ -45,14 +46,19 @@ def arms():
 
 def test_arms_of_one_seed_start_identical(arms):
     vanilla, _ = arms["vanilla"]
-    for routing in ("rtr", "dtr"):
+    for routing in NAMES:
         model, _ = arms[routing]
-        assert type(model.routing).__name__ == {"rtr": "RandomRouting", "dtr": "DTRRouting"}[routing]
+        assert type(model.routing).__name__ == NAMES[routing]
         check_paired(vanilla.net, model.net, ("vanilla", routing))  # raises if anything differs
-        for (n, a), (_, b) in zip(vanilla.net.named_parameters(), model.net.named_parameters(), strict=True):
-            assert torch.equal(a, b), n
+        own = dict(model.net.named_parameters())
+        for n, a in vanilla.net.named_parameters():
+            assert torch.equal(a, own.pop(n)), n
+        # what is left is the routing's own: Switch's gates and experts, the experts at zero
+        assert all(n.startswith("router.") for n in own), sorted(own)[:3]
+        assert all(not p.any() for n, p in own.items() if ".expert_" in n)
+        assert len(own) == (4 * 4 if routing == "switch" else 0)  # 4 blocks × (gate W, b, expert W, b)
     batches = {r: first_batches(*arms[r]) for r in ROUTINGS}
-    for routing in ("rtr", "dtr"):
+    for routing in NAMES:
         for ref, other in zip(batches["vanilla"], batches[routing], strict=True):
             for a, b in zip(ref, other, strict=True):  # x0, y, t, noise, labels after dropout
                 assert torch.equal(a, b)
@@ -66,7 +72,7 @@ def test_another_seed_differs(arms):
     assert not torch.equal(vanilla.net.blocks[0].attn.qkv.weight, other.net.blocks[0].attn.qkv.weight)
 
 
-def test_routing_that_adds_parameters_is_refused(arms):
+def test_networks_that_differ_beyond_their_routing_are_refused(arms):
     vanilla, _ = arms["vanilla"]
     wider, _ = build("dtr", 3, "--model.net.init_args.learn_sigma", "true")
     with pytest.raises(DTRLabError, match="different parameters .*compare these arms unpaired"):

@@ -2,7 +2,11 @@
 (IoU) between task intervals, at fit start: the routing's designed affinity, to set beside the
 measured one. Where blocks of one width have tables of their own (R-TR), the image is the first
 block's table, a second image the share of those blocks with each channel active, and the IoU the
-mean over the blocks."""
+mean over the blocks.
+
+Learned routing (Switch) is drawn the same way from the gates: rows t, columns the depth × E expert
+slots (block-major), white = one of the block's k chosen experts at t, and the IoU of those chosen
+slots between intervals; logged at fit start, every ``every_n_steps`` and at fit end, as it changes."""
 
 from __future__ import annotations
 
@@ -19,6 +23,9 @@ from dtr_lab.callbacks.records import RecordWriter, write_intervals
 from dtr_lab.errors import DTRLabError
 from dtr_lab.mtl.intervals import Intervals, TaskIntervals
 from dtr_lab.routing import Router
+from dtr_lab.routing_switch import SwitchRouter
+
+SLOT_PIXELS = 8  # an expert slot's width in the saved image (a mask table's channel is one pixel)
 
 
 def interval_iou(table: torch.Tensor, intervals: TaskIntervals) -> torch.Tensor:
@@ -35,13 +42,18 @@ def interval_iou(table: torch.Tensor, intervals: TaskIntervals) -> torch.Tensor:
 class RoutingMaps(PreparedCallback):
     """Logs each mask table (rows: timesteps t, columns: channels; white = active) and the K×K IoU."""
 
-    def __init__(self, intervals: Intervals | None = None) -> None:
+    def __init__(self, intervals: Intervals | None = None, every_n_steps: int = 200) -> None:
         """
         Args:
             intervals: the K task intervals for the IoU matrix; default the module's (model.intervals).
+            every_n_steps: how often a learned routing's maps are drawn again (fixed tables: once).
         """
+        if isinstance(every_n_steps, bool) or not isinstance(every_n_steps, int) or every_n_steps < 1:
+            raise DTRLabError(f"RoutingMaps.every_n_steps={every_n_steps!r} must be a positive integer")
         self.intervals = intervals
+        self.every_n_steps = every_n_steps
         self.task_intervals: TaskIntervals | None = None
+        self._drawn_at: int | None = None  # the step a learned routing was last drawn at
 
     def build(self, pl_module: L.LightningModule, datamodule: L.LightningDataModule | None = None) -> None:
         """Check the intervals against T."""
@@ -52,6 +64,9 @@ class RoutingMaps(PreparedCallback):
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not trainer.is_global_zero:
+            return
+        if isinstance(pl_module.net.router, SwitchRouter):
+            self.log_learned(trainer, pl_module)
             return
         by_width: dict[int, list[torch.Tensor]] = {}
         for router in pl_module.net.modules():
@@ -85,3 +100,37 @@ class RoutingMaps(PreparedCallback):
             if len(ious) > 1:
                 for name, iou in ious.items():
                     writer.matrix(0, f"iou/{name}", iou)
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args) -> None:
+        step = trainer.global_step
+        learned = isinstance(pl_module.net.router, SwitchRouter)
+        if trainer.is_global_zero and learned and step % self.every_n_steps == 0:
+            self.log_learned(trainer, pl_module)
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.is_global_zero and isinstance(pl_module.net.router, SwitchRouter):
+            self.log_learned(trainer, pl_module)
+
+    def log_learned(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """The gates' choices (T, depth·E) and probabilities as images, and the IoU of the chosen slots."""
+        step = trainer.global_step
+        if step == self._drawn_at:  # fit end right after a scheduled drawing
+            return
+        self._drawn_at = step
+        probs, chosen = pl_module.net.router.choices(pl_module.net.t_embedder)  # (T, depth, E) each
+        images = {"masks_experts": chosen.flatten(1).cpu(), "expert_probs": probs.flatten(1).cpu()}
+        out = log_dir(trainer)
+        for name, table in images.items():
+            image = table.repeat_interleave(SLOT_PIXELS, dim=1)[None]  # (1, T, depth·E·pixels)
+            for logger in trainer.loggers:
+                if hasattr(logger.experiment, "add_image"):
+                    logger.experiment.add_image(f"routing/{name}", image, step)
+            if out is not None:
+                save_png(image, Path(out) / "routing" / f"{name}.png", scale=1)
+        iou = interval_iou(images["masks_experts"], self.task_intervals)
+        labels = self.task_intervals.labels()
+        log_figure(trainer, "routing/iou", heatmap_figure({"experts": iou}, labels, 0.0, 1.0), step)
+        if out is not None:
+            if step == 0:
+                write_intervals(out, "routing", self.task_intervals.edges)
+            RecordWriter(out, "routing").matrix(step, "iou", iou)

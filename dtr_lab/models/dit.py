@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dtr_lab.errors import DTRLabError
-from dtr_lab.routing import NoRouting, Router, RoutingStrategy, route
+from dtr_lab.routing import NoRouting, RoutingStrategy, route
 
 
 @dataclass(frozen=True)
@@ -213,7 +213,7 @@ class DiT(nn.Module):
         self.register_buffer("pos_embed", sincos_pos_embed_2d(D, grid)[None], persistent=False)
         self.t_embedder = TimestepEmbedder(D)
         self.y_embedder = LabelEmbedder(num_classes, D) if num_classes > 0 else None
-        self.router = Router(routing or NoRouting(), num_timesteps, [D] * dims.depth)
+        self.router = (routing or NoRouting()).build(num_timesteps, [D] * dims.depth, D)
         self.blocks = nn.ModuleList(DiTBlock(D, dims.num_heads, mlp_ratio) for _ in range(dims.depth))
         self.final_layer = FinalLayer(D, patch, self.out_channels)
         self.initialize_weights()
@@ -247,12 +247,17 @@ class DiT(nn.Module):
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         """x (N, C, H, W), t (N,) long, y (N,) long or None (unconditional) -> (N, C_out, H, W)."""
         h = self.x_embedder(x).flatten(2).transpose(1, 2) + self.pos_embed  # (N, L, D)
-        c = self.t_embedder(t)  # (N, D)
+        emb = self.t_embedder(t)  # (N, D)
+        c = emb
         if self.y_embedder is not None:
             if y is None:
                 y = torch.full_like(t, self.null_label)
             c = c + self.y_embedder(y)  # (N, D)
-        masks = self.router.masks(t)  # per block: (N, D) or None
+        masks = self.router.masks(t, emb)  # per block: (N, D), gated experts (Switch) or None
         for block, mask in zip(self.blocks, masks, strict=True):
             h = block(h, c, mask)  # (N, L, D)
         return self.unpatchify(self.final_layer(h, c))  # (N, C_out, H, W)
+
+    def routing_loss(self, t: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor | None:
+        """The routing's own training loss for timesteps t (Switch's diffusion prior), or None."""
+        return self.router.loss(self.t_embedder, t, generator)

@@ -17,7 +17,7 @@ from torch import nn
 
 from dtr_lab.errors import DTRLabError
 from dtr_lab.models.dit import Attention, LabelEmbedder, TimestepEmbedder
-from dtr_lab.routing import NoRouting, Router, RoutingStrategy, route
+from dtr_lab.routing import NoRouting, RoutingStrategy, route
 
 
 @dataclass(frozen=True)
@@ -307,7 +307,7 @@ class UNet(nn.Module):
         routed = [m for m in self.modules() if isinstance(m, ResBlock | AttentionBlock)]
         for index, block in enumerate(routed):
             block.route_index = index
-        self.router = Router(routing or NoRouting(), num_timesteps, [m.in_channels for m in routed])
+        self.router = (routing or NoRouting()).build(num_timesteps, [m.in_channels for m in routed], emb_dim)
         self.initialize_weights()
 
     def initialize_weights(self) -> None:
@@ -324,12 +324,13 @@ class UNet(nn.Module):
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         """x (N, C, H, W), t (N,) long, y (N,) long or None (unconditional) -> (N, C_out, H, W)."""
-        emb = self.t_embedder(t)  # (N, E)
+        t_emb = self.t_embedder(t)  # (N, E)
+        emb = t_emb
         if self.y_embedder is not None:
             if y is None:
                 y = torch.full_like(t, self.null_label)
             emb = emb + self.y_embedder(y)  # (N, E)
-        masks = self.router.masks(t)  # per routed block: (N, C_in of the block) or None
+        masks = self.router.masks(t, t_emb)  # per routed block: (N, C_in of the block), experts or None
         h = self.conv_in(x)  # (N, C_0, H, W)
         skips = [h]
         for stage in self.down:
@@ -339,3 +340,7 @@ class UNet(nn.Module):
         for stage in self.up:
             h = stage(torch.cat([h, skips.pop()], dim=1), emb, masks)  # (N, C_level, ...)
         return self.conv_out(F.silu(self.norm_out(h)))  # (N, C_out, H, W)
+
+    def routing_loss(self, t: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor | None:
+        """The routing's own training loss for timesteps t (Switch's diffusion prior), or None."""
+        return self.router.loss(self.t_embedder, t, generator)

@@ -1,0 +1,245 @@
+"""Switch-DiT routing: timestep-gated experts make every block's channel mask (Park et al., ECCV 2024,
+arXiv 2403.09176).
+
+Followed: the official code, byeongjun-park/Switch-DiT — models/MoE.py (TaskMoE: gate, top-k, mask),
+models/DiT/models.py (DiffusionPrior, the routed block, zero-initialised experts) and util/model_util.py
+(bipartite_matching); defaults from config/routing/DMoE.yaml (E = 3, k = 2, w_JSD = 1).
+
+Per routed block b, a gate on the timestep embedding e_t gives p_b(t) = softmax(W_b·SiLU(e_t) + c_b) over
+E experts and keeps the top k. The chosen experts, linear maps of the block input z (…, C), weighted by
+their gate probabilities, make the mask
+
+    m = 1 + Σ_{e ∈ top-k(t)} p_{b,e}(t) · (z A_{b,e} + a_{b,e}),
+
+used as DTR's in z + Block(m ⊙ z). The experts start at zero, so m = 1 and training starts from the
+unrouted model. Unlike DTR's masks, m is real-valued and depends on z, per token and channel.
+
+Diffusion prior: a Jensen–Shannon divergence between the gates' probabilities over all depth·E slots
+(each block's sum to 1, so their concatenation is divided by the depth) and a DTR sliding window over
+those slots (β = k/E, α = 4; the row of the sample's t, normalised). The window's columns are first
+matched to the gates' columns by a minimum-cost bipartite matching (L1 distance over all T timesteps
+between a slot's quantised choices, top-k as 0/1, and a window column), so the prior says *how* the
+choices should shift with t, not which expert does what. The loss w_JSD · JSD is added to the
+objective in training.
+
+Where dtr_lab differs, numbers unchanged: the experts are evaluated as one combined map per sample,
+Σ_e p_e A_e (E·C² per sample, then C² per token) instead of k maps per token (k·C² per token), which
+costs less wherever a sample has more than E/(k − 1) tokens; the window's width is exactly depth·k slots
+(the official int(depth·E·k/E) can round down by one in floating point); the gates' table over all t is
+computed without gradient (only the matching uses it; the gradient reaches the gates through the
+batch's own timesteps, as in the official code, whose full-table rows are indexed by t).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from scipy.optimize import linear_sum_assignment
+from torch import nn
+
+from dtr_lab.errors import DTRLabError
+from dtr_lab.routing import DTRRouting, RoutingStrategy
+from dtr_lab.seeds import derive_seed
+
+JSD_EPS = 1e-6  # inside the logs, as the official DiffusionPrior
+
+
+class SwitchRouting(RoutingStrategy):
+    """Switch-DiT: per block, a timestep gate picks k of E zero-initialised experts that make the mask."""
+
+    def __init__(
+        self,
+        num_experts: int = 3,
+        k: int = 2,
+        w_jsd: float = 1.0,
+        alpha: float = 4.0,
+        seed: int | None = None,
+    ) -> None:
+        """
+        Args:
+            num_experts: E, experts per routed block (3 in the official config).
+            k: experts each timestep uses per block (2 in the official config); 1 ≤ k ≤ E.
+            w_jsd: weight of the diffusion-prior loss (1 in the official config, "to be fine-tuned").
+            alpha: the prior window's shape over depth (DTR's α; 4 in the official DiffusionPrior).
+            seed: seeds the gates' initial weights from a generator of their own (default: the run's
+                seed, torch.initial_seed()), so the rest of the network starts as the unrouted one.
+        """
+        if isinstance(num_experts, bool) or not isinstance(num_experts, int) or num_experts < 1:
+            raise DTRLabError(
+                f"routing num_experts={num_experts!r} must be an integer ≥ 1; Switch-DiT uses 3"
+            )
+        if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= num_experts:
+            raise DTRLabError(
+                f"routing k={k!r} must be an integer from 1 to num_experts={num_experts}: each timestep "
+                "picks k of the E experts; Switch-DiT uses k = 2 of E = 3"
+            )
+        if not w_jsd >= 0:  # also refuses NaN
+            raise DTRLabError(
+                f"routing w_jsd={w_jsd} must be ≥ 0 (0 trains without the diffusion prior); Switch-DiT uses 1"
+            )
+        self.window = DTRRouting(alpha, k / num_experts)  # checks alpha
+        self.num_experts = num_experts
+        self.k = k
+        self.w_jsd = float(w_jsd)
+        self.alpha = float(alpha)
+        self.seed = seed
+
+    def masks(self, num_tasks: int, channels: int, block: int = 0) -> torch.Tensor:
+        raise DTRLabError("Switch routing has no fixed mask table: its masks are learned (SwitchRouter)")
+
+    def build(self, num_timesteps: int, widths: list[int], embed_dim: int) -> SwitchRouter:
+        return SwitchRouter(self, num_timesteps, widths, embed_dim)
+
+    def __repr__(self) -> str:
+        return (
+            f"SwitchRouting(num_experts={self.num_experts}, k={self.k}, w_jsd={self.w_jsd}, "
+            f"alpha={self.alpha}, seed={self.seed})"
+        )
+
+
+@dataclass
+class ExpertMask:
+    """A block's gated experts for a batch: applied to z, gives m ⊙ z with m = 1 + Σ_e g_e (z A_e + a_e)."""
+
+    gates: torch.Tensor  # (N, E): the top-k probabilities, zero elsewhere
+    weight: torch.Tensor  # (E, C, C), z A_e
+    bias: torch.Tensor  # (E, C)
+
+    def __call__(self, z: torch.Tensor, channel_dim: int = -1) -> torch.Tensor:
+        zc = z.movedim(channel_dim, -1)  # (N, …, C)
+        flat = zc.reshape(zc.shape[0], -1, zc.shape[-1])  # (N, L, C)
+        weight = torch.einsum("ne,eio->nio", self.gates, self.weight)  # (N, C, C): the sample's combined map
+        bias = self.gates @ self.bias  # (N, C)
+        out = torch.baddbmm(bias[:, None], flat, weight)  # (N, L, C)
+        return z * (1 + out.view(zc.shape).movedim(-1, channel_dim))
+
+
+class TimestepExperts(nn.Module):
+    """One block's gate (timestep embedding -> E probabilities) and its E experts (C -> C linear maps)."""
+
+    def __init__(self, num_experts: int, k: int, channels: int, embed_dim: int) -> None:
+        super().__init__()
+        self.k = k
+        # plain Parameters, not nn.Linear: building them draws no random numbers, and the backbone's
+        # initialisation (which re-initialises every nn.Linear) leaves them to SwitchRouter
+        self.gate_weight = nn.Parameter(torch.empty(num_experts, embed_dim))
+        self.gate_bias = nn.Parameter(torch.zeros(num_experts))
+        self.expert_weight = nn.Parameter(torch.zeros(num_experts, channels, channels))
+        self.expert_bias = nn.Parameter(torch.zeros(num_experts, channels))
+
+    def probs(self, emb: torch.Tensor) -> torch.Tensor:
+        """p(t) = softmax(W·SiLU(e_t) + c): (N, D_emb) -> (N, E)."""
+        return torch.softmax(F.linear(F.silu(emb), self.gate_weight, self.gate_bias), dim=-1)
+
+    def gates(self, emb: torch.Tensor) -> torch.Tensor:
+        """The top-k probabilities in place, zero elsewhere: (N, D_emb) -> (N, E)."""
+        probs = self.probs(emb)
+        top, index = probs.topk(self.k, dim=-1)  # (N, k) each
+        return torch.zeros_like(probs).scatter(-1, index, top)
+
+    def mask(self, emb: torch.Tensor) -> ExpertMask:
+        return ExpertMask(self.gates(emb), self.expert_weight, self.expert_bias)
+
+
+def jensen_shannon(p: torch.Tensor, q: torch.Tensor, eps: float = JSD_EPS) -> torch.Tensor:
+    """Mean over rows of JSD(p, q) = ½ KL(p‖M) + ½ KL(q‖M), M = (p + q)/2, with eps inside the logs."""
+    m = (p + q) / 2
+    kl_p = (p * (torch.log(p + eps) - torch.log(m + eps))).sum(-1)
+    kl_q = (q * (torch.log(q + eps) - torch.log(m + eps))).sum(-1)
+    return ((kl_p + kl_q) / 2).mean()
+
+
+@torch.no_grad()
+def match_slots(
+    choices: torch.Tensor, prior: torch.Tensor, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """For every gate slot s, the prior column matched to it: (S,) long.
+
+    choices, prior: (T, S) 0/1 tables. Cost of pairing gate slot i with prior column j is
+    Σ_t |choices[t, i] − prior[t, j]|; the assignment minimises the total cost. Both column orders are
+    shuffled first (as the official code does) so that ties are broken at random, not by slot index.
+    """
+    S = choices.shape[1]
+    gate_perm = torch.randperm(S, generator=generator)
+    prior_perm = torch.randperm(S, generator=generator)
+    a, b = choices[:, gate_perm].float(), prior[:, prior_perm].float()
+    cost = (a[:, :, None] - b[:, None, :]).abs().sum(0)  # (S, S)
+    _, cols = linear_sum_assignment(cost.cpu().numpy())
+    match = torch.empty(S, dtype=torch.long)
+    match[gate_perm] = prior_perm[torch.as_tensor(cols, dtype=torch.long)]
+    return match.to(choices.device)
+
+
+def diffusion_prior_loss(
+    probs: torch.Tensor,
+    choices: torch.Tensor,
+    prior: torch.Tensor,
+    t: torch.Tensor,
+    depth: int,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """JSD between the gates' probabilities (N, depth·E) / depth and the matched prior rows of t, normalised.
+
+    choices: the gates' quantised choices over every t, (T, depth·E); prior: the window table (T, depth·E).
+    """
+    match = match_slots(choices, prior, generator)
+    target = prior[t][:, match].float()  # (N, depth·E)
+    return jensen_shannon(probs / depth, target / target.sum(-1, keepdim=True))
+
+
+class SwitchRouter(nn.Module):
+    """Every routed block's TimestepExperts, and the diffusion prior over their depth × E slots."""
+
+    def __init__(
+        self, strategy: SwitchRouting, num_timesteps: int, widths: list[int], embed_dim: int
+    ) -> None:
+        super().__init__()
+        self.strategy = strategy
+        self.num_timesteps = num_timesteps
+        self.widths = list(widths)
+        self.enabled = True
+        E = strategy.num_experts
+        self.experts = nn.ModuleList(TimestepExperts(E, strategy.k, c, embed_dim) for c in widths)
+        prior = strategy.window.masks(num_timesteps, len(widths) * E)  # (T, depth·E)
+        self.register_buffer("prior", prior.float(), persistent=False)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Gates Xavier-uniform with zero bias (the official nn.Linear init), experts zero; from a generator
+        of their own, seeded per block, so the global random stream is not touched."""
+        seed = torch.initial_seed() if self.strategy.seed is None else self.strategy.seed
+        for block, experts in enumerate(self.experts):
+            gen = torch.Generator().manual_seed(derive_seed(seed, block))
+            with torch.no_grad():
+                experts.gate_weight.copy_(
+                    nn.init.xavier_uniform_(torch.empty_like(experts.gate_weight), generator=gen)
+                )
+                experts.gate_bias.zero_()
+                experts.expert_weight.zero_()
+                experts.expert_bias.zero_()
+
+    def masks(self, t: torch.Tensor, emb: torch.Tensor) -> list[ExpertMask]:
+        """Per routed block, the gated experts of each sample's timestep (emb: its embedding, (N, D_emb))."""
+        return [experts.mask(emb) for experts in self.experts]
+
+    @torch.no_grad()
+    def choices(self, embedder: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+        """The gates over every t: probabilities and quantised (top-k = 1) choices, (T, depth, E) each."""
+        emb = embedder(torch.arange(self.num_timesteps, device=self.prior.device))  # (T, D_emb)
+        probs = torch.stack([experts.probs(emb) for experts in self.experts], dim=1)  # (T, depth, E)
+        index = probs.topk(self.strategy.k, dim=-1).indices
+        return probs, torch.zeros_like(probs).scatter(-1, index, 1.0)
+
+    def loss(
+        self, embedder: nn.Module, t: torch.Tensor, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """The diffusion prior's JSD for timesteps t (N,); its gradient reaches the gates and the embedder."""
+        _, chosen = self.choices(embedder)
+        emb = embedder(t)  # (N, D_emb)
+        probs = torch.cat([experts.probs(emb) for experts in self.experts], dim=1)  # (N, depth·E)
+        return diffusion_prior_loss(probs, chosen.flatten(1), self.prior, t, len(self.experts), generator)
+
+    def extra_repr(self) -> str:
+        return f"{self.strategy!r}, T={self.num_timesteps}, blocks={len(self.widths)}"
