@@ -8,7 +8,7 @@ TORCH_SPEC := $(shell if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L 
 # The newest version_N under $(1) that holds a last.ckpt: an empty or failed version directory is never picked.
 newest_run = $$(ls -d $(1)/version_*/checkpoints/last.ckpt | sort -V | tail -1 | sed 's|/checkpoints/last.ckpt$$||')
 
-.PHONY: quickstart test test-slow bench reproduce scaling lint clean-runs
+.PHONY: quickstart test test-slow bench reproduce reproduce-routing scaling lint clean-runs
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -46,6 +46,9 @@ test-slow: $(VENV)/.installed
 # 2 CPU cores; finished runs are skipped.
 reproduce: $(VENV)/.installed
 	$(PY) analysis/reproduce.py --out runs/repro --seeds 5 --jobs 2 --threads 1
+
+reproduce-routing: $(VENV)/.installed  # make reproduce's runs + Switch and affinity routing (reuses them)
+	$(PY) analysis/reproduce.py --out runs/repro --seeds 5 --jobs 2 --threads 1 --learned-routing
 
 # DTR's paired gain against model width (DiT-T, DiT-XS) and training length (600-2400 steps): about
 # 64 minutes on 2 CPU cores; finished runs are skipped.

@@ -1,6 +1,7 @@
 """The small-scale reproduction of the DTR paper's claims on the 8×8 digits, as a paired seed study.
 
     python analysis/reproduce.py --out runs/repro                  # the full study, ≈ 60 min on 2 cores
+    python analysis/reproduce.py --out runs/repro --learned-routing  # + Switch and affinity arms, ≈ 20 min
     python analysis/reproduce.py --out /tmp/smoke --max-steps 30 --seeds 2 --core-only   # the pipeline
 
 Trains 7 arms — unrouted / R-TR / DTR with uniform weights, and unrouted / DTR with Min-SNR and with
@@ -12,6 +13,11 @@ for digits-FID, class accuracy, and the EMA probe loss (fixed images and noise) 
 intervals of t, in % of arm a. Writes OUT/table.md, OUT/paired.csv (every comparison × metric × step),
 OUT/scores.csv (every run's scores) and probe-loss-vs-step figures; with --ablation also a one-seed α/β
 ablation of DTR. Finished runs are skipped on a re-run; a run cut off half-way is trained again.
+
+--learned-routing adds two routed arms to the core comparison, paired against vanilla and DTR: Switch-DiT's
+timestep-gated experts (experiments/routing/switch.yaml; its gates and experts are its own parameters,
+the rest starts as vanilla's) and AffinityRouting, whose masks are derived from the task affinity that a
+200-step unrouted run (OUT/runs/affinity-measure, trained first) measured.
 
 Settings: DiT-T/2, AdamW 3e-3, EMA 0.999, 600 steps, batch 64 for every arm — ANT-UW with K = 8
 uniform intervals as in the official DTR + ANT-UW scripts (8 samples per interval), and one batch for
@@ -48,13 +54,16 @@ from study import (  # noqa: E402
     paired_table,
     read_scores,
     study_callbacks,
+    train,
     write_yaml,
 )
 
 REPO = Path(__file__).resolve().parents[1]
 PROG = Path(__file__).name
 BASE = REPO / "experiments/repro/base.yaml"
-ROUTING = {r: REPO / f"experiments/routing/{r}.yaml" for r in ("vanilla", "rtr", "dtr")}
+ROUTING = {
+    r: REPO / f"experiments/routing/{r}.yaml" for r in ("vanilla", "rtr", "dtr", "switch", "affinity")
+}
 WEIGHTING = {
     "uniform": REPO / "experiments/weighting/uniform.yaml",
     "min_snr": REPO / "experiments/weighting/min_snr.yaml",
@@ -62,6 +71,11 @@ WEIGHTING = {
 }
 CORE = [("vanilla", "uniform"), ("rtr", "uniform"), ("dtr", "uniform")]
 WEIGHTINGS = [("vanilla", "min_snr"), ("dtr", "min_snr"), ("vanilla", "uw"), ("dtr", "uw")]
+LEARNED = [("switch", "uniform"), ("affinity", "uniform")]
+# the affinity arm's masks come from this unrouted run's TaskAffinity records (seed 0, the study's
+# settings, 200 steps measured every 25): one table for every seed, as DTR's is one for every seed
+MEASURE = "affinity-measure"
+MEASURE_STEPS, MEASURE_EVERY = 200, 25
 COMPARISONS = [
     Comparison("R-TR − vanilla", "vanilla-uniform", "rtr-uniform"),
     Comparison("DTR − vanilla", "vanilla-uniform", "dtr-uniform"),
@@ -70,6 +84,10 @@ COMPARISONS = [
     Comparison("DTR+UW − UW", "vanilla-uw", "dtr-uw"),
     Comparison("MinSNR − uniform", "vanilla-uniform", "vanilla-min_snr"),
     Comparison("UW − uniform", "vanilla-uniform", "vanilla-uw"),
+    Comparison("Switch − vanilla", "vanilla-uniform", "switch-uniform"),
+    Comparison("Affinity − vanilla", "vanilla-uniform", "affinity-uniform"),
+    Comparison("Switch − DTR", "dtr-uniform", "switch-uniform"),
+    Comparison("Affinity − DTR", "dtr-uniform", "affinity-uniform"),
 ]
 METRICS = ["fid", "accuracy", *(f"probe_{k}" for k in range(5))]
 # DTR's α (window speed) and β (sharing ratio), one seed; α = 4, β = 0.8 and β = 1 (unrouted) are seed 0
@@ -117,10 +135,26 @@ def spec(
     )
 
 
-def plan(seeds: int, core_only: bool, ablation: bool, study: Path) -> list[RunSpec]:
+def measure_spec(out: Path) -> RunSpec:
+    """The unrouted run whose measured task affinity the affinity arm routes by."""
+    callbacks = [
+        {"class_path": "dtr_lab.callbacks.TaskAffinity", "init_args": {"every_n_steps": MEASURE_EVERY}}
+    ]
+    config = write_yaml(
+        out / "measure.yaml", {"trainer": {"max_steps": MEASURE_STEPS, "callbacks": callbacks}}
+    )
+    configs = [BASE, ROUTING["vanilla"], WEIGHTING["uniform"], config]
+    labels = {"routing": "vanilla", "weighting": "uniform", "param": "measure"}
+    return RunSpec(MEASURE, 0, configs, [], labels)
+
+
+def plan(seeds: int, core_only: bool, ablation: bool, learned: bool, study: Path) -> list[RunSpec]:
     """Every run, seed-major so a study cut short still has whole seeds of every arm."""
-    arms = CORE if core_only else CORE + WEIGHTINGS
-    runs = [spec(r, w, s, study) for s in range(seeds) for r, w in arms]
+    arms = (CORE if core_only else CORE + WEIGHTINGS) + (LEARNED if learned else [])
+    source = ["--model.routing.init_args.source", str(measure_spec(study.parent).directory(study.parent))]
+    runs = [
+        spec(r, w, s, study, source if r == "affinity" else None) for s in range(seeds) for r, w in arms
+    ]
     if ablation:
         flag = "--model.routing.init_args."
         runs += [spec("dtr", "uniform", 0, study, [flag + "alpha", str(a)], "alpha", a) for a in ALPHAS]
@@ -216,6 +250,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--ablation", action="store_true", help="add the one-seed α/β ablation of DTR")
     parser.add_argument(
+        "--learned-routing",
+        action="store_true",
+        help="add Switch-DiT and affinity-derived routing to the core arms (after a 200-step affinity run)",
+    )
+    parser.add_argument(
         "--dry-run", action="store_true", help="print the plan and the commands, train nothing"
     )
     parser.add_argument("--no-train", action="store_true", help="only tabulate the runs already finished")
@@ -225,22 +264,29 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out.resolve()
     max_steps = args.max_steps or yaml.safe_load(BASE.read_text())["trainer"]["max_steps"]
     study = write_study_config(out, max_steps, args.num_samples)
-    runs = plan(args.seeds, args.core_only, args.ablation, study)
+    runs = plan(args.seeds, args.core_only, args.ablation, args.learned_routing, study)
     arms = {r.arm for r in runs}
     comparisons = [c for c in COMPARISONS if c.a in arms and c.b in arms]
-    todo = [r for r in runs if not is_done(r, out)]
+    measure = [measure_spec(out)] if args.learned_routing else []
+    todo = [r for r in measure + runs if not is_done(r, out)]
     per_run = max_steps * STEP_S + args.num_samples * SAMPLE_S + (PROBES + 1) * PROBE_S + START_S
     print(
-        f"{PROG}: {len(runs)} runs ({len(runs) - len(todo)} already done), {max_steps} steps each, "
+        f"{PROG}: {len(runs)} runs ({sum(r not in todo for r in runs)} already done)"
+        + (" and the affinity measurement" if measure else "")
+        + f", {max_steps} steps each, "
         f"{args.jobs} at a time; estimate {len(todo) * per_run / args.jobs / 60:.0f} min"
     )
     if args.dry_run:
         for run in todo:
             print(" ".join(run.command(out)))
         return 0
-    failed = (
-        [] if args.no_train else check_and_train(runs, todo, comparisons, out, args.jobs, args.threads, PROG)
-    )
+    failed = []
+    if not args.no_train:
+        first = [r for r in measure if r in todo]  # the affinity arm's masks are read from it
+        failed = train(first, out, 1, args.threads * args.jobs) if first else []
+        if not failed:
+            rest = [r for r in todo if r not in first]
+            failed = check_and_train(runs, rest, comparisons, out, args.jobs, args.threads, PROG)
 
     scores = read_scores(runs, out)
     scores.to_csv(out / "scores.csv", index=False)

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
+import yaml
 
 from dtr_lab.runs import read_records
 from dtr_lab.stats import paired_difference
@@ -81,8 +82,6 @@ class Comparison:
 
 
 def write_yaml(path: Path, config: dict) -> Path:
-    import yaml
-
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path
@@ -146,16 +145,21 @@ def check_pairs(runs: list[RunSpec], comparisons: list[Comparison], out: Path) -
 
 
 def is_done(run: RunSpec, out: Path) -> bool:
-    """Finished earlier with the same command and config files (other --max-steps or --num-samples train
-    it again)."""
+    """Finished earlier with the same command and config contents (other --max-steps or --num-samples
+    train it again; a config file moved, or changed in its comments only, does not)."""
     marker = run.directory(out) / "done.json"
     if not marker.is_file():
         return False
     try:
         done = json.loads(marker.read_text())
-        return done["command"][1:] == run.command(out)[1:] and done["configs"] == config_texts(run)
-    except (ValueError, KeyError):
+        return signature(done["command"], done["configs"]) == signature(run.command(out), config_texts(run))
+    except (ValueError, KeyError, yaml.YAMLError):
         return False
+
+
+def signature(command: list[str], configs: dict[str, str]) -> list:
+    """A run's command after the interpreter, each config file's path replaced by its parsed content."""
+    return [yaml.safe_load(configs[arg]) if arg in configs else arg for arg in command[1:]]
 
 
 def config_texts(run: RunSpec) -> dict[str, str]:

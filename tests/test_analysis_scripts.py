@@ -218,6 +218,28 @@ def test_reproduce_skips_finished_runs(tiny_repro):
     assert again.returncode == 0 and "6 runs (6 already done)" in again.stdout
 
 
+def test_a_finished_run_stays_done_when_its_config_moves_or_gains_a_comment(tmp_path, monkeypatch):
+    import json
+
+    monkeypatch.syspath_prepend(str(REPO / "analysis"))
+    from study import RunSpec, is_done
+
+    config = tmp_path / "now" / "a.yaml"
+    config.parent.mkdir()
+    config.write_text("trainer:\n  max_steps: 4\n")
+    run, out = RunSpec("arm", 0, [config]), tmp_path / "out"
+    run.directory(out).mkdir(parents=True)
+    then = tmp_path / "then" / "a.yaml"  # where it was when the run finished, commented differently
+    then.parent.mkdir()
+    then.write_text("# moved since\ntrainer:\n  max_steps: 4  # the same value\n")
+    command = [str(then) if arg == str(config) else arg for arg in run.command(out)]
+    done = {"command": command, "configs": {str(then): then.read_text()}}
+    (run.directory(out) / "done.json").write_text(json.dumps(done))
+    assert is_done(run, out)
+    config.write_text("trainer:\n  max_steps: 5\n")  # a changed value trains it again
+    assert not is_done(run, out)
+
+
 def test_reproduce_refuses_routing_that_adds_parameters(tmp_path, run_main, monkeypatch):
     """A paired study whose routed arm has parameters the unrouted one lacks: one line, nothing trained."""
     import reproduce

@@ -1,0 +1,113 @@
+"""What Switch routing costs: training-step and sampling time of the digits DiT (DiT-T/2, 8×8, batch
+128, the quickstart's) with Switch routing vs unrouted, DTR beside them, measured side by side.
+
+Four training variants, alternated every round so drift on a shared machine hits all alike, medians:
+unrouted, DTR, Switch's experts alone (w_JSD = 0: gates + experts in every block) and full Switch (the
+experts plus the diffusion prior: the gates over all T, a bipartite matching, the JSD). Target: Switch /
+unrouted ≤ 1.15. Sampling (the EMA network's forward, no gradient) is timed the same way.
+
+    python benchmarks/switch_overhead.py [--rounds 5] [--steps 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from dtr_lab.models import DiT
+from dtr_lab.module import DiffusionModule
+from dtr_lab.routing import DTRRouting, NoRouting
+from dtr_lab.routing_switch import SwitchRouting
+
+IMAGE, CHANNELS, CLASSES, BATCH = 8, 1, 10, 128
+
+
+def make_module(routing) -> DiffusionModule:
+    def net(*args):
+        return DiT(*args, size="DiT-T/2")
+
+    torch.manual_seed(0)
+    return DiffusionModule(
+        net=net, routing=routing, image_size=IMAGE, in_channels=CHANNELS, num_classes=CLASSES
+    )
+
+
+def step_times(module: DiffusionModule, steps: int, prior: bool) -> list[float]:
+    """Forward, the routing's prior (if any and asked for), backward, optimizer step, EMA update."""
+    opt = module.configure_optimizers()
+    gen = torch.Generator().manual_seed(0)
+    times = []
+    for step in range(steps + 1):
+        x0 = torch.rand(BATCH, CHANNELS, IMAGE, IMAGE, generator=gen) * 2 - 1
+        y = torch.randint(0, CLASSES, (BATCH,), generator=gen)
+        start = time.perf_counter()
+        t, noise, y = module.draw(x0, y)
+        loss = module.training_loss(x0, t, noise, y)[0].mean()
+        if prior:
+            loss = loss + module.net.routing_loss(t, torch.Generator().manual_seed(step))
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        module.ema.update_parameters(module.net)
+        times.append(time.perf_counter() - start)
+    return times[1:]  # the first is warm-up
+
+
+@torch.no_grad()
+def sample_times(module: DiffusionModule, steps: int) -> list[float]:
+    """One denoising step of the EMA network on a batch (what sampling repeats T' times)."""
+    gen = torch.Generator().manual_seed(1)
+    times = []
+    for _ in range(steps + 1):
+        x = torch.randn(BATCH, CHANNELS, IMAGE, IMAGE, generator=gen)
+        t = torch.randint(0, 1000, (BATCH,), generator=gen)
+        y = torch.randint(0, CLASSES, (BATCH,), generator=gen)
+        start = time.perf_counter()
+        module.ema.module(x, t, y)
+        times.append(time.perf_counter() - start)
+    return times[1:]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=10, help="timed steps per variant per round")
+    args = parser.parse_args()
+    modules = {
+        "vanilla": make_module(NoRouting()),
+        "dtr": make_module(DTRRouting(4.0, 0.8)),
+        "experts": make_module(SwitchRouting()),
+        "switch": make_module(SwitchRouting()),
+    }
+    train: dict[str, list[float]] = {k: [] for k in modules}
+    sample: dict[str, list[float]] = {k: [] for k in ("vanilla", "dtr", "switch")}
+    for r in range(args.rounds):
+        order = list(modules) if r % 2 == 0 else list(modules)[::-1]
+        for name in order:
+            train[name] += step_times(modules[name], args.steps, prior=name == "switch")
+        for name in sample if r % 2 == 0 else list(sample)[::-1]:
+            sample[name] += sample_times(modules[name], args.steps)
+    med = {k: statistics.median(v) for k, v in train.items()}
+    smp = {k: statistics.median(v) for k, v in sample.items()}
+    parameters = {k: sum(p.numel() for p in m.net.parameters()) for k, m in modules.items()}
+    print(
+        f"DiT-T/2, {IMAGE}x{IMAGE}x{CHANNELS}, batch {BATCH}, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads, {args.rounds} rounds x {args.steps} steps per variant"
+    )
+    print(
+        f"parameters: unrouted {parameters['vanilla']:,}, Switch {parameters['switch']:,} "
+        f"(+{parameters['switch'] / parameters['vanilla'] - 1:.1%}: E = 3 experts of 128 x 128 a block)"
+    )
+    print("median training step (ms): " + ", ".join(f"{k} {v * 1e3:.1f}" for k, v in med.items()))
+    print(f"DTR / unrouted:                 {med['dtr'] / med['vanilla']:.3f}")
+    print(f"Switch experts only / unrouted: {med['experts'] / med['vanilla']:.3f}")
+    print(f"Switch / unrouted:              {med['switch'] / med['vanilla']:.3f}  (target <= 1.15)")
+    print("median sampling step (ms): " + ", ".join(f"{k} {v * 1e3:.2f}" for k, v in smp.items()))
+    print(f"sampling, Switch / unrouted:    {smp['switch'] / smp['vanilla']:.3f}")
+
+
+if __name__ == "__main__":
+    main()
