@@ -2,7 +2,7 @@
 heatmaps, routing maps. Each function takes a Run or Runs and returns a matplotlib Figure.
 
 One style throughout: seaborn "ticks", the colour-blind-safe "colorblind" palette with a fixed colour
-per routing (vanilla, dtr, rtr), a diverging blue–red map centred on 0 for cosines and affinities,
+per routing (vanilla, dtr, rtr, switch, affinity), a diverging blue–red map centred on 0 for cosines and affinities,
 and axes labelled in timesteps, never interval indices. No training code is imported.
 """
 
@@ -33,7 +33,7 @@ from dtr_lab.runs import (
     routing_affinity_correlation,
 )
 
-ROUTING_ORDER = ("vanilla", "dtr", "rtr")
+ROUTING_ORDER = ("vanilla", "dtr", "rtr", "switch", "affinity")
 DIVERGING = "vlag"  # blue–white–red, readable with red–green colour blindness
 SEQUENTIAL = "mako"
 TITLES = {
@@ -441,7 +441,8 @@ def routing_vs_affinity(runs: Run | Runs, source: str = "affinity", metric: str 
 
 
 def _mask_panel(ax, run: Run) -> None:
-    """The widest mask table of a run as an image: rows are timesteps, white channels are active."""
+    """The widest mask table of a run as an image: rows are timesteps, white channels are active (for
+    learned routing, white are the experts the gates chose)."""
     if not run.masks:
         ax.text(
             0.5,
@@ -456,7 +457,10 @@ def _mask_panel(ax, run: Run) -> None:
     image = plt.imread(run.masks[-1])
     image = image[..., 0] if image.ndim == 3 else image
     ax.imshow(image, cmap="gray", aspect="auto", interpolation="nearest", vmin=0, vmax=1)
-    ax.set(xlabel=f"channel (of {image.shape[1]})", ylabel="timestep t")
+    if run.masks[-1].stem == "masks_experts":  # learned routing: the gates' chosen experts, latest drawing
+        ax.set(xlabel="expert (blocks side by side, E each)", ylabel="timestep t", xticks=[])
+    else:
+        ax.set(xlabel=f"channel (of {image.shape[1]})", ylabel="timestep t")
     ax.grid(False)
 
 
