@@ -8,7 +8,7 @@ intervals with high affinity sit close together (spectral seriation: the Fiedler
 similarity graph's Laplacian; Atkins, Boman and Hendrickson, SIAM J. Comput. 1998). Interval k gets
 the window [start_k, start_k + C_β) with start_k = round((C − C_β)·x_k), x_k ∈ [0, 1] its coordinate:
 intervals that help each other share channels, intervals that conflict end up at opposite ends and
-share only what two windows of width β·C must (2·C_β − C channels). Like DTR's, the table is the same
+share only what two windows of width C_β must (max(0, 2·C_β − C) channels). Like DTR's, the table is the same
 in every block and is a buffer (no parameters).
 
 Steps:

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 from helpers import DIGITS, REPO, run_cli, run_dir, tiny
 
 from dtr_lab.callbacks.records import RecordWriter, write_intervals
@@ -19,6 +20,7 @@ from dtr_lab.models import DiT
 from dtr_lab.module import DiffusionModule
 from dtr_lab.mtl.intervals import TaskIntervals
 from dtr_lab.routing_affinity import AffinityRouting
+from dtr_lab.runs import run_labels
 
 AFFINITY = ["--config", str(REPO / "experiments/routing/affinity.yaml")]
 
@@ -239,3 +241,6 @@ def test_two_stage_workflow_trains_from_a_measured_run(tiny_runs, tmp_path):
     assert ckpt["global_step"] == 2
     expected = AffinityRouting(str(tiny_runs["vanilla"]), beta=0.8)
     assert ckpt["dtr_lab_identity"]["routing"] == repr(expected)
+    config = yaml.safe_load((run_dir(save) / "config.yaml").read_text())
+    assert config["model"]["routing"]["init_args"]["source"] == str(tiny_runs["vanilla"])  # provenance
+    assert run_labels(config)["routing"] == "affinity"  # how dtr_lab.runs labels the run for comparisons
