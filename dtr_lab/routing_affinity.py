@@ -66,7 +66,7 @@ def read_affinity(run_dir: Path) -> tuple[np.ndarray, list[int], str]:
         steps = sorted(rows["step"].unique())
         rows = rows[rows["step"].isin(steps[len(steps) // 2 :])]
         k = int(max(rows["i"].max(), rows["j"].max())) + 1
-        mean = rows.groupby(["i", "j"])["value"].mean()  # NaN values (a diverged run) propagate
+        mean = rows.groupby(["i", "j"])["value"].mean()  # an entry never measured stays NaN: refused below
         affinity = np.full((k, k), np.nan)
         affinity[mean.index.get_level_values("i"), mean.index.get_level_values("j")] = mean.to_numpy()
         intervals_file = run_dir / "records" / "intervals.csv"
@@ -107,8 +107,8 @@ def check_matrix(source: list, k: int | None) -> np.ndarray:
     if not np.isfinite(matrix).all():
         i, j = np.argwhere(~np.isfinite(matrix))[0]
         raise DTRLabError(
-            f"AffinityRouting.source has a non-finite affinity at ({i}, {j}); every entry must be a number "
-            "(a run whose measurement diverged cannot place windows)"
+            f"AffinityRouting.source has no finite affinity at ({i}, {j}); every entry must be a number "
+            "(a run must have measured every pair of intervals)"
         )
     return matrix
 

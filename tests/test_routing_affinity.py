@@ -187,15 +187,20 @@ def bad_sources(tmp_path: Path) -> dict[str, tuple[dict, str]]:
     write_records(measured, {0: np.eye(3)})
     no_intervals = tmp_path / "no_intervals"
     RecordWriter(no_intervals, "affinity").matrix(0, "tag", torch.eye(2))
+    unmeasured = tmp_path / "unmeasured"  # pair (1, 0) never recorded
+    write_records(unmeasured, {0: np.eye(2)}, edges=[0, 500, 1000])
+    lines = (unmeasured / "records/affinity.csv").read_text().splitlines()
+    (unmeasured / "records/affinity.csv").write_text("\n".join(lines[:3] + lines[4:]) + "\n")
     return {
         "missing path": ({"source": str(tmp_path / "nope")}, "is not a run directory"),
         "no records": ({"source": str(empty)}, "has no affinity records"),
         "no intervals": ({"source": str(no_intervals)}, "intervals.csv does not give the 2 intervals"),
         "run K mismatch": ({"source": str(measured), "intervals": 5}, "K=3 intervals but intervals=5"),
+        "unmeasured pair": ({"source": str(unmeasured)}, "no finite affinity at (1, 0)"),
         "not square": ({"source": [[1, 2, 3], [4, 5, 6]]}, "is not a square K×K matrix"),
         "ragged": ({"source": [[1, 2], [3]]}, "is not a square K×K matrix"),
         "empty": ({"source": []}, "is not a square K×K matrix"),
-        "NaN": ({"source": [[1, 0.5], [0.5, float("nan")]]}, "non-finite affinity at (1, 1)"),
+        "NaN": ({"source": [[1, 0.5], [0.5, float("nan")]]}, "no finite affinity at (1, 1)"),
         "inline K mismatch": ({"source": np.eye(3).tolist(), "intervals": 4}, "is 3×3 but intervals=4"),
         "beta 0": ({"source": [[1.0]], "beta": 0.0}, "beta=0.0 is outside (0, 1]"),
         "beta > 1": ({"source": [[1.0]], "beta": 1.5}, "beta=1.5 is outside (0, 1]"),
@@ -204,8 +209,8 @@ def bad_sources(tmp_path: Path) -> dict[str, tuple[dict, str]]:
 
 @pytest.mark.parametrize(
     "case",
-    ["missing path", "no records", "no intervals", "run K mismatch", "not square", "ragged", "empty", "NaN",
-     "inline K mismatch", "beta 0", "beta > 1"],
+    ["missing path", "no records", "no intervals", "run K mismatch", "unmeasured pair", "not square",
+     "ragged", "empty", "NaN", "inline K mismatch", "beta 0", "beta > 1"],
 )
 def test_bad_source_is_one_line(case, tmp_path):
     kwargs, needle = bad_sources(tmp_path)[case]
