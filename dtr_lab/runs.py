@@ -36,6 +36,7 @@ SHORT_NAMES = {
     "NoRouting": "vanilla",
     "DTRRouting": "dtr",
     "RandomRouting": "rtr",
+    "AffinityRouting": "affinity",
     "Uniform": "uniform",
     "MinSNR": "min_snr",
     "P2": "p2",
