@@ -31,11 +31,12 @@ FRAMES = ("scalars", *RECORDS, "intervals")
 RECORD_COLUMNS = ["step", "metric", "i", "j", "value"]
 NAN_TEXTS = ("nan", "-nan", "+nan")
 INTERVAL_COLUMNS = ["name", "k", "start", "end"]
-# short names researchers use (DTR paper, Table 2), as in the experiments/digits/*.yaml file names
+# short names researchers use (DTR paper, Table 2), as in the experiments/*/*.yaml file names
 SHORT_NAMES = {
     "NoRouting": "vanilla",
     "DTRRouting": "dtr",
     "RandomRouting": "rtr",
+    "SwitchRouting": "switch",
     "AffinityRouting": "affinity",
     "Uniform": "uniform",
     "MinSNR": "min_snr",
