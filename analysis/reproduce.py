@@ -17,7 +17,7 @@ ablation of DTR. Finished runs are skipped on a re-run; a run cut off half-way i
 --learned-routing adds two routed arms to the core comparison, paired against vanilla and DTR: Switch-DiT's
 timestep-gated experts (experiments/routing/switch.yaml; its gates and experts are its own parameters,
 the rest starts as vanilla's) and AffinityRouting, whose masks are derived from the task affinity that a
-200-step unrouted run (OUT/runs/affinity-measure, trained first) measured.
+unrouted run of a third of the steps (OUT/runs/affinity-measure, trained first) measured 8 times.
 
 Settings: DiT-T/2, AdamW 3e-3, EMA 0.999, 600 steps, batch 64 for every arm — ANT-UW with K = 8
 uniform intervals as in the official DTR + ANT-UW scripts (8 samples per interval), and one batch for
@@ -73,9 +73,9 @@ CORE = [("vanilla", "uniform"), ("rtr", "uniform"), ("dtr", "uniform")]
 WEIGHTINGS = [("vanilla", "min_snr"), ("dtr", "min_snr"), ("vanilla", "uw"), ("dtr", "uw")]
 LEARNED = [("switch", "uniform"), ("affinity", "uniform")]
 # the affinity arm's masks come from this unrouted run's TaskAffinity records (seed 0, the study's
-# settings, 200 steps measured every 25): one table for every seed, as DTR's is one for every seed
+# settings, a third of its steps, measured 8 times: 200 steps every 25): one table for every seed, as
+# DTR's is one for every seed
 MEASURE = "affinity-measure"
-MEASURE_STEPS, MEASURE_EVERY = 200, 25
 COMPARISONS = [
     Comparison("R-TR − vanilla", "vanilla-uniform", "rtr-uniform"),
     Comparison("DTR − vanilla", "vanilla-uniform", "dtr-uniform"),
@@ -135,23 +135,24 @@ def spec(
     )
 
 
-def measure_spec(out: Path) -> RunSpec:
+def measure_spec(out: Path, max_steps: int) -> RunSpec:
     """The unrouted run whose measured task affinity the affinity arm routes by."""
-    callbacks = [
-        {"class_path": "dtr_lab.callbacks.TaskAffinity", "init_args": {"every_n_steps": MEASURE_EVERY}}
-    ]
-    config = write_yaml(
-        out / "measure.yaml", {"trainer": {"max_steps": MEASURE_STEPS, "callbacks": callbacks}}
-    )
+    steps = max(1, max_steps // 3)
+    every = max(1, steps // 8)
+    callbacks = [{"class_path": "dtr_lab.callbacks.TaskAffinity", "init_args": {"every_n_steps": every}}]
+    config = write_yaml(out / "measure.yaml", {"trainer": {"max_steps": steps, "callbacks": callbacks}})
     configs = [BASE, ROUTING["vanilla"], WEIGHTING["uniform"], config]
     labels = {"routing": "vanilla", "weighting": "uniform", "param": "measure"}
     return RunSpec(MEASURE, 0, configs, [], labels)
 
 
-def plan(seeds: int, core_only: bool, ablation: bool, learned: bool, study: Path) -> list[RunSpec]:
+def plan(
+    seeds: int, core_only: bool, ablation: bool, learned: bool, study: Path, max_steps: int
+) -> list[RunSpec]:
     """Every run, seed-major so a study cut short still has whole seeds of every arm."""
     arms = (CORE if core_only else CORE + WEIGHTINGS) + (LEARNED if learned else [])
-    source = ["--model.routing.init_args.source", str(measure_spec(study.parent).directory(study.parent))]
+    measure = measure_spec(study.parent, max_steps).directory(study.parent)
+    source = ["--model.routing.init_args.source", str(measure)]
     runs = [
         spec(r, w, s, study, source if r == "affinity" else None) for s in range(seeds) for r, w in arms
     ]
@@ -252,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--learned-routing",
         action="store_true",
-        help="add Switch-DiT and affinity-derived routing to the core arms (after a 200-step affinity run)",
+        help="add Switch-DiT and affinity-derived routing to the core arms (after an affinity measurement)",
     )
     parser.add_argument(
         "--dry-run", action="store_true", help="print the plan and the commands, train nothing"
@@ -264,10 +265,10 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out.resolve()
     max_steps = args.max_steps or yaml.safe_load(BASE.read_text())["trainer"]["max_steps"]
     study = write_study_config(out, max_steps, args.num_samples)
-    runs = plan(args.seeds, args.core_only, args.ablation, args.learned_routing, study)
+    runs = plan(args.seeds, args.core_only, args.ablation, args.learned_routing, study, max_steps)
     arms = {r.arm for r in runs}
     comparisons = [c for c in COMPARISONS if c.a in arms and c.b in arms]
-    measure = [measure_spec(out)] if args.learned_routing else []
+    measure = [measure_spec(out, max_steps)] if args.learned_routing else []
     todo = [r for r in measure + runs if not is_done(r, out)]
     per_run = max_steps * STEP_S + args.num_samples * SAMPLE_S + (PROBES + 1) * PROBE_S + START_S
     print(
