@@ -8,7 +8,7 @@ TORCH_SPEC := $(shell if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L 
 # The newest version_N under $(1) that holds a last.ckpt: an empty or failed version directory is never picked.
 newest_run = $$(ls -d $(1)/version_*/checkpoints/last.ckpt | sort -V | tail -1 | sed 's|/checkpoints/last.ckpt$$||')
 
-.PHONY: quickstart test test-slow bench reproduce reproduce-routing scaling lint clean-runs
+.PHONY: quickstart routing-comparison test test-slow bench reproduce reproduce-routing scaling lint clean-runs
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,23 @@ quickstart: $(VENV)/.installed
 	@echo "Figures: runs/quickstart/figures/index.md"
 	@echo "Logs:    runs/quickstart/{vanilla,dtr}/version_*"
 	@echo "View:    $(PY) -m tensorboard.main --logdir runs/quickstart"
+
+# Switch-DiT and affinity routing beside the quickstart's two runs (run `make quickstart` first), on the
+# same figures. The two-stage affinity workflow: the quickstart's unrouted run measured the task affinity
+# (TaskAffinity) that the affinity run's masks are derived from. The two new runs train side by side.
+routing-comparison: $(VENV)/.installed
+	@test -n "$$(ls runs/quickstart/vanilla/version_*/records/affinity.csv 2>/dev/null)" || \
+		{ echo "routing-comparison: no measured affinity in runs/quickstart/vanilla: run make quickstart first"; exit 2; }
+	OMP_NUM_THREADS=1 $(PY) -m dtr_lab fit --config experiments/quickstart.yaml --config experiments/routing/affinity.yaml \
+		--model.routing.init_args.source $(call newest_run,runs/quickstart/vanilla) \
+		--trainer.logger.init_args.name affinity --trainer.enable_progress_bar false > runs/quickstart/affinity.log 2>&1 & \
+	OMP_NUM_THREADS=1 $(PY) -m dtr_lab fit --config experiments/quickstart.yaml --config experiments/routing/switch.yaml \
+		--trainer.logger.init_args.name switch; status=$$?; \
+	wait $$! || { echo "the affinity run failed: see runs/quickstart/affinity.log"; exit 1; }; exit $$status
+	$(PY) analysis/make_figures.py $(foreach r,vanilla dtr switch affinity,$(call newest_run,runs/quickstart/$(r))) \
+		--out runs/quickstart/figures-routing
+	@echo
+	@echo "Figures: runs/quickstart/figures-routing/index.md"
 
 # One torch thread per process: the tests run small models (and subprocesses) where a second
 # OpenMP thread only contends for the 2 cores.
