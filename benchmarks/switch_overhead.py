@@ -6,7 +6,7 @@ unrouted, DTR, Switch's experts alone (w_JSD = 0: gates + experts in every block
 experts plus the diffusion prior: the gates over all T, a bipartite matching, the JSD). Target: Switch /
 unrouted ≤ 1.15. Sampling (the EMA network's forward, no gradient) is timed the same way.
 
-    python benchmarks/switch_overhead.py [--rounds 5] [--steps 10]
+    python benchmarks/switch_overhead.py [--rounds 5] [--steps 10] [--plot docs/routing/overhead.png]
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from pathlib import Path
 
 import torch
 
@@ -75,6 +76,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--steps", type=int, default=10, help="timed steps per variant per round")
+    parser.add_argument("--plot", type=Path, help="also draw the step times (median, quartiles) to this PNG")
     args = parser.parse_args()
     modules = {
         "vanilla": make_module(NoRouting()),
@@ -107,6 +109,35 @@ def main() -> None:
     print(f"Switch / unrouted:              {med['switch'] / med['vanilla']:.3f}  (target <= 1.15)")
     print("median sampling step (ms): " + ", ".join(f"{k} {v * 1e3:.2f}" for k, v in smp.items()))
     print(f"sampling, Switch / unrouted:    {smp['switch'] / smp['vanilla']:.3f}")
+    if args.plot:
+        plot(train, sample, args.plot)
+
+
+def plot(train: dict[str, list[float]], sample: dict[str, list[float]], path: Path) -> None:
+    """Step time of each variant relative to the unrouted median: training and sampling side by side."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    names = {"vanilla": "unrouted", "dtr": "DTR", "experts": "Switch,\nexperts only", "switch": "Switch"}
+    fig, axes = plt.subplots(1, 2, figsize=(8, 3), sharey=True, constrained_layout=True)
+    for ax, (title, times) in zip(axes, (("training step", train), ("sampling step", sample)), strict=True):
+        base = statistics.median(times["vanilla"])
+        for x, (name, values) in enumerate(times.items()):
+            q1, med, q3 = np.percentile(np.array(values) / base, [25, 50, 75])
+            ax.bar(x, med, color="#0173b2" if name != "vanilla" else "#949494")
+            ax.errorbar(x, med, yerr=[[med - q1], [q3 - med]], color="black", capsize=3)
+            ax.text(x, q3 + 0.02, f"{med:.2f}×", ha="center", fontsize=8)
+        ax.axhline(1.15, color="#d55e00", linestyle="--", linewidth=1, label="target 1.15×")
+        ax.set_xticks(range(len(times)), [names[n] for n in times], fontsize=8)
+        ax.set_title(f"{title} (÷ unrouted median)", fontsize=10)
+    axes[0].set_ylabel("relative time (median, quartiles)")
+    axes[0].legend(fontsize=8, loc="lower right")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=150)
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ from dtr_lab.cli import main
 # Products of composable files: one entry from each axis, an entry being one file or several together.
 # Concerns live once (experiments/routing, weighting, mtl) and compose with each dataset. A folder not
 # named here composes as base.yaml + each other file (or, without a base.yaml, each file alone).
-ROUTINGS = [("routing/vanilla.yaml",), ("routing/rtr.yaml",), ("routing/dtr.yaml",)]
+ROUTINGS = [("routing/vanilla.yaml",), ("routing/rtr.yaml",), ("routing/dtr.yaml",), ("routing/switch.yaml",)]
 AXES = {
     "digits": [
         [("digits/base.yaml",)],
