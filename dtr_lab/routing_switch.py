@@ -116,7 +116,8 @@ class ExpertMask:
         for e in range(self.gates.shape[1]):
             rows = self.gates[:, e].nonzero().squeeze(1)  # (n_e,)
             y = torch.addmm(self.bias[e], flat[rows].reshape(-1, C), self.weight[e])  # (n_e·L, C)
-            out = out.index_add(0, rows, y.view(-1, L, C) * self.gates[rows, e, None, None])
+            y = y.view(-1, L, C) * self.gates[rows, e, None, None]  # (n_e, L, C)
+            out = out.index_add(0, rows, y.to(out.dtype))  # bf16 GEMMs under autocast, fp32 gates
         return z * (1 + out.view(zc.shape).movedim(-1, channel_dim))
 
 
