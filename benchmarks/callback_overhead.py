@@ -27,7 +27,7 @@ import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from dtr_lab.callbacks import GradientConflict, RoutingMaps, TaskAffinity, TimestepLoss
-from dtr_lab.cli import DTRLabCLI
+from dtr_lab.cli import build_cli
 from dtr_lab.data import ImageDataModule
 from dtr_lab.module import DiffusionModule
 from dtr_lab.mtl.intervals import Intervals
@@ -68,7 +68,7 @@ class StepClock(L.Callback):
 def digits_config() -> tuple[DiffusionModule, ImageDataModule, dict[type, L.Callback]]:
     """The shipped digits DTR model, data and analysis callbacks (for their default cadences)."""
     args = [a for c in CONFIGS for a in ("--config", str(c))]
-    cli = DTRLabCLI(DiffusionModule, ImageDataModule, subclass_mode_data=True, run=False, args=args)
+    cli = build_cli(args, run=False)
     shipped = {
         type(cb): cb
         for cb in cli.trainer.callbacks

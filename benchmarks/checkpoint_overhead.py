@@ -24,9 +24,7 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from dtr_lab.checkpointing import RunCheckpoint
-from dtr_lab.cli import DTRLabCLI
-from dtr_lab.data import ImageDataModule
-from dtr_lab.module import DiffusionModule
+from dtr_lab.cli import build_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = [ROOT / "experiments/digits/base.yaml", ROOT / "experiments/routing/dtr.yaml"]
@@ -37,14 +35,7 @@ def timed_fit(variant: str, steps: int, every: int, save_dir: Path) -> tuple[flo
     args = [a for c in CONFIGS for a in ("--config", str(c))]
     args += ["--trainer.max_steps", str(steps), "--checkpoint.every_n_train_steps", str(every)]
     args += ["--trainer.enable_progress_bar", "false", "--trainer.logger.init_args.save_dir", str(save_dir)]
-    cli = DTRLabCLI(
-        DiffusionModule,
-        ImageDataModule,
-        subclass_mode_data=True,
-        auto_configure_optimizers=False,
-        run=False,
-        args=args,
-    )
+    cli = build_cli(args, run=False)
     trainer = cli.trainer
     if variant == "lightning":
         i, own = next((i, c) for i, c in enumerate(trainer.callbacks) if isinstance(c, RunCheckpoint))

@@ -81,22 +81,29 @@ class DTRLabCLI(LightningCLI):
             callback.prepare(self.model, self.datamodule)
 
 
+def build_cli(args: list[str] | None = None, run: bool = True) -> DTRLabCLI:
+    """`python -m dtr_lab ARGS` as an object: run=False parses and instantiates (model, datamodule,
+    trainer) without running a subcommand — what the paired-study check and the benchmarks build."""
+    return DTRLabCLI(
+        DiffusionModule,
+        ImageDataModule,
+        subclass_mode_data=True,
+        auto_configure_optimizers=False,
+        trainer_defaults={
+            "logger": {
+                "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
+                "init_args": {"save_dir": "runs", "name": "default"},
+            }
+        },
+        parser_class=OneLineParser,
+        run=run,
+        args=args,
+    )
+
+
 def main(args: list[str] | None = None) -> None:
     try:
-        DTRLabCLI(
-            DiffusionModule,
-            ImageDataModule,
-            subclass_mode_data=True,
-            auto_configure_optimizers=False,
-            trainer_defaults={
-                "logger": {
-                    "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
-                    "init_args": {"save_dir": "runs", "name": "default"},
-                }
-            },
-            parser_class=OneLineParser,
-            args=args,
-        )
+        build_cli(args)
     except Interrupted as exc:
         print(f"dtr_lab: {exc}", file=sys.stderr)
         sys.exit(exc.exit_code)

@@ -16,8 +16,7 @@ import warnings
 import torch
 from lightning.pytorch import LightningDataModule
 
-from dtr_lab.cli import DTRLabCLI
-from dtr_lab.data import ImageDataModule
+from dtr_lab.cli import build_cli
 from dtr_lab.errors import DTRLabError
 from dtr_lab.module import DiffusionModule
 
@@ -26,14 +25,7 @@ def instantiate(args: list[str]) -> tuple[DiffusionModule, LightningDataModule]:
     """The module and datamodule that `python -m dtr_lab fit ARGS` would train, untrained (no run dir)."""
     with warnings.catch_warnings():  # a calling script's own sys.argv is not meant for this parser
         warnings.filterwarnings("ignore", message=".*args parameter is intended to run from within Python")
-        cli = DTRLabCLI(
-            DiffusionModule,
-            ImageDataModule,
-            subclass_mode_data=True,
-            auto_configure_optimizers=False,
-            run=False,
-            args=[*args, "--trainer.logger", "false"],
-        )
+        cli = build_cli([*args, "--trainer.logger", "false"], run=False)
     return cli.model, cli.datamodule
 
 

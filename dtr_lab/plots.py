@@ -2,8 +2,8 @@
 heatmaps, routing maps. Each function takes a Run or Runs and returns a matplotlib Figure.
 
 One style throughout: seaborn "ticks", the colour-blind-safe "colorblind" palette with a fixed colour
-per routing (vanilla, dtr, rtr, switch, affinity), a diverging blue–red map centred on 0 for cosines and affinities,
-and axes labelled in timesteps, never interval indices. No training code is imported.
+per routing (vanilla, dtr, rtr, switch, affinity), a diverging blue–red map centred on 0 for cosines and
+affinities, and axes labelled in timesteps, never interval indices. No training code is imported.
 """
 
 from __future__ import annotations
