@@ -131,6 +131,7 @@ def plot(train: dict[str, list[float]], sample: dict[str, list[float]], path: Pa
             ax.errorbar(x, med, yerr=[[med - q1], [q3 - med]], color="black", capsize=3)
             ax.text(x, q3 + 0.02, f"{med:.2f}×", ha="center", fontsize=8)
         ax.axhline(1.15, color="#d55e00", linestyle="--", linewidth=1, label="target 1.15×")
+        ax.set_ylim(0, 1.5)
         ax.set_xticks(range(len(times)), [names[n] for n in times], fontsize=8)
         ax.set_title(f"{title} (÷ unrouted median)", fontsize=10)
     axes[0].set_ylabel("relative time (median, quartiles)")
