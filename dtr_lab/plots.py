@@ -34,6 +34,9 @@ from dtr_lab.runs import (
 )
 
 ROUTING_ORDER = ("vanilla", "dtr", "rtr", "switch", "affinity")
+# each routing's colour in seaborn's "colorblind" palette: blue, orange, green, pink, brown (not
+# vermilion, too close to DTR's orange)
+ROUTING_COLOURS = {"vanilla": 0, "dtr": 1, "rtr": 2, "switch": 4, "affinity": 5}
 DIVERGING = "vlag"  # blue–white–red, readable with red–green colour blindness
 SEQUENTIAL = "mako"
 TITLES = {
@@ -96,8 +99,9 @@ def palette(values: Sequence) -> dict:
     colours = sns.color_palette("colorblind")
     known = [v for v in ROUTING_ORDER if v in set(values)]
     others = sorted({v for v in values if v not in ROUTING_ORDER}, key=str)
-    out = {v: colours[ROUTING_ORDER.index(v)] for v in known}
-    free = [c for k, c in enumerate(colours) if k >= len(ROUTING_ORDER) or ROUTING_ORDER[k] not in out]
+    out = {v: colours[ROUTING_COLOURS[v]] for v in known}
+    taken = {ROUTING_COLOURS[v] for v in known}
+    free = [c for k, c in enumerate(colours) if k not in taken]
     out.update({v: free[k % len(free)] for k, v in enumerate(others)})
     return out
 

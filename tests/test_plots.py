@@ -149,6 +149,8 @@ def test_palette_is_fixed_per_routing():
     both = plots.palette(["vanilla", "dtr", "min_snr"])
     assert alone["dtr"] == both["dtr"] and both["vanilla"] != both["dtr"]
     assert len(set(both.values())) == 3
+    every = plots.palette(["affinity", "switch", "rtr", "dtr", "vanilla", "other"])
+    assert len(set(every.values())) == 6 and every["dtr"] == alone["dtr"]
 
 
 def test_missing_records_name_the_file(tmp_path):
