@@ -16,10 +16,9 @@ import statistics
 import time
 
 import torch
-from timing import lightning_step_times
+from timing import dit_module, lightning_step_times
 from torch.utils.data import DataLoader, TensorDataset
 
-from dtr_lab.models import DiT
 from dtr_lab.module import DiffusionModule
 from dtr_lab.routing import DTRRouting, NoRouting
 
@@ -27,13 +26,7 @@ IMAGE, CHANNELS, CLASSES, BATCH = 16, 4, 10, 32
 
 
 def make_module(routing) -> DiffusionModule:
-    def net(*args):
-        return DiT(*args, size="DiT-S/2")
-
-    torch.manual_seed(0)
-    return DiffusionModule(
-        net=net, routing=routing, image_size=IMAGE, in_channels=CHANNELS, num_classes=CLASSES
-    )
+    return dit_module(routing, "DiT-S/2", IMAGE, CHANNELS, CLASSES)
 
 
 def loader(num_batches: int) -> DataLoader:

@@ -17,8 +17,8 @@ import time
 from pathlib import Path
 
 import torch
+from timing import dit_module
 
-from dtr_lab.models import DiT
 from dtr_lab.module import DiffusionModule
 from dtr_lab.routing import DTRRouting, NoRouting
 from dtr_lab.routing_switch import SwitchRouting
@@ -27,13 +27,7 @@ IMAGE, CHANNELS, CLASSES, BATCH = 8, 1, 10, 128
 
 
 def make_module(routing) -> DiffusionModule:
-    def net(*args):
-        return DiT(*args, size="DiT-T/2")
-
-    torch.manual_seed(0)
-    return DiffusionModule(
-        net=net, routing=routing, image_size=IMAGE, in_channels=CHANNELS, num_classes=CLASSES
-    )
+    return dit_module(routing, "DiT-T/2", IMAGE, CHANNELS, CLASSES)
 
 
 def step_times(module: DiffusionModule, steps: int, prior: bool) -> list[float]:

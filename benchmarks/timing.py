@@ -1,11 +1,31 @@
-"""Shared timing helpers for the benchmarks: per-step wall times inside a real Lightning fit."""
+"""Shared helpers for the benchmarks: a seeded DiT module, per-step wall times inside a real Lightning fit."""
 
 from __future__ import annotations
 
 import time
 
 import lightning as L
+import torch
 from torch.utils.data import DataLoader
+
+from dtr_lab.models import DiT
+from dtr_lab.module import DiffusionModule
+from dtr_lab.routing import RoutingStrategy
+
+
+def dit_module(
+    routing: RoutingStrategy, size: str, image_size: int, in_channels: int, num_classes: int
+) -> DiffusionModule:
+    """A DiffusionModule around a class-conditional DiT, built after manual_seed(0): every variant of a
+    benchmark starts from the same weights."""
+
+    def net(*args):
+        return DiT(*args, size=size)
+
+    torch.manual_seed(0)
+    return DiffusionModule(
+        net=net, routing=routing, image_size=image_size, in_channels=in_channels, num_classes=num_classes
+    )
 
 
 class StepTimer(L.Callback):
