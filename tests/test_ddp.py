@@ -65,11 +65,13 @@ def ddp_fit(combo: tuple[Path, ...], tmp_path: Path) -> tuple[dict, dict, Path]:
     "combo",
     [
         # latents, learned σ, ANT-UW's stratified batches and its own learnable s_k
-        ("imagenet256/base.yaml", "imagenet256/dit_b2.yaml", "imagenet256/dtr.yaml", "imagenet256/uw.yaml"),
+        ("imagenet256/base.yaml", "imagenet256/dit_b2.yaml", "routing/dtr.yaml", "mtl/uw8.yaml"),
         # manual optimisation: the module all-reduces the PCGrad update itself
-        ("digits/base.yaml", "digits/dtr.yaml", "digits/pcgrad.yaml"),
+        ("digits/base.yaml", "routing/dtr.yaml", "mtl/pcgrad.yaml", "digits/stratified.yaml"),
+        # learned routing: gates and experts, and the diffusion prior computed on every rank
+        ("digits/base.yaml", "routing/switch.yaml"),
     ],
-    ids=["imagenet256-dtr-uw", "digits-dtr-pcgrad"],
+    ids=["imagenet256-dtr-uw", "digits-dtr-pcgrad", "digits-switch"],
 )
 def test_ddp_two_processes_share_one_model(combo, tmp_path):
     rank0, rank1, run = ddp_fit(tuple(EXPERIMENTS / f for f in combo), tmp_path)
