@@ -22,11 +22,12 @@ between a slot's quantised choices, top-k as 0/1, and a window column), so the p
 choices should shift with t, not which expert does what. The loss w_JSD · JSD is added to the
 objective in training.
 
-Where dtr_lab differs, numbers unchanged: the window's width is exactly depth·k slots (the official
-int(depth·E·k/E) can round down by one in floating point); the gates' table over all t is computed
-without gradient (only the matching uses it; the gradient reaches the gates through the batch's own
-timesteps, as in the official code, whose full-table rows are indexed by t); the experts are batched GEMMs
-per expert in PyTorch rather than the official CUDA ParallelExperts kernel.
+Where dtr_lab differs (no number changes at the defaults): the window's width is exactly depth·k slots
+(the official int(depth·E·k/E) rounds down by one for a few E in floating point, e.g. depth 5, E = 11,
+k = 3; never at E = 3, k = 2); the gates' table over all t is computed without gradient (only the
+matching uses it; the gradient reaches the gates through the batch's own timesteps, as in the official
+code, whose full-table rows are indexed by t); the experts are GEMMs per expert in PyTorch rather than the
+official CUDA ParallelExperts kernel.
 """
 
 from __future__ import annotations
