@@ -205,7 +205,6 @@ class SwitchRouter(nn.Module):
         self.strategy = strategy
         self.num_timesteps = num_timesteps
         self.widths = list(widths)
-        self.enabled = True
         E = strategy.num_experts
         self.experts = nn.ModuleList(TimestepExperts(E, strategy.k, c, embed_dim) for c in widths)
         prior = strategy.window.masks(num_timesteps, len(widths) * E)  # (T, depth·E)
