@@ -7,10 +7,12 @@ import sys
 from pathlib import Path
 
 from lightning.fabric.utilities.exceptions import MisconfigurationException
+from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.cli import LightningCLI
 
 from dtr_lab.checkpoint_file import LIGHTNING_KEYWORDS, read_checkpoint
 from dtr_lab.checkpointing import Interrupted, RunCheckpoint
+from dtr_lab.console import quiet_lightning, use_step_progress_bar
 from dtr_lab.data import ImageDataModule
 from dtr_lab.errors import DTRLabError, find_bad_input
 from dtr_lab.module import DiffusionModule
@@ -42,9 +44,14 @@ class DTRLabCLI(LightningCLI):
 
     def instantiate_trainer(self, **kwargs):
         try:
-            return super().instantiate_trainer(**kwargs)
+            trainer = super().instantiate_trainer(**kwargs)
         except MisconfigurationException as err:  # Lightning's word for a bad trainer option
             raise DTRLabError(f"trainer options: {err}; fix them in the config") from None
+        configured = self._get(self.config_init, "trainer", default={}).get("callbacks") or []
+        configured = configured if isinstance(configured, list) else [configured]
+        if not any(isinstance(c, ProgressBar) for c in configured):
+            use_step_progress_bar(trainer)
+        return trainer
 
     def _run_subcommand(self, subcommand: str) -> None:
         """Reads --ckpt_path before the trainer opens the run directory; a start that fails removes the
@@ -84,6 +91,7 @@ class DTRLabCLI(LightningCLI):
 def build_cli(args: list[str] | None = None, run: bool = True) -> DTRLabCLI:
     """`python -m dtr_lab ARGS` as an object: run=False parses and instantiates (model, datamodule,
     trainer) without running a subcommand — what the paired-study check and the benchmarks build."""
+    quiet_lightning()
     return DTRLabCLI(
         DiffusionModule,
         ImageDataModule,

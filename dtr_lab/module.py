@@ -175,11 +175,18 @@ class DiffusionModule(L.LightningModule):
         self.net = net(image_size, in_channels, num_classes, num_timesteps, self.routing)
         if compile:
             self.net.compile()
+        if not compile:  # one image through forward: the summary's FLOPs (a compiled net would compile twice)
+            x, t = torch.zeros(1, in_channels, image_size, image_size), torch.zeros(1, dtype=torch.long)
+            self.example_input_array = (x, t, t if num_classes else None)
         self.ema = AveragedModel(self.net, multi_avg_fn=ema_multi_avg_fn(ema_decay), use_buffers=True)
         self.ema.requires_grad_(False)
         self.optimizer_factory = optimizer
         self.rng: torch.Generator | None = None
         self._rng_state: torch.Tensor | None = None
+
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """The denoiser's output at noisy images x_t (N, C, H, W) and timesteps t (N,)."""
+        return self.net(x_t, t, y)
 
     # ----------------------------------------------------------------- losses
     def generator(self) -> torch.Generator:

@@ -237,6 +237,20 @@ def test_digits_fid_of_held_out_digits_is_far_below_noise(quality, digits):
     assert held_out["accuracy"] >= 0.95 and noise["accuracy"] < 0.3
 
 
+def test_digits_kid_is_on_a_scale_that_separates_quality(quality, digits):
+    """KID's cubic kernel sees the digits features divided by the real set's RMS per dimension: held-out
+    real digits score near zero and blurred ones clearly above, beyond the spread over subsets. On the
+    raw features (mean square ≈ 127 per dimension) held-out digits scored ≈ 8000 ± 25000."""
+    _, _, x_val, _ = digits
+    features = quality.real_features
+    assert quality.kid_scale == pytest.approx(((features**2).sum(1).mean() / features.shape[1]).sqrt().item())
+    assert quality.kid_scale > 5  # the rescaling matters for these features
+    held_out = quality(x_val)
+    blurred = quality(torch.nn.functional.avg_pool2d(x_val.float(), 3, 1, 1))
+    assert abs(held_out["kid_mean"]) < 0.1 and held_out["kid_std"] < 0.2
+    assert blurred["kid_mean"] > 0.5 and blurred["kid_mean"] > 3 * blurred["kid_std"]
+
+
 def test_accuracy_counts_the_conditioning_label(quality, digits):
     _, _, x_val, y_val = digits
     wrong = (y_val + 1) % 10

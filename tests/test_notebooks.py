@@ -15,6 +15,8 @@ NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 def test_notebook_runs(name, tiny_runs, monkeypatch):
     # the kernel inherits the environment: point the notebook at the tiny runs' folder
     monkeypatch.setenv("DTR_RUNS", str(tiny_runs["dtr"].parents[1]))
+    # a headless server's MPLBACKEND=Agg is inherited too: the notebooks must show their figures regardless
+    monkeypatch.setenv("MPLBACKEND", "Agg")
     nb = nbformat.read(NOTEBOOKS / name, as_version=4)
     NotebookClient(
         nb, kernel_name="python3", timeout=300, resources={"metadata": {"path": str(NOTEBOOKS)}}

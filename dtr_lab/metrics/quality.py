@@ -67,6 +67,11 @@ def kernel_distance(
     return mean.item(), std.item()
 
 
+def rms(features: torch.Tensor) -> float:
+    """Root mean square of features (N, F) per dimension: sqrt(mean ‖x‖² / F)."""
+    return features.double().pow(2).mean().sqrt().item()
+
+
 def inception_score(logits: torch.Tensor, splits: int = 10, seed: int = 0) -> tuple[float, float]:
     """IS (Salimans et al. 2016): exp E[KL(p(y|x) ‖ p(y))] over `splits` chunks, (mean, std)."""
     score = _quiet(InceptionScore, feature=_Precomputed(), splits=splits, sync_on_compute=False)
@@ -126,6 +131,9 @@ class SampleQualityMetrics:
         self.real_features, _ = self._extract(real_images)
         self.real_channels = real_images.shape[1]
         self.real_radii = knn_radii(self.real_features, k)
+        # KID's feature scale: the real set's root mean square per dimension where the extractor asks
+        # for it (digits), so that its cubic kernel sees features of unit scale
+        self.kid_scale = rms(self.real_features) if self.extractor.kid_rescaled else 1.0
 
     def _check_count(self, images: torch.Tensor, what: str) -> None:
         _check_images(images, what)
@@ -163,7 +171,8 @@ class SampleQualityMetrics:
             )
         features, logits = self._extract(images)
         kid_mean, kid_std = kernel_distance(
-            self.real_features, features, self.kid_subsets, self.kid_subset_size, self.seed
+            self.real_features / self.kid_scale, features / self.kid_scale, self.kid_subsets,
+            self.kid_subset_size, self.seed,
         )
         is_mean, is_std = inception_score(logits, self.is_splits, self.seed)
         scores = {
