@@ -43,13 +43,15 @@ class DTRLabCLI(LightningCLI):
         super().parse_arguments(parser, args)
 
     def instantiate_trainer(self, **kwargs):
+        # read before the trainer is built: Lightning adds its default progress bar to this very list
+        configured = self._get(self.config_init, "trainer", default={}).get("callbacks") or []
+        configured = configured if isinstance(configured, list) else [configured]
+        default_bar = not any(isinstance(c, ProgressBar) for c in configured)
         try:
             trainer = super().instantiate_trainer(**kwargs)
         except MisconfigurationException as err:  # Lightning's word for a bad trainer option
             raise DTRLabError(f"trainer options: {err}; fix them in the config") from None
-        configured = self._get(self.config_init, "trainer", default={}).get("callbacks") or []
-        configured = configured if isinstance(configured, list) else [configured]
-        if not any(isinstance(c, ProgressBar) for c in configured):
+        if default_bar:
             use_step_progress_bar(trainer)
         return trainer
 

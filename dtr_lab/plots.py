@@ -8,6 +8,7 @@ affinities, and axes labelled in timesteps, never interval indices. No training 
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Sequence
 from contextlib import contextmanager
 
@@ -395,8 +396,11 @@ def routing_vs_affinity(runs: Run | Runs, source: str = "affinity", metric: str 
     titles = run_titles(runs)
     if corr["pairs"].sum() == 0 and all(r.routing.empty for r in runs):
         raise RunError(f"no run has routing 'iou' in records/routing.csv ({'; '.join(corr['note'])})")
+    # one colour scale for every run's affinity, so that rows compare by eye; the cells carry their values
+    measured = [at_step(f[f["metric"] == metric]) for f in (getattr(r, source) for r in runs)]
+    shared_limit = max((_colour_limit(at, metric) for at in measured if not at.empty), default=1.0)
     with style():
-        fig, axes = plt.subplots(len(runs), 3, figsize=(11, 3.4 * len(runs)), squeeze=False)
+        fig, axes = plt.subplots(len(runs), 3, figsize=(11, 3.6 * len(runs)), squeeze=False)
         for (a_mask, a_iou, a_aff), run in zip(axes, runs, strict=True):
             _mask_panel(a_mask, run)
             for ax, frame, src, m in (
@@ -412,15 +416,17 @@ def routing_vs_affinity(runs: Run | Runs, source: str = "affinity", metric: str 
                 mat = matrix(at)
                 labels = interval_labels(interval_edges(run.intervals, src), len(mat))
                 diverging = m != "iou"
-                limit = _colour_limit(at, m)
                 sns.heatmap(
                     mat,
                     ax=ax,
                     cmap=DIVERGING if diverging else SEQUENTIAL,
                     center=0 if diverging else None,
-                    vmin=-limit if diverging else 0,
-                    vmax=limit if diverging else 1,
+                    vmin=-shared_limit if diverging else 0,
+                    vmax=shared_limit if diverging else 1,
                     square=True,
+                    annot=diverging and len(mat) <= 8,
+                    fmt=".2f",
+                    annot_kws={"size": 6},
                     xticklabels=labels,
                     yticklabels=labels,
                     cbar_kws={"shrink": 0.8},
@@ -440,7 +446,7 @@ def routing_vs_affinity(runs: Run | Runs, source: str = "affinity", metric: str 
                 else c["note"]
             )
             a_mask.set_title(f"{titles[run.name]}: routing masks", fontsize=10)
-            a_aff.set_xlabel(f"{a_aff.get_xlabel()}\n{rho}")
+            a_aff.set_xlabel(f"{a_aff.get_xlabel()}\n{textwrap.fill(rho, 40)}")
     return fig
 
 
