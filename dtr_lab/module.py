@@ -23,8 +23,8 @@ from dtr_lab.diffusion.learned_variance import split_output, vb_term
 from dtr_lab.diffusion.samplers import check_fixed_variance, respaced_timesteps
 from dtr_lab.diffusion.weighting import LossWeighting, Uniform
 from dtr_lab.errors import DTRLabError
-from dtr_lab.models.dit import POS_EMBED_LAYOUTS
 from dtr_lab.metrics.features import to_uint8
+from dtr_lab.models.dit import POS_EMBED_LAYOUTS
 from dtr_lab.mtl.gradients import flat_grad, write_grad
 from dtr_lab.mtl.intervals import DEFAULT_INTERVALS, Intervals
 from dtr_lab.mtl.method import MTLMethod, TaskBatch, Update
@@ -39,7 +39,8 @@ OptimizerFactory = Callable[[Iterable], torch.optim.Optimizer]
 SAMPLERS = ("ddpm", "ddim")
 # what a checkpoint was trained as; checked on load (override one with model.allow_checkpoint_mismatch)
 IDENTITY_FIELDS = (
-    "routing", "num_timesteps", "schedule", "net", "image_size", "in_channels", "num_classes", "mtl", "pos_embed"
+    "routing", "num_timesteps", "schedule", "net", "image_size", "in_channels", "num_classes", "mtl",
+    "pos_embed",
 )
 # the position-embedding layout of a checkpoint saved before identities recorded it (dtr_lab before issue 21)
 OLD_POS_EMBED = "row_first"
@@ -427,7 +428,8 @@ class DiffusionModule(L.LightningModule):
 
     def check_checkpoint_identity(self, saved: dict[str, str | int] | None) -> None:
         """Fail with one line when a checkpoint was trained as something else (routing, T, backbone, ...);
-        take its position-embedding layout (None or no pos_embed field: saved before layouts were recorded)."""
+        take its position-embedding layout (None or no pos_embed field: saved before layouts were recorded).
+        """
         if saved is None:
             rank_zero_warn(
                 "the checkpoint has no dtr_lab identity (saved by an older dtr_lab): its routing, T, "
