@@ -186,6 +186,7 @@ class DiffusionModule(L.LightningModule):
         self.optimizer_factory = optimizer
         self.rng: torch.Generator | None = None
         self._rng_state: torch.Tensor | None = None
+        self.checkpoint_step = 0  # the loaded checkpoint's step: where analyses of a loaded model record
 
     # ----------------------------------------------------------------- losses
     def generator(self) -> torch.Generator:
@@ -425,6 +426,7 @@ class DiffusionModule(L.LightningModule):
         self.check_checkpoint_shapes(checkpoint.get("state_dict", {}))
         self._rng_state = checkpoint.get("dtr_lab_rng_state")
         self.rng = None
+        self.checkpoint_step = checkpoint.get("global_step", 0)
 
     def check_checkpoint_identity(self, saved: dict[str, str | int] | None) -> None:
         """Fail with one line when a checkpoint was trained as something else (routing, T, backbone, ...);

@@ -272,13 +272,23 @@ def test_interval_gradients_are_computed_once_per_step_for_conflict_affinity_and
     }
     torch.manual_seed(0)
     module = DiffusionModule(
-        net=LinearDenoiser, num_timesteps=T, sample_steps=T, intervals=Intervals(num_intervals=2),
-        mtl=PCGrad(), optimizer=partial(torch.optim.SGD, lr=0.0), ema_decay=0.9,
+        net=LinearDenoiser,
+        num_timesteps=T,
+        sample_steps=T,
+        intervals=Intervals(num_intervals=2),
+        mtl=PCGrad(),
+        optimizer=partial(torch.optim.SGD, lr=0.0),
+        ema_decay=0.9,
     )
     trainer = L.Trainer(
-        max_steps=3, logger=False, callbacks=[*(made[n]() for n in order), counts],
-        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-        limit_val_batches=0, accelerator="cpu",
+        max_steps=3,
+        logger=False,
+        callbacks=[*(made[n]() for n in order), counts],
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        accelerator="cpu",
     )
     trainer.fit(module, DigitsDataModule(batch_size=16))
     # steps 0, 1, 2 end after 2 + 2, 2, 2 + 2 passes; the end of fit (step 3) measures nothing
@@ -289,7 +299,12 @@ def test_interval_gradients_are_computed_once_per_step_for_conflict_affinity_and
 
 def test_callbacks_use_the_modules_task_split_unless_told_otherwise():
     module = DiffusionModule(
-        net=LinearDenoiser, num_timesteps=T, sample_steps=T, image_size=8, in_channels=1, num_classes=10,
+        net=LinearDenoiser,
+        num_timesteps=T,
+        sample_steps=T,
+        image_size=8,
+        in_channels=1,
+        num_classes=10,
         intervals=Intervals(boundaries=[0, 10, 40, T]),
     )
     data = DigitsDataModule(batch_size=30)
@@ -324,8 +339,11 @@ def test_prepare_builds_once_per_module_and_data(monkeypatch):
 def test_module_and_method_intervals_must_agree():
     with pytest.raises(DTRLabError, match="state the task intervals once"):
         DiffusionModule(
-            net=LinearDenoiser, num_timesteps=T, sample_steps=T,
-            intervals=Intervals(num_intervals=4), mtl=PCGrad(Intervals(num_intervals=5)),
+            net=LinearDenoiser,
+            num_timesteps=T,
+            sample_steps=T,
+            intervals=Intervals(num_intervals=4),
+            mtl=PCGrad(Intervals(num_intervals=5)),
         )
     agreed = DiffusionModule(
         net=LinearDenoiser, num_timesteps=T, sample_steps=T, mtl=PCGrad(Intervals(num_intervals=4))
@@ -431,7 +449,10 @@ def test_routing_maps_of_per_block_tables(tmp_path):
     from dtr_lab.routing import RandomRouting
 
     module = DiffusionModule(
-        net=partial(DiT, size="DiT-T/2"), routing=RandomRouting(beta=0.5), num_timesteps=T, sample_steps=T,
+        net=partial(DiT, size="DiT-T/2"),
+        routing=RandomRouting(beta=0.5),
+        num_timesteps=T,
+        sample_steps=T,
         ema_decay=0.9,
     )
     trainer = L.Trainer(
@@ -549,3 +570,31 @@ def test_cli_bad_callback_option_is_one_line_and_writes_nothing(tmp_path):
     assert not list((tmp_path / "runs").rglob("records")) and not list(
         (tmp_path / "runs").rglob("config.yaml")
     )
+
+
+def test_validate_analyses_a_checkpoint_as_fit_measured_it_at_that_step(tiny_runs, tmp_path):
+    """`validate --ckpt_path` runs the analysis callbacks once on the loaded model, recorded at the
+    checkpoint's step: on a run's last.ckpt (step 4) the probe loss and the gradient cosines equal what fit
+    measured at its last step, on the same weights and probe; no training happens."""
+    from dtr_lab.cli import main
+
+    run = tiny_runs["dtr"]
+    ckpt = run / "checkpoints/last.ckpt"
+    before = ckpt.read_bytes()
+    config = run / "config.yaml"
+    main(["validate", "--config", str(config), "--trainer.logger.init_args.save_dir", str(tmp_path),
+          "--trainer.logger.init_args.name", "analysis", "--ckpt_path", str(ckpt)])  # fmt: skip
+    analysed = tmp_path / "analysis/version_0/records"
+    assert ckpt.read_bytes() == before
+    for name in ("loss_by_t", "conflict", "affinity", "routing"):
+        assert (analysed / f"{name}.csv").exists(), name
+    for name, metric in (("loss_by_t", "probe_ema"), ("conflict", "cos")):
+        fit = pd.read_csv(run / "records" / f"{name}.csv")
+        new = pd.read_csv(analysed / f"{name}.csv")
+        assert set(new.step) == {4}
+        fit = fit[(fit.step == 4) & (fit.metric == metric)].reset_index(drop=True)
+        new = new[new.metric == metric].reset_index(drop=True)
+        assert len(new) == len(fit) > 0
+        assert new[["i", "j"]].equals(fit[["i", "j"]])
+        # the same float32 operations on the same tensors; 1e-5 absorbs a different kernel order
+        assert np.allclose(new.value, fit.value, atol=1e-5, rtol=1e-5), name

@@ -6,7 +6,9 @@ Z_{i→j} > 0: a step on interval i's gradient alone would lower interval j's lo
 the plain gradient g_i (update="sgd") or the step the configured optimizer would take from its
 current state given g_i (update="optimizer": Adam's moments and bias correction included). The
 lookahead is evaluated with torch.func.functional_call on substituted tensors, so the trained
-parameters are never written to, and the optimizer's state is replayed on a copy.
+parameters are never written to, and the optimizer's state is replayed on a copy. Analysing a loaded
+model (`validate`, no training) there is no optimizer state: "optimizer" steps the configured optimizer
+from a fresh state (Adam's first step, lr·g/(|g| + ε) elementwise, about lr·sign(g)).
 """
 
 from __future__ import annotations
@@ -88,9 +90,19 @@ class TaskAffinity(IntervalProbe):
             raise DTRLabError(f"TaskAffinity.lr={lr} must be > 0 (or null for the optimizer's learning rate)")
         self.update = update
         self.lr = lr
+        self.fresh: list[torch.optim.Optimizer] = []  # the configured optimizer, when analysing without fit
+
+    def analyse(self, trainer: L.Trainer, pl_module: L.LightningModule, step: int) -> None:
+        if not trainer.optimizers and not self.fresh:
+            self.fresh = [pl_module.configure_optimizers()]
+        super().analyse(trainer, pl_module, step)
+
+    def optimizers(self, trainer: L.Trainer) -> list[torch.optim.Optimizer]:
+        """fit's optimizers, or the configured one in a fresh state when analysing a loaded model."""
+        return trainer.optimizers or self.fresh
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        optimized = {id(p) for opt in trainer.optimizers for g in opt.param_groups for p in g["params"]}
+        optimized = {id(p) for opt in self.optimizers(trainer) for g in opt.param_groups for p in g["params"]}
         params = dict(pl_module.net.named_parameters())
         missing = [n for n in self.param_names if id(params[n]) not in optimized]
         if missing and (self.update == "optimizer" or self.lr is None):
@@ -103,7 +115,9 @@ class TaskAffinity(IntervalProbe):
     def optimizer(self, trainer: L.Trainer, params: list[torch.Tensor]) -> torch.optim.Optimizer:
         """The optimizer that trains the selected parameters."""
         return next(
-            o for o in trainer.optimizers if any(p is params[0] for g in o.param_groups for p in g["params"])
+            o
+            for o in self.optimizers(trainer)
+            if any(p is params[0] for g in o.param_groups for p in g["params"])
         )
 
     def lookahead(
