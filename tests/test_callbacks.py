@@ -272,23 +272,13 @@ def test_interval_gradients_are_computed_once_per_step_for_conflict_affinity_and
     }
     torch.manual_seed(0)
     module = DiffusionModule(
-        net=LinearDenoiser,
-        num_timesteps=T,
-        sample_steps=T,
-        intervals=Intervals(num_intervals=2),
-        mtl=PCGrad(),
-        optimizer=partial(torch.optim.SGD, lr=0.0),
-        ema_decay=0.9,
+        net=LinearDenoiser, num_timesteps=T, sample_steps=T, intervals=Intervals(num_intervals=2),
+        mtl=PCGrad(), optimizer=partial(torch.optim.SGD, lr=0.0), ema_decay=0.9,
     )
     trainer = L.Trainer(
-        max_steps=3,
-        logger=False,
-        callbacks=[*(made[n]() for n in order), counts],
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-        accelerator="cpu",
+        max_steps=3, logger=False, callbacks=[*(made[n]() for n in order), counts],
+        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+        limit_val_batches=0, accelerator="cpu",
     )
     trainer.fit(module, DigitsDataModule(batch_size=16))
     # steps 0, 1, 2 end after 2 + 2, 2, 2 + 2 passes; the end of fit (step 3) measures nothing
@@ -299,12 +289,7 @@ def test_interval_gradients_are_computed_once_per_step_for_conflict_affinity_and
 
 def test_callbacks_use_the_modules_task_split_unless_told_otherwise():
     module = DiffusionModule(
-        net=LinearDenoiser,
-        num_timesteps=T,
-        sample_steps=T,
-        image_size=8,
-        in_channels=1,
-        num_classes=10,
+        net=LinearDenoiser, num_timesteps=T, sample_steps=T, image_size=8, in_channels=1, num_classes=10,
         intervals=Intervals(boundaries=[0, 10, 40, T]),
     )
     data = DigitsDataModule(batch_size=30)
@@ -339,11 +324,8 @@ def test_prepare_builds_once_per_module_and_data(monkeypatch):
 def test_module_and_method_intervals_must_agree():
     with pytest.raises(DTRLabError, match="state the task intervals once"):
         DiffusionModule(
-            net=LinearDenoiser,
-            num_timesteps=T,
-            sample_steps=T,
-            intervals=Intervals(num_intervals=4),
-            mtl=PCGrad(Intervals(num_intervals=5)),
+            net=LinearDenoiser, num_timesteps=T, sample_steps=T,
+            intervals=Intervals(num_intervals=4), mtl=PCGrad(Intervals(num_intervals=5)),
         )
     agreed = DiffusionModule(
         net=LinearDenoiser, num_timesteps=T, sample_steps=T, mtl=PCGrad(Intervals(num_intervals=4))
@@ -449,10 +431,7 @@ def test_routing_maps_of_per_block_tables(tmp_path):
     from dtr_lab.routing import RandomRouting
 
     module = DiffusionModule(
-        net=partial(DiT, size="DiT-T/2"),
-        routing=RandomRouting(beta=0.5),
-        num_timesteps=T,
-        sample_steps=T,
+        net=partial(DiT, size="DiT-T/2"), routing=RandomRouting(beta=0.5), num_timesteps=T, sample_steps=T,
         ema_decay=0.9,
     )
     trainer = L.Trainer(
