@@ -553,8 +553,9 @@ def test_cli_bad_callback_option_is_one_line_and_writes_nothing(tmp_path):
 
 def test_validate_analyses_a_checkpoint_as_fit_measured_it_at_that_step(tiny_runs, tmp_path):
     """`validate --ckpt_path` runs the analysis callbacks once on the loaded model, recorded at the
-    checkpoint's step: on a run's last.ckpt (step 4) the probe loss and the gradient cosines equal what fit
-    measured at its last step, on the same weights and probe; no training happens."""
+    checkpoint's step: on a run's last.ckpt (step 4) the probe loss, the gradient cosines and the lookahead
+    affinity (the optimizer's step from its saved state) equal what fit measured at its last step, on the
+    same weights, probe and optimizer state; no training happens."""
     from dtr_lab.cli import main
 
     run = tiny_runs["dtr"]
@@ -567,7 +568,7 @@ def test_validate_analyses_a_checkpoint_as_fit_measured_it_at_that_step(tiny_run
     assert ckpt.read_bytes() == before
     for name in ("loss_by_t", "conflict", "affinity", "routing"):
         assert (analysed / f"{name}.csv").exists(), name
-    for name, metric in (("loss_by_t", "probe_ema"), ("conflict", "cos")):
+    for name, metric in (("loss_by_t", "probe_ema"), ("conflict", "cos"), ("affinity", "tag")):
         fit = pd.read_csv(run / "records" / f"{name}.csv")
         new = pd.read_csv(analysed / f"{name}.csv")
         assert set(new.step) == {4}

@@ -93,6 +93,9 @@ def test_import_export_round_trip_is_exact(tmp_path):
                    "--trainer.limit_val_batches", "1", "--ckpt_path", str(imported))  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "val/loss_ema" in proc.stdout
+    # digits/base.yaml's analysis callbacks measured the imported official model (no training)
+    records = tmp_path / "runs/digits/version_0/records"
+    assert all((records / f"{name}.csv").exists() for name in ("loss_by_t", "conflict", "affinity", "routing"))
 
 
 def test_the_public_bare_ema_state_dict_loads_as_model_and_ema(tmp_path):
