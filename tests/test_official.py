@@ -95,7 +95,8 @@ def test_import_export_round_trip_is_exact(tmp_path):
     assert "val/loss_ema" in proc.stdout
     # digits/base.yaml's analysis callbacks measured the imported official model (no training)
     records = tmp_path / "runs/digits/version_0/records"
-    assert all((records / f"{name}.csv").exists() for name in ("loss_by_t", "conflict", "affinity", "routing"))
+    for name in ("loss_by_t", "conflict", "affinity", "routing"):
+        assert (records / f"{name}.csv").exists(), name
 
 
 def test_the_public_bare_ema_state_dict_loads_as_model_and_ema(tmp_path):

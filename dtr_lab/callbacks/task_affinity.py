@@ -100,7 +100,7 @@ class TaskAffinity(IntervalProbe):
         super().analyse(trainer, pl_module, step)
 
     def saved_optimizer(self, trainer: L.Trainer, pl_module: L.LightningModule) -> torch.optim.Optimizer:
-        """The configured optimizer in the state the loaded checkpoint saved (validate does not restore it)."""
+        """The configured optimizer in the state the loaded checkpoint saved (validate doesn't restore it)."""
         optimizer = pl_module.configure_optimizers()
         saved = None
         if trainer.ckpt_path:  # memory-mapped: the moments are read, the weights are not copied again
