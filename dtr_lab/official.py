@@ -9,10 +9,14 @@ The formats (what the official loaders read):
 - DTR (byeongjun-park/DTR): the same DiT plus one ``TaskRouter`` per block, whose mask table is a saved
   buffer, ``blocks.{i}.routing._unit_mapping`` [T, C] (``models/taskrouting.py``); ``train.py`` saves
   {"model", "ema", "opt", "config"}.
+- Switch-DiT (byeongjun-park/Switch-DiT, import only): the same DiT plus one ``TaskMoE`` per block,
+  ``routers.{i}.f_gate.1`` (the gate) and ``routers.{i}.experts.w``/``b`` (``models/MoE.py``,
+  ``ParallelExperts``: x @ w_e + b_e, as dtr_lab's expert_weight), the ``DiffusionPrior`` window
+  ``prior._unit_mapping`` [T, depth·E] and ``full_time`` (``models/DiT/models.py``); saved as DTR's.
 
 Importing checks everything the official file states against the dtr_lab config: tensor shapes, the
 position embedding (which layout: official column-first, dtr_lab's former row-first, or neither), and for
-DTR every block's mask table against the configured routing's. The result is a dtr_lab checkpoint that
+DTR every block's mask table (for Switch-DiT the prior's window) against the configured routing's. The result is a dtr_lab checkpoint that
 `validate`, `test`, `predict` and `fit` take as --ckpt_path. Exporting writes the official train.py format
 with the network's own position embedding, so the official ``sample.py``/``sample_ddp.py`` (and the ADM
 evaluator on their samples) run a dtr_lab model; it refuses what the official DiT cannot express (a U-Net,
@@ -33,6 +37,7 @@ from dtr_lab.checkpointing import write_atomically
 from dtr_lab.errors import DTRLabError, find_bad_input
 from dtr_lab.models.dit import POS_EMBED_LAYOUTS, DiT, sincos_pos_embed_2d
 from dtr_lab.routing import Router
+from dtr_lab.routing_switch import SwitchRouter
 
 # dtr_lab name -> official name, for the tensors whose names differ (the rest are equal)
 RENAMES = {
@@ -42,26 +47,34 @@ RENAMES = {
 }
 MLP = {".mlp.0.": ".mlp.fc1.", ".mlp.2.": ".mlp.fc2."}  # inside blocks: nn.Sequential -> timm's Mlp
 TABLE = "blocks.{}.routing._unit_mapping"
+# Switch-DiT: dtr_lab's router.experts.{i}.<name> -> the official routers.{i}.<name>
+SWITCH = {"gate_weight": "f_gate.1.weight", "gate_bias": "f_gate.1.bias", "expert_weight": "experts.w",
+          "expert_bias": "experts.b"}  # fmt: skip
+SWITCH_PRIOR = "prior._unit_mapping"
 
 
 def official_name(name: str) -> str:
     """A dtr_lab DiT tensor's name in the official state_dict."""
     if name in RENAMES:
         return RENAMES[name]
+    if name.startswith("router.experts."):
+        _, _, block, leaf = name.split(".")
+        return f"routers.{block}.{SWITCH[leaf]}"
     for ours, theirs in MLP.items():
         if name.startswith("blocks.") and ours in name:
             return name.replace(ours, theirs)
     return name
 
 
-def check_expressible(net: torch.nn.Module, where: str) -> None:
-    """The official DiT/DTR layout holds a class-conditional DiT with a fixed (or no) mask table per block."""
+def check_expressible(net: torch.nn.Module, where: str, learned: bool = False) -> None:
+    """The official layouts hold a class-conditional DiT with a fixed (or no) mask table per block, or (in,
+    learned) Switch-DiT's experts."""
     if not isinstance(net, DiT):
         raise DTRLabError(
             f"{where}: a {type(net).__name__} has no official DiT layout (the official DiT and DTR code hold "
             "DiTs only); export a dtr_lab DiT"
         )
-    if not isinstance(net.router, Router):
+    if not learned and not isinstance(net.router, Router):
         raise DTRLabError(
             f"{where}: {type(net.router).__name__} (learned experts) cannot be written as a plain DiT or DTR "
             "checkpoint, whose routing is a fixed mask table per block; export a DiT with fixed routing"
@@ -104,17 +117,33 @@ def import_state(
     official: dict[str, torch.Tensor], net: DiT, where: str
 ) -> tuple[dict[str, torch.Tensor], str]:
     """An official state_dict -> (the dtr_lab network's state_dict, its position-embedding layout)."""
-    check_expressible(net, where)
+    check_expressible(net, where, learned=True)
     if "pos_embed" not in official:
-        raise DTRLabError(f"{where}: no pos_embed tensor, so this is not a DiT/DTR state_dict; pass one")
+        raise DTRLabError(f"{where}: no pos_embed tensor, so this is not a DiT state_dict; pass one")
     layout = pos_embed_layout(official["pos_embed"], net, where)
     tables = {k for k in official if k.endswith("routing._unit_mapping")}
-    if tables and not net.router.enabled:
+    switch = isinstance(net.router, SwitchRouter)
+    if SWITCH_PRIOR in official and not switch:
+        raise DTRLabError(
+            f"{where}: a Switch-DiT checkpoint (routers.*, prior) but the config's routing is not "
+            "SwitchRouting; set model.routing to SwitchRouting with its num_experts and k"
+        )
+    if switch:
+        prior = official.get(SWITCH_PRIOR)
+        own_prior = net.router.prior.cpu()
+        if prior is None or prior.shape != own_prior.shape or not torch.equal(prior.float(), own_prior):
+            raise DTRLabError(
+                f"{where}: its diffusion prior is not the config's {net.router.strategy!r} "
+                f"(T={net.router.num_timesteps}, depth × E slots); set model.routing's num_experts and k and "
+                "model.num_timesteps to the ones it was trained with"
+            )
+        tables = {SWITCH_PRIOR, "full_time"}  # the prior is the config's; full_time is arange(T)
+    elif tables and not net.router.enabled:
         raise DTRLabError(
             f"{where}: a DTR checkpoint (routing._unit_mapping tables) but the config's model is unrouted; "
             "set model.routing to the routing it was trained with, e.g. DTRRouting with its beta"
         )
-    if net.router.enabled:
+    elif net.router.enabled:
         for i in range(len(net.blocks)):
             table = official.get(TABLE.format(i))
             own = net.router.table(i)
@@ -146,7 +175,7 @@ def import_state(
     if extra:
         raise DTRLabError(
             f"{where}: it has {extra[0]} ({len(extra)} tensors), which a DiT of the config lacks "
-            "(a Switch-DiT or another architecture?); only official DiT and DTR checkpoints load"
+            "(another architecture?); official DiT, DTR and Switch-DiT checkpoints load"
         )
     return state, layout
 
@@ -193,7 +222,7 @@ def import_checkpoint(src: Path, dst: Path, config: list[str]) -> str:
     checkpoint = {
         "state_dict": module.state_dict(),
         "dtr_lab_identity": module.identity(),
-        "dtr_lab_official": {"source": str(src), "tables": module.net.router.enabled},
+        "dtr_lab_official": {"source": str(src)},
         "pytorch-lightning_version": L.__version__,
         "epoch": 0,
         "global_step": 0,
@@ -244,7 +273,7 @@ def official_args(net: DiT) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m dtr_lab.official",
-        description="official DiT/DTR checkpoints in (import) and out (export); the remaining options are "
+        description="official DiT/DTR/Switch-DiT checkpoints in (import), DiT/DTR out (export); the other options are "
         "the dtr_lab config of the model (--config ...), as for python -m dtr_lab",
     )
     parser.add_argument("command", choices=("import", "export"))

@@ -1,9 +1,10 @@
 """Official DiT and DTR checkpoints in and out (dtr_lab.official) against a fixture the official code made.
 
 tests/data/official/ (see its make_fixture.py): a 4-block, 4-wide DiT on 8×8×1 inputs with learned σ and
-10 classes, random weights, saved by the official DiT (facebookresearch/DiT ed81ce2 ``models.py``) and DTR
-(byeongjun-park/DTR 97df445 ``models/DiT/models.py`` + ``models/taskrouting.py``, β = 0.5, T = 100) code in
-their train.py format, with the official models' outputs on four inputs.
+10 classes, random weights, saved by the official DiT (facebookresearch/DiT ed81ce2 ``models.py``), DTR
+(byeongjun-park/DTR 97df445 ``models/DiT/models.py`` + ``models/taskrouting.py``, β = 0.5, T = 100) and
+Switch-DiT (byeongjun-park/Switch-DiT 12fa9a5 ``models/DiT/models.py`` + ``models/MoE.py``, E = 3, k = 2,
+T = 100) code in their train.py format, with the official models' outputs on four inputs.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from test_bad_input import assert_one_error_line
 from dtr_lab.models.dit import DiT
 from dtr_lab.official import import_state, main, read_official
 from dtr_lab.routing import DTRRouting
+from dtr_lab.routing_switch import SwitchRouting
 
 FIXTURE = REPO / "tests/data/official"
 TINY = [
@@ -32,10 +34,11 @@ DTR_HALF = [
     "--model.routing.init_args.beta",
     "0.5",
 ]
-ROUTING = {"dit": None, "dtr": DTRRouting(alpha=4.0, beta=0.5)}
+ROUTING = {"dit": None, "dtr": DTRRouting(alpha=4.0, beta=0.5), "switch": SwitchRouting(3, 2, seed=0)}
 # float32 outputs of size ≤ 4 from the same operations in another order (DTR's m ⊙ z + Block + (1 − m) ⊙ z
-# against z + (Block − m ⊙ z); timm's and dtr_lab's attention and MLP kernels): a few float32 ulps of 4
-# (4.8e-7 each) on this machine; 1e-5 leaves 20× for other CPUs' summation orders
+# against z + (Block − m ⊙ z); the experts' GEMMs; timm's and dtr_lab's attention and MLP kernels): up to
+# 20 float32 ulps of 2.5 (2.3e-6, Switch-DiT's EMA) on this machine; 1e-5 leaves 4× for other CPUs'
+# summation orders, and is 10⁴ below what a transposed embedding changes
 ATOL = 1e-5
 
 
@@ -44,7 +47,7 @@ def tiny_net(kind: str, layout: str = "column_first") -> DiT:
                pos_embed_layout=layout).eval()  # fmt: skip
 
 
-@pytest.mark.parametrize("kind", ["dit", "dtr"])
+@pytest.mark.parametrize("kind", ["dit", "dtr", "switch"])
 @pytest.mark.parametrize("role", ["model", "ema"])
 def test_the_official_outputs_are_reproduced(kind, role):
     official = read_official(FIXTURE / f"{kind}_tiny.pt")[role]
@@ -119,6 +122,28 @@ def fails_in_one_line(args: list[str], capsys, *needles: str) -> str:
         main(args)
     assert exit_.value.code == 2
     return assert_one_error_line(capsys.readouterr().err, *needles)
+
+
+def test_a_switch_dit_checkpoint_imports_and_does_not_export(tmp_path, capsys):
+    switch = [*TINY, "--config", str(REPO / "experiments/routing/switch.yaml")]
+    switch += ["--model.routing.init_args.seed", "0"]
+    out = tmp_path / "switch.ckpt"
+    main(["import", str(FIXTURE / "switch_tiny.pt"), str(out), *switch])
+    state = torch.load(out, weights_only=True)["state_dict"]
+    official = torch.load(FIXTURE / "switch_tiny.pt", weights_only=False)
+    ema, model = official["ema"], official["model"]
+    assert torch.equal(state["ema.module.router.experts.2.expert_weight"], ema["routers.2.experts.w"])
+    assert torch.equal(state["net.router.experts.0.gate_weight"], model["routers.0.f_gate.1.weight"])
+    fails_in_one_line(["export", str(out), str(tmp_path / "out.pt"), *switch], capsys, "learned experts")
+    fails_in_one_line(
+        ["import", str(FIXTURE / "switch_tiny.pt"), str(tmp_path / "x.ckpt"), *switch,
+         "--model.routing.init_args.k", "1"], capsys, "diffusion prior is not the config's",
+    )  # fmt: skip
+    fails_in_one_line(
+        ["import", str(FIXTURE / "switch_tiny.pt"), str(tmp_path / "x.ckpt"), *DTR_HALF], capsys,
+        "routing is not SwitchRouting",
+    )  # fmt: skip
+    assert not (tmp_path / "x.ckpt").exists() and not (tmp_path / "out.pt").exists()
 
 
 def rewritten(tmp_path, change) -> str:

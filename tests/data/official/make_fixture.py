@@ -1,14 +1,17 @@
 """Writes the official-code fixture of tests/test_official.py: run it with the official repositories, never
 imported by the suite (they need timm, which dtr_lab does not depend on).
 
-    python tests/data/official/make_fixture.py DIT_REPO DTR_REPO OUT_DIR
+    python tests/data/official/make_fixture.py DIT_REPO DTR_REPO SWITCH_REPO OUT_DIR
 
-DIT_REPO: facebookresearch/DiT (ed81ce2), DTR_REPO: byeongjun-park/DTR (97df445), each a plain checkout, in
-a Python with torch and timm. A 4-block, 4-wide DiT on 8×8×1 inputs, patch 2, 10 classes, learned σ, every
-weight but the fixed position embedding drawn N(0, 0.3²) (adaLN-Zero would otherwise output zeros), a
-second draw as the EMA; the DTR model is the same network with its TaskRouter (β = 0.5, T = 100). Each
-checkpoint is saved as the official train.py saves it, less the optimizer state (size); the DTR one's
-"config" (an OmegaConf object there) is a plain dict. outputs.pt: the inputs and both models' outputs.
+DIT_REPO: facebookresearch/DiT (ed81ce2), DTR_REPO: byeongjun-park/DTR (97df445), SWITCH_REPO:
+byeongjun-park/Switch-DiT (12fa9a5), each a plain checkout, in a Python with torch, timm and scipy.
+A 4-block, 4-wide DiT on 8×8×1 inputs, patch 2, 10 classes, learned σ, every weight but the fixed
+position embedding drawn N(0, 0.3²) (adaLN-Zero would otherwise output zeros), a
+second draw as the EMA; the DTR model is the same network with its TaskRouter (β = 0.5, T = 100), the
+Switch-DiT one with its TaskMoE routers and DiffusionPrior (DMoE: E = 3, k = 2, T = 100). Each
+checkpoint is saved as the official train.py saves it, less the optimizer state (size); the DTR and
+Switch-DiT ones' "config" (an OmegaConf object there) is a plain dict. outputs.pt: the inputs and both
+models' outputs.
 """
 
 import argparse
@@ -36,6 +39,16 @@ def build(repo: str, kind: str) -> torch.nn.Module:
         from models import DiT
 
         return DiT(**SIZE, learn_sigma=True)
+    if kind == "switch":
+        sys.path.insert(0, f"{repo}/models/parallel_linear")
+        from models.DiT.models import DiT
+        from models.MoE import TaskMoE
+
+        class Config(dict):  # the OmegaConf config's attribute access
+            __getattr__ = dict.__getitem__
+
+        routing = Config(name="DMoE", taskcount=100, w_JSD=1.0, param=Config(num_experts=3, k=2))
+        return DiT(**SIZE, learn_sigma=True, router=TaskMoE, routing_config=routing)
     from models.DiT.models import DiT
     from models.taskrouting import TaskRouter
 
@@ -59,9 +72,12 @@ def one(kind: str, repo: str, out: Path) -> None:
     if kind == "dit":
         # train.py's args: the image size in pixels, 8× the latent input_size
         extra = {"args": argparse.Namespace(model="DiT-tiny", image_size=64, num_classes=10)}
-    else:
+    elif kind == "dtr":
         routing = {"sharing_ratio": 0.5, "taskcount": 100, "init_method": "DTR"}
         extra = {"config": {"models": {"routing": routing}}}
+    else:
+        routing = {"name": "DMoE", "taskcount": 100, "w_JSD": 1.0, "param": {"num_experts": 3, "k": 2}}
+        extra = {"config": {"routing": routing}}
     torch.save({**states, **extra}, out / f"{kind}_tiny.pt")
     torch.save(outputs, out / f"{kind}_outputs.pt")
 
@@ -70,7 +86,7 @@ if __name__ == "__main__":
     if sys.argv[1] == "--one":
         one(sys.argv[2], sys.argv[3], Path(sys.argv[4]))
     else:
-        dit, dtr, out = sys.argv[1:4]
+        dit, dtr, switch, out = sys.argv[1:5]
         Path(out).mkdir(parents=True, exist_ok=True)
-        for kind, repo in (("dit", dit), ("dtr", dtr)):
+        for kind, repo in (("dit", dit), ("dtr", dtr), ("switch", switch)):
             subprocess.run([sys.executable, __file__, "--one", kind, repo, out], check=True)
