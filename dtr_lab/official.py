@@ -16,8 +16,8 @@ The formats (what the official loaders read):
 
 Importing checks everything the official file states against the dtr_lab config: tensor shapes, the
 position embedding (which layout: official column-first, dtr_lab's former row-first, or neither), and for
-DTR every block's mask table (for Switch-DiT the prior's window) against the configured routing's. The result is a dtr_lab checkpoint that
-`validate`, `test`, `predict` and `fit` take as --ckpt_path. Exporting writes the official train.py format
+DTR every block's mask table (for Switch-DiT the prior's window) against the configured routing's. The
+result is a dtr_lab checkpoint that `validate`, `test`, `predict` and `fit` take as --ckpt_path. Exporting writes the official train.py format
 with the network's own position embedding, so the official ``sample.py``/``sample_ddp.py`` (and the ADM
 evaluator on their samples) run a dtr_lab model; it refuses what the official DiT cannot express (a U-Net,
 Switch-DiT's learned experts, an unconditional model).
@@ -273,8 +273,8 @@ def official_args(net: DiT) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m dtr_lab.official",
-        description="official DiT/DTR/Switch-DiT checkpoints in (import), DiT/DTR out (export); the other options are "
-        "the dtr_lab config of the model (--config ...), as for python -m dtr_lab",
+        description="official DiT/DTR/Switch-DiT checkpoints in (import), DiT/DTR out (export); the other "
+        "options are the dtr_lab config of the model (--config ...), as for python -m dtr_lab",
     )
     parser.add_argument("command", choices=("import", "export"))
     parser.add_argument("src", type=Path, help="import: an official .pt; export: a dtr_lab .ckpt")
