@@ -15,8 +15,7 @@ from helpers import DIGITS, REPO, run_cli
 from test_bad_input import assert_one_error_line
 
 from dtr_lab.models.dit import DiT
-from dtr_lab.errors import DTRLabError
-from dtr_lab.official import check_expressible, import_state, main, read_official
+from dtr_lab.official import import_state, main, read_official
 from dtr_lab.routing import DTRRouting
 from dtr_lab.routing_switch import SwitchRouting
 
