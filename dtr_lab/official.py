@@ -33,6 +33,7 @@ from typing import Any
 import lightning as L
 import torch
 
+from dtr_lab.checkpoint_file import read_checkpoint
 from dtr_lab.checkpointing import write_atomically
 from dtr_lab.errors import DTRLabError, find_bad_input
 from dtr_lab.models.dit import POS_EMBED_LAYOUTS, DiT, sincos_pos_embed_2d
@@ -233,8 +234,6 @@ def import_checkpoint(src: Path, dst: Path, config: list[str]) -> str:
 
 def export_checkpoint(src: Path, dst: Path, config: list[str]) -> str:
     """dtr_lab checkpoint -> official train.py format {"model", "ema", "args"}; returns what it wrote."""
-    from dtr_lab.checkpoint_file import read_checkpoint
-
     module = build_module(config)
     check_expressible(module.net, f"--ckpt {src}")
     checkpoint = read_checkpoint(src)
