@@ -81,6 +81,14 @@ class DTRLabCLI(LightningCLI):
     def before_fit(self) -> None:
         """Checks that need both model and data, before the trainer writes anything."""
         self.model.check_batch_size(self.datamodule.batch_size)
+        self.prepare_analyses()
+
+    def before_validate(self) -> None:
+        """`validate` analyses the loaded model with the configured analysis callbacks (see
+        dtr_lab.callbacks.prepared): their options are checked before the trainer writes anything."""
+        self.prepare_analyses()
+
+    def prepare_analyses(self) -> None:
         self.model.check_optimizer()
         analyses = [c for c in self.trainer.callbacks if hasattr(c, "prepare")]
         if analyses:  # their probes come from the training set: a batch larger than it is the real fault

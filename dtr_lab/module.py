@@ -24,6 +24,7 @@ from dtr_lab.diffusion.samplers import check_fixed_variance, respaced_timesteps
 from dtr_lab.diffusion.weighting import LossWeighting, Uniform
 from dtr_lab.errors import DTRLabError
 from dtr_lab.metrics.features import to_uint8
+from dtr_lab.models.dit import POS_EMBED_LAYOUTS
 from dtr_lab.mtl.gradients import flat_grad, write_grad
 from dtr_lab.mtl.intervals import DEFAULT_INTERVALS, Intervals
 from dtr_lab.mtl.method import MTLMethod, TaskBatch, Update
@@ -38,8 +39,11 @@ OptimizerFactory = Callable[[Iterable], torch.optim.Optimizer]
 SAMPLERS = ("ddpm", "ddim")
 # what a checkpoint was trained as; checked on load (override one with model.allow_checkpoint_mismatch)
 IDENTITY_FIELDS = (
-    "routing", "num_timesteps", "schedule", "net", "image_size", "in_channels", "num_classes", "mtl"
+    "routing", "num_timesteps", "schedule", "net", "image_size", "in_channels", "num_classes", "mtl",
+    "pos_embed",
 )
+# the position-embedding layout of a checkpoint saved before identities recorded it (dtr_lab before issue 21)
+OLD_POS_EMBED = "row_first"
 
 
 def check_sample_steps(steps: int, num_timesteps: int, option: str) -> None:
@@ -127,7 +131,9 @@ class DiffusionModule(L.LightningModule):
             num_classes: set from data.num_classes (0 for unconditional).
             allow_checkpoint_mismatch: identity fields in which a loaded checkpoint may differ from this
                 config, for deliberate fine-tuning across them (e.g. [routing]); one of
-                routing, num_timesteps, schedule, net, image_size, in_channels, num_classes, mtl.
+                routing, num_timesteps, schedule, net, image_size, in_channels, num_classes, mtl,
+                pos_embed (load a row-first checkpoint into the column-first embedding: the tokens' grid
+                transposed, deliberately; without it the network takes the checkpoint's layout).
         """
         super().__init__()
         if sampler not in SAMPLERS:
@@ -183,6 +189,7 @@ class DiffusionModule(L.LightningModule):
         self.optimizer_factory = optimizer
         self.rng: torch.Generator | None = None
         self._rng_state: torch.Tensor | None = None
+        self.checkpoint_step = 0  # the loaded checkpoint's step: where analyses of a loaded model record
 
     def forward(self, x_t: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         """The denoiser's output at noisy images x_t (N, C, H, W) and timesteps t (N,)."""
@@ -409,7 +416,12 @@ class DiffusionModule(L.LightningModule):
             "in_channels": hp.in_channels,
             "num_classes": hp.num_classes,
             "mtl": mtl,
+            "pos_embed": self.pos_embed_layout(),
         }
+
+    def pos_embed_layout(self) -> str:
+        """The network's position-embedding layout ("column_first", "row_first"), "none" if it has none."""
+        return getattr(self.net, "pos_embed_layout", "none")
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["dtr_lab_identity"] = self.identity()
@@ -421,16 +433,20 @@ class DiffusionModule(L.LightningModule):
         self.check_checkpoint_shapes(checkpoint.get("state_dict", {}))
         self._rng_state = checkpoint.get("dtr_lab_rng_state")
         self.rng = None
+        self.checkpoint_step = checkpoint.get("global_step", 0)
 
     def check_checkpoint_identity(self, saved: dict[str, str | int] | None) -> None:
-        """Fail with one line when a checkpoint was trained as something else (routing, T, backbone, ...)."""
+        """Fail with one line when a checkpoint was trained as something else (routing, T, backbone, ...);
+        take its position-embedding layout (None or no pos_embed field: saved before layouts were recorded).
+        """
         if saved is None:
             rank_zero_warn(
                 "the checkpoint has no dtr_lab identity (saved by an older dtr_lab): its routing, T, "
                 "schedule, backbone, image shape and MTL method are not checked against this config"
             )
-            return
+            saved = {}
         allowed = set(self.hparams.allow_checkpoint_mismatch or ())
+        self.adopt_pos_embed_layout(saved.get("pos_embed", OLD_POS_EMBED), allowed)
         own = self.identity()
         for field in IDENTITY_FIELDS:
             if field in saved and saved[field] != own[field] and field not in allowed:
@@ -440,6 +456,26 @@ class DiffusionModule(L.LightningModule):
                     "use the config the checkpoint was trained with (its run directory's config.yaml), or "
                     f"pass --model.allow_checkpoint_mismatch [{field}] to fine-tune across it deliberately"
                 )
+
+    def adopt_pos_embed_layout(self, saved: str, allowed: set[str]) -> None:
+        """Give the network (and its EMA) the position-embedding layout a checkpoint was trained with, with a
+        warning: never load its weights into a transposed token grid. A layout this dtr_lab does not know
+        fails in one line; pos_embed in allowed keeps the config's layout deliberately."""
+        own = self.pos_embed_layout()
+        if saved in (own, "none") or own == "none" or "pos_embed" in allowed:
+            return
+        if saved not in POS_EMBED_LAYOUTS:
+            raise DTRLabError(
+                f"checkpoint has position-embedding layout pos_embed={saved!r}, which dtr_lab does not know "
+                f"(it knows {', '.join(POS_EMBED_LAYOUTS)}); load it with the dtr_lab version that wrote it"
+            )
+        for net in (self.net, self.ema.module):
+            net.set_pos_embed_layout(saved)
+        rank_zero_warn(
+            f"the checkpoint was trained with the {saved} position embedding (dtr_lab before issue 21 when "
+            f"its identity names none), the config asks for {own}: the network keeps the checkpoint's "
+            f"{saved} layout (set model.net.init_args.pos_embed_layout: {saved} to say so)"
+        )
 
     def check_checkpoint_shapes(self, state: dict[str, torch.Tensor]) -> None:
         """Fail with one line when a checkpoint was saved from a differently shaped model."""

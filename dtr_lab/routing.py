@@ -9,7 +9,6 @@ builds one TaskRouter per block (models/DiT/models.py, models/taskrouting.py).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 
 import torch
@@ -48,8 +47,14 @@ def _check_beta(beta: float) -> float:
 
 
 def active_channels(beta: float, channels: int) -> int:
-    """C_β = ⌊β·C⌋, at least one channel."""
-    return max(1, math.floor(beta * channels + 1e-9))
+    """C_β = int(C·β) as the official code computes it (DTR models/taskrouting.py ``create_mask_tasks``),
+    at least one channel (where the official count is 0 its mask would route nothing).
+
+    The float product is truncated, so where β·C is an integer that the product misses from below the
+    official count is one less than ⌊β·C⌋ (a float artefact: β = 0.7, C = 90 gives 62, not 63); it is
+    kept so that tables and checkpoints equal the official ones for every (β, C).
+    """
+    return max(1, int(channels * beta))
 
 
 class NoRouting(RoutingStrategy):
@@ -60,7 +65,12 @@ class NoRouting(RoutingStrategy):
 
 
 class DTRRouting(RoutingStrategy):
-    """A sliding window of C_β channels starting at round((C − C_β)·(t/(T−1))^α)."""
+    """A sliding window of C_β channels starting at round((C − C_β)·(t/(T−1))^α).
+
+    As the official ``create_mask_tasks`` computes it (DTR models/taskrouting.py): t/(T−1) is
+    ``np.linspace(0, 1, T)`` (t times the float step 1/(T−1), the last one exactly 1) and the rounding
+    is NumPy's, half to even, so the table equals the official one bit for bit.
+    """
 
     def __init__(self, alpha: float = 4.0, beta: float = 0.8) -> None:
         if not alpha > 0:
@@ -73,10 +83,9 @@ class DTRRouting(RoutingStrategy):
 
     def masks(self, num_tasks: int, channels: int, block: int = 0) -> torch.Tensor:
         c_beta = active_channels(self.beta, channels)
-        t = torch.arange(num_tasks, dtype=torch.float64)
-        progress = t / max(num_tasks - 1, 1)
-        # round half away from zero, as Python's math would on the paper's formula
-        start = torch.floor((channels - c_beta) * progress**self.alpha + 0.5).long()  # (T,)
+        progress = torch.arange(num_tasks, dtype=torch.float64) * (1.0 / max(num_tasks - 1, 1))
+        progress[-1] = 1.0 if num_tasks > 1 else 0.0  # np.linspace(0, 1, T) ends exactly at 1
+        start = torch.round((channels - c_beta) * progress**self.alpha).long()  # (T,) half to even
         c = torch.arange(channels)
         return (c >= start[:, None]) & (c < start[:, None] + c_beta)  # (T, C)
 

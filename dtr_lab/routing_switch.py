@@ -22,12 +22,12 @@ between a slot's quantised choices, top-k as 0/1, and a window column), so the p
 choices should shift with t, not which expert does what. The loss w_JSD · JSD is added to the
 objective in training.
 
-Where dtr_lab differs (no number changes at the defaults): the window's width is exactly depth·k slots
-(the official int(depth·E·k/E) rounds down by one for a few E in floating point, e.g. depth 5, E = 11,
-k = 3; never at E = 3, k = 2); the gates' table over all t is computed without gradient (only the
-matching uses it; the gradient reaches the gates through the batch's own timesteps, as in the official
-code, whose full-table rows are indexed by t); the experts are GEMMs per expert in PyTorch rather than the
-official CUDA ParallelExperts kernel.
+The window is DTR's table over the depth·E slots, so its width is the official int(depth·E·k/E) (one less
+than depth·k for a few E in floating point, e.g. depth 5, E = 11, k = 3; never at E = 3, k = 2).
+Where dtr_lab differs (no number changes at the defaults): the gates' table over all t is computed
+without gradient (only the matching uses it; the gradient reaches the gates through the batch's own
+timesteps, as in the official code, whose full-table rows are indexed by t); the experts are GEMMs per
+expert in PyTorch rather than the official ParallelExperts.
 """
 
 from __future__ import annotations

@@ -549,3 +549,32 @@ def test_cli_bad_callback_option_is_one_line_and_writes_nothing(tmp_path):
     assert not list((tmp_path / "runs").rglob("records")) and not list(
         (tmp_path / "runs").rglob("config.yaml")
     )
+
+
+def test_validate_analyses_a_checkpoint_as_fit_measured_it_at_that_step(tiny_runs, tmp_path):
+    """`validate --ckpt_path` runs the analysis callbacks once on the loaded model, recorded at the
+    checkpoint's step: on a run's last.ckpt (step 4) the probe loss, the gradient cosines and the lookahead
+    affinity (the optimizer's step from its saved state) equal what fit measured at its last step, on the
+    same weights, probe and optimizer state; no training happens."""
+    from dtr_lab.cli import main
+
+    run = tiny_runs["dtr"]
+    ckpt = run / "checkpoints/last.ckpt"
+    before = ckpt.read_bytes()
+    config = run / "config.yaml"
+    main(["validate", "--config", str(config), "--trainer.logger.init_args.save_dir", str(tmp_path),
+          "--trainer.logger.init_args.name", "analysis", "--ckpt_path", str(ckpt)])  # fmt: skip
+    analysed = tmp_path / "analysis/version_0/records"
+    assert ckpt.read_bytes() == before
+    for name in ("loss_by_t", "conflict", "affinity", "routing"):
+        assert (analysed / f"{name}.csv").exists(), name
+    for name, metric in (("loss_by_t", "probe_ema"), ("conflict", "cos"), ("affinity", "tag")):
+        fit = pd.read_csv(run / "records" / f"{name}.csv")
+        new = pd.read_csv(analysed / f"{name}.csv")
+        assert set(new.step) == {4}
+        fit = fit[(fit.step == 4) & (fit.metric == metric)].reset_index(drop=True)
+        new = new[new.metric == metric].reset_index(drop=True)
+        assert len(new) == len(fit) > 0
+        assert new[["i", "j"]].equals(fit[["i", "j"]])
+        # the same float32 operations on the same tensors; 1e-5 absorbs a different kernel order
+        assert np.allclose(new.value, fit.value, atol=1e-5, rtol=1e-5), name

@@ -59,8 +59,33 @@ def test_bad_schedule_options():
 def test_respaced_timesteps():
     assert respaced_timesteps(10, 10) == list(range(10))
     assert respaced_timesteps(1000, 4) == [0, 333, 666, 999]
+    assert respaced_timesteps(1000, 1) == [0]  # DiT's stride 1 for a single step: t = 0
     with pytest.raises(DTRLabError, match="steps"):
         respaced_timesteps(10, 11)
+
+
+def test_even_respacing_is_dit_float_stride_for_every_step_count():
+    """DiT diffusion/respace.py space_timesteps(1000, "N"): the stride (T−1)/(N−1) in floats, added up
+    from 0.0, each partial sum rounded by Python's round. A rounded linspace differs for 282 of the N."""
+
+    def float_stride(T: int, N: int) -> list[int]:
+        stride = (T - 1) / (N - 1) if N > 1 else 1
+        out, cur = [], 0.0
+        for _ in range(N):
+            out.append(round(cur))
+            cur += stride
+        return sorted(set(out))
+
+    linspace_differs = 0
+    for steps in range(1, 1001):
+        expected = float_stride(1000, steps)
+        assert respaced_timesteps(1000, steps) == expected, steps
+        linspace = sorted(set(torch.linspace(0, 999, steps, dtype=torch.float64).round().long().tolist()))
+        linspace_differs += linspace != expected
+    assert linspace_differs > 0  # the rule matters: the old rounded linspace is off for some N
+    # a case worked by hand: N = 7 of T = 1000, stride 166.5; the partial sums 166.5, 499.5 and 832.5 are
+    # exact halves and round to even: 166, 500, 832
+    assert respaced_timesteps(1000, 7) == [0, 166, 333, 500, 666, 832, 999]
 
 
 def oracle_eps(d: GaussianDiffusion, point: torch.Tensor, seen: list):
@@ -113,7 +138,7 @@ def test_ddim_respacing_is_the_dit_stride_schedule():
     assert respaced_timesteps(1000, 250, "ddim") == list(range(0, 1000, 4))
     # 30 steps: stride 34 is the smallest with ⌈1000/s⌉ = 30 (0, 34, …, 986)
     assert respaced_timesteps(1000, 30, "ddim")[-2:] == [952, 986]
-    # the evenly spread default is unchanged: it ends at T−1
+    # the evenly spread default (DiT's "25") ends at T−1
     assert respaced_timesteps(1000, 25)[:3] == [0, 42, 83] and respaced_timesteps(1000, 25)[-1] == 999
     assert respaced_timesteps(1000, 25, "even") == respaced_timesteps(1000, 25)
     with pytest.raises(DTRLabError, match="cannot make exactly 999 steps"):

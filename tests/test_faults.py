@@ -145,6 +145,62 @@ def test_checkpoint_identity_names_each_field_and_its_override():
         tiny_module(allow_checkpoint_mismatch=["routnig"])
 
 
+def test_an_old_row_first_checkpoint_keeps_its_layout_never_transposed():
+    """Checkpoints saved before issue 21 have no pos_embed field: they were trained with the row-first
+    embedding, and the module takes that layout (both networks, with a warning) instead of feeding their
+    weights the transposed official one."""
+    old = tiny_module()
+    old.net.set_pos_embed_layout("row_first")
+    old.ema.module.set_pos_embed_layout("row_first")
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():  # weights of a trained model (adaLN-Zero starts with zero outputs)
+        for p in old.parameters():
+            p.copy_(0.2 * torch.randn(p.shape, generator=gen))
+    saved = {k: v for k, v in old.identity().items() if k != "pos_embed"}  # an identity of before issue 21
+    state = old.state_dict()
+    x, t, y = torch.randn(3, 1, 8, 8, generator=gen), torch.tensor([0, 50, 99]), torch.tensor([1, 2, 3])
+    expected = old.net(x, t, y)
+    new = tiny_module()
+    assert new.identity()["pos_embed"] == "column_first"
+    with pytest.warns(UserWarning, match="trained with the row_first position embedding"):
+        new.check_checkpoint_identity(saved)
+    new.load_state_dict(state)
+    assert new.identity()["pos_embed"] == "row_first"
+    assert torch.equal(new.net.pos_embed, old.net.pos_embed)
+    assert torch.equal(new.ema.module.pos_embed, old.net.pos_embed)
+    assert torch.equal(new.net(x, t, y), expected)
+    # the halves differ, so the same weights under the official layout give other outputs
+    transposed = tiny_module(allow_checkpoint_mismatch=["pos_embed"])
+    transposed.check_checkpoint_identity(saved)  # deliberately across: the config's layout stays
+    transposed.load_state_dict(state)
+    assert transposed.identity()["pos_embed"] == "column_first"
+    assert (transposed.net(x, t, y) - expected).abs().max() > 1e-3
+    with pytest.warns(UserWarning, match="row_first position embedding"):
+        tiny_module().check_checkpoint_identity(None)  # no identity at all: also before issue 21
+    with pytest.raises(DTRLabError, match="pos_embed='diagonal', which dtr_lab does not know"):
+        tiny_module().check_checkpoint_identity({**saved, "pos_embed": "diagonal"})
+
+
+def test_an_old_checkpoint_validates_with_its_own_layout_and_a_warning(tmp_path):
+    assert run_cli("fit", *DTR, *tiny(tmp_path, steps=2)).returncode == 0
+    ckpt = run_dir(tmp_path) / "checkpoints/last.ckpt"
+    checkpoint = torch.load(ckpt, weights_only=False)
+    assert checkpoint["dtr_lab_identity"]["pos_embed"] == "column_first"
+    del checkpoint["dtr_lab_identity"]["pos_embed"]  # as saved before issue 21
+    old = tmp_path / "old.ckpt"
+    torch.save(checkpoint, old)
+    proc = run_cli("validate", *DTR, *tiny(tmp_path / "v"), "--ckpt_path", str(old))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "keeps the checkpoint's row_first layout" in proc.stderr
+    checkpoint["dtr_lab_identity"]["pos_embed"] = "diagonal"
+    torch.save(checkpoint, old)
+    proc = run_cli("validate", *DTR, *tiny(tmp_path / "bad"), "--ckpt_path", str(old))
+    assert proc.returncode == 2
+    (line,) = dtr_lab_lines(proc.stderr)
+    assert f"--ckpt_path {old}" in line and "pos_embed='diagonal'" in line
+    assert not (tmp_path / "bad").exists()  # nothing written
+
+
 def test_checkpoint_of_another_routing_is_one_line(tmp_path):
     assert run_cli("fit", *DTR, *tiny(tmp_path, steps=2)).returncode == 0
     ckpt = run_dir(tmp_path) / "checkpoints/last.ckpt"

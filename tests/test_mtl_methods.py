@@ -81,28 +81,30 @@ def gen(seed: int = 0) -> torch.Generator:
 
 def test_pcgrad_two_conflicting_vectors():
     grads = torch.tensor([[1.0, 0.0], [-1.0, 1.0]])
-    # g1·g2 = −1: g1' = g1 + ½ g2 = (½, ½); g2' = g2 + g1 = (0, 1)
-    total, projections = pcgrad(grads, gen())
-    assert torch.allclose(total, torch.tensor([0.5, 1.5]))
+    # g1·g2 = −1: g1' = g1 + ½ g2 = (½, ½); g2' = g2 + g1 = (0, 1). With two tasks a self-projection
+    # never fires: g1'·g1 = ‖g1‖² − (g1·g2)²/‖g2‖² ≥ 0 (Cauchy–Schwarz)
+    projected, projections = pcgrad(grads, gen())
+    assert torch.allclose(projected, torch.tensor([[0.5, 0.5], [0.0, 1.0]]))
     assert projections == 2
 
 
 def test_pcgrad_two_agreeing_vectors_are_summed():
     grads = torch.tensor([[1.0, 0.0], [1.0, 1.0]])
-    total, projections = pcgrad(grads, gen())
-    assert torch.allclose(total, torch.tensor([2.0, 1.0])) and projections == 0
+    projected, projections = pcgrad(grads, gen())
+    assert torch.allclose(projected.sum(0), torch.tensor([2.0, 1.0])) and projections == 0
 
 
 def test_pcgrad_three_agreeing_vectors_are_summed():
     grads = torch.tensor([[1.0, 0.0, 0.0], [1.0, 1.0, 0.0], [0.0, 1.0, 1.0]])
-    total, projections = pcgrad(grads, gen())
-    assert torch.allclose(total, torch.tensor([2.0, 2.0, 1.0])) and projections == 0
+    projected, projections = pcgrad(grads, gen())
+    assert torch.allclose(projected.sum(0), torch.tensor([2.0, 2.0, 1.0])) and projections == 0
 
 
 def test_pcgrad_three_vectors_depend_on_the_random_order():
     # g1 ⟂ g2, both conflict with g3 = (−1, −1, 1) (dot −1, ‖g3‖² = 3).
     # g1 after g3: (1,0,0) + ⅓(−1,−1,1) = (⅔, −⅓, ⅓); if g2 comes next, that conflicts with g2
     # (dot −⅓) and becomes (⅔, 0, ⅓). g2 is the mirror image. g3 after both (either order): (0, 0, 1).
+    # No self-projection fires: (⅔, −⅓, ⅓)·g1 > 0, (⅔, 0, ⅓)·g1 > 0, (0, 0, 1)·g3 > 0.
     grads = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [-1.0, -1.0, 1.0]])
     task1 = {1: torch.tensor([2 / 3, -1 / 3, 1 / 3]), 2: torch.tensor([2 / 3, 0.0, 1 / 3])}
     task2 = {1: torch.tensor([-1 / 3, 2 / 3, 1 / 3]), 2: torch.tensor([0.0, 2 / 3, 1 / 3])}
@@ -113,13 +115,33 @@ def test_pcgrad_three_vectors_depend_on_the_random_order():
     }
     seen = set()
     for seed in range(20):
-        total, projections = pcgrad(grads, gen(seed))
+        projected, projections = pcgrad(grads, gen(seed))
+        total = projected.sum(0)
         match = [p for p, v in expected if p == projections and torch.allclose(total, torch.tensor(v))]
         assert match, (seed, total, projections)
         seen.add(projections)
         again, _ = pcgrad(grads, gen(seed))
-        assert torch.equal(total, again)
+        assert torch.equal(projected, again)
     assert len(seen) > 1
+
+
+def test_pcgrad_projects_a_task_off_its_own_gradient_as_the_original_code():
+    """g1 = (1, 0), g2 = (−2, 1), g3 = (−1, −1). Task 1 visiting g2 then g3 (‖g2‖² = 5, ‖g3‖² = 2):
+    g1·g2 = −2 -> (1, 0) + ⅖(−2, 1) = (0.2, 0.4); ·g3 = −0.6 -> (0.2, 0.4) + 0.3(−1, −1) = (−0.1, 0.1),
+    which now conflicts with g1 itself (dot −0.1): the original code projects it to (0, 0.1).
+    Visiting g3 then g2: (0.5, −0.5), then (−0.1, −0.2), then self: (0, −0.2). Self visited first or
+    between them finds no conflict (dots 1 and 0.2 or 0.5), leaving (−0.1, 0.1) or (−0.1, −0.2)."""
+    grads = torch.tensor([[1.0, 0.0], [-2.0, 1.0], [-1.0, -1.0]])
+    with_self = {(0.0, 0.1), (0.0, -0.2), (-0.1, 0.1), (-0.1, -0.2)}
+    without_self = {(-0.1, 0.1), (-0.1, -0.2)}
+
+    def task1(seed: int, self_projection: bool) -> tuple[float, ...]:
+        projected, _ = pcgrad(grads, gen(seed), self_projection)
+        return tuple(round(v, 6) + 0.0 for v in projected[0].tolist())
+
+    seen = {task1(seed, True) for seed in range(40)}
+    assert seen <= with_self and seen & {(0.0, 0.1), (0.0, -0.2)}  # self-projection fired for some order
+    assert {task1(seed, False) for seed in range(40)} <= without_self
 
 
 def test_pcgrad_update_averages_and_reports_projections():
@@ -127,7 +149,9 @@ def test_pcgrad_update_averages_and_reports_projections():
     update = PCGrad()(batch)
     assert update.loss is None and PCGrad.gradient_method
     assert torch.allclose(update.grad, torch.tensor([0.25, 0.75]))
-    assert update.metrics == {"pcgrad/projection_rate": 1.0}
+    assert update.metrics == {"pcgrad/projection_rate": 0.5}  # 2 projections of K² = 4 visits
+    paper = PCGrad(self_projection=False)(batch)
+    assert torch.equal(paper.grad, update.grad) and paper.metrics == {"pcgrad/projection_rate": 1.0}
     assert batch.reported.tolist() == [0.0, 0.0]  # the per-sample values of the pass that ran
 
 
@@ -135,8 +159,8 @@ def test_pcgrad_orders_are_seeded_by_model_seed_and_step():
     grads = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [-1.0, -1.0, 1.0]])
     for seed, step in ((0, 0), (3, 7)):
         update = PCGrad()(linear_task_batch(grads, step=step, seed=seed)[0])
-        total, _ = pcgrad(grads, gen(derive_seed(seed, step)))
-        assert torch.equal(update.grad, total / 3)
+        projected, _ = pcgrad(grads, gen(derive_seed(seed, step)))
+        assert torch.equal(update.grad, projected.mean(0))
 
 
 # --- Nash-MTL ---
@@ -190,6 +214,16 @@ def test_nash_solves_on_the_raw_gram_so_the_update_has_norm_sqrt_k():
     # the reference then clips to max_norm = 1
     clipped, _ = nash(NashMTL(), g)
     assert torch.allclose(clipped, torch.full((3,), 1 / math.sqrt(3)), rtol=1e-5)
+
+
+def test_nash_divide_by_k_as_ant_scales_before_the_clip():
+    """ANT's mtl_library/nash.py: Σ α_k g_k / K, then the clip. In the orthogonal case above the update
+    (1, 1, 1) of norm √3 becomes (⅓, ⅓, ⅓), norm 1/√3 < 1: the clip no longer binds."""
+    g = torch.tensor([[3.0, 0.0, 0.0], [0.0, 0.5, 0.0], [0.0, 0.0, 2.0]])
+    update, _ = nash(NashMTL(divide_by_k=True), g)
+    assert torch.allclose(update, torch.full((3,), 1 / 3), rtol=1e-5)
+    big, _ = nash(NashMTL(divide_by_k=True), 0.01 * g)  # α scales by 100: the same update, norm √3/3
+    assert torch.allclose(big, torch.full((3,), 1 / 3), rtol=1e-5)
 
 
 def test_nash_on_the_normalised_gram_scales_with_the_gradients():
@@ -257,6 +291,9 @@ def test_cagrad_of_symmetric_gradients_and_its_rescaling():
     for rescale, scale in ((0, 1.0), (1, 1 + 0.4**2), (2, 1.4)):
         update = CAGrad(rescale=rescale)(linear_task_batch(g)[0])
         torch.testing.assert_close(update.grad, 1.4 / scale * g0, atol=1e-5, rtol=0)
+    # the official NYUv2 code multiplies by K = 2 here "to match the sum loss"
+    summed = CAGrad(multiply_by_k=True)(linear_task_batch(g)[0])
+    torch.testing.assert_close(summed.grad, 2 * 1.4 / 1.16 * g0, atol=1e-5, rtol=0)
     # c = 0 is the plain mean gradient
     plain = CAGrad(c=0.0)(linear_task_batch(torch.tensor([[3.0, 1.0], [-1.0, 2.0]], dtype=torch.float64))[0])
     torch.testing.assert_close(plain.grad, torch.tensor([1.0, 1.5], dtype=torch.float64), atol=1e-6, rtol=0)

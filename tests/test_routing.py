@@ -26,10 +26,46 @@ def test_dtr_alpha2_by_hand():
 
 
 def test_dtr_channels_not_divisible_by_ten():
-    # C=7, beta=0.8 -> C_beta = floor(5.6) = 5; T=2: start 0 and C - C_beta = 2
+    # C=7, beta=0.8 -> C_beta = int(5.6) = 5; T=2: start 0 and C - C_beta = 2
     m = DTRRouting(alpha=4.0, beta=0.8).masks(2, 7)
     assert torch.equal(m, rows("1111100", "0011111"))
     assert active_channels(0.8, 7) == 5
+
+
+def test_active_channels_are_the_official_truncated_float_product():
+    """DTR models/taskrouting.py create_mask_tasks: num_filled_channel = int(unit_count * beta). Where β·C
+    is an integer the float product can fall just below it: 90 × 0.7 = 62.99999999999999 -> 62."""
+    assert 90 * 0.7 < 63 and active_channels(0.7, 90) == 62
+    assert active_channels(0.8, 128) == 102 and active_channels(0.5, 7) == 3
+    betas = [b / 20 for b in range(1, 21)] + [0.7, 0.75, 0.8, 0.85, 0.9, 0.95]
+    for beta in betas:
+        for channels in range(1, 1153):
+            assert active_channels(beta, channels) == max(1, int(channels * beta)), (beta, channels)
+
+
+def test_dtr_table_equals_the_official_create_mask_tasks():
+    """The official table, written out (DTR models/taskrouting.py): start = round((C − C_β)·linspace(0, 1,
+    T)^α) with NumPy's rounding (half to even), window [start, start + C_β)."""
+    np = pytest.importorskip("numpy")
+
+    def official(T: int, C: int, beta: float, alpha: float) -> torch.Tensor:
+        c_beta = int(C * beta)
+        index = ((np.linspace(0, 1, T) ** alpha) * (C - c_beta)).round().astype(np.int64)
+        table = np.zeros((T, C), dtype=bool)
+        for t in range(T):
+            table[t, index[t] : index[t] + c_beta] = True
+        return torch.from_numpy(table)
+
+    for T, C, beta, alpha in [
+        (1000, 90, 0.7, 4.0), (1000, 128, 0.8, 4.0), (1000, 128, 0.5, 4.0), (1000, 1152, 0.8, 4.0),
+        (3, 5, 0.4, 1.0), (3, 7, 0.5, 1.0), (5, 10, 0.5, 1.0), (9, 10, 0.5, 1.0),  # α = 1: exact halves
+        (100, 33, 0.3, 2.0), (250, 384, 0.8, 4.0),
+    ]:  # fmt: skip
+        assert torch.equal(DTRRouting(alpha=alpha, beta=beta).masks(T, C), official(T, C, beta, alpha))
+    # a tie worked by hand: T = 5, C = 10, β = 0.5, α = 1: starts 5·(0, ¼, ½, ¾, 1) = 0, 1.25, 2.5, 3.75, 5
+    # -> 0, 1, 2 (2.5 to even), 4, 5
+    starts = DTRRouting(alpha=1.0, beta=0.5).masks(5, 10).float().argmax(1).tolist()
+    assert starts == [0, 1, 2, 4, 5]
 
 
 def test_dtr_paper_defaults_endpoints_and_counts():

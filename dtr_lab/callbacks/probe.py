@@ -212,6 +212,15 @@ class IntervalProbe(PreparedCallback):
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.maybe_measure(trainer, pl_module)
+        self.draw_heatmaps(trainer)
+
+    def analyse(self, trainer: L.Trainer, pl_module: L.LightningModule, step: int) -> None:
+        self.on_fit_start(trainer, pl_module)
+        self.measure_at(trainer, pl_module, step)
+        self.draw_heatmaps(trainer)
+
+    def draw_heatmaps(self, trainer: L.Trainer) -> None:
+        """The labelled figure of each heatmap's last measurement."""
         for tag, (step, matrices, style) in self._heatmaps.items():
             labels = self.task_intervals.labels()
             figure = heatmap_figure(
@@ -224,6 +233,10 @@ class IntervalProbe(PreparedCallback):
         step = trainer.global_step
         if step % self.every_n_steps or step == self._last_step or not trainer.is_global_zero:
             return
+        self.measure_at(trainer, pl_module, step)
+
+    def measure_at(self, trainer: L.Trainer, pl_module: L.LightningModule, step: int) -> None:
+        """One measurement of the current θ, recorded at `step`."""
         self._last_step = step
         probe = self.probe.to(pl_module.device)
         params = dict(pl_module.net.named_parameters())

@@ -62,11 +62,18 @@ class RoutingMaps(PreparedCallback):
         except DTRLabError as err:
             raise DTRLabError(f"RoutingMaps.{err}") from None
 
+    def analyse(self, trainer: L.Trainer, pl_module: L.LightningModule, step: int) -> None:
+        """A trained model's maps: fixed tables as at fit start, a learned routing's gates at `step`."""
+        if isinstance(pl_module.net.router, SwitchRouter):
+            self.log_learned(trainer, pl_module, step)
+        else:
+            self.on_fit_start(trainer, pl_module)
+
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not trainer.is_global_zero:
             return
         if isinstance(pl_module.net.router, SwitchRouter):
-            self.log_learned(trainer, pl_module)
+            self.log_learned(trainer, pl_module, trainer.global_step)
             return
         by_width: dict[int, list[torch.Tensor]] = {}
         for router in pl_module.net.modules():
@@ -105,18 +112,18 @@ class RoutingMaps(PreparedCallback):
         step = trainer.global_step
         learned = isinstance(pl_module.net.router, SwitchRouter)
         if trainer.is_global_zero and learned and step % self.every_n_steps == 0:
-            self.log_learned(trainer, pl_module)
+            self.log_learned(trainer, pl_module, step)
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.is_global_zero and isinstance(pl_module.net.router, SwitchRouter):
-            self.log_learned(trainer, pl_module)
+            self.log_learned(trainer, pl_module, trainer.global_step)
 
-    def log_learned(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        """The gates' choices (T, depth·E) and probabilities as images, and the IoU of the chosen slots."""
-        step = trainer.global_step
+    def log_learned(self, trainer: L.Trainer, pl_module: L.LightningModule, step: int) -> None:
+        """The gates' choices (T, depth·E) and probabilities as images, and the IoU of the chosen slots,
+        recorded at `step`."""
         if step == self._drawn_at:  # fit end right after a scheduled drawing
             return
-        self._drawn_at = step
+        first, self._drawn_at = self._drawn_at is None, step
         probs, chosen = pl_module.net.router.choices(pl_module.net.t_embedder)  # (T, depth, E) each
         images = {"masks_experts": chosen.flatten(1).cpu(), "expert_probs": probs.flatten(1).cpu()}
         out = log_dir(trainer)
@@ -131,6 +138,6 @@ class RoutingMaps(PreparedCallback):
         labels = self.task_intervals.labels()
         log_figure(trainer, "routing/iou", heatmap_figure({"experts": iou}, labels, 0.0, 1.0), step)
         if out is not None:
-            if step == 0:
+            if first:  # this run directory's first drawing (a resumed run writes a new directory)
                 write_intervals(out, "routing", self.task_intervals.edges)
             RecordWriter(out, "routing").matrix(step, "iou", iou)

@@ -6,7 +6,10 @@ Z_{i→j} > 0: a step on interval i's gradient alone would lower interval j's lo
 the plain gradient g_i (update="sgd") or the step the configured optimizer would take from its
 current state given g_i (update="optimizer": Adam's moments and bias correction included). The
 lookahead is evaluated with torch.func.functional_call on substituted tensors, so the trained
-parameters are never written to, and the optimizer's state is replayed on a copy.
+parameters are never written to, and the optimizer's state is replayed on a copy. Analysing a loaded
+model (`validate`, no training), "optimizer" is the configured optimizer with the state saved in the
+checkpoint, so the measurement equals fit's at that step; a checkpoint without one (an imported official
+one) gets a fresh state, with a warning (Adam's first step, lr·g/(|g| + ε), is about lr·sign(g)).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import copy
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 from torch.func import functional_call
 
 from dtr_lab.callbacks.probe import IntervalProbe, Probe, write_matrix
@@ -88,9 +92,36 @@ class TaskAffinity(IntervalProbe):
             raise DTRLabError(f"TaskAffinity.lr={lr} must be > 0 (or null for the optimizer's learning rate)")
         self.update = update
         self.lr = lr
+        self.fresh: list[torch.optim.Optimizer] = []  # the configured optimizer, when analysing without fit
+
+    def analyse(self, trainer: L.Trainer, pl_module: L.LightningModule, step: int) -> None:
+        if not trainer.optimizers and not self.fresh:
+            self.fresh = [self.saved_optimizer(trainer, pl_module)]
+        super().analyse(trainer, pl_module, step)
+
+    def saved_optimizer(self, trainer: L.Trainer, pl_module: L.LightningModule) -> torch.optim.Optimizer:
+        """The configured optimizer in the state the loaded checkpoint saved (validate doesn't restore it)."""
+        optimizer = pl_module.configure_optimizers()
+        saved = None
+        if trainer.ckpt_path:  # memory-mapped: the moments are read, the weights are not copied again
+            checkpoint = torch.load(trainer.ckpt_path, map_location="cpu", weights_only=True, mmap=True)
+            saved = (checkpoint.get("optimizer_states") or [None])[0]
+        if saved is not None:
+            optimizer.load_state_dict(saved)
+        elif self.update == "optimizer":
+            rank_zero_warn(
+                "TaskAffinity: the checkpoint holds no optimizer state (an imported official one?); the "
+                "lookahead steps the configured optimizer from a fresh state (Adam: about lr·sign(g)); "
+                "TaskAffinity.update: sgd measures θ − η·g instead"
+            )
+        return optimizer
+
+    def optimizers(self, trainer: L.Trainer) -> list[torch.optim.Optimizer]:
+        """fit's optimizers, or the configured one in a fresh state when analysing a loaded model."""
+        return trainer.optimizers or self.fresh
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        optimized = {id(p) for opt in trainer.optimizers for g in opt.param_groups for p in g["params"]}
+        optimized = {id(p) for opt in self.optimizers(trainer) for g in opt.param_groups for p in g["params"]}
         params = dict(pl_module.net.named_parameters())
         missing = [n for n in self.param_names if id(params[n]) not in optimized]
         if missing and (self.update == "optimizer" or self.lr is None):
@@ -103,7 +134,9 @@ class TaskAffinity(IntervalProbe):
     def optimizer(self, trainer: L.Trainer, params: list[torch.Tensor]) -> torch.optim.Optimizer:
         """The optimizer that trains the selected parameters."""
         return next(
-            o for o in trainer.optimizers if any(p is params[0] for g in o.param_groups for p in g["params"])
+            o
+            for o in self.optimizers(trainer)
+            if any(p is params[0] for g in o.param_groups for p in g["params"])
         )
 
     def lookahead(

@@ -168,6 +168,15 @@ class TimestepLoss(PreparedCallback):
         step = trainer.global_step
         if step % self.probe_every_n_steps or step == self._last_probed or not trainer.is_global_zero:
             return
+        self.probe_at(trainer, pl_module, step)
+
+    def analyse(self, trainer: L.Trainer, pl_module: L.LightningModule, step: int) -> None:
+        """A trained model: the probe curve only (the binned training loss needs training)."""
+        self.on_fit_start(trainer, pl_module)
+        self.probe_at(trainer, pl_module, step)
+
+    def probe_at(self, trainer: L.Trainer, pl_module: L.LightningModule, step: int) -> None:
+        """The probe's loss at every grid timestep, raw network and EMA, recorded at `step`."""
         self._last_probed = step
         nets = {"probe_raw": pl_module.net}
         if self.ema:

@@ -32,9 +32,13 @@ def check_fixed_variance(kind: str) -> str:
 
 
 def respaced_timesteps(num_timesteps: int, steps: int, respacing: str = "even") -> list[int]:
-    """`steps` original timesteps, increasing: "even" spreads them over [0, T−1], ending at T−1;
-    "ddim" takes every s-th from 0 with the smallest stride s giving exactly `steps` (DiT/ADM's
-    space_timesteps(T, "ddimN"), diffusion/respace.py: ddim25 of T = 1000 is 0, 40, …, 960)."""
+    """`steps` original timesteps, increasing.
+
+    "even" spreads them over [0, T−1], ending at T−1, as DiT's space_timesteps(T, "N") does
+    (diffusion/respace.py: a float stride (T−1)/(N−1) added up, each partial sum rounded by Python's
+    round, half to even); "ddim" takes every s-th from 0 with the smallest stride s giving exactly
+    `steps` (space_timesteps(T, "ddimN"): ddim25 of T = 1000 is 0, 40, …, 960).
+    """
     if respacing not in RESPACINGS:
         raise DTRLabError(
             f"respacing={respacing!r} is unknown; choose even (spread over [0, T−1]) "
@@ -51,8 +55,12 @@ def respaced_timesteps(num_timesteps: int, steps: int, respacing: str = "even") 
                 "stride; pick a step count such as T/s for an integer s, or respacing: even"
             )
         return list(range(0, num_timesteps, stride))
-    grid = torch.linspace(0, num_timesteps - 1, steps, dtype=torch.float64).round().long()
-    return sorted(set(grid.tolist()))
+    stride = (num_timesteps - 1) / (steps - 1) if steps > 1 else 1
+    taken, position = [], 0.0
+    for _ in range(steps):  # the sum accumulates the float stride's rounding, as the official loop does
+        taken.append(round(position))
+        position += stride
+    return taken
 
 
 def guided(model: Callable, y: torch.Tensor | None, scale: float, null_label: int) -> EpsFn:

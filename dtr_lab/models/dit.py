@@ -61,8 +61,23 @@ def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -
     return F.pad(emb, (0, dim % 2))
 
 
-def sincos_pos_embed_2d(dim: int, grid: int) -> torch.Tensor:
-    """Fixed 2-D sin-cos position embedding: (grid*grid, dim); half the channels per axis."""
+# which token axis the first half of the position embedding's channels encodes
+POS_EMBED_LAYOUTS = ("column_first", "row_first")
+
+
+def sincos_pos_embed_2d(dim: int, grid: int, layout: str = "column_first") -> torch.Tensor:
+    """Fixed 2-D sin-cos position embedding of row-major tokens: (grid*grid, dim), half the channels per axis.
+
+    "column_first" is the official layout (DiT models.py ``get_2d_sincos_pos_embed``: meshgrid(w, h),
+    "w goes first", copied by DTR and Switch-DiT): the column position in channels [0, dim/2), the row
+    in [dim/2, dim); official checkpoints depend on it. "row_first" swaps the halves: dtr_lab's layout
+    before issue 21, kept so its checkpoints load with the embedding they were trained with.
+    """
+    if layout not in POS_EMBED_LAYOUTS:
+        raise DTRLabError(
+            f"model.net.init_args.pos_embed_layout={layout!r} is unknown; "
+            f"choose one of {', '.join(POS_EMBED_LAYOUTS)}"
+        )
 
     def axis(d: int, pos: torch.Tensor) -> torch.Tensor:
         omega = 1.0 / 10000 ** (torch.arange(d // 2, dtype=torch.float64) / (d / 2))
@@ -70,8 +85,9 @@ def sincos_pos_embed_2d(dim: int, grid: int) -> torch.Tensor:
         return torch.cat([torch.sin(out), torch.cos(out)], dim=1)
 
     coords = torch.arange(grid, dtype=torch.float64)
-    gy, gx = torch.meshgrid(coords, coords, indexing="ij")
-    return torch.cat([axis(dim // 2, gy), axis(dim // 2, gx)], dim=1).float()
+    row, col = torch.meshgrid(coords, coords, indexing="ij")  # (grid, grid) each, token r·grid + c
+    first, second = (col, row) if layout == "column_first" else (row, col)
+    return torch.cat([axis(dim // 2, first), axis(dim // 2, second)], dim=1).float()
 
 
 class TimestepEmbedder(nn.Module):
@@ -171,6 +187,7 @@ class DiT(nn.Module):
         mlp_ratio: float = 4.0,
         learn_sigma: bool = False,
         hidden_size: int | None = None,
+        pos_embed_layout: str = "column_first",
     ) -> None:
         """
         Args:
@@ -185,6 +202,8 @@ class DiT(nn.Module):
             hidden_size: token width instead of the size's (depth and heads kept), e.g. 64 for an
                 unrouted DiT-T as wide as a β = 0.5 routed one's active channels; a multiple of
                 4 (the 2-D sin-cos position embedding) and of the head count.
+            pos_embed_layout: "column_first" (the official DiT's, the default) or "row_first" (dtr_lab's
+                before issue 21; a checkpoint records its layout and loads with it).
         """
         super().__init__()
         dims, patch = parse_size(size)
@@ -209,14 +228,22 @@ class DiT(nn.Module):
         self.null_label = num_classes
         D = dims.hidden_size
         self.x_embedder = nn.Conv2d(in_channels, D, kernel_size=patch, stride=patch)
-        grid = input_size // patch
-        self.register_buffer("pos_embed", sincos_pos_embed_2d(D, grid)[None], persistent=False)
+        self.grid = input_size // patch
+        self.pos_embed_layout = pos_embed_layout
+        pos_embed = sincos_pos_embed_2d(D, self.grid, pos_embed_layout)[None]  # (1, L, D)
+        self.register_buffer("pos_embed", pos_embed, persistent=False)
         self.t_embedder = TimestepEmbedder(D)
         self.y_embedder = LabelEmbedder(num_classes, D) if num_classes > 0 else None
         self.router = (routing or NoRouting()).build(num_timesteps, [D] * dims.depth, D)
         self.blocks = nn.ModuleList(DiTBlock(D, dims.num_heads, mlp_ratio) for _ in range(dims.depth))
         self.final_layer = FinalLayer(D, patch, self.out_channels)
         self.initialize_weights()
+
+    def set_pos_embed_layout(self, layout: str) -> None:
+        """Rebuild the fixed position embedding in another layout (a checkpoint's own, on loading it)."""
+        pe = sincos_pos_embed_2d(self.pos_embed.shape[-1], self.grid, layout)[None]
+        self.pos_embed = pe.to(self.pos_embed)
+        self.pos_embed_layout = layout
 
     def initialize_weights(self) -> None:
         """Xavier linears, zero-initialised adaLN and output (the 'Zero' of adaLN-Zero)."""

@@ -6,7 +6,9 @@ F(w) = ⟨g_w, g₀⟩ + c‖g₀‖ ‖g_w‖ with g_w = Σ_k w_k g_k, and then
 Conventions of the official code (Cranial-XIX/CAGrad, nyuv2/utils.py ``cagrad``) and LibMTL
 (weighting/CAGrad.py): F is solved on the K×K Gram matrix with SciPy's SLSQP from the uniform w,
 and the update is rescaled by 1/(1 + c²) (``rescale=1``; 0: none, 2: 1/(1 + c)). c = 0.4 is the
-official NYUv2 setting (nyuv2/run.sh); LibMTL's command-line default is 0.5.
+official NYUv2 setting (nyuv2/run.sh); LibMTL's command-line default is 0.5. The official NYUv2 code
+then multiplies the update by K = 3 "to match the sum loss" (nyuv2/model_segnet_mt.py
+``overwrite_grad``: ``newgrad * 3``); LibMTL does not. That is ``multiply_by_k``.
 """
 
 from __future__ import annotations
@@ -61,12 +63,20 @@ class CAGrad(MTLMethod):
     intervals: the run's K task intervals, if stated here rather than as the module's ``intervals``.
     c: the radius of the ball around the mean gradient, relative to its norm (0: plain mean gradient).
     rescale: 1 divides the update by 1 + c² (the reference's default), 2 by 1 + c, 0 not at all.
+    multiply_by_k: multiply the update by K, the scale of the summed losses, as the official NYUv2 code
+        does (nyuv2/model_segnet_mt.py ``overwrite_grad``); LibMTL's update (the default) is not.
     """
 
     gradient_method = True
     tag = "cagrad"
 
-    def __init__(self, intervals: Intervals | None = None, c: float = 0.4, rescale: int = 1) -> None:
+    def __init__(
+        self,
+        intervals: Intervals | None = None,
+        c: float = 0.4,
+        rescale: int = 1,
+        multiply_by_k: bool = False,
+    ) -> None:
         super().__init__(intervals)
         if not c >= 0:
             raise DTRLabError(f"CAGrad c={c} must be >= 0 (the official NYUv2 runs use 0.4)")
@@ -74,7 +84,11 @@ class CAGrad(MTLMethod):
             raise DTRLabError(f"CAGrad rescale={rescale!r} must be one of 0, 1, 2 (1 is the reference's)")
         self.c = float(c)
         self.rescale = rescale
+        self.multiply_by_k = bool(multiply_by_k)
 
     def forward(self, batch: TaskBatch) -> Update:
-        update, w = cagrad_update(batch.gradients(), self.c, self.rescale)
+        grads = batch.gradients()  # (K, P)
+        update, w = cagrad_update(grads, self.c, self.rescale)
+        if self.multiply_by_k:
+            update = update * grads.shape[0]
         return Update(grad=update, metrics={f"{self.tag}/w_{k}": v for k, v in enumerate(w.tolist())})

@@ -55,13 +55,16 @@ class NashMTL(MTLMethod):
     update_every: solve for new weights every this many steps and reuse them in between.
     max_norm: clip the combined update to this L2 norm.
     normalize_gram: solve on M/‖M‖_F instead of the raw Gram matrix M = Gᵀ G of the gradients G.
+    divide_by_k: divide the update by K before the clip, as ANT's mtl_library/nash.py does (its weighted
+        loss is Σ_k α_k L_k / K); the reference (Navon et al., LibMTL) does not.
 
     By default α solves M α = 1/α on the raw Gram matrix, as the reference code does (Navon et al.'s
     nash-mtl, LibMTL's weighting/Nash_MTL.py, ANT's mtl_library/nash.py: their solver divides M by
     its norm and multiplies α by it again in the constraints), so α_k (Mα)_k = 1 and
     ‖Σ α_k g_k‖ = √K before the clip to ``max_norm``. With ``normalize_gram`` the weights depend only
     on the gradients' directions and relative sizes and the update scales with the gradients like a
-    plain step. ANT's code also divides the weighted loss by K, a constant that Adam undoes.
+    plain step. ANT's code divides the weighted loss by K (``divide_by_k``): before the clip, so it changes
+    how often the clip binds (‖update‖ = √K/K), not only the scale that Adam undoes.
     Between solves the update is the gradient of Σ_k α_k L_k: one ordinary backward instead of the K
     per-interval ones, the paper's saving.
     """
@@ -75,6 +78,7 @@ class NashMTL(MTLMethod):
         update_every: int = 25,
         max_norm: float = 1.0,
         normalize_gram: bool = False,
+        divide_by_k: bool = False,
     ) -> None:
         super().__init__(intervals)
         if update_every < 1:
@@ -84,6 +88,7 @@ class NashMTL(MTLMethod):
         self.update_every = update_every
         self.max_norm = float(max_norm)
         self.normalize_gram = bool(normalize_gram)
+        self.divide_by_k = bool(divide_by_k)
         self.alpha: torch.Tensor | None = None  # (K,), the weights in use
         self.solved_at: int | None = None  # the step they were solved at
 
@@ -108,6 +113,8 @@ class NashMTL(MTLMethod):
         else:
             losses = batch.losses()  # (K,)
             update = batch.gradient(self.alpha.to(losses) @ losses)
+        if self.divide_by_k:
+            update = update / len(self.alpha)
         update, _ = clip_norm(update, self.max_norm)
         metrics = {f"{self.tag}/alpha_{k}": a for k, a in enumerate(self.alpha.tolist())}
         return Update(grad=update, metrics=metrics)
