@@ -47,7 +47,7 @@ class TargetSteps:
 
 def _points(steps: Sequence[float], values: Sequence[float]) -> list[tuple[float, float]]:
     if len(steps) != len(values):
-        raise DTRLabError(f"a curve needs one value per step, got {len(steps)} steps and {len(values)} values")
+        raise DTRLabError(f"a curve needs one value per step, got {len(steps)} steps, {len(values)} values")
     pairs = zip(steps, values, strict=True)
     points = sorted((float(s), float(v)) for s, v in pairs if not math.isnan(float(v)))
     if not points:
