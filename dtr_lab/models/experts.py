@@ -100,7 +100,7 @@ class IntervalExperts(nn.Module):
         self.edges = intervals.edges.clone()
 
     def index(self, t: torch.Tensor) -> torch.Tensor:
-        """The expert of each timestep (its interval), (N,) long; a fractional t goes by the interval it is in."""
+        """The expert of each timestep (its interval), (N,) long; a fractional t goes by its interval."""
         return torch.bucketize(t, self.edges[1:-1].to(t.device, t.dtype), right=True)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
