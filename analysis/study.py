@@ -338,7 +338,7 @@ def markdown(table: pd.DataFrame, metrics: list[str], key: list[str]) -> str:
         if r.empty:
             return "–"
         r = r.iloc[0]
-        digits = 3 if metric == "accuracy" else 1 if relative(metric) else 2
+        digits = 3 if metric in ("accuracy", "memorised") else 1 if relative(metric) else 2
         if r.pairs < 2:
             return f"{r['diff']:+.{digits}f}{r.unit}"
         star = "*" if r.ci_low > 0 or r.ci_high < 0 else ""
