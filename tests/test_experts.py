@@ -86,6 +86,21 @@ def test_the_loss_is_each_samples_own_experts():
     assert mse.tolist() == [9.0, 0.0, 1.0, 4.0]
 
 
+def test_a_learned_routings_loss_is_each_experts_on_its_own_samples():
+    class Gated(ConstantExpert):
+        def routing_loss(self, t, generator=None):  # hand-made: expert k's loss is k on any samples
+            return torch.tensor(float(self.k))
+
+    count = itertools.count()
+    net = IntervalExperts(8, 1, 0, T, NoRouting(), lambda *a: Gated(next(count)), width_matched=False)
+    net.bind(Intervals(num_intervals=K).build(torch.linspace(10, 0.01, T)))
+    # samples of experts 0, 1, 1, 3 (none of 2): (0·1 + 1·2 + 3·1) / 4
+    assert net.routing_loss(torch.tensor([5, 30, 40, 99])).item() == pytest.approx(5 / 4)
+    plain = IntervalExperts(8, 1, 0, T, NoRouting(), constant_experts(), width_matched=False)
+    plain.bind(Intervals(num_intervals=K).build(torch.linspace(10, 0.01, T)))
+    assert plain.routing_loss(torch.tensor([5, 99])) is None  # experts without a learned routing
+
+
 @pytest.mark.parametrize(("sampler", "respacing", "steps"), [("ddpm", "even", 7), ("ddim", "ddim", 10)])
 def test_sampling_calls_the_right_expert_at_every_timestep(sampler, respacing, steps):
     module = experts_module(sampler=sampler, respacing=respacing, sample_steps=steps)

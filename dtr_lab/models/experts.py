@@ -117,12 +117,13 @@ class IntervalExperts(nn.Module):
         return torch.cat(outputs)[inverse]  # (N, C', H, W)
 
     def routing_loss(self, t: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor | None:
-        """A learned routing's loss inside the experts (Switch's prior), each expert's on its own samples
+        """A learned routing's loss inside the experts (Switch's prior): each expert's on its own samples,
         weighted by their share of the batch; None for fixed routing."""
-        k, total = self.index(t), None
+        k, losses = self.index(t), []
         for i, expert in enumerate(self.experts):
             mine = t[k == i]
-            loss = expert.routing_loss(mine, generator) if len(mine) else None
+            routing_loss = getattr(expert, "routing_loss", None)  # a hand-made expert may have none
+            loss = routing_loss(mine, generator) if routing_loss is not None and len(mine) else None
             if loss is not None:
-                total = loss * len(mine) / len(t) if total is None else total + loss * len(mine) / len(t)
-        return total
+                losses.append(loss * len(mine) / len(t))
+        return sum(losses) if losses else None
