@@ -6,8 +6,10 @@ from functools import partial
 
 import pytest
 import torch
+from helpers import DIGITS, EXPERIMENTS, tiny
 from torch import nn
 
+from dtr_lab.cli import main
 from dtr_lab.diffusion import respaced_timesteps
 from dtr_lab.errors import DTRLabError
 from dtr_lab.models import DiT, IntervalExperts
@@ -142,3 +144,13 @@ def test_width_matching_needs_an_expert_with_a_hidden_size():
 def test_a_batch_that_k_does_not_divide_names_the_batch_size_and_k():
     with pytest.raises(DTRLabError, match=r"data.batch_size=10 is not a multiple of .*num_intervals=4"):
         experts_module().check_batch_size(10)
+
+
+def test_the_cli_refuses_that_batch_in_one_line(tmp_path, capsys):
+    experts = ["--config", str(EXPERIMENTS / "sharing/experts.yaml")]
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_:
+        main(["fit", *DIGITS, *experts, *tiny(tmp_path, steps=2, batch=32)])
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("dtr_lab: error:")]
+    assert exit_.value.code == 2 and len(lines) == 1
+    assert "data.batch_size=32 is not a multiple of intervals.num_intervals=5" in lines[0]
