@@ -10,8 +10,9 @@ an exact copy scores 1, so a low FID that comes from copying training images sho
 
 Distances are measured in pixel space, not in digits-classifier features: a copy is a copy of the
 pixels, and classifier features are trained to be invariant within a class, so distinct writings of a
-digit would sit close and count as copies (Carlini et al. 2023 and Somepalli et al. 2023 likewise
-measure small images' copies in pixel space). Images larger than 32×32 are area-resized to 32×32 first:
+digit would sit close and count as copies (Carlini et al. 2023, "Extracting Training Data from Diffusion
+Models", likewise find CIFAR-10 copies by ℓ2 distance in pixel space). Images larger than 32×32 are
+area-resized to 32×32 first:
 10,000 ImageNet-256 images would otherwise take 8 GB, and a copy stays a copy after pooling.
 """
 
