@@ -12,8 +12,8 @@ Distances are measured in pixel space, not in digits-classifier features: a copy
 pixels, and classifier features are trained to be invariant within a class, so distinct writings of a
 digit would sit close and count as copies (Carlini et al. 2023, "Extracting Training Data from Diffusion
 Models", likewise find CIFAR-10 copies by ℓ2 distance in pixel space). Images larger than 32×32 are
-area-resized to 32×32 first:
-10,000 ImageNet-256 images would otherwise take 8 GB, and a copy stays a copy after pooling.
+area-resized to 32×32 first: 10,000 ImageNet-256 images would otherwise take 8 GB, and a copy stays a
+copy after pooling.
 """
 
 from __future__ import annotations
