@@ -154,3 +154,15 @@ def test_the_cli_refuses_that_batch_in_one_line(tmp_path, capsys):
     lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("dtr_lab: error:")]
     assert exit_.value.code == 2 and len(lines) == 1
     assert "data.batch_size=32 is not a multiple of intervals.num_intervals=5" in lines[0]
+
+
+def test_the_shipped_experts_config_trains_and_keeps_its_experts_in_the_checkpoint(tmp_path):
+    experts = ["--config", str(EXPERIMENTS / "sharing/experts.yaml")]
+    main(["fit", *DIGITS, *experts, *tiny(tmp_path, steps=2, batch=10)])  # K = 5: 2 samples per expert
+    ckpt = torch.load(next(tmp_path.glob("digits/version_0/checkpoints/last.ckpt")), weights_only=False)
+    assert ckpt["global_step"] == 2
+    state = ckpt["state_dict"]
+    for prefix in ("net", "ema.module"):
+        names = [k.removeprefix(f"{prefix}.experts.") for k in state if k.startswith(f"{prefix}.experts.")]
+        assert {name.split(".")[0] for name in names} == set("01234")
+        assert state[f"{prefix}.experts.4.x_embedder.weight"].shape[0] == 56  # width-matched
