@@ -108,7 +108,8 @@ def figure(table: pd.DataFrame, steps: int, out: Path) -> Path:
     from dtr_lab.plots import paired_gains
 
     table = table[table["step"] > 0]  # the probe's step-0 row is the shared initialisation
-    width = table[table["step"] == steps].assign(axis=f"model width (at {steps} steps)", x=lambda f: f["width"])
+    at_steps = table[table["step"] == steps]
+    width = at_steps.assign(axis=f"model width (at {steps} steps)", x=lambda f: f["width"])
     length = table[table["size"] == "DiT-T/2"].assign(axis="training steps (DiT-T/2)", x=lambda f: f["step"])
     fig = paired_gains(
         pd.concat([width, length]),

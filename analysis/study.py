@@ -6,7 +6,8 @@ Pairing: both arms of a comparison train from the same seed, which fixes the ini
 module's own generator) and the data order (data.seed). The per-seed difference b − a then cancels what
 the two arms share, and its mean over seeds gets a t interval (dtr_lab.stats). Before training, every
 compared pair is built at seed 0 and must have identical network parameters (dtr_lab.pairing), or the
-study stops with one error line.
+study stops with one error line; a comparison of networks that differ by construction (independent
+experts per interval) says so (Comparison.same_weights) and is paired by seed only.
 """
 
 from __future__ import annotations
@@ -23,11 +24,12 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
+from dtr_lab.convergence import paired_steps, plateau, steps_to_target
 from dtr_lab.runs import read_records
 from dtr_lab.stats import paired_difference
 
 REPO = Path(__file__).resolve().parents[1]
-QUALITY = ("fid", "accuracy", "precision", "recall")
+QUALITY = ("fid", "accuracy", "precision", "recall", "memorised")
 PROBE_INTERVALS = 5  # the probe loss is averaged over 5 uniform intervals of t (t // (T/5))
 NUM_TIMESTEPS = 1000
 MIN_SAMPLES = 100  # SampleQuality's kid_subset_size
@@ -74,11 +76,15 @@ class RunSpec:
 
 @dataclass(frozen=True)
 class Comparison:
-    """Arm b against arm a (b − a), e.g. DTR − vanilla."""
+    """Arm b against arm a (b − a), e.g. DTR − vanilla. `same_weights`: both arms start from the same
+    network weights (checked before training); false for arms whose networks differ by construction (e.g.
+    independent experts per interval against the unrouted network), paired by seed only: data order,
+    timesteps and noise."""
 
     name: str
     a: str
     b: str
+    same_weights: bool = True
 
 
 def write_yaml(path: Path, config: dict) -> Path:
@@ -129,8 +135,8 @@ def study_callbacks(
 
 
 def check_pairs(runs: list[RunSpec], comparisons: list[Comparison], out: Path) -> None:
-    """Build both arms of every comparison at their first seed; DTRLabError unless their networks start
-    identical (same parameter names, shapes and values)."""
+    """Build both arms of every comparison that pairs weights at their first seed; DTRLabError unless their
+    networks start identical (same parameter names, shapes and values)."""
     from dtr_lab.pairing import check_paired, instantiate
 
     first = {}
@@ -138,6 +144,8 @@ def check_pairs(runs: list[RunSpec], comparisons: list[Comparison], out: Path) -
         first.setdefault(run.arm, run)
     nets = {}
     for c in comparisons:
+        if not c.same_weights:
+            continue
         for arm in (c.a, c.b):
             if arm not in nets:
                 nets[arm] = instantiate(first[arm].args(out))[0].net
@@ -330,7 +338,7 @@ def markdown(table: pd.DataFrame, metrics: list[str], key: list[str]) -> str:
         if r.empty:
             return "–"
         r = r.iloc[0]
-        digits = 3 if metric == "accuracy" else 1 if relative(metric) else 2
+        digits = 3 if metric in ("accuracy", "memorised") else 1 if relative(metric) else 2
         if r.pairs < 2:
             return f"{r['diff']:+.{digits}f}{r.unit}"
         star = "*" if r.ci_low > 0 or r.ci_high < 0 else ""
@@ -347,4 +355,83 @@ def markdown(table: pd.DataFrame, metrics: list[str], key: list[str]) -> str:
             arms(rows, "accuracy", 3),
         ]
         lines.append("| " + " | ".join(cells + [diff(rows, m) for m in metrics]) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def curves(scores: pd.DataFrame, arm: str, metric: str) -> dict[int, pd.Series]:
+    """Per seed, the arm's `metric` against step (value indexed by step; the step-0 row dropped)."""
+    rows = scores[(scores["arm"] == arm) & (scores["metric"] == metric) & (scores["step"] > 0)]
+    return {int(seed): r.set_index("step")["value"].sort_index() for seed, r in rows.groupby("seed")}
+
+
+def convergence_table(
+    scores: pd.DataFrame, comparisons: list[Comparison], target: float, metric: str = "fid", last: int = 3
+) -> pd.DataFrame:
+    """Per comparison, over the seeds both arms finished: steps to reach `target` (chosen before looking)
+    and the plateau (mean of the last `last` scoring points) of each arm's `metric` curve, and their paired
+    differences b − a with 95 % t intervals (dtr_lab.convergence: interpolation, censoring, "not reached")."""
+    rows = []
+    for c in comparisons:
+        a, b = curves(scores, c.a, metric), curves(scores, c.b, metric)
+        seeds = sorted(set(a) & set(b))
+        if not seeds:
+            continue
+        reach_a = [steps_to_target(a[s].index, a[s].values, target) for s in seeds]
+        reach_b = [steps_to_target(b[s].index, b[s].values, target) for s in seeds]
+        level_a = [plateau(a[s].index, a[s].values, last) for s in seeds]
+        level_b = [plateau(b[s].index, b[s].values, last) for s in seeds]
+        steps = paired_steps(reach_a, reach_b)
+        level = paired_difference([y - x for x, y in zip(level_a, level_b, strict=True)])
+        rows.append(
+            {
+                "comparison": c.name,
+                "a": c.a,
+                "b": c.b,
+                "metric": metric,
+                "target": target,
+                "pairs": len(seeds),
+                "a_steps": arm_steps(reach_a),
+                "b_steps": arm_steps(reach_b),
+                "steps_diff": steps.difference.mean,
+                "steps_ci_low": steps.difference.low,
+                "steps_ci_high": steps.difference.high,
+                "steps_censored": steps.censored,
+                "steps_neither": steps.neither,
+                "steps_entry": steps.entry(),
+                "a_plateau": sum(level_a) / len(level_a),
+                "b_plateau": sum(level_b) / len(level_b),
+                "plateau_diff": level.mean,
+                "plateau_ci_low": level.low,
+                "plateau_ci_high": level.high,
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def arm_steps(reached: list) -> str:
+    """One arm's steps to the target over its seeds: the mean over the seeds that reached it, with how many
+    did, or "not reached by step N" when none did."""
+    steps = [r.step for r in reached if r.reached]
+    if not steps:
+        return f"not reached by step {max(r.last_step for r in reached)}"
+    return f"{sum(steps) / len(steps):.0f} ({len(steps)}/{len(reached)} seeds)"
+
+
+def convergence_markdown(table: pd.DataFrame) -> str:
+    """One row per comparison: each arm's steps to the target, their paired difference (censored pairs
+    named), each arm's plateau and its paired difference 'mean [low, high]'; '*' marks an interval
+    excluding 0."""
+    head = ["comparison (b − a)", "pairs", "target", "steps a → b", "Δ steps", "plateau a → b", "Δ plateau"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in table.itertuples():
+        if r.pairs < 2:
+            plateau_diff = f"{r.plateau_diff:+.2f}"
+        else:
+            star = "*" if r.plateau_ci_low > 0 or r.plateau_ci_high < 0 else ""
+            plateau_diff = f"{r.plateau_diff:+.2f} [{r.plateau_ci_low:+.2f}, {r.plateau_ci_high:+.2f}]{star}"
+        cells = [
+            r.comparison, str(r.pairs), f"{r.metric} ≤ {r.target:g}", f"{r.a_steps} → {r.b_steps}",
+            r.steps_entry, f"{r.a_plateau:.2f} → {r.b_plateau:.2f}", plateau_diff,
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

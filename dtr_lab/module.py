@@ -179,6 +179,10 @@ class DiffusionModule(L.LightningModule):
         # the gradient methods combine K per-interval gradients themselves
         self.automatic_optimization = not (mtl is not None and mtl.gradient_method)
         self.net = net(image_size, in_channels, num_classes, num_timesteps, self.routing)
+        bind = getattr(self.net, "bind", None)
+        if bind is not None:  # a network split over the run's intervals (IntervalExperts): B/K samples each
+            bind(self.tasks.intervals)
+            self.tasks.stratified = True
         if compile:
             self.net.compile()
         if not compile:  # one image through forward: the summary's FLOPs (a compiled net would compile twice)

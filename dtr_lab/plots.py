@@ -502,6 +502,7 @@ METRIC_NAMES = {
     "is_mean": "Inception Score",
     "precision": "precision",
     "recall": "recall",
+    "memorised": "share of samples copying a training image",
 }
 
 

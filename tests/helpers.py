@@ -24,6 +24,7 @@ from dtr_lab.cli import main
 from dtr_lab.models import DiT
 from dtr_lab.module import DiffusionModule
 from dtr_lab.mtl import Intervals, MTLMethod, TaskBatch, Tasks
+from dtr_lab.mtl.intervals import DEFAULT_INTERVALS
 from dtr_lab.routing import DTRRouting
 
 REPO = Path(__file__).resolve().parents[1]
@@ -69,6 +70,7 @@ FAKE_ROOT = {"CIFAR10DataModule": "cifar10", "LatentDataModule": "latents"}
 
 
 TINY_SIZE = {"dtr_lab.models.DiT": "DiT-T/2", "dtr_lab.models.UNet": "UNet-T"}
+EXPERTS = "dtr_lab.models.IntervalExperts"
 
 
 # trainer settings of a two-step, one-process CPU run in full precision
@@ -116,12 +118,20 @@ def intervals_of(config: dict) -> dict:
     return config["model"].get("intervals") or (mtl.get("init_args") or {}).get("intervals") or {}
 
 
+def denoiser(config: dict) -> dict:
+    """The config of the network that denoises: model.net, or independent experts' expert."""
+    net = config["model"]["net"]
+    return net["init_args"]["expert"] if net["class_path"] == EXPERTS else net
+
+
 def num_intervals(config: dict) -> int | None:
-    """K of the config's MTL method, or None without one."""
-    if not config["model"].get("mtl"):
+    """K of the config's stratified batches (an MTL method's or independent experts'), or None."""
+    if not config["model"].get("mtl") and config["model"]["net"]["class_path"] != EXPERTS:
         return None
     intervals = intervals_of(config)
-    return len(intervals["boundaries"]) - 1 if intervals.get("boundaries") else intervals["num_intervals"]
+    if intervals.get("boundaries"):
+        return len(intervals["boundaries"]) - 1
+    return intervals.get("num_intervals", DEFAULT_INTERVALS.num_intervals)
 
 
 def shrink(config: dict, data: dict[str, Path], save_dir: Path) -> dict:
@@ -136,7 +146,7 @@ def shrink(config: dict, data: dict[str, Path], save_dir: Path) -> dict:
         args.update(TINY_CALLBACK_ARGS.get(callback["class_path"], {}))
     config["checkpoint"]["every_n_train_steps"] = 2
     model["sample_steps"] = 2
-    model["net"]["init_args"]["size"] = TINY_SIZE[model["net"]["class_path"]]
+    denoiser(config)["init_args"]["size"] = TINY_SIZE[denoiser(config)["class_path"]]
     k = num_intervals(config)
     data_args["batch_size"] = 2 * k if k else 8  # stratified batches need B % K == 0
     data_class = config["data"]["class_path"].rsplit(".", 1)[-1]

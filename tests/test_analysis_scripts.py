@@ -328,3 +328,64 @@ def test_study_with_too_few_samples_is_one_line(tmp_path, run_main, name):
     errors = [line for line in done.stderr.splitlines() if line.strip()]
     assert len(errors) == 1 and errors[0].startswith(f"{name}: error: --num-samples 50 is below 100")
     assert not study.exists()
+
+
+def fake_fid_scores(curves: dict[str, list[list[float]]]):
+    """A study's scores table (arm, seed, step, metric, value) of FID curves scored every 200 steps."""
+    import pandas as pd
+
+    rows = [
+        {"arm": arm, "seed": seed, "step": 200 * (i + 1), "metric": "fid", "value": value}
+        for arm, seeds in curves.items()
+        for seed, curve in enumerate(seeds)
+        for i, value in enumerate(curve)
+    ]
+    return pd.DataFrame(rows)
+
+
+def test_convergence_table_on_hand_made_curves(monkeypatch):
+    monkeypatch.syspath_prepend(str(REPO / "analysis"))
+    import study
+
+    scores = fake_fid_scores(
+        {
+            "vanilla": [[120, 80, 40, 30, 25, 26], [120, 90, 50, 40, 30, 28], [130, 100, 60, 45, 40, 38]],
+            "dtr": [[100, 60, 35, 28, 24, 24], [110, 70, 45, 30, 27, 27], [110, 70, 50, 40, 34, 33]],
+        }
+    )
+    dtr = study.Comparison("DTR − vanilla", "vanilla", "dtr")
+    row = study.convergence_table(scores, [dtr], target=35).iloc[0]
+    # FID ≤ 35: vanilla at 700, 800 + 200·5/10 = 900 and never (seed 2); DTR at 600, 600 + 200·10/15 and
+    # 800 + 200·5/6. Seed 2 is censored at 1200: differences −100, −166.7, −233.3 -> mean −166.7
+    assert row["a_steps"] == "800 (2/3 seeds)" and row["b_steps"] == "767 (3/3 seeds)"
+    assert row["steps_diff"] == pytest.approx(-500 / 3) and row["steps_censored"] == 1
+    assert row["steps_entry"].startswith("-167 [")
+    assert row["steps_entry"].endswith("(1 of 3 censored at step 1200)")
+    # plateaus (last 3): vanilla 27, 32.67, 41; DTR 25.33, 28, 35.67 -> differences −1.67, −4.67, −5.33
+    assert row["a_plateau"] == pytest.approx((27 + 98 / 3 + 41) / 3)
+    assert row["plateau_diff"] == pytest.approx((-5 / 3 - 14 / 3 - 16 / 3) / 3)
+    # sd of the differences √(7.630/2) = 1.953, half-width t_{0.975, 2} · 1.953/√3 = 4.852: 0 inside
+    assert row["plateau_ci_high"] == pytest.approx(-35 / 9 + 4.852, abs=0.01)
+    # a target no arm reaches: a clear entry in every steps cell, not a crash or a NaN in the table
+    none = study.convergence_table(scores, [dtr], target=10)
+    text = study.convergence_markdown(none)
+    assert "| not reached by step 1200 → not reached by step 1200 | not reached by step 1200 |" in text
+    assert "nan" not in text.lower()
+    assert "| DTR − vanilla | 3 | fid ≤ 35 | 800 (2/3 seeds) → 767 (3/3 seeds) | -167 [" in (
+        study.convergence_markdown(study.convergence_table(scores, [dtr], target=35))
+    )
+
+
+def test_comparisons_of_different_networks_skip_the_weight_check(monkeypatch, tmp_path):
+    monkeypatch.syspath_prepend(str(REPO / "analysis"))
+    import study
+
+    import dtr_lab.pairing
+
+    def refuse(args):
+        raise AssertionError("a seed-paired comparison's networks are not built")
+
+    monkeypatch.setattr(dtr_lab.pairing, "instantiate", refuse)
+    runs = [study.RunSpec(arm, 0, []) for arm in ("vanilla", "experts")]
+    experts = study.Comparison("experts − vanilla", "vanilla", "experts", same_weights=False)
+    study.check_pairs(runs, [experts], tmp_path)

@@ -16,6 +16,8 @@ import torch
 import yaml
 from helpers import (
     EXPERIMENTS,
+    EXPERTS,
+    denoiser,
     intervals_of,
     label,
     num_intervals,
@@ -35,7 +37,8 @@ ROUTINGS = [("routing/vanilla.yaml",), ("routing/rtr.yaml",), ("routing/dtr.yaml
 AXES = {
     "digits": [
         [("digits/base.yaml",)],
-        ROUTINGS,
+        # the sharing spectrum's no-sharing end: one expert per interval, B/K samples each
+        ROUTINGS + [("sharing/experts.yaml", "digits/stratified.yaml")],
         [("weighting/uniform.yaml",), ("weighting/min_snr.yaml",), ("weighting/p2.yaml",)]
         + [(f"mtl/{m}.yaml", "digits/stratified.yaml") for m in ("uw", "pcgrad", "nash", "cagrad")],
     ],
@@ -47,7 +50,7 @@ AXES = {
     ],
     "cifar10": [[("cifar10/unet.yaml",), ("cifar10/dit.yaml",)], ROUTINGS],
 }
-CONCERNS = {"routing", "weighting", "mtl"}  # folders composed through AXES only
+CONCERNS = {"routing", "weighting", "mtl", "sharing"}  # folders composed through AXES only
 # files with a value only the command line can give (a source run), composed by their own tests
 OWN_TESTS = {EXPERIMENTS / "routing/affinity.yaml"}  # tests/test_routing_affinity.py
 # the output layer of each family and its rows per output channel (DiT: one per pixel of a 2×2 patch)
@@ -188,8 +191,10 @@ def test_shrunken_config_trains_two_steps(combo, fake_data, tmp_path):
     assert ckpt["global_step"] == 2
     written = yaml.safe_load((run / "config.yaml").read_text())
     assert written["model"]["routing"] == config["model"]["routing"]  # the composed routing is what ran
-    net = config["model"]["net"]
+    net = denoiser(config)
     name, rows_per_channel = OUTPUT_LAYER[net["class_path"]]
+    if config["model"]["net"]["class_path"] == EXPERTS:  # every expert has its own output layer
+        name = name.replace("net.", "net.experts.0.", 1)
     out_channels = ckpt["hyper_parameters"]["in_channels"] * (2 if net["init_args"].get("learn_sigma") else 1)
     assert ckpt["state_dict"][name].shape[0] == rows_per_channel * out_channels  # ε (and v when σ is learned)
     assert all(torch.isfinite(v).all() for v in ckpt["state_dict"].values() if v.is_floating_point())

@@ -8,6 +8,7 @@ import dtr_lab.metrics.features as feats
 from dtr_lab.data.digits import digits_split, load_digits_tensors
 from dtr_lab.errors import DTRLabError
 from dtr_lab.metrics import (
+    Memorisation,
     SampleQualityMetrics,
     feature_extractor,
     frechet_distance,
@@ -19,6 +20,7 @@ from dtr_lab.metrics import (
     precision_recall,
     train_digits_classifier,
 )
+from dtr_lab.metrics.features import to_uint8
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -227,7 +229,9 @@ def test_digits_fid_of_held_out_digits_is_far_below_noise(quality, digits):
     _, _, x_val, y_val = digits
     held_out = quality(x_val, y_val)
     noise = quality(noise_images(len(x_val)), y_val)
-    keys = {"fid", "kid_mean", "kid_std", "is_mean", "is_std", "precision", "recall", "accuracy"}
+    keys = {
+        "fid", "kid_mean", "kid_std", "is_mean", "is_std", "precision", "recall", "memorised", "accuracy"
+    }
     assert set(held_out) == keys
     assert held_out["fid"] < 0.2 * noise["fid"]
     assert held_out["kid_mean"] < 0.2 * noise["kid_mean"]
@@ -235,6 +239,40 @@ def test_digits_fid_of_held_out_digits_is_far_below_noise(quality, digits):
     assert held_out["recall"] > 0.8 and noise["recall"] < 0.2
     assert held_out["is_mean"] > noise["is_mean"]
     assert held_out["accuracy"] >= 0.95 and noise["accuracy"] < 0.3
+    # held-out digits are fresh draws (about the quantile, 5 %, score as copies); copies of training
+    # images score 1 beside an FID near the held-out one
+    copies = quality(digits[0][:180], digits[1][:180])
+    assert copies["memorised"] == 1.0 and held_out["memorised"] < 0.2 and noise["memorised"] == 0.0
+
+
+# --- memorisation ----------------------------------------------------------------------------
+
+
+def test_memorisation_on_points_worked_by_hand():
+    # training "images" on a line at 0, 1, 3, 6, 10 (1×1×1 pixels): leave-one-out nearest distances
+    # 1, 1, 2, 3, 4; their median (q = 0.5) is τ = 2
+    train = torch.tensor([0.0, 1.0, 3.0, 6.0, 10.0]).div(10).view(5, 1, 1, 1)
+    memo = Memorisation(train, quantile=0.5)
+    assert memo.threshold == pytest.approx(0.2)
+    # nearest training distances 0 (a copy of 3), 0.1 (to 6), 0.15 (to 6): copies; 0.3 and 0.5 (to 10): not
+    samples = torch.tensor([3.0, 5.0, 7.5, 13.0, 15.0]).div(10).view(5, 1, 1, 1)
+    assert memo.distances(samples).tolist() == pytest.approx([0.0, 0.1, 0.15, 0.3, 0.5])
+    assert memo(samples) == pytest.approx(3 / 5)
+
+
+def test_memorisation_copies_score_one_and_held_out_draws_about_the_quantile():
+    gen = torch.Generator().manual_seed(0)
+    data = torch.rand(1200, 1, 8, 8, generator=gen) * 2 - 1  # one distribution, split in two
+    train, held_out = data[:1000], data[1000:]
+    memo = Memorisation(train, quantile=0.05)
+    assert memo(train[torch.randperm(1000, generator=gen)[:200]]) == 1.0
+    assert memo(held_out) < 0.15  # ≈ 0.05 in expectation
+    assert memo(to_uint8(train[:50])) == 1.0  # uint8 images are the same copies
+
+
+def test_memorisation_rejects_a_quantile_outside_0_1():
+    with pytest.raises(DTRLabError, match="quantile=1.5 must be in"):
+        Memorisation(torch.zeros(3, 1, 2, 2), quantile=1.5)
 
 
 def test_digits_kid_is_on_a_scale_that_separates_quality(quality, digits):

@@ -68,7 +68,9 @@ def runs(tmp_path_factory):
 def test_fit_records_quality_at_the_cadence_and_the_end(runs):
     records = pd.read_csv(runs["with"] / "records" / "quality.csv")
     assert list(records.columns) == ["step", "metric", "i", "j", "value"]
-    metrics = ["fid", "kid_mean", "kid_std", "is_mean", "is_std", "precision", "recall", "accuracy"]
+    metrics = [
+        "fid", "kid_mean", "kid_std", "is_mean", "is_std", "precision", "recall", "memorised", "accuracy"
+    ]
     assert sorted(records["step"].unique()) == [2, 4]  # every 2 steps; the end (4) is not scored twice
     for step in (2, 4):
         assert sorted(records[records["step"] == step]["metric"]) == sorted(metrics)

@@ -39,6 +39,12 @@ def interval_iou(table: torch.Tensor, intervals: TaskIntervals) -> torch.Tensor:
     return (member.T @ iou @ member) / (size[:, None] * size[None, :])  # (K, K)
 
 
+def learned(net: torch.nn.Module) -> bool:
+    """Whether the network routes by a learned router of its own (Switch); a network without one (e.g.
+    IntervalExperts) draws the fixed tables of the routers inside it."""
+    return isinstance(getattr(net, "router", None), SwitchRouter)
+
+
 class RoutingMaps(PreparedCallback):
     """Logs each mask table (rows: timesteps t, columns: channels; white = active) and the K×K IoU."""
 
@@ -64,7 +70,7 @@ class RoutingMaps(PreparedCallback):
 
     def analyse(self, trainer: L.Trainer, pl_module: L.LightningModule, step: int) -> None:
         """A trained model's maps: fixed tables as at fit start, a learned routing's gates at `step`."""
-        if isinstance(pl_module.net.router, SwitchRouter):
+        if learned(pl_module.net):
             self.log_learned(trainer, pl_module, step)
         else:
             self.on_fit_start(trainer, pl_module)
@@ -72,7 +78,7 @@ class RoutingMaps(PreparedCallback):
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not trainer.is_global_zero:
             return
-        if isinstance(pl_module.net.router, SwitchRouter):
+        if learned(pl_module.net):
             self.log_learned(trainer, pl_module, trainer.global_step)
             return
         by_width: dict[int, list[torch.Tensor]] = {}
@@ -110,12 +116,11 @@ class RoutingMaps(PreparedCallback):
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args) -> None:
         step = trainer.global_step
-        learned = isinstance(pl_module.net.router, SwitchRouter)
-        if trainer.is_global_zero and learned and step % self.every_n_steps == 0:
+        if trainer.is_global_zero and learned(pl_module.net) and step % self.every_n_steps == 0:
             self.log_learned(trainer, pl_module, step)
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.is_global_zero and isinstance(pl_module.net.router, SwitchRouter):
+        if trainer.is_global_zero and learned(pl_module.net):
             self.log_learned(trainer, pl_module, trainer.global_step)
 
     def log_learned(self, trainer: L.Trainer, pl_module: L.LightningModule, step: int) -> None:

@@ -7,6 +7,7 @@ from dtr_lab.metrics.digits_classifier import (
     train_digits_classifier,
 )
 from dtr_lab.metrics.features import DigitsFeatures, InceptionFeatures, feature_extractor
+from dtr_lab.metrics.memorisation import Memorisation
 from dtr_lab.metrics.precision_recall import knn_radii, manifold_coverage, precision_recall
 from dtr_lab.metrics.quality import SampleQualityMetrics, frechet_distance, inception_score, kernel_distance
 
@@ -14,6 +15,7 @@ __all__ = [
     "DigitsClassifier",
     "DigitsFeatures",
     "InceptionFeatures",
+    "Memorisation",
     "SampleQualityMetrics",
     "feature_extractor",
     "frechet_distance",

@@ -1,5 +1,6 @@
 """Sample quality of generated images against a fixed real set: FID, KID and IS through
-torchmetrics, improved precision/recall, and the class accuracy of class-conditional samples.
+torchmetrics, improved precision/recall, the share of memorised samples (copies of real images), and
+the class accuracy of class-conditional samples.
 
 Features are extracted once per image set and handed to torchmetrics as precomputed
 features, so the real set is embedded once and FID, KID and precision/recall share one pass.
@@ -21,6 +22,7 @@ from torchmetrics.image.kid import KernelInceptionDistance
 
 from dtr_lab.errors import DTRLabError
 from dtr_lab.metrics.features import DigitsFeatures, feature_extractor
+from dtr_lab.metrics.memorisation import Memorisation
 from dtr_lab.metrics.precision_recall import knn_radii, manifold_coverage
 
 
@@ -134,6 +136,7 @@ class SampleQualityMetrics:
         # KID's feature scale: the real set's root mean square per dimension where the extractor asks
         # for it (digits), so that its cubic kernel sees features of unit scale
         self.kid_scale = rms(self.real_features) if self.extractor.kid_rescaled else 1.0
+        self.memorisation = Memorisation(real_images)
 
     def _check_count(self, images: torch.Tensor, what: str) -> None:
         _check_images(images, what)
@@ -156,7 +159,8 @@ class SampleQualityMetrics:
     def __call__(self, images: torch.Tensor, labels: torch.Tensor | None = None) -> dict[str, float]:
         """Scores of generated `images` (N, C, H, W); `labels` (N,) are their conditioning classes.
 
-        Returns fid, kid_mean, kid_std, is_mean, is_std, precision, recall, and accuracy (the
+        Returns fid, kid_mean, kid_std, is_mean, is_std, precision, recall, memorised (the share of images
+        that copy a real one, see dtr_lab.metrics.memorisation), and accuracy (the
         share of images the digits classifier assigns to their label) when labels are given
         and the features are 'digits'.
         """
@@ -183,6 +187,7 @@ class SampleQualityMetrics:
             "is_std": is_std,
             "precision": manifold_coverage(features, self.real_features, self.real_radii),
             "recall": manifold_coverage(self.real_features, features, knn_radii(features, self.k)),
+            "memorised": self.memorisation(images),
         }
         if labels is not None and isinstance(self.extractor, DigitsFeatures):
             scores["accuracy"] = (logits.argmax(dim=1) == labels.cpu()).float().mean().item()
