@@ -25,6 +25,7 @@ from dtr_lab.diffusion.weighting import LossWeighting, Uniform
 from dtr_lab.errors import DTRLabError
 from dtr_lab.metrics.features import to_uint8
 from dtr_lab.models.dit import POS_EMBED_LAYOUTS
+from dtr_lab.models.factory import NetFactory
 from dtr_lab.mtl.gradients import flat_grad, write_grad
 from dtr_lab.mtl.intervals import DEFAULT_INTERVALS, Intervals
 from dtr_lab.mtl.method import MTLMethod, TaskBatch, Update
@@ -33,8 +34,6 @@ from dtr_lab.routing import NoRouting, RoutingStrategy
 from dtr_lab.samples import generate
 from dtr_lab.seeds import derive_seed
 
-# (input_size, in_channels, num_classes, num_timesteps, routing) -> network
-NetFactory = Callable[[int, int, int, int, RoutingStrategy], nn.Module]
 OptimizerFactory = Callable[[Iterable], torch.optim.Optimizer]
 SAMPLERS = ("ddpm", "ddim")
 # what a checkpoint was trained as; checked on load (override one with model.allow_checkpoint_mismatch)

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from dtr_lab.errors import DTRLabError
-from dtr_lab.module import NetFactory
+from dtr_lab.models.factory import NetFactory
 from dtr_lab.mtl.intervals import TaskIntervals
 from dtr_lab.routing import RoutingStrategy
 

@@ -1,0 +1,12 @@
+"""How the module asks for a network: a class and its options, completed by the run's shapes."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from torch import nn
+
+from dtr_lab.routing import RoutingStrategy
+
+# (input_size, in_channels, num_classes, num_timesteps, routing) -> network
+NetFactory = Callable[[int, int, int, int, RoutingStrategy], nn.Module]
