@@ -4,7 +4,7 @@ a checkpoint on Ctrl-C / SIGTERM, and a run that stops instead of saving a diver
 Faults and what each leaves behind (tests/test_faults.py tries every one):
 - kill -9 or a full disk during a save: the previous file under that name, complete; the new bytes
   only under a hidden temporary name (`.last.ckpt.*.tmp`) in the same directory, removed when the
-  write fails with an exception.
+  write fails with an exception (a refused write, whatever torch.save turns it into, is one line).
 - Ctrl-C or SIGTERM: training stops at the end of the current step, last.ckpt holds that step, and
   the CLI prints one line and exits 128 + the signal number. A second Ctrl-C stops at once.
 - an exception after a step (a failing analysis, validation, sampling): last.ckpt holds that step
@@ -16,7 +16,6 @@ Faults and what each leaves behind (tests/test_faults.py tries every one):
 from __future__ import annotations
 
 import contextlib
-import errno
 import os
 import signal
 import sys
@@ -31,7 +30,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from dtr_lab.errors import DTRLabError
+from dtr_lab.errors import DTRLabError, storage_fix, storage_reason
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -49,35 +48,60 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             raise TypeError(f"{type(self).__name__} takes no storage_options")
         try:
             write_atomically(Path(path), lambda f: torch.save(checkpoint, f))
-        except OSError as exc:
-            if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
-                raise
+        except OSError as exc:  # the device refused the bytes: the run's problem to fix, not a bug
             raise DTRLabError(
-                f"no space left on the device to write {path} (the previous file under that name, if any, "
-                "is intact); free space and resume from the run's last.ckpt with --ckpt_path"
+                f"cannot write {path}: {storage_reason(exc)} (the previous file "
+                f"under that name, if any, is intact); {storage_fix(exc)}, then resume from the run's "
+                "last.ckpt with --ckpt_path"
             ) from exc
 
 
 def write_atomically(path: Path, write: Any) -> None:
-    """Call write(file) on a hidden temporary file in path's directory, then rename it to path."""
+    """Call write(file) on a hidden temporary file in path's directory, then rename it to path.
+
+    Any failure removes the temporary file. A write the device refused raises that OSError, whatever the
+    writer made of it: torch.save turns a full disk into `RuntimeError: ... unexpected pos`.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    file = None
     try:
         os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp's 0600 would hide the run from its group
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())  # the bytes are on disk before the name points at them
+        with os.fdopen(fd, "wb") as raw:
+            file = RecordingFile(raw)
+            write(file)
+            raw.flush()
+            os.fsync(raw.fileno())  # the bytes are on disk before the name points at them
         os.replace(tmp, path)
-    except BaseException:  # also KeyboardInterrupt: never leave a partial file behind
+    except BaseException as exc:  # also KeyboardInterrupt: never leave a partial file behind
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if file is not None and file.error is not None and not isinstance(exc, OSError):
+            raise file.error from exc
         raise
     dir_fd = os.open(path.parent, os.O_RDONLY)
     try:
         os.fsync(dir_fd)  # the rename itself survives a power cut
     finally:
         os.close(dir_fd)
+
+
+class RecordingFile:
+    """A binary file whose write() keeps the first OSError it raised, for a caller whose serializer
+    replaces the exception with its own."""
+
+    def __init__(self, raw: Any) -> None:
+        self.raw, self.error = raw, None
+
+    def write(self, data: Any) -> int:
+        try:
+            return self.raw.write(data)
+        except OSError as exc:
+            self.error = self.error or exc
+            raise
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.raw, name)
 
 
 def current_umask() -> int:

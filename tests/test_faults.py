@@ -1,5 +1,8 @@
-"""Faults never lose a run: kill -9 and a full disk during a save, SIGTERM, divergence, mid-epoch resume,
-and a checkpoint loaded under another model's config."""
+"""Faults never lose a run: kill -9 and a full disk during a save, a read-only output folder, SIGTERM,
+divergence, mid-epoch resume, and a checkpoint loaded under another model's config.
+
+Real faults where the machine allows them (a small tmpfs that fills up, a read-only mount, real signals);
+the patched torch.save variants stay as the portable fallback where mounting is not allowed."""
 
 from __future__ import annotations
 
@@ -13,9 +16,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import DIGITS, REPO, run_cli, run_dir, scalars, tiny, tiny_module
+from helpers import DIGITS, REPO, run_cli, run_dir, scalars, tiny, tiny_module, tmpfs
 
-from dtr_lab.checkpointing import current_umask, write_atomically
+from dtr_lab.checkpointing import AtomicCheckpointIO, current_umask, write_atomically
 from dtr_lab.cli import main
 from dtr_lab.data.base import EpochShuffleSampler, ResumableDataLoader
 from dtr_lab.errors import DTRLabError
@@ -92,6 +95,32 @@ def test_failed_write_keeps_the_previous_file_and_leaves_no_partial(tmp_path):
         write_atomically(target, half_then_full)
     assert target.read_bytes() == b"good"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt"]  # the temporary file is gone
+
+
+def test_a_real_full_disk_fails_the_save_in_one_line_and_keeps_the_previous_file(tmp_path):
+    """torch.save turns ENOSPC into `RuntimeError: ... unexpected pos`; the write still fails as ENOSPC."""
+    big = {"weights": torch.zeros(400_000)}  # 1.6 MB on a 1 MB disk
+    with tmpfs(tmp_path / "disk", "1m") as disk:
+        target = disk / "last.ckpt"
+        AtomicCheckpointIO().save_checkpoint({"global_step": 2}, target)
+        with pytest.raises(OSError) as raised:
+            write_atomically(target, lambda f: torch.save(big, f))
+        assert raised.value.errno == errno.ENOSPC
+        with pytest.raises(DTRLabError, match=r"cannot write .*last.ckpt: no space left on device .*intact"):
+            AtomicCheckpointIO().save_checkpoint(big, target)
+        assert torch.load(target) == {"global_step": 2}
+        assert [p.name for p in disk.iterdir()] == ["last.ckpt"]  # no temporary file left
+
+
+def test_a_read_only_output_folder_is_one_line(tmp_path, capsys):
+    with tmpfs(tmp_path / "readonly", "1m", read_only=True) as folder:
+        with pytest.raises(SystemExit) as exit_:
+            main(["fit", *DIGITS, *tiny(folder, steps=2)])
+        assert exit_.value.code == 2
+        err = capsys.readouterr().err
+        (line,) = dtr_lab_lines(err)
+        assert "read-only file system" in line and "--trainer.logger.init_args.save_dir" in line, line
+        assert "Traceback" not in err
 
 
 def test_loader_resumes_mid_epoch_in_the_same_order():
@@ -222,6 +251,19 @@ def test_kill_or_full_disk_during_a_save_keeps_the_previous_checkpoint(tmp_path,
     leftovers = [p.name for p in (run / "checkpoints").iterdir() if not p.name.endswith(".ckpt")]
     assert all(name.startswith(".") and name.endswith(".tmp") for name in leftovers)
     assert (leftovers != []) == (fault == "hang")  # only a killed writer leaves its hidden temp file
+
+
+@pytest.mark.slow
+def test_a_real_full_disk_during_training_is_one_line_and_keeps_the_earlier_checkpoints(tmp_path):
+    """A 45 MB tmpfs holds the step-2 checkpoint and last.ckpt (20 MB each); the step-4 save fills it."""
+    with tmpfs(tmp_path / "disk", "45m") as disk:
+        proc = run_cli("fit", *DIGITS, *tiny(disk, steps=8))
+        assert proc.returncode == 2, proc.stderr[-3000:]
+        (line,) = dtr_lab_lines(proc.stderr)
+        assert "no space left on device" in line and "--ckpt_path" in line and "Traceback" not in proc.stderr
+        run = run_dir(disk)
+        assert assert_complete_checkpoints(run)["last.ckpt"] == 2
+        assert all(p.name.endswith(".ckpt") for p in (run / "checkpoints").iterdir())  # no temporary file
 
 
 @pytest.mark.slow
