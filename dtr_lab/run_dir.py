@@ -1,15 +1,20 @@
-"""Whether a run directory holds run output, or only what a start writes before the first step.
+"""Claiming a run directory, and whether it holds run output or only what a start writes before the
+first step.
 
-A start that fails after the logger opened `version_N` leaves `config.yaml`, perhaps `hparams.yaml`,
-and an events file without metrics. The CLI removes such a directory when the start fails; readers
-skip it when they expand a folder or pattern. Anything else in a run directory is output and is
-never deleted. No torch or training imports: runs.py uses this too.
+A start claims its directory with os.mkdir, which either creates it or fails: two starts never share
+one, and a start never writes into an existing one. A start that fails after that leaves `config.yaml`,
+perhaps `hparams.yaml`, and an events file without metrics. The CLI removes such a directory (its own
+claim) when the start fails; readers skip it when they expand a folder or pattern. Anything else in a
+run directory is output and is never deleted. No torch or training imports: runs.py uses this too.
 """
 
 from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from typing import Any
+
+from dtr_lab.errors import DTRLabError
 
 STARTUP_FILES = ("config.yaml", "hparams.yaml")
 EVENTS_GLOB = "events.out.tfevents.*"
@@ -60,4 +65,36 @@ def remove_failed_start(path: Path) -> bool:
     if not path.is_dir() or holds_output(path):
         return False
     shutil.rmtree(path)
+    return True
+
+
+def claim_log_dir(logger: Any) -> Path | None:
+    """Create the logger's run directory before anything is written there; returns it (None without
+    one). An unset version takes the first version_N this process creates; a named one must be new."""
+    if getattr(logger, "_version", 0) is None:  # TensorBoardLogger, CSVLogger: the version is still to pick
+        root = Path(logger.root_dir)
+        root.mkdir(parents=True, exist_ok=True)
+        version = logger._get_next_version()
+        while not make_dir(root / f"version_{version}"):  # another start took it since the listing
+            version += 1
+        logger._version = version
+        return Path(logger.log_dir)
+    if not logger.log_dir:
+        return None
+    path = Path(logger.log_dir)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not make_dir(path):
+        raise DTRLabError(
+            f"run directory {path} exists already, and a run never writes into another's; leave "
+            "--trainer.logger.init_args.version unset to take the next free version_N, or name a new one"
+        )
+    return path
+
+
+def make_dir(path: Path) -> bool:
+    """os.mkdir: True if this call created path, False if it existed (the atomic claim)."""
+    try:
+        path.mkdir()
+    except FileExistsError:
+        return False
     return True

@@ -113,6 +113,15 @@ def test_a_good_checkpoint_passes_the_same_checks(existing, tmp_path):
     assert (save / "digits").is_dir()  # validate ran and logged; the checkpoint was accepted
 
 
+def test_resuming_into_the_checkpoints_own_version_folder_is_refused(existing, capsys):
+    """A named version that exists is refused before anything is written into it (no second events file)."""
+    good = existing / "vanilla/version_0/checkpoints/last.ckpt"
+    before = snapshot(existing)
+    args = fit_args(existing, "--trainer.logger.init_args.version", "0", "--ckpt_path", str(good))
+    fails_in_one_line(args, capsys, "vanilla/version_0 exists already", "init_args.version unset")
+    assert snapshot(existing) == before
+
+
 # ----------------------------------------------------------------------------------------- config files
 CONFIG_FILES = {
     "yaml syntax": ("model:\n  sample_steps: [1, 2\ntrainer:\n  max_steps: 3\n", ["line 3", "invalid YAML"]),

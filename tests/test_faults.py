@@ -7,6 +7,7 @@ the patched torch.save variants stay as the portable fallback where mounting is 
 from __future__ import annotations
 
 import errno
+import multiprocessing
 import os
 import signal
 import subprocess
@@ -17,6 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 from helpers import DIGITS, REPO, run_cli, run_dir, scalars, tiny, tiny_module, tmpfs
+from lightning.pytorch.loggers import TensorBoardLogger
 
 from dtr_lab.checkpointing import AtomicCheckpointIO, current_umask, write_atomically
 from dtr_lab.cli import main
@@ -24,6 +26,7 @@ from dtr_lab.data.base import EpochShuffleSampler, ResumableDataLoader
 from dtr_lab.errors import DTRLabError
 from dtr_lab.mtl import PCGrad
 from dtr_lab.routing import NoRouting
+from dtr_lab.run_dir import claim_log_dir
 
 DTR = [*DIGITS, "--config", str(REPO / "experiments/routing/dtr.yaml")]
 VANILLA = [*DIGITS, "--config", str(REPO / "experiments/routing/vanilla.yaml")]
@@ -52,6 +55,22 @@ def save(obj, f, *args, **kwargs):
         time.sleep(600)
     return real_save(obj, f, *args, **kwargs)
 torch.save = save
+main(sys.argv[1:])
+"""
+
+
+# Runs the CLI with the logger's listing of existing versions held for a second: every start that races
+# another lists the same versions first, so both pick the same next version_N (the widened race window).
+SLOW_LISTING = """
+import sys, time
+from lightning.fabric.loggers.tensorboard import TensorBoardLogger
+from dtr_lab.cli import main
+listing = TensorBoardLogger._get_next_version
+def slow(self):
+    version = listing(self)
+    time.sleep(1)
+    return version
+TensorBoardLogger._get_next_version = slow
 main(sys.argv[1:])
 """
 
@@ -121,6 +140,44 @@ def test_a_read_only_output_folder_is_one_line(tmp_path, capsys):
         (line,) = dtr_lab_lines(err)
         assert "read-only file system" in line and "--trainer.logger.init_args.save_dir" in line, line
         assert "Traceback" not in err
+
+
+class SlowListing(TensorBoardLogger):
+    """Lists the existing versions, then waits, so racing starts all pick the same next version."""
+
+    def _get_next_version(self) -> int:
+        version = super()._get_next_version()
+        time.sleep(0.05)
+        return version
+
+
+def claim_after(barrier, root: str, versions) -> None:
+    barrier.wait()  # both processes start their claim at the same instant
+    versions.put(claim_log_dir(SlowListing(root, name="digits")).name)
+
+
+def test_racing_starts_claim_separate_version_folders(tmp_path):
+    """Two real processes claim a version under one logger folder at once, 20 times: never the same one."""
+    fork = multiprocessing.get_context("fork")  # the children need no fresh interpreter: seconds in all
+    for trial in range(20):
+        barrier, versions = fork.Barrier(2), fork.Queue()
+        root = str(tmp_path / str(trial))
+        procs = [fork.Process(target=claim_after, args=(barrier, root, versions)) for _ in "ab"]
+        for proc in procs:
+            proc.start()
+        for proc in procs:
+            proc.join(timeout=60)
+        assert [proc.exitcode for proc in procs] == [0, 0]
+        assert sorted(versions.get(timeout=5) for _ in procs) == ["version_0", "version_1"]
+
+
+def test_a_named_version_that_exists_is_refused_before_anything_is_written(tmp_path):
+    existing = tmp_path / "digits" / "version_0"
+    existing.mkdir(parents=True)
+    (existing / "metrics.csv").write_text("step,value\n")
+    with pytest.raises(DTRLabError, match="version_0 exists already.*logger.init_args.version unset"):
+        claim_log_dir(TensorBoardLogger(tmp_path, name="digits", version=0))
+    assert [p.name for p in existing.iterdir()] == ["metrics.csv"]
 
 
 def test_loader_resumes_mid_epoch_in_the_same_order():
@@ -264,6 +321,30 @@ def test_a_real_full_disk_during_training_is_one_line_and_keeps_the_earlier_chec
         run = run_dir(disk)
         assert assert_complete_checkpoints(run)["last.ckpt"] == 2
         assert all(p.name.endswith(".ckpt") for p in (run / "checkpoints").iterdir())  # no temporary file
+
+
+@pytest.mark.slow
+def test_two_fits_racing_for_one_version_both_complete_in_separate_folders(tmp_path):
+    """20 trials: two real fits started at once on one logger folder, their version listing held for a
+    second so both pick the same version_N; each must finish in its own folder (or refuse in one line)."""
+    for trial in range(20):
+        save_dir = tmp_path / str(trial)
+        procs = [
+            subprocess.Popen(
+                [sys.executable, "-c", SLOW_LISTING, "fit", *DIGITS, *tiny(save_dir, steps=1)],
+                cwd=REPO,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for _ in "ab"
+        ]
+        errors = [proc.communicate(timeout=600)[1] for proc in procs]
+        for proc, err in zip(procs, errors, strict=True):
+            refused = proc.returncode == 2 and len(dtr_lab_lines(err)) == 1
+            assert proc.returncode == 0 or refused, err[-3000:]
+        done = sorted(p.parent.parent.name for p in save_dir.glob("digits/version_*/checkpoints/last.ckpt"))
+        assert len(done) == sum(proc.returncode == 0 for proc in procs) >= 1, (trial, done)
 
 
 @pytest.mark.slow
