@@ -63,7 +63,9 @@ def tmpfs(path: Path, size: str, read_only: bool = False):
     path.mkdir(parents=True, exist_ok=True)
     options = f"size={size}" + (",ro" if read_only else "")
     try:
-        mount = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)], capture_output=True, text=True)
+        mount = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)], capture_output=True, text=True
+        )
     except FileNotFoundError:
         pytest.skip("no mount command here; the patched variant covers this fault")
     if mount.returncode != 0:
