@@ -320,6 +320,19 @@ def test_eval_noise_of_a_paired_difference(monkeypatch):
     assert "| b − a | 1000 | 3 | 3.00 | 0.00 |" in text and "| a | 1000 | 3 | 45.00 | 5.00 |" in text
 
 
+def test_eval_noise_on_a_truncated_checkpoint_is_one_line(tiny_runs, tmp_path, run_main):
+    """The analysis scripts load checkpoints through the CLI's checked loader, not a bare torch.load."""
+    run = tmp_path / "run"
+    shutil.copytree(tiny_runs["vanilla"], run)
+    last = run / "checkpoints/last.ckpt"
+    last.write_bytes(last.read_bytes()[: last.stat().st_size // 2])
+    done = run_main("eval_noise.py", run, "--samples", 100, "--seeds", 2)
+    assert done.returncode == 2
+    (line,) = [line for line in done.stderr.splitlines() if line.strip()]
+    assert line.startswith(f"eval_noise.py: error: --checkpoint {last} is truncated"), line
+    assert not (run / "eval_noise.csv").exists()
+
+
 @pytest.mark.parametrize("name", ["reproduce.py", "scaling.py"])
 def test_study_with_too_few_samples_is_one_line(tmp_path, run_main, name):
     study = tmp_path / "study"
