@@ -153,6 +153,26 @@ def test_bad_config_file_is_one_line_naming_file_or_key(existing, tmp_path, caps
     assert snapshot(existing) == before
 
 
+QUICKSTART = ["--config", str(REPO / "experiments/quickstart.yaml")]
+AFFINITY = [*VANILLA[:2], "--config", str(REPO / "experiments/routing/affinity.yaml")]
+
+
+@pytest.mark.parametrize(
+    "configs, option, value, needles",
+    [
+        (QUICKSTART, "--model.routing.init_args.beta", "nan", ["model.routing.beta", "Got value: nan"]),
+        (QUICKSTART, "--data.init_args.batch_size", "abc", ["data.batch_size", "Expected a int"]),
+        (AFFINITY, "--model.routing.init_args.source", "[[1, 0.2], [0.2, x]]", ["float. Got value: x, or"]),
+    ],
+    ids=["beta nan", "batch abc", "matrix with a word"],
+)
+def test_a_bad_value_on_the_command_line_is_blamed_on_it(capsys, configs, option, value, needles):
+    """The config files also set these keys; the value that failed came from the command line."""
+    blame = f"set on the command line by {option}"
+    line = fails_in_one_line(["fit", *configs, option, value], capsys, blame, *needles)
+    assert ".yaml" not in line and "<class" not in line
+
+
 def test_real_process_prints_only_the_error_line(tmp_path):
     """As a user sees it: a subprocess's exit status and its whole stderr (no usage, no traceback)."""
     config = tmp_path / "broken.yaml"
