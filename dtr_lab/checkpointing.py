@@ -137,6 +137,7 @@ class RunCheckpoint(ModelCheckpoint):
     _signum: int | None = None
     _training_done = False
     _previous_handlers: dict[int, Any] | None = None
+    _written: str | None = None  # the checkpoint last written whole (Lightning names one before writing it)
 
     # --------------------------------------------------------------- atomic writes
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
@@ -160,6 +161,7 @@ class RunCheckpoint(ModelCheckpoint):
     def _save_checkpoint(self, trainer: L.Trainer, filepath: str) -> None:
         self.check_finite(trainer, trainer.lightning_module)  # never write a diverged model
         super()._save_checkpoint(trainer, filepath)
+        self._written = filepath
 
     # ------------------------------------------------------------------ divergence
     def check_finite(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -173,9 +175,7 @@ class RunCheckpoint(ModelCheckpoint):
             bad = trainer.strategy.reduce_boolean_decision(bad_step >= 0, all=False)
             bad_step = max(bad_step, trainer.global_step) if bad else -1
         if bad_step >= 0:
-            saved = (
-                f"last good checkpoint: {self.last_model_path}" if self.last_model_path else "nothing saved"
-            )
+            saved = f"last good checkpoint: {self._written}" if self._written else "nothing saved"
             raise Diverged(
                 f"training diverged: the loss or weights are not finite at step {bad_step} ({saved}); "
                 "try a lower learning rate (model.optimizer.init_args.lr), gradient clipping "

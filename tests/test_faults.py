@@ -242,31 +242,45 @@ def test_checkpoint_of_another_routing_is_one_line(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "method",
-    [[], pytest.param(["--config", str(REPO / "experiments/mtl/pcgrad.yaml")], marks=pytest.mark.slow)],
-    ids=["automatic", "pcgrad"],
+    "method, steps, cadence",
+    [
+        ([], 12, ["--checkpoint.every_n_train_steps", "1"]),
+        # checked only at the final step's save, the first save: it names no checkpoint it never wrote
+        ([], 6, ["--checkpoint.every_n_train_steps", "100", "--trainer.log_every_n_steps", "50"]),
+        pytest.param(
+            ["--config", str(REPO / "experiments/mtl/pcgrad.yaml")],
+            12,
+            ["--checkpoint.every_n_train_steps", "1"],
+            marks=pytest.mark.slow,
+        ),
+    ],
+    ids=["automatic", "first save at the end", "pcgrad"],
 )
-def test_divergence_stops_with_one_line_and_saves_nothing_non_finite(tmp_path, method):
+def test_divergence_stops_with_one_line_and_saves_nothing_non_finite(tmp_path, method, steps, cadence):
     proc = run_cli(
         "fit",
         *DIGITS,
         *method,
-        *tiny(tmp_path, steps=12, batch=40),  # a multiple of the 5 PCGrad intervals
+        *tiny(tmp_path, steps=steps, batch=40),  # a multiple of the 5 PCGrad intervals
         "--model.optimizer.init_args.lr",
         "1000",
-        "--checkpoint.every_n_train_steps",
-        "1",
+        *cadence,
     )
     assert proc.returncode == 2
     (line,) = dtr_lab_lines(proc.stderr)
     assert "training diverged" in line and "lower learning rate" in line and "Traceback" not in proc.stderr
     bad_step = int(line.split("not finite at step ")[1].split(" ")[0])
-    assert 0 < bad_step < 12
+    assert 0 < bad_step < steps
     run = run_dir(tmp_path)
-    steps = assert_complete_checkpoints(run)
-    assert steps and max(steps.values()) <= bad_step  # no checkpoint after the bad step
-    state = torch.load(run / "checkpoints/last.ckpt", weights_only=False)["state_dict"]
-    assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
+    steps_saved = assert_complete_checkpoints(run)
+    assert max(steps_saved.values(), default=0) <= bad_step  # no checkpoint after the bad step
+    if "last good checkpoint: " in line:  # the checkpoint it names is there, whole and finite
+        named = Path(line.split("last good checkpoint: ")[1].split(")")[0])
+        state = torch.load(named, weights_only=False)["state_dict"]
+        assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
+    else:
+        assert "(nothing saved)" in line and not steps_saved
+    assert bool(steps_saved) == (cadence[1] == "1")
 
 
 # ------------------------------------------------------------------------------------------------ slow
