@@ -233,6 +233,10 @@ class RunCheckpoint(ModelCheckpoint):
     def _stop(self, trainer: L.Trainer) -> None:
         if self._last_global_step_saved != trainer.global_step:
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+        # the loop sends this step's metrics to the loggers after on_train_batch_end, which the raise
+        # skips: send them now, or the saved step's train/loss is in neither this run nor the resumed one
+        trainer._logger_connector.on_batch_end()
+        trainer._logger_connector.update_train_step_metrics()
         raise Interrupted(self._interrupted_message(), self._signum or signal.SIGTERM)
 
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
