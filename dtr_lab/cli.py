@@ -15,7 +15,7 @@ from dtr_lab.data import ImageDataModule
 from dtr_lab.errors import DTRLabError, find_bad_input
 from dtr_lab.module import DiffusionModule
 from dtr_lab.parser import OneLineParser, read_configs
-from dtr_lab.run_dir import claim_log_dir, remove_failed_start
+from dtr_lab.run_dir import claim_log_dir
 
 
 class DTRLabCLI(LightningCLI):
@@ -61,12 +61,12 @@ class DTRLabCLI(LightningCLI):
             except DTRLabError as err:
                 raise DTRLabError(f"--ckpt_path {ckpt_path}: {err}") from None
         logger = self.trainer.logger
-        run_dir = claim_log_dir(logger) if logger is not None and self.trainer.is_global_zero else None
+        claim = claim_log_dir(logger) if logger is not None and self.trainer.is_global_zero else None
         try:
             super()._run_subcommand(subcommand)
         except Exception:
-            if run_dir is not None:
-                remove_failed_start(run_dir)
+            if claim is not None:
+                claim.release()
             raise
 
     def before_fit(self) -> None:

@@ -11,6 +11,7 @@ run directory is output and is never deleted. No torch or training imports: runs
 from __future__ import annotations
 
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -68,26 +69,53 @@ def remove_failed_start(path: Path) -> bool:
     return True
 
 
-def claim_log_dir(logger: Any) -> Path | None:
-    """Create the logger's run directory before anything is written there; returns it (None without
-    one). An unset version takes the first version_N this process creates; a named one must be new."""
+@dataclass(frozen=True)
+class Claim:
+    """A run directory this start created, and the highest folder it created for it (save_dir/name may
+    be new too)."""
+
+    path: Path
+    top: Path
+
+    def release(self) -> None:
+        """After a failed start: remove the run directory if it holds no output, then the folders made for
+        it while they are empty (another start may have claimed a version beside it)."""
+        if remove_failed_start(self.path):
+            for folder in self.path.parents:
+                if not folder.is_relative_to(self.top) or not remove_if_empty(folder):
+                    break
+
+
+def claim_log_dir(logger: Any) -> Claim | None:
+    """Create the logger's run directory before anything is written there (None without one). An unset
+    version takes the first version_N this process creates; a named one must be new."""
     if getattr(logger, "_version", 0) is None:  # TensorBoardLogger, CSVLogger: the version is still to pick
         root = Path(logger.root_dir)
+        top = None if root.exists() else first_missing(root)
         root.mkdir(parents=True, exist_ok=True)
         version = logger._get_next_version()
         while not make_dir(root / f"version_{version}"):  # another start took it since the listing
             version += 1
         logger._version = version
-        return Path(logger.log_dir)
+        path = root / f"version_{version}"
+        return Claim(path, top or path)
     if not logger.log_dir:
         return None
     path = Path(logger.log_dir)
+    top = first_missing(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if not make_dir(path):
         raise DTRLabError(
             f"run directory {path} exists already, and a run never writes into another's; leave "
             "--trainer.logger.init_args.version unset to take the next free version_N, or name a new one"
         )
+    return Claim(path, top)
+
+
+def first_missing(path: Path) -> Path:
+    """The highest of path and its parents that does not exist yet (path itself when its parent does)."""
+    while not path.parent.exists():
+        path = path.parent
     return path
 
 
@@ -96,5 +124,13 @@ def make_dir(path: Path) -> bool:
     try:
         path.mkdir()
     except FileExistsError:
+        return False
+    return True
+
+
+def remove_if_empty(folder: Path) -> bool:
+    try:
+        folder.rmdir()
+    except OSError:  # not empty (or gone): keep it
         return False
     return True

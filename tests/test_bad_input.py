@@ -131,7 +131,7 @@ CONFIG_FILES = {
     "wrong type": ("model:\n  sample_steps: many\n", ["model.sample_steps", "many"]),
     "negative lr": (
         "model:\n  optimizer:\n    class_path: torch.optim.AdamW\n    init_args:\n      lr: -0.001\n",
-        ["model.optimizer", "-0.001"],
+        ["model.optimizer.init_args.lr=-0.001", "must be ≥ 0"],
     ),
     "patch size 0": ("model:\n  net:\n    init_args:\n      size: DiT-T/0\n", ["DiT-T/0"]),
     "negative max_steps": ("trainer:\n  max_steps: -5\n", ["max_steps", "-5"]),
@@ -195,7 +195,7 @@ def test_a_start_that_fails_after_the_logger_opened_leaves_no_run_dir(existing, 
     before = snapshot(existing)
     args = fit_args(existing, "--trainer.callbacks", "[]", "--data.init_args.batch_size", "100000")
     with monkeypatch.context() as m:  # control: without the clean-up the start leaves version_1 behind
-        m.setattr("dtr_lab.cli.remove_failed_start", lambda path: False)
+        m.setattr("dtr_lab.run_dir.remove_failed_start", lambda path: False)
         fails_in_one_line(args, capsys, "data.batch_size=100000")
     left = existing / "vanilla" / "version_1"
     assert left.is_dir() and not holds_output(left)
@@ -210,6 +210,15 @@ def write_events(folder: Path, scalars: bool) -> None:
     if scalars:
         writer.add_scalar("train/loss", 0.5, 3)
     writer.close()
+
+
+def test_a_start_refused_after_claiming_its_folder_leaves_no_folder(tmp_path, capsys):
+    """The optimizer check runs after the run directory is claimed: the claim, and the save_dir/name
+    folders made for it, go again."""
+    save_dir = tmp_path / "new"
+    args = ["fit", *VANILLA, *tiny(save_dir, steps=2), "--model.optimizer.init_args.lr", "-1"]
+    fails_in_one_line(args, capsys, "model.optimizer.init_args.lr=-1.0", "must be ≥ 0")
+    assert not save_dir.exists()
 
 
 def test_only_start_up_files_count_as_empty(tmp_path):

@@ -154,7 +154,7 @@ class SlowListing(TensorBoardLogger):
 
 def claim_after(barrier, root: str, versions) -> None:
     barrier.wait()  # both processes start their claim at the same instant
-    versions.put(claim_log_dir(SlowListing(root, name="digits")).name)
+    versions.put(claim_log_dir(SlowListing(root, name="digits")).path.name)
 
 
 def test_racing_starts_claim_separate_version_folders(tmp_path):
