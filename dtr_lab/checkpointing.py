@@ -3,8 +3,9 @@ a checkpoint on Ctrl-C / SIGTERM, and a run that stops instead of saving a diver
 
 Faults and what each leaves behind (tests/test_faults.py tries every one):
 - kill -9 or a full disk during a save: the previous file under that name, complete; the new bytes
-  only under a hidden temporary name (`.last.ckpt.*.tmp`) in the same directory, removed when the
-  write fails with an exception (a refused write, whatever torch.save turns it into, is one line).
+  only under a hidden temporary name (`.last.ckpt.HOST-PID.*.tmp`) in the same directory, removed when
+  the write fails with an exception (a refused write, whatever torch.save turns it into, is one line),
+  or, after a kill, by the next start of the run (resumed from it, or into the same folder).
 - Ctrl-C or SIGTERM: training stops at the end of the current step, last.ckpt holds that step, and
   the CLI prints one line and exits 128 + the signal number. A second Ctrl-C stops at once.
 - an exception after a step (a failing analysis, validation, sampling): last.ckpt holds that step
@@ -31,6 +32,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from dtr_lab.errors import DTRLabError, storage_fix, storage_reason
+from dtr_lab.temp_files import remove_dead_writers_temps, temp_prefix
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -63,7 +65,7 @@ def write_atomically(path: Path, write: Any) -> None:
     writer made of it: torch.save turns a full disk into `RuntimeError: ... unexpected pos`.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path), suffix=".tmp", dir=path.parent)
     file = None
     try:
         os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp's 0600 would hide the run from its group
@@ -153,7 +155,7 @@ class RunCheckpoint(ModelCheckpoint):
     def _link_checkpoint(trainer: L.Trainer, filepath: str, linkpath: str) -> None:
         """save_last='link': build the link under a temporary name and rename it over the old one."""
         if trainer.is_global_zero and os.path.abspath(filepath) != os.path.abspath(linkpath):
-            tmp = f"{linkpath}.{os.getpid()}.tmp"
+            tmp = os.path.join(os.path.dirname(linkpath), f"{temp_prefix(Path(linkpath))}link.tmp")
             os.symlink(os.path.relpath(filepath, os.path.dirname(linkpath)), tmp)
             os.replace(tmp, linkpath)
         trainer.strategy.barrier()
@@ -214,8 +216,15 @@ class RunCheckpoint(ModelCheckpoint):
 
     # --------------------------------------------------------------- interruption
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        """Replace Lightning's SIGTERM handler, which would end the run as a SystemExit with code 0."""
+        """Replace Lightning's SIGTERM handler, which would end the run as a SystemExit with code 0; remove
+        what writers killed mid-save left in this run's checkpoint folder and the one it resumes from
+        (trainer.ckpt_path is known from here on)."""
         signal.signal(signal.SIGTERM, self._on_signal)
+        if trainer.is_global_zero:
+            resumed = Path(trainer.ckpt_path).parent if trainer.ckpt_path else None
+            for folder in {Path(self.dirpath), resumed} - {None}:
+                if removed := remove_dead_writers_temps(folder):
+                    rank_zero_info(f"dtr_lab: removed {len(removed)} stale temporary files in {folder}")
 
     def _on_signal(self, signum: int, frame: Any) -> None:
         """First signal: stop after the current step. A second Ctrl-C: stop now (Python's default)."""

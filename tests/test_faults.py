@@ -28,6 +28,7 @@ from dtr_lab.errors import DTRLabError
 from dtr_lab.mtl import PCGrad
 from dtr_lab.routing import NoRouting
 from dtr_lab.run_dir import claim_log_dir
+from dtr_lab.temp_files import remove_dead_writers_temps
 
 DTR = [*DIGITS, "--config", str(REPO / "experiments/routing/dtr.yaml")]
 VANILLA = [*DIGITS, "--config", str(REPO / "experiments/routing/vanilla.yaml")]
@@ -181,6 +182,40 @@ def test_a_named_version_that_exists_is_refused_before_anything_is_written(tmp_p
     assert [p.name for p in existing.iterdir()] == ["metrics.csv"]
 
 
+def write_and_hang(target: str, ready) -> None:
+    """A writer that stops half-way through a save: its temporary file stays until it is killed."""
+
+    def half(f):
+        f.write(b"half a checkpoint")
+        f.flush()
+        ready.put(os.getpid())
+        time.sleep(600)
+
+    write_atomically(Path(target), half)
+
+
+def test_a_killed_writers_temporary_file_is_removed_and_a_live_ones_kept(tmp_path):
+    """Two real writers hang mid-save; one is killed with -9. Only the dead one's file is stale."""
+    fork = multiprocessing.get_context("fork")
+    ready = fork.Queue()
+    writers = {name: fork.Process(target=write_and_hang, args=(str(tmp_path / name), ready)) for name in "ab"}
+    for writer in writers.values():
+        writer.start()
+    assert sorted(ready.get(timeout=60) for _ in writers) == sorted(w.pid for w in writers.values())
+    other_host = tmp_path / ".last.ckpt.elsewhere-1.abcdefgh.tmp"  # a pid this host cannot judge
+    other_host.write_bytes(b"")
+    os.kill(writers["a"].pid, signal.SIGKILL)
+    writers["a"].join()  # reaped: no process has its pid now
+    try:
+        temps = {p.name.split(".")[1]: p for p in tmp_path.iterdir() if p != other_host}
+        assert sorted(temps) == ["a", "b"]
+        assert remove_dead_writers_temps(tmp_path) == [temps["a"]]
+        assert sorted(tmp_path.iterdir()) == sorted([temps["b"], other_host])  # the live writer's is kept
+    finally:
+        writers["b"].kill()
+        writers["b"].join()
+
+
 def test_loader_resumes_mid_epoch_in_the_same_order():
     data = torch.utils.data.TensorDataset(torch.arange(50))
 
@@ -323,6 +358,11 @@ def test_kill_or_full_disk_during_a_save_keeps_the_previous_checkpoint(tmp_path,
     leftovers = [p.name for p in (run / "checkpoints").iterdir() if not p.name.endswith(".ckpt")]
     assert all(name.startswith(".") and name.endswith(".tmp") for name in leftovers)
     assert (leftovers != []) == (fault == "hang")  # only a killed writer leaves its hidden temp file
+    if fault == "hang":  # the next start of the run (a resume from it) removes the dead writer's file
+        last = run / "checkpoints/last.ckpt"
+        resumed = run_cli("fit", *DIGITS, *tiny(tmp_path, steps=3), "--ckpt_path", str(last))
+        assert resumed.returncode == 0, resumed.stderr[-2000:]
+        assert all(p.name.endswith(".ckpt") for p in (run / "checkpoints").iterdir())
 
 
 @pytest.mark.slow
