@@ -13,8 +13,8 @@ STORAGE_FIXES = {
     errno.ENOSPC: "free space on that device or write the run elsewhere",
     errno.EDQUOT: "free space within your quota or write the run elsewhere",
     errno.EROFS: "write the run to a writable folder",
-    errno.EACCES: "give yourself write access to that folder or write the run elsewhere",
-    errno.EPERM: "give yourself write access to that folder or write the run elsewhere",
+    errno.EACCES: "give yourself access to it or write the run elsewhere",
+    errno.EPERM: "give yourself access to it or write the run elsewhere",
 }
 SAVE_DIR = "--trainer.logger.init_args.save_dir"
 
