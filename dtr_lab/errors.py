@@ -44,7 +44,7 @@ def find_bad_input(exc: BaseException) -> DTRLabError | None:
     seen, storage = exc, None
     while seen is not None:
         if isinstance(seen, DTRLabError):
-            return seen
+            return from_worker(seen)
         if isinstance(seen, OSError) and seen.errno in STORAGE_FIXES and storage is None:
             storage = seen
         seen = seen.__cause__ or seen.__context__
@@ -54,3 +54,12 @@ def find_bad_input(exc: BaseException) -> DTRLabError | None:
         where = storage.filename if storage.filename is not None else "the run's folder"
         return DTRLabError(f"{where}: {storage_reason(storage)}; {storage_fix(storage)} ({SAVE_DIR})")
     return quoted
+
+
+def from_worker(err: DTRLabError) -> DTRLabError:
+    """A DataLoader worker's DTRLabError is raised again in the main process with the worker's traceback
+    as its text; its last line holds the message."""
+    lines = str(err).strip().splitlines()
+    if len(lines) < 2 or not lines[0].startswith("Caught DTRLabError"):
+        return err
+    return DTRLabError(lines[-1].split("DTRLabError: ", 1)[-1])

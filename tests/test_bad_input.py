@@ -7,9 +7,11 @@ import hashlib
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from helpers import REPO, run_cli, tiny
+from PIL import Image
 from torch.utils.tensorboard import SummaryWriter
 
 from dtr_lab.cli import main
@@ -171,6 +173,23 @@ def test_a_bad_value_on_the_command_line_is_blamed_on_it(capsys, configs, option
     blame = f"set on the command line by {option}"
     line = fails_in_one_line(["fit", *configs, option, value], capsys, blame, *needles)
     assert ".yaml" not in line and "<class" not in line
+
+
+def test_an_image_with_nan_pixels_stops_training_in_one_line(tmp_path, capsys):
+    """A float TIFF with a NaN patch among good images, decoded in a DataLoader worker process: the
+    worker's error arrives as one line naming the file, not as the worker's traceback."""
+    data = tmp_path / "images"
+    data.mkdir()
+    for k in range(6):
+        Image.fromarray(np.full((8, 8, 3), 40 * k, np.uint8)).save(data / f"{k}.png")
+    levels = np.full((8, 8), 0.5, np.float32)
+    levels[2:4, 2:4] = np.nan
+    Image.fromarray(levels, "F").save(data / "nan.tif")
+    folder = ["--data", "dtr_lab.data.ImageFolderDataModule", "--data.root", str(data)]
+    folder += ["--data.image_size", "8"]
+    loader = ["--data.batch_size", "7", "--data.val_fraction", "0", "--data.num_workers", "1"]
+    args = ["fit", *VANILLA, *tiny(tmp_path, steps=2), *folder, *loader, "--trainer.callbacks", "[]"]
+    fails_in_one_line(args, capsys, "nan.tif: cannot decode this image (4 pixels are NaN or infinite)")
 
 
 def test_real_process_prints_only_the_error_line(tmp_path):
