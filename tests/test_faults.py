@@ -65,7 +65,7 @@ main(sys.argv[1:])
 # another lists the same versions first, so both pick the same next version_N (the widened race window).
 SLOW_LISTING = """
 import sys, time
-from lightning.fabric.loggers.tensorboard import TensorBoardLogger
+from lightning.pytorch.loggers import TensorBoardLogger  # its own _get_next_version, not fabric's
 from dtr_lab.cli import main
 listing = TensorBoardLogger._get_next_version
 def slow(self):
