@@ -52,9 +52,9 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             write_atomically(Path(path), lambda f: torch.save(checkpoint, f))
         except OSError as exc:  # the device refused the bytes: the run's problem to fix, not a bug
             raise DTRLabError(
-                f"cannot write {path}: {storage_reason(exc)} (the previous file "
-                f"under that name, if any, is intact); {storage_fix(exc)}, then resume from the run's "
-                "last.ckpt with --ckpt_path"
+                f"cannot write {path}: {storage_reason(exc)} (the previous file under that name, if any, "
+                f"is intact); {storage_fix(exc)}, then resume with --ckpt_path from the run's last.ckpt "
+                "if it has one"
             ) from exc
 
 
