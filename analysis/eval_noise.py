@@ -36,24 +36,23 @@ SEED_STRIDE = 10_007  # sample seed k uses SEED + k·stride; batch b of it seeds
 def evaluation_noise(run_dir: Path, checkpoint: str, samples: list[int], seeds: int) -> pd.DataFrame:
     """Scores of the checkpoint: one row per (samples, sample_seed, metric) with the sampling seconds."""
     print(f"{PROG}: scoring {run_dir}", flush=True)
-    import torch
-
     from dtr_lab.callbacks.sample_quality import real_images
+    from dtr_lab.checkpoint_file import read_checkpoint
     from dtr_lab.errors import DTRLabError
     from dtr_lab.metrics import SampleQualityMetrics
     from dtr_lab.pairing import instantiate
     from dtr_lab.samples import balanced_labels, generate
 
     config, ckpt = run_dir / "config.yaml", run_dir / "checkpoints" / f"{checkpoint}.ckpt"
-    for path in (config, ckpt):
-        if not path.is_file():
-            raise DTRLabError(f"{path}: no such file; give a run directory written by `dtr_lab fit`")
+    if not config.is_file():
+        raise DTRLabError(f"{config}: no such file; give a run directory written by `dtr_lab fit`")
+    state_dict = read_checkpoint(ckpt, weights_only=False, option="--checkpoint")["state_dict"]
     # the sections that build the module and data (the rest are options of the `fit` subcommand)
     fit_config = {k: v for k, v in yaml.safe_load(config.read_text()).items() if k in SECTIONS}
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / "config.yaml").write_text(yaml.safe_dump(fit_config))
         model, datamodule = instantiate(["--config", str(Path(tmp) / "config.yaml")])
-    model.load_state_dict(torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"])
+    model.load_state_dict(state_dict)
     model.eval()
     datamodule.setup("fit")
     scorer = SampleQualityMetrics(real_images(datamodule, 10_000, SEED), "digits", seed=SEED)

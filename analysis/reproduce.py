@@ -284,7 +284,7 @@ def main(argv: list[str] | None = None) -> int:
     failed = []
     if not args.no_train:
         first = [r for r in measure if r in todo]  # the affinity arm's masks are read from it
-        failed = train(first, out, 1, args.threads * args.jobs) if first else []
+        failed = train(first, out, 1, args.threads * args.jobs, PROG) if first else []
         if not failed:
             rest = [r for r in todo if r not in first]
             failed = check_and_train(runs, rest, comparisons, out, args.jobs, args.threads, PROG)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -174,46 +175,88 @@ def config_texts(run: RunSpec) -> dict[str, str]:
     return {str(path): path.read_text() for path in run.configs}
 
 
+def incomplete(run_dir: Path) -> Path:
+    return run_dir.with_name(run_dir.name + ".incomplete")
+
+
 def set_aside(run_dir: Path) -> None:
-    """Keep a cut-off or outdated run as RUN.incomplete (replacing an older one) and start clean."""
+    """Keep a cut-off or outdated run as RUN.incomplete (replacing an older one) and start clean; the
+    copy goes once the run finishes."""
     if run_dir.exists():
-        aside = run_dir.with_name(run_dir.name + ".incomplete")
-        shutil.rmtree(aside, ignore_errors=True)
-        run_dir.rename(aside)
+        shutil.rmtree(incomplete(run_dir), ignore_errors=True)
+        run_dir.rename(incomplete(run_dir))
 
 
-def train(runs: list[RunSpec], out: Path, jobs: int, threads: int) -> list[str]:
-    """Train the runs `jobs` at a time, each with `threads` CPU threads; the failures' names."""
+def mark_done(run: RunSpec, out: Path, took: float) -> None:
+    """Write the run's done.json and drop the set-aside copy it supersedes."""
+    done = {"command": run.command(out), "configs": config_texts(run), "seconds": round(took, 1)}
+    (run.directory(out) / "done.json").write_text(json.dumps(done))
+    shutil.rmtree(incomplete(run.directory(out)), ignore_errors=True)
+
+
+def train(runs: list[RunSpec], out: Path, jobs: int, threads: int, prog: str) -> list[str]:
+    """Train the runs `jobs` at a time, each with `threads` CPU threads; the failures' names.
+
+    Ctrl-C or SIGTERM is passed on to each active run (they run in their own session, away from the
+    terminal's signals, so a Ctrl-C is never doubled into an immediate stop): each saves its last.ckpt
+    and stops; then one line, exit 128 + the first signal's number. A finished run replaces its set-aside
+    `.incomplete` copy.
+    """
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     (out / "logs").mkdir(parents=True, exist_ok=True)
     pending, active, failed = list(runs), [], []
     total, finished = len(runs), 0
-    while pending or active:
-        while pending and len(active) < jobs:
-            run = pending.pop(0)
-            set_aside(run.directory(out))
-            log = (out / "logs" / f"{run.arm}-seed{run.seed}.log").open("w")
-            proc = subprocess.Popen(run.command(out), cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
-            active.append((run, proc, log, time.time()))
-        time.sleep(1.0)
-        for item in [a for a in active if a[1].poll() is not None]:
-            run, proc, log, start = item
-            active.remove(item)
-            log.close()
-            finished += 1
-            took = time.time() - start
-            if proc.returncode == 0:
-                marker = run.directory(out) / "done.json"
-                done = {"command": run.command(out), "configs": config_texts(run), "seconds": round(took, 1)}
-                marker.write_text(json.dumps(done))
-                print(f"[{finished}/{total}] {run.arm} seed {run.seed}: {took:.0f} s", flush=True)
-            else:
-                failed.append(f"{run.arm} seed {run.seed}")
-                print(
-                    f"[{finished}/{total}] {run.arm} seed {run.seed}: FAILED (exit {proc.returncode}), "
-                    f"see {log.name}",
-                    flush=True,
+    stopped: list[int] = []  # the signals received
+
+    def stop(signum: int, frame: object) -> None:
+        stopped.append(signum)
+        for _, proc, _, _ in active:  # a second Ctrl-C reaches them too: they stop at once
+            proc.send_signal(signum)
+
+    previous = {signum: signal.signal(signum, stop) for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        while (pending and not stopped) or active:
+            while pending and len(active) < jobs and not stopped:
+                run = pending.pop(0)
+                set_aside(run.directory(out))
+                log = (out / "logs" / f"{run.arm}-seed{run.seed}.log").open("w")
+                proc = subprocess.Popen(
+                    run.command(out),
+                    cwd=REPO,
+                    env=env,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
                 )
+                active.append((run, proc, log, time.time()))
+            time.sleep(1.0)
+            for item in [a for a in active if a[1].poll() is not None]:
+                run, proc, log, start = item
+                active.remove(item)
+                log.close()
+                finished += 1
+                took = time.time() - start
+                if proc.returncode == 0:
+                    mark_done(run, out, took)
+                    print(f"[{finished}/{total}] {run.arm} seed {run.seed}: {took:.0f} s", flush=True)
+                elif not stopped:
+                    failed.append(f"{run.arm} seed {run.seed}")
+                    print(
+                        f"[{finished}/{total}] {run.arm} seed {run.seed}: FAILED (exit {proc.returncode}), "
+                        f"see {log.name}",
+                        flush=True,
+                    )
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    if stopped:
+        print(
+            f"{prog}: interrupted by {signal.Signals(stopped[0]).name}: the active runs saved their "
+            "last.ckpt and stopped; run the same command again to train the unfinished runs (finished ones "
+            "are kept; a cut-off one starts over, its copy kept as RUN.incomplete until it finishes)",
+            file=sys.stderr,
+        )
+        raise SystemExit(128 + stopped[0])
     return failed
 
 
@@ -237,7 +280,7 @@ def check_and_train(
         print(f"{prog}: error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
     load_digits_classifier()  # train and cache it once here, not in two runs at the same time
-    return train(todo, out, jobs, threads)
+    return train(todo, out, jobs, threads, prog)
 
 
 def probe_by_interval(loss_by_t: pd.DataFrame) -> pd.DataFrame:

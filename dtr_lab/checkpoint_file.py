@@ -22,11 +22,14 @@ LIGHTNING_KEYWORDS = ("last", "best", "hpc", "registry")
 FIX = "pass a checkpoint written by `python -m dtr_lab fit`, e.g. runs/<name>/version_N/checkpoints/last.ckpt"
 
 
-def read_checkpoint(path: str | Path, weights_only: bool = True) -> dict[str, Any]:
-    """The checkpoint at `path` (tensors memory-mapped); DTRLabError saying why it is unreadable.
-    weights_only as the trainer will load it (torch's default, True, unless the config says false)."""
+def read_checkpoint(
+    path: str | Path, weights_only: bool = True, option: str = "--ckpt_path"
+) -> dict[str, Any]:
+    """The checkpoint at `path` (tensors memory-mapped); DTRLabError saying why it is unreadable, naming
+    it as `option path`. weights_only as the trainer will load it (torch's default, True, unless the
+    config says false). The one way dtr_lab and its analysis scripts load a checkpoint."""
     path = Path(path)
-    where = f"--ckpt_path {path}"
+    where = f"{option} {path}"
     if not path.exists():
         raise DTRLabError(f"{where}: no such file; {FIX}")
     if path.is_dir():

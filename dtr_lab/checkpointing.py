@@ -3,8 +3,9 @@ a checkpoint on Ctrl-C / SIGTERM, and a run that stops instead of saving a diver
 
 Faults and what each leaves behind (tests/test_faults.py tries every one):
 - kill -9 or a full disk during a save: the previous file under that name, complete; the new bytes
-  only under a hidden temporary name (`.last.ckpt.*.tmp`) in the same directory, removed when the
-  write fails with an exception.
+  only under a hidden temporary name (`.last.ckpt.HOST-PID.*.tmp`) in the same directory, removed when
+  the write fails with an exception (a refused write, whatever torch.save turns it into, is one line),
+  or, after a kill, by the next start of the run (resumed from it, or into the same folder).
 - Ctrl-C or SIGTERM: training stops at the end of the current step, last.ckpt holds that step, and
   the CLI prints one line and exits 128 + the signal number. A second Ctrl-C stops at once.
 - an exception after a step (a failing analysis, validation, sampling): last.ckpt holds that step
@@ -16,7 +17,6 @@ Faults and what each leaves behind (tests/test_faults.py tries every one):
 from __future__ import annotations
 
 import contextlib
-import errno
 import os
 import signal
 import sys
@@ -31,7 +31,8 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from dtr_lab.errors import DTRLabError
+from dtr_lab.errors import DTRLabError, storage_fix, storage_reason
+from dtr_lab.temp_files import remove_dead_writers_temps, temp_prefix
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -49,35 +50,60 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             raise TypeError(f"{type(self).__name__} takes no storage_options")
         try:
             write_atomically(Path(path), lambda f: torch.save(checkpoint, f))
-        except OSError as exc:
-            if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
-                raise
+        except OSError as exc:  # the device refused the bytes: the run's problem to fix, not a bug
             raise DTRLabError(
-                f"no space left on the device to write {path} (the previous file under that name, if any, "
-                "is intact); free space and resume from the run's last.ckpt with --ckpt_path"
+                f"cannot write {path}: {storage_reason(exc)} (the previous file under that name, if any, "
+                f"is intact); {storage_fix(exc)}, then resume with --ckpt_path from the run's last.ckpt "
+                "if it has one"
             ) from exc
 
 
 def write_atomically(path: Path, write: Any) -> None:
-    """Call write(file) on a hidden temporary file in path's directory, then rename it to path."""
+    """Call write(file) on a hidden temporary file in path's directory, then rename it to path.
+
+    Any failure removes the temporary file. A write the device refused raises that OSError, whatever the
+    writer made of it: torch.save turns a full disk into `RuntimeError: ... unexpected pos`.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path), suffix=".tmp", dir=path.parent)
+    file = None
     try:
         os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp's 0600 would hide the run from its group
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())  # the bytes are on disk before the name points at them
+        with os.fdopen(fd, "wb") as raw:
+            file = RecordingFile(raw)
+            write(file)
+            raw.flush()
+            os.fsync(raw.fileno())  # the bytes are on disk before the name points at them
         os.replace(tmp, path)
-    except BaseException:  # also KeyboardInterrupt: never leave a partial file behind
+    except BaseException as exc:  # also KeyboardInterrupt: never leave a partial file behind
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if file is not None and file.error is not None and not isinstance(exc, OSError):
+            raise file.error from exc
         raise
     dir_fd = os.open(path.parent, os.O_RDONLY)
     try:
         os.fsync(dir_fd)  # the rename itself survives a power cut
     finally:
         os.close(dir_fd)
+
+
+class RecordingFile:
+    """A binary file whose write() keeps the first OSError it raised, for a caller whose serializer
+    replaces the exception with its own."""
+
+    def __init__(self, raw: Any) -> None:
+        self.raw, self.error = raw, None
+
+    def write(self, data: Any) -> int:
+        try:
+            return self.raw.write(data)
+        except OSError as exc:
+            self.error = self.error or exc
+            raise
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.raw, name)
 
 
 def current_umask() -> int:
@@ -113,6 +139,7 @@ class RunCheckpoint(ModelCheckpoint):
     _signum: int | None = None
     _training_done = False
     _previous_handlers: dict[int, Any] | None = None
+    _written: str | None = None  # the checkpoint last written whole (Lightning names one before writing it)
 
     # --------------------------------------------------------------- atomic writes
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
@@ -128,7 +155,7 @@ class RunCheckpoint(ModelCheckpoint):
     def _link_checkpoint(trainer: L.Trainer, filepath: str, linkpath: str) -> None:
         """save_last='link': build the link under a temporary name and rename it over the old one."""
         if trainer.is_global_zero and os.path.abspath(filepath) != os.path.abspath(linkpath):
-            tmp = f"{linkpath}.{os.getpid()}.tmp"
+            tmp = os.path.join(os.path.dirname(linkpath), f"{temp_prefix(Path(linkpath))}link.tmp")
             os.symlink(os.path.relpath(filepath, os.path.dirname(linkpath)), tmp)
             os.replace(tmp, linkpath)
         trainer.strategy.barrier()
@@ -136,6 +163,7 @@ class RunCheckpoint(ModelCheckpoint):
     def _save_checkpoint(self, trainer: L.Trainer, filepath: str) -> None:
         self.check_finite(trainer, trainer.lightning_module)  # never write a diverged model
         super()._save_checkpoint(trainer, filepath)
+        self._written = filepath
 
     # ------------------------------------------------------------------ divergence
     def check_finite(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -149,9 +177,7 @@ class RunCheckpoint(ModelCheckpoint):
             bad = trainer.strategy.reduce_boolean_decision(bad_step >= 0, all=False)
             bad_step = max(bad_step, trainer.global_step) if bad else -1
         if bad_step >= 0:
-            saved = (
-                f"last good checkpoint: {self.last_model_path}" if self.last_model_path else "nothing saved"
-            )
+            saved = f"last good checkpoint: {self._written}" if self._written else "nothing saved"
             raise Diverged(
                 f"training diverged: the loss or weights are not finite at step {bad_step} ({saved}); "
                 "try a lower learning rate (model.optimizer.init_args.lr), gradient clipping "
@@ -190,8 +216,15 @@ class RunCheckpoint(ModelCheckpoint):
 
     # --------------------------------------------------------------- interruption
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        """Replace Lightning's SIGTERM handler, which would end the run as a SystemExit with code 0."""
+        """Replace Lightning's SIGTERM handler, which would end the run as a SystemExit with code 0; remove
+        what writers killed mid-save left in this run's checkpoint folder and the one it resumes from
+        (trainer.ckpt_path is known from here on)."""
         signal.signal(signal.SIGTERM, self._on_signal)
+        if trainer.is_global_zero:
+            resumed = Path(trainer.ckpt_path).parent if trainer.ckpt_path else None
+            for folder in {Path(self.dirpath), resumed} - {None}:
+                if removed := remove_dead_writers_temps(folder):
+                    rank_zero_info(f"dtr_lab: removed {len(removed)} stale temporary files in {folder}")
 
     def _on_signal(self, signum: int, frame: Any) -> None:
         """First signal: stop after the current step. A second Ctrl-C: stop now (Python's default)."""
@@ -209,6 +242,10 @@ class RunCheckpoint(ModelCheckpoint):
     def _stop(self, trainer: L.Trainer) -> None:
         if self._last_global_step_saved != trainer.global_step:
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+        # the loop sends this step's metrics to the loggers after on_train_batch_end, which the raise
+        # skips: send them now, or the saved step's train/loss is in neither this run nor the resumed one
+        trainer._logger_connector.on_batch_end()
+        trainer._logger_connector.update_train_step_metrics()
         raise Interrupted(self._interrupted_message(), self._signum or signal.SIGTERM)
 
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:

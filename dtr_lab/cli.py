@@ -17,7 +17,7 @@ from dtr_lab.data import ImageDataModule
 from dtr_lab.errors import DTRLabError, find_bad_input
 from dtr_lab.module import DiffusionModule
 from dtr_lab.parser import OneLineParser, read_configs
-from dtr_lab.run_dir import remove_failed_start
+from dtr_lab.run_dir import claim_log_dir
 
 
 class DTRLabCLI(LightningCLI):
@@ -56,8 +56,9 @@ class DTRLabCLI(LightningCLI):
         return trainer
 
     def _run_subcommand(self, subcommand: str) -> None:
-        """Reads --ckpt_path before the trainer opens the run directory; a start that fails removes the
-        run directory it opened if nothing but start-up files is in it (see dtr_lab.run_dir)."""
+        """Reads --ckpt_path before the trainer opens the run directory, then claims that directory; a
+        start that fails removes the run directory it claimed if nothing but start-up files is in it
+        (see dtr_lab.run_dir)."""
         options = self.config_init[subcommand]
         ckpt_path = options.get("ckpt_path")
         if ckpt_path and not (ckpt_path in LIGHTNING_KEYWORDS and not Path(ckpt_path).exists()):
@@ -69,13 +70,12 @@ class DTRLabCLI(LightningCLI):
             except DTRLabError as err:
                 raise DTRLabError(f"--ckpt_path {ckpt_path}: {err}") from None
         logger = self.trainer.logger
-        run_dir = Path(logger.log_dir) if logger is not None and logger.log_dir else None
-        existed = run_dir is not None and run_dir.exists()
+        claim = claim_log_dir(logger) if logger is not None and self.trainer.is_global_zero else None
         try:
             super()._run_subcommand(subcommand)
         except Exception:
-            if run_dir is not None and not existed and self.trainer.is_global_zero:
-                remove_failed_start(run_dir)
+            if claim is not None:
+                claim.release()
             raise
 
     def before_fit(self) -> None:

@@ -1,6 +1,22 @@
-"""The one exception type for bad input: the CLI prints its message as one line and exits 2."""
+"""The one exception type for bad input: the CLI prints its message as one line and exits 2.
+
+A storage fault (a full disk, a read-only or forbidden folder) is the run's environment, not a bug: it
+ends in one line too, naming the file and the fix.
+"""
 
 from __future__ import annotations
+
+import errno
+import os
+
+STORAGE_FIXES = {
+    errno.ENOSPC: "free space on that device or write the run elsewhere",
+    errno.EDQUOT: "free space within your quota or write the run elsewhere",
+    errno.EROFS: "write the run to a writable folder",
+    errno.EACCES: "give yourself access to it or write the run elsewhere",
+    errno.EPERM: "give yourself access to it or write the run elsewhere",
+}
+SAVE_DIR = "--trainer.logger.init_args.save_dir"
 
 
 class DTRLabError(ValueError):
@@ -13,12 +29,37 @@ class DTRLabError(ValueError):
         DTRLabError.raised.append(self)
 
 
+def storage_reason(err: OSError) -> str:
+    """What the device said, in lower case ("no space left on device")."""
+    return os.strerror(err.errno).lower() if err.errno else str(err)
+
+
+def storage_fix(err: OSError) -> str:
+    return STORAGE_FIXES.get(err.errno, "check the device and its free space")
+
+
 def find_bad_input(exc: BaseException) -> DTRLabError | None:
-    """The DTRLabError behind exc: exc itself, one in its cause chain, or one whose text it quotes."""
-    seen = exc
+    """The DTRLabError behind exc: exc itself, one in its cause chain, or one whose text it quotes; or a
+    storage fault in the chain, worded as one."""
+    seen, storage = exc, None
     while seen is not None:
         if isinstance(seen, DTRLabError):
-            return seen
+            return from_worker(seen)
+        if isinstance(seen, OSError) and seen.errno in STORAGE_FIXES and storage is None:
+            storage = seen
         seen = seen.__cause__ or seen.__context__
     text = str(exc)
-    return next((e for e in reversed(DTRLabError.raised) if str(e) in text), None)
+    quoted = next((e for e in reversed(DTRLabError.raised) if str(e) in text), None)
+    if quoted is None and storage is not None:
+        where = storage.filename if storage.filename is not None else "the run's folder"
+        return DTRLabError(f"{where}: {storage_reason(storage)}; {storage_fix(storage)} ({SAVE_DIR})")
+    return quoted
+
+
+def from_worker(err: DTRLabError) -> DTRLabError:
+    """A DataLoader worker's DTRLabError is raised again in the main process with the worker's traceback
+    as its text; its last line holds the message."""
+    lines = str(err).strip().splitlines()
+    if len(lines) < 2 or not lines[0].startswith("Caught DTRLabError"):
+        return err
+    return DTRLabError(lines[-1].split("DTRLabError: ", 1)[-1])

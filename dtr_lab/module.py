@@ -8,6 +8,7 @@ loss curve and analysis callbacks never disturb it.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -36,6 +37,15 @@ from dtr_lab.seeds import derive_seed
 
 OptimizerFactory = Callable[[Iterable], torch.optim.Optimizer]
 SAMPLERS = ("ddpm", "ddim")
+# torch.optim's words for a rejected option -> the init_args key and its valid range
+OPTIMIZER_RANGES = {
+    "learning rate": ("lr", "≥ 0"),
+    "epsilon value": ("eps", "≥ 0"),
+    "weight_decay value": ("weight_decay", "≥ 0"),
+    "momentum value": ("momentum", "≥ 0"),
+    "beta parameter at index 0": ("betas[0]", "in [0, 1)"),
+    "beta parameter at index 1": ("betas[1]", "in [0, 1)"),
+}
 # what a checkpoint was trained as; checked on load (override one with model.allow_checkpoint_mismatch)
 IDENTITY_FIELDS = (
     "routing", "num_timesteps", "schedule", "net", "image_size", "in_channels", "num_classes", "mtl",
@@ -330,7 +340,15 @@ class DiffusionModule(L.LightningModule):
         try:
             self.configure_optimizers()
         except (ValueError, TypeError) as err:
-            raise DTRLabError(f"model.optimizer rejects its options: {err}; fix its init_args") from None
+            # torch words it "Invalid learning rate: -0.001"; name the key and its range instead
+            found = re.fullmatch(r"Invalid (.+?): (.+)", str(err))
+            if found is None or found.group(1) not in OPTIMIZER_RANGES:
+                raise DTRLabError(f"model.optimizer rejects its options: {err}; fix its init_args") from None
+            key, valid = OPTIMIZER_RANGES[found.group(1)]
+            raise DTRLabError(
+                f"model.optimizer.init_args.{key}={found.group(2)} is invalid: it must be {valid}; fix it in "
+                "the config or on the command line"
+            ) from None
 
     def check_batch_size(self, batch_size: int) -> None:
         """Stratified sampling needs B divisible by K; checked before anything is written."""

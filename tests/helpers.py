@@ -57,6 +57,26 @@ def tiny(save_dir: Path, steps: int = 4, batch: int = 32) -> list[str]:
     ]
 
 
+@contextlib.contextmanager
+def tmpfs(path: Path, size: str, read_only: bool = False):
+    """A real small filesystem mounted at path (a full disk, or a read-only folder), unmounted after; the
+    test skips where mounting is not allowed (not root, a container without CAP_SYS_ADMIN)."""
+    path.mkdir(parents=True, exist_ok=True)
+    options = f"size={size}" + (",ro" if read_only else "")
+    try:
+        mount = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)], capture_output=True, text=True
+        )
+    except FileNotFoundError:
+        pytest.skip("no mount command here; the patched variant covers this fault")
+    if mount.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs ({mount.stderr.strip()}); the patched variant covers this fault")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", str(path)], check=True)
+
+
 def run_cli(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "dtr_lab", *args], cwd=cwd, capture_output=True, text=True, timeout=600

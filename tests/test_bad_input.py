@@ -7,9 +7,11 @@ import hashlib
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from helpers import REPO, run_cli, tiny
+from PIL import Image
 from torch.utils.tensorboard import SummaryWriter
 
 from dtr_lab.cli import main
@@ -113,6 +115,15 @@ def test_a_good_checkpoint_passes_the_same_checks(existing, tmp_path):
     assert (save / "digits").is_dir()  # validate ran and logged; the checkpoint was accepted
 
 
+def test_resuming_into_the_checkpoints_own_version_folder_is_refused(existing, capsys):
+    """A named version that exists is refused before anything is written into it (no second events file)."""
+    good = existing / "vanilla/version_0/checkpoints/last.ckpt"
+    before = snapshot(existing)
+    args = fit_args(existing, "--trainer.logger.init_args.version", "0", "--ckpt_path", str(good))
+    fails_in_one_line(args, capsys, "vanilla/version_0 exists already", "init_args.version unset")
+    assert snapshot(existing) == before
+
+
 # ----------------------------------------------------------------------------------------- config files
 CONFIG_FILES = {
     "yaml syntax": ("model:\n  sample_steps: [1, 2\ntrainer:\n  max_steps: 3\n", ["line 3", "invalid YAML"]),
@@ -122,7 +133,7 @@ CONFIG_FILES = {
     "wrong type": ("model:\n  sample_steps: many\n", ["model.sample_steps", "many"]),
     "negative lr": (
         "model:\n  optimizer:\n    class_path: torch.optim.AdamW\n    init_args:\n      lr: -0.001\n",
-        ["model.optimizer", "-0.001"],
+        ["model.optimizer.init_args.lr=-0.001", "must be ≥ 0"],
     ),
     "patch size 0": ("model:\n  net:\n    init_args:\n      size: DiT-T/0\n", ["DiT-T/0"]),
     "negative max_steps": ("trainer:\n  max_steps: -5\n", ["max_steps", "-5"]),
@@ -142,6 +153,43 @@ def test_bad_config_file_is_one_line_naming_file_or_key(existing, tmp_path, caps
     if case in ("yaml syntax", "empty file", "unknown key", "unknown class", "wrong type"):
         assert str(config) in line  # the parser's own faults name the file that holds them
     assert snapshot(existing) == before
+
+
+QUICKSTART = ["--config", str(REPO / "experiments/quickstart.yaml")]
+AFFINITY = [*VANILLA[:2], "--config", str(REPO / "experiments/routing/affinity.yaml")]
+
+
+@pytest.mark.parametrize(
+    "configs, option, value, needles",
+    [
+        (QUICKSTART, "--model.routing.init_args.beta", "nan", ["model.routing.beta", "Got value: nan"]),
+        (QUICKSTART, "--data.init_args.batch_size", "abc", ["data.batch_size", "Expected a int"]),
+        (AFFINITY, "--model.routing.init_args.source", "[[1, 0.2], [0.2, x]]", ["float. Got value: x, or"]),
+    ],
+    ids=["beta nan", "batch abc", "matrix with a word"],
+)
+def test_a_bad_value_on_the_command_line_is_blamed_on_it(capsys, configs, option, value, needles):
+    """The config files also set these keys; the value that failed came from the command line."""
+    blame = f"set on the command line by {option}"
+    line = fails_in_one_line(["fit", *configs, option, value], capsys, blame, *needles)
+    assert ".yaml" not in line and "<class" not in line
+
+
+def test_an_image_with_nan_pixels_stops_training_in_one_line(tmp_path, capsys):
+    """A float TIFF with a NaN patch among good images, decoded in a DataLoader worker process: the
+    worker's error arrives as one line naming the file, not as the worker's traceback."""
+    data = tmp_path / "images"
+    data.mkdir()
+    for k in range(6):
+        Image.fromarray(np.full((8, 8, 3), 40 * k, np.uint8)).save(data / f"{k}.png")
+    levels = np.full((8, 8), 0.5, np.float32)
+    levels[2:4, 2:4] = np.nan
+    Image.fromarray(levels, "F").save(data / "nan.tif")
+    folder = ["--data", "dtr_lab.data.ImageFolderDataModule", "--data.root", str(data)]
+    folder += ["--data.image_size", "8"]
+    loader = ["--data.batch_size", "7", "--data.val_fraction", "0", "--data.num_workers", "1"]
+    args = ["fit", *VANILLA, *tiny(tmp_path, steps=2), *folder, *loader, "--trainer.callbacks", "[]"]
+    fails_in_one_line(args, capsys, "nan.tif: cannot decode this image (4 pixels are NaN or infinite)")
 
 
 def test_real_process_prints_only_the_error_line(tmp_path):
@@ -166,7 +214,7 @@ def test_a_start_that_fails_after_the_logger_opened_leaves_no_run_dir(existing, 
     before = snapshot(existing)
     args = fit_args(existing, "--trainer.callbacks", "[]", "--data.init_args.batch_size", "100000")
     with monkeypatch.context() as m:  # control: without the clean-up the start leaves version_1 behind
-        m.setattr("dtr_lab.cli.remove_failed_start", lambda path: False)
+        m.setattr("dtr_lab.run_dir.remove_failed_start", lambda path: False)
         fails_in_one_line(args, capsys, "data.batch_size=100000")
     left = existing / "vanilla" / "version_1"
     assert left.is_dir() and not holds_output(left)
@@ -181,6 +229,15 @@ def write_events(folder: Path, scalars: bool) -> None:
     if scalars:
         writer.add_scalar("train/loss", 0.5, 3)
     writer.close()
+
+
+def test_a_start_refused_after_claiming_its_folder_leaves_no_folder(tmp_path, capsys):
+    """The optimizer check runs after the run directory is claimed: the claim, and the save_dir/name
+    folders made for it, go again."""
+    save_dir = tmp_path / "new"
+    args = ["fit", *VANILLA, *tiny(save_dir, steps=2), "--model.optimizer.init_args.lr", "-1"]
+    fails_in_one_line(args, capsys, "model.optimizer.init_args.lr=-1.0", "must be ≥ 0")
+    assert not save_dir.exists()
 
 
 def test_only_start_up_files_count_as_empty(tmp_path):

@@ -16,7 +16,7 @@ import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch import nn
 
-from dtr_lab.callbacks import GradientConflict, RoutingMaps, TaskAffinity, TimestepLoss
+from dtr_lab.callbacks import GradientConflict, RoutingMaps, SampleGrid, TaskAffinity, TimestepLoss
 from dtr_lab.callbacks.gradient_conflict import cos_by_distance, cosine_matrix, gram, neg_share
 from dtr_lab.callbacks.heatmap import heatmap_image
 from dtr_lab.callbacks.probe import block_slices
@@ -516,6 +516,20 @@ def test_prepare_checks_and_builds_the_probe_before_fit():
     assert torch.equal(conflict.probe.x0[:10], conflict.probe.x0[30:])  # the same images in every interval
     with pytest.raises(DTRLabError, match="TaskAffinity.params='nomatch'"):
         TaskAffinity(params="nomatch").prepare(module, data)
+
+
+@pytest.mark.parametrize(
+    "option, value, needle",
+    [
+        ("every_n_steps", -5, "SampleGrid.every_n_steps=-5 must be ≥ 0"),
+        ("num_samples", 0, "SampleGrid.num_samples=0 must be at least 1"),
+        ("nrow", 0, "SampleGrid.nrow=0 must be at least 1"),
+    ],
+)
+def test_sample_grid_refuses_options_out_of_range(option, value, needle):
+    with pytest.raises(DTRLabError, match=needle):
+        SampleGrid(**{option: value})
+    SampleGrid(every_n_steps=0)  # 0: only at the end of fit
 
 
 def test_cli_bad_callback_option_is_one_line_and_writes_nothing(tmp_path):

@@ -174,6 +174,18 @@ def test_cli_clusters_the_last_step_into_a_yaml_snippet(tmp_path, capsys):
     assert yaml.safe_load(capsys.readouterr().out) == {"intervals": {"boundaries": [0, 400, 800]}}
 
 
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--timesteps", "0", "--k", "2"], "error: --timesteps=0 must be at least 2 (T, the steps to split)"),
+        (["--timesteps", "3", "--k", "4"], "error: --k=4 is more than --timesteps=3; lower --k"),
+    ],
+)
+def test_cli_snr_mode_names_the_option_out_of_range(capsys, args, message):
+    assert main(["--snr", *args]) == 2
+    assert capsys.readouterr().err == message + "\n"
+
+
 def test_cli_snr_mode(capsys):
     assert main(["--snr", "--timesteps", "100", "--schedule", "cosine", "--k", "4"]) == 0
     snr = GaussianDiffusion(100, "cosine").snr(torch.arange(100))

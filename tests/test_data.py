@@ -15,7 +15,7 @@ from PIL import Image
 
 from dtr_lab.data import cifar10
 from dtr_lab.data.cifar10 import CIFAR10DataModule
-from dtr_lab.data.image_folder import ImageFolderDataModule, center_crop_resize
+from dtr_lab.data.image_folder import ImageFolderDataModule, center_crop_resize, load_image
 from dtr_lab.data.latents import LatentDataModule
 from dtr_lab.errors import DTRLabError
 
@@ -186,6 +186,62 @@ def test_image_folder_reads_16_bit_png_scaled_not_clipped(tmp_path):
     for channel in x:
         torch.testing.assert_close(channel, expected)
     assert (x == 1).float().mean() == 1 / 256  # one white pixel, not 98 %
+
+
+def float_image(nan: bool) -> Image.Image:
+    """Float32 grayscale in [0, 1): a gradient 0…0.99, with a 2×2 NaN patch if asked."""
+    levels = (np.arange(64, dtype=np.float32) / 64).reshape(8, 8)
+    if nan:
+        levels[2:4, 2:4] = np.nan
+    return Image.fromarray(levels, "F")
+
+
+def palette_with_transparency() -> Image.Image:
+    img = Image.fromarray(np.array([[0, 1], [1, 0]], np.uint8).repeat(4, 0).repeat(4, 1), "P")
+    img.putpalette([255, 0, 0, 0, 0, 255])  # index 0 red (declared transparent), 1 blue
+    img.info["transparency"] = 0
+    return img
+
+
+def half_transparent() -> Image.Image:
+    rgba = np.zeros((8, 8, 4), np.uint8)
+    rgba[..., 0], rgba[:4, :, 3] = 200, 255  # red; the top half opaque, the bottom half transparent
+    return Image.fromarray(rgba, "RGBA")
+
+
+@pytest.mark.parametrize(
+    "name, make, corner, bottom_left",
+    [
+        ("float.tif", lambda: float_image(nan=False), 0, round(56 / 64 * 255)),  # not black
+        ("palette.png", palette_with_transparency, (255, 255, 255), (0, 0, 255)),  # transparent: white
+        ("rgba.png", half_transparent, (200, 0, 0), (255, 255, 255)),
+        ("gray16.tif", lambda: Image.fromarray(np.full((8, 8), 65535, np.uint16)), 255, 255),
+    ],
+)
+def test_image_modes_decode_to_what_they_show(tmp_path, name, make, corner, bottom_left):
+    """PIL returns float, 16-bit, palette and alpha modes as stored; each decodes to its 8-bit RGB look."""
+    make().save(tmp_path / name)
+    x = load_image(tmp_path / name, 8)  # (3, 8, 8) uint8
+    expected = [torch.tensor(v).expand(3) for v in (corner, bottom_left)]
+    assert x[:, 0, 0].tolist() == expected[0].tolist() and x[:, 7, 0].tolist() == expected[1].tolist()
+
+
+@pytest.mark.parametrize(
+    "make, needle",
+    [
+        (lambda: float_image(nan=True), "4 pixels are NaN or infinite"),
+        (lambda: Image.fromarray(np.full((8, 8), 2.0, np.float32), "F"), "outside 0…1"),
+    ],
+    ids=["nan", "above 1"],
+)
+def test_image_folder_refuses_pixels_that_are_no_image_in_one_line(tmp_path, make, needle):
+    """A float TIFF with a NaN patch or levels above 1 stops training naming the file, never black pixels."""
+    make().save(tmp_path / "bad.tif")
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "good.png")
+    dm = ImageFolderDataModule(str(tmp_path), image_size=8, val_fraction=0.0, random_flip=False)
+    dm.setup("fit")
+    with pytest.raises(DTRLabError, match=rf"bad\.tif: cannot decode this image \(.*{needle}.*re-save"):
+        [dm.train_set[i] for i in range(len(dm.train_set))]
 
 
 def test_image_folder_file_that_fails_to_decode_is_named(tmp_path):

@@ -1,10 +1,15 @@
-"""Faults never lose a run: kill -9 and a full disk during a save, SIGTERM, divergence, mid-epoch resume,
-and a checkpoint loaded under another model's config."""
+"""Faults never lose a run: kill -9 and a full disk during a save, a read-only output folder, SIGTERM,
+divergence, mid-epoch resume, and a checkpoint loaded under another model's config.
+
+Real faults where the machine allows them (a small tmpfs that fills up, a read-only mount, real signals);
+the patched torch.save variants stay as the portable fallback where mounting is not allowed."""
 
 from __future__ import annotations
 
 import errno
+import multiprocessing
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -13,14 +18,17 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import DIGITS, REPO, run_cli, run_dir, scalars, tiny, tiny_module
+from helpers import DIGITS, REPO, run_cli, run_dir, scalars, tiny, tiny_module, tmpfs
+from lightning.pytorch.loggers import TensorBoardLogger
 
-from dtr_lab.checkpointing import current_umask, write_atomically
+from dtr_lab.checkpointing import AtomicCheckpointIO, current_umask, write_atomically
 from dtr_lab.cli import main
 from dtr_lab.data.base import EpochShuffleSampler, ResumableDataLoader
 from dtr_lab.errors import DTRLabError
 from dtr_lab.mtl import PCGrad
 from dtr_lab.routing import NoRouting
+from dtr_lab.run_dir import claim_log_dir
+from dtr_lab.temp_files import remove_dead_writers_temps
 
 DTR = [*DIGITS, "--config", str(REPO / "experiments/routing/dtr.yaml")]
 VANILLA = [*DIGITS, "--config", str(REPO / "experiments/routing/vanilla.yaml")]
@@ -49,6 +57,22 @@ def save(obj, f, *args, **kwargs):
         time.sleep(600)
     return real_save(obj, f, *args, **kwargs)
 torch.save = save
+main(sys.argv[1:])
+"""
+
+
+# Runs the CLI with the logger's listing of existing versions held for a second: every start that races
+# another lists the same versions first, so both pick the same next version_N (the widened race window).
+SLOW_LISTING = """
+import sys, time
+from lightning.pytorch.loggers import TensorBoardLogger  # its own _get_next_version, not fabric's
+from dtr_lab.cli import main
+listing = TensorBoardLogger._get_next_version
+def slow(self):
+    version = listing(self)
+    time.sleep(1)
+    return version
+TensorBoardLogger._get_next_version = slow
 main(sys.argv[1:])
 """
 
@@ -92,6 +116,104 @@ def test_failed_write_keeps_the_previous_file_and_leaves_no_partial(tmp_path):
         write_atomically(target, half_then_full)
     assert target.read_bytes() == b"good"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt"]  # the temporary file is gone
+
+
+def test_a_real_full_disk_fails_the_save_in_one_line_and_keeps_the_previous_file(tmp_path):
+    """torch.save turns ENOSPC into `RuntimeError: ... unexpected pos`; the write still fails as ENOSPC."""
+    big = {"weights": torch.zeros(400_000)}  # 1.6 MB on a 1 MB disk
+    with tmpfs(tmp_path / "disk", "1m") as disk:
+        target = disk / "last.ckpt"
+        AtomicCheckpointIO().save_checkpoint({"global_step": 2}, target)
+        with pytest.raises(OSError) as raised:
+            write_atomically(target, lambda f: torch.save(big, f))
+        assert raised.value.errno == errno.ENOSPC
+        with pytest.raises(DTRLabError, match=r"cannot write .*last.ckpt: no space left on device .*intact"):
+            AtomicCheckpointIO().save_checkpoint(big, target)
+        assert torch.load(target) == {"global_step": 2}
+        assert [p.name for p in disk.iterdir()] == ["last.ckpt"]  # no temporary file left
+
+
+def test_a_read_only_output_folder_is_one_line(tmp_path, capsys):
+    with tmpfs(tmp_path / "readonly", "1m", read_only=True) as folder:
+        with pytest.raises(SystemExit) as exit_:
+            main(["fit", *DIGITS, *tiny(folder, steps=2)])
+        assert exit_.value.code == 2
+        err = capsys.readouterr().err
+        (line,) = dtr_lab_lines(err)
+        assert "read-only file system" in line and "--trainer.logger.init_args.save_dir" in line, line
+        assert "Traceback" not in err
+
+
+class SlowListing(TensorBoardLogger):
+    """Lists the existing versions, then waits, so racing starts all pick the same next version."""
+
+    def _get_next_version(self) -> int:
+        version = super()._get_next_version()
+        time.sleep(0.05)
+        return version
+
+
+def claim_after(barrier, root: str, versions) -> None:
+    barrier.wait()  # both processes start their claim at the same instant
+    versions.put(claim_log_dir(SlowListing(root, name="digits")).path.name)
+
+
+def test_racing_starts_claim_separate_version_folders(tmp_path):
+    """Two real processes claim a version under one logger folder at once, 20 times: never the same one."""
+    fork = multiprocessing.get_context("fork")  # the children need no fresh interpreter: seconds in all
+    for trial in range(20):
+        barrier, versions = fork.Barrier(2), fork.Queue()
+        root = str(tmp_path / str(trial))
+        procs = [fork.Process(target=claim_after, args=(barrier, root, versions)) for _ in "ab"]
+        for proc in procs:
+            proc.start()
+        for proc in procs:
+            proc.join(timeout=60)
+        assert [proc.exitcode for proc in procs] == [0, 0]
+        assert sorted(versions.get(timeout=5) for _ in procs) == ["version_0", "version_1"]
+
+
+def test_a_named_version_that_exists_is_refused_before_anything_is_written(tmp_path):
+    existing = tmp_path / "digits" / "version_0"
+    existing.mkdir(parents=True)
+    (existing / "metrics.csv").write_text("step,value\n")
+    with pytest.raises(DTRLabError, match="version_0 exists already.*logger.init_args.version unset"):
+        claim_log_dir(TensorBoardLogger(tmp_path, name="digits", version=0))
+    assert [p.name for p in existing.iterdir()] == ["metrics.csv"]
+
+
+def write_and_hang(target: str, ready) -> None:
+    """A writer that stops half-way through a save: its temporary file stays until it is killed."""
+
+    def half(f):
+        f.write(b"half a checkpoint")
+        f.flush()
+        ready.put(os.getpid())
+        time.sleep(600)
+
+    write_atomically(Path(target), half)
+
+
+def test_a_killed_writers_temporary_file_is_removed_and_a_live_ones_kept(tmp_path):
+    """Two real writers hang mid-save; one is killed with -9. Only the dead one's file is stale."""
+    fork = multiprocessing.get_context("fork")
+    ready = fork.Queue()
+    writers = {name: fork.Process(target=write_and_hang, args=(str(tmp_path / name), ready)) for name in "ab"}
+    for writer in writers.values():
+        writer.start()
+    assert sorted(ready.get(timeout=60) for _ in writers) == sorted(w.pid for w in writers.values())
+    other_host = tmp_path / ".last.ckpt.elsewhere-1.abcdefgh.tmp"  # a pid this host cannot judge
+    other_host.write_bytes(b"")
+    os.kill(writers["a"].pid, signal.SIGKILL)
+    writers["a"].join()  # reaped: no process has its pid now
+    try:
+        temps = {p.name.split(".")[1]: p for p in tmp_path.iterdir() if p != other_host}
+        assert sorted(temps) == ["a", "b"]
+        assert remove_dead_writers_temps(tmp_path) == [temps["a"]]
+        assert sorted(tmp_path.iterdir()) == sorted([temps["b"], other_host])  # the live writer's is kept
+    finally:
+        writers["b"].kill()
+        writers["b"].join()
 
 
 def test_loader_resumes_mid_epoch_in_the_same_order():
@@ -212,31 +334,45 @@ def test_checkpoint_of_another_routing_is_one_line(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "method",
-    [[], pytest.param(["--config", str(REPO / "experiments/mtl/pcgrad.yaml")], marks=pytest.mark.slow)],
-    ids=["automatic", "pcgrad"],
+    "method, steps, cadence",
+    [
+        ([], 12, ["--checkpoint.every_n_train_steps", "1"]),
+        # checked only at the final step's save, the first save: it names no checkpoint it never wrote
+        ([], 6, ["--checkpoint.every_n_train_steps", "100", "--trainer.log_every_n_steps", "50"]),
+        pytest.param(
+            ["--config", str(REPO / "experiments/mtl/pcgrad.yaml")],
+            12,
+            ["--checkpoint.every_n_train_steps", "1"],
+            marks=pytest.mark.slow,
+        ),
+    ],
+    ids=["automatic", "first save at the end", "pcgrad"],
 )
-def test_divergence_stops_with_one_line_and_saves_nothing_non_finite(tmp_path, method):
+def test_divergence_stops_with_one_line_and_saves_nothing_non_finite(tmp_path, method, steps, cadence):
     proc = run_cli(
         "fit",
         *DIGITS,
         *method,
-        *tiny(tmp_path, steps=12, batch=40),  # a multiple of the 5 PCGrad intervals
+        *tiny(tmp_path, steps=steps, batch=40),  # a multiple of the 5 PCGrad intervals
         "--model.optimizer.init_args.lr",
         "1000",
-        "--checkpoint.every_n_train_steps",
-        "1",
+        *cadence,
     )
     assert proc.returncode == 2
     (line,) = dtr_lab_lines(proc.stderr)
     assert "training diverged" in line and "lower learning rate" in line and "Traceback" not in proc.stderr
     bad_step = int(line.split("not finite at step ")[1].split(" ")[0])
-    assert 0 < bad_step < 12
+    assert 0 < bad_step < steps
     run = run_dir(tmp_path)
-    steps = assert_complete_checkpoints(run)
-    assert steps and max(steps.values()) <= bad_step  # no checkpoint after the bad step
-    state = torch.load(run / "checkpoints/last.ckpt", weights_only=False)["state_dict"]
-    assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
+    steps_saved = assert_complete_checkpoints(run)
+    assert max(steps_saved.values(), default=0) <= bad_step  # no checkpoint after the bad step
+    if "last good checkpoint: " in line:  # the checkpoint it names is there, whole and finite
+        named = Path(line.split("last good checkpoint: ")[1].split(")")[0])
+        state = torch.load(named, weights_only=False)["state_dict"]
+        assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
+    else:
+        assert "(nothing saved)" in line and not steps_saved
+    assert bool(steps_saved) == (cadence[1] == "1")
 
 
 # ------------------------------------------------------------------------------------------------ slow
@@ -278,26 +414,75 @@ def test_kill_or_full_disk_during_a_save_keeps_the_previous_checkpoint(tmp_path,
     leftovers = [p.name for p in (run / "checkpoints").iterdir() if not p.name.endswith(".ckpt")]
     assert all(name.startswith(".") and name.endswith(".tmp") for name in leftovers)
     assert (leftovers != []) == (fault == "hang")  # only a killed writer leaves its hidden temp file
+    if fault == "hang":  # the next start of the run (a resume from it) removes the dead writer's file
+        last = run / "checkpoints/last.ckpt"
+        resumed = run_cli("fit", *DIGITS, *tiny(tmp_path, steps=3), "--ckpt_path", str(last))
+        assert resumed.returncode == 0, resumed.stderr[-2000:]
+        assert all(p.name.endswith(".ckpt") for p in (run / "checkpoints").iterdir())
+
+
+@pytest.mark.slow
+def test_a_real_full_disk_during_training_is_one_line_and_keeps_the_earlier_checkpoints(tmp_path):
+    """A 45 MB tmpfs holds the step-2 checkpoint and last.ckpt (20 MB each); the step-4 save fills it."""
+    with tmpfs(tmp_path / "disk", "45m") as disk:
+        proc = run_cli("fit", *DIGITS, *tiny(disk, steps=8))
+        assert proc.returncode == 2, proc.stderr[-3000:]
+        (line,) = dtr_lab_lines(proc.stderr)
+        assert "no space left on device" in line and "--ckpt_path" in line and "Traceback" not in proc.stderr
+        run = run_dir(disk)
+        assert assert_complete_checkpoints(run)["last.ckpt"] == 2
+        assert all(p.name.endswith(".ckpt") for p in (run / "checkpoints").iterdir())  # no temporary file
+
+
+@pytest.mark.slow
+def test_two_fits_racing_for_one_version_both_complete_in_separate_folders(tmp_path):
+    """20 trials: two real fits started at once on one logger folder, their version listing held for a
+    second so both pick the same version_N; each must finish in its own folder (or refuse in one line)."""
+    for trial in range(20):
+        save_dir = tmp_path / str(trial)
+        procs = [
+            subprocess.Popen(
+                [sys.executable, "-c", SLOW_LISTING, "fit", *DIGITS, *tiny(save_dir, steps=1)],
+                cwd=REPO,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for _ in "ab"
+        ]
+        errors = [proc.communicate(timeout=600)[1] for proc in procs]
+        for proc, err in zip(procs, errors, strict=True):
+            refused = proc.returncode == 2 and len(dtr_lab_lines(err)) == 1
+            assert proc.returncode == 0 or refused, err[-3000:]
+        done = sorted(p.parent.parent.name for p in save_dir.glob("digits/version_*/checkpoints/last.ckpt"))
+        assert len(done) == sum(proc.returncode == 0 for proc in procs) >= 1, (trial, done)
 
 
 @pytest.mark.slow
 def test_sigterm_saves_the_current_step_and_resume_continues(tmp_path):
+    """SIGTERM at a random instant of training; the interrupted and the resumed run's loss logs together
+    hold every step once: no row lost at the stop, none repeated."""
     proc = cli("fit", *DIGITS, *tiny(tmp_path, steps=400), "--checkpoint.every_n_train_steps", "5")
     deadline = time.monotonic() + 300
     while not list(tmp_path.glob("digits/version_0/checkpoints/last.ckpt")) and time.monotonic() < deadline:
         time.sleep(0.05)  # training is under way once the first periodic checkpoint exists
+    time.sleep(random.uniform(0, 2))
     proc.send_signal(signal.SIGTERM)
     _, stderr = proc.communicate(timeout=300)
     assert proc.returncode == 128 + signal.SIGTERM, stderr[-3000:]
     (line,) = dtr_lab_lines(stderr)
     assert line.startswith("dtr_lab: interrupted at step ") and "Traceback" not in stderr
     step = int(line.split("at step ")[1].split(":")[0])
-    ckpt = run_dir(tmp_path) / "checkpoints/last.ckpt"
+    interrupted = run_dir(tmp_path)
+    ckpt = interrupted / "checkpoints/last.ckpt"
     assert f"resume with --ckpt_path {ckpt}" in line
-    assert 0 < step < 400 and assert_complete_checkpoints(run_dir(tmp_path))["last.ckpt"] == step
+    assert 0 < step < 400 and assert_complete_checkpoints(interrupted)["last.ckpt"] == step
     resumed = run_cli("fit", *DIGITS, *tiny(tmp_path, steps=step + 2), "--ckpt_path", str(ckpt))
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert [s for s, _ in scalars(run_dir(tmp_path), "train/loss")] == [step, step + 1]
+    assert run_dir(tmp_path) != interrupted
+    after = [s for s, _ in scalars(run_dir(tmp_path), "train/loss")]
+    assert after == [step, step + 1]
+    assert [s for s, _ in scalars(interrupted, "train/loss")] + after == list(range(step + 2))
 
 
 @pytest.mark.slow

@@ -39,6 +39,13 @@ class SampleGrid(L.Callback):
             nrow: images per row.
             seed: seeds the fixed noise, so grids over training are comparable.
         """
+        if every_n_steps < 0:
+            raise DTRLabError(
+                f"SampleGrid.every_n_steps={every_n_steps} must be ≥ 0 (0: only at the end of fit)"
+            )
+        for name, value in (("num_samples", num_samples), ("nrow", nrow)):
+            if value < 1:
+                raise DTRLabError(f"SampleGrid.{name}={value} must be at least 1")
         self.every_n_steps = every_n_steps
         self.num_samples = num_samples
         self.nrow = nrow

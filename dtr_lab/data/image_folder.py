@@ -29,12 +29,34 @@ def center_crop_resize(img: Image.Image, size: int) -> Image.Image:
     return img.crop((left, top, left + size, top + size))
 
 
+# full-scale value of PIL's single-channel modes that convert("RGB") would clip at 255 (or at 0 for floats)
+FULL_SCALE = {"I;16": 65535, "I;16B": 65535, "I;16L": 65535, "I;16N": 65535, "I": 65535, "F": 1.0}
+ALPHA_MODES = ("RGBA", "RGBa", "LA", "La", "PA")
+WHITE = (255, 255, 255, 255)
+
+
 def to_rgb(img: Image.Image) -> Image.Image:
-    """8-bit RGB; 16-bit grayscale (PIL modes I;16*, I) is scaled by 255/65535, which PIL's own
-    convert("RGB") does not do: it clips at 255 and turns most pixels white."""
-    if img.mode.startswith("I;16") or img.mode == "I":
-        levels = np.asarray(img, dtype=np.float64)  # (H, W) in 0..65535
-        img = Image.fromarray(np.round(levels.clip(0, 65535) * (255 / 65535)).astype(np.uint8), "L")
+    """8-bit RGB from any mode PIL returns; ValueError for pixels with no meaning as an image.
+
+    16-bit and 32-bit integer grayscale (I;16*, I: PNG and TIFF) is scaled by 255/65535 and float
+    grayscale (F: TIFF) by 255 from [0, 1]; PIL's own convert("RGB") clips them instead (most 16-bit
+    pixels white, every [0, 1) float black). NaN, infinity or levels outside that range are refused.
+    Transparent pixels (an alpha band, or a palette or grayscale transparency entry) are laid on white,
+    not left at whatever colour they hide.
+    """
+    if img.mode in FULL_SCALE:
+        full = FULL_SCALE[img.mode]
+        levels = np.asarray(img, dtype=np.float64)  # (H, W)
+        if not np.isfinite(levels).all():
+            raise ValueError(f"{int((~np.isfinite(levels)).sum())} pixels are NaN or infinite")
+        if levels.min() < 0 or levels.max() > full:
+            raise ValueError(
+                f"{img.mode} levels span {levels.min():g}…{levels.max():g}, outside 0…{full:g}; "
+                f"save them scaled to 0…{full:g}, or as 8-bit"
+            )
+        img = Image.fromarray(np.round(levels * (255 / full)).astype(np.uint8), "L")
+    if img.mode in ALPHA_MODES or "transparency" in img.info:
+        img = Image.alpha_composite(Image.new("RGBA", img.size, WHITE), img.convert("RGBA"))
     return img.convert("RGB")
 
 

@@ -220,8 +220,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.k < 2:
             raise DTRLabError(f"--k={args.k} must be at least 2: one interval is not a split")
         if args.snr:
+            if args.timesteps < 2:
+                raise DTRLabError(f"--timesteps={args.timesteps} must be at least 2 (T, the steps to split)")
             if args.k > args.timesteps:
-                raise DTRLabError(f"--k={args.k} is more than --timesteps={args.timesteps}")
+                raise DTRLabError(f"--k={args.k} is more than --timesteps={args.timesteps}; lower --k")
             diffusion = GaussianDiffusion(args.timesteps, args.schedule)
             edges = snr_intervals(diffusion.snr(torch.arange(args.timesteps)), args.k, args.objective)
             print(
