@@ -50,7 +50,7 @@ K = 3  # intervals of every method and analysis
 STEPS = 4
 
 # The largest difference from the reference that rounding alone may cause, relative to each quantity's
-# scale (see `differences`). Measured on one Intel Xeon (AVX-512) with torch 2.13 by this file's `spread`, under
+# scale (see `differences`). Measured on one Intel Xeon (AVX-512), torch 2.13, by this file's `spread` under
 # every float code path that machine offers (ATEN_CPU_CAPABILITY=default/avx2/avx512, MKL_CBWR=COMPATIBLE,
 # ONEDNN_MAX_CPU_ISA=SSE41, and all three slow paths at once): at most 2.9e-5 of the scale (Nash-MTL, whose
 # solved weights amplify rounding), 1.7e-5 for PCGrad, 1e-5 for UW, 1.5e-6 plain. The tolerance leaves 17×
