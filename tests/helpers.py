@@ -361,3 +361,23 @@ def linear_task_batch(grads: torch.Tensor, step: int = 0, seed: int = 0) -> tupl
 
     batch = TaskBatch(tasks_of(grads.shape[0]), loss_fn, (grads,), [theta], step, seed)
     return batch, theta
+
+
+def assert_one_error_line(err: str, *needles: str) -> str:
+    """stderr holds exactly one `dtr_lab: error:` line, no traceback or usage, naming every needle."""
+    lines = [line for line in err.splitlines() if line.startswith("dtr_lab: error:")]
+    assert len(lines) == 1, err[-3000:]
+    assert "Traceback" not in err and "usage:" not in err, err[-3000:]
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    return lines[0]
+
+
+def fails_in_one_line(entry, args: list[str], capsys, *needles: str) -> str:
+    """A command-line entry point (`main(args)`) run in this process: exit status 2 and one error line
+    naming each needle."""
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_:
+        entry(args)
+    assert exit_.value.code == 2
+    return assert_one_error_line(capsys.readouterr().err, *needles)

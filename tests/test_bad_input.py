@@ -7,10 +7,11 @@ import hashlib
 import shutil
 from pathlib import Path
 
+import helpers
 import numpy as np
 import pytest
 import torch
-from helpers import REPO, run_cli, tiny
+from helpers import REPO, assert_one_error_line, run_cli, tiny
 from PIL import Image
 from torch.utils.tensorboard import SummaryWriter
 
@@ -45,22 +46,9 @@ def fit_args(root: Path, *extra: str) -> list[str]:
     return ["fit", *VANILLA, *tiny(root, steps=2), "--trainer.logger.init_args.name", "vanilla", *extra]
 
 
-def assert_one_error_line(err: str, *needles: str) -> str:
-    lines = [line for line in err.splitlines() if line.startswith("dtr_lab: error:")]
-    assert len(lines) == 1, err[-3000:]
-    assert "Traceback" not in err and "usage:" not in err, err[-3000:]
-    for needle in needles:
-        assert needle in lines[0], lines[0]
-    return lines[0]
-
-
 def fails_in_one_line(args: list[str], capsys, *needles: str) -> str:
     """Run the CLI in this process: exit status 2 and one error line naming each needle."""
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as exit_:
-        main(args)
-    assert exit_.value.code == 2
-    return assert_one_error_line(capsys.readouterr().err, *needles)
+    return helpers.fails_in_one_line(main, args, capsys, *needles)
 
 
 # ------------------------------------------------------------------------------------------ checkpoints

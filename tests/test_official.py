@@ -9,10 +9,10 @@ T = 100) code in their train.py format, with the official models' outputs on fou
 
 from __future__ import annotations
 
+import helpers
 import pytest
 import torch
 from helpers import DIGITS, REPO, run_cli
-from test_bad_input import assert_one_error_line
 
 from dtr_lab.models.dit import DiT
 from dtr_lab.official import import_state, main, read_official
@@ -117,11 +117,7 @@ def test_the_public_bare_ema_state_dict_loads_as_model_and_ema(tmp_path):
 
 def fails_in_one_line(args: list[str], capsys, *needles: str) -> str:
     """`python -m dtr_lab.official ARGS` in this process: exit status 2 and one line naming each needle."""
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as exit_:
-        main(args)
-    assert exit_.value.code == 2
-    return assert_one_error_line(capsys.readouterr().err, *needles)
+    return helpers.fails_in_one_line(main, args, capsys, *needles)
 
 
 def test_a_switch_dit_checkpoint_imports_and_does_not_export(tmp_path, capsys):

@@ -171,28 +171,31 @@ def summarise(out: dict) -> dict:
     }
 
 
-def close(actual, expected, scale: float, where: str) -> list[str]:
-    """Differences beyond TOLERANCE · scale between two nested structures of numbers; every non-number
-    (keys, names, steps, lengths) must be equal."""
+Difference = tuple[str, float]  # where, and by how much relative to its scale (inf: not comparable)
+
+
+def close(actual, expected, scale: float, where: str) -> list[Difference]:
+    """The differences between two nested structures of numbers, each relative to max(scale, |expected|);
+    every non-number (keys, names, steps, lengths) must be equal."""
     if isinstance(expected, dict):
         if sorted(actual) != sorted(expected):
-            return [f"{where}: keys {sorted(actual)} != {sorted(expected)}"]
+            return [(f"{where}: keys {sorted(actual)} != {sorted(expected)}", np.inf)]
         return [d for k in expected for d in close(actual[k], expected[k], scale, f"{where}/{k}")]
     if isinstance(expected, list | tuple):
         if len(actual) != len(expected):
-            return [f"{where}: {len(actual)} entries != {len(expected)}"]
+            return [(f"{where}: {len(actual)} entries != {len(expected)}", np.inf)]
         return [d for i, (a, e) in enumerate(zip(actual, expected, strict=True)) for d in
                 close(a, e, scale, f"{where}[{i}]")]
     if isinstance(expected, float) and isinstance(actual, float):
-        if np.isnan(expected) and np.isnan(actual):
+        if actual == expected or (np.isnan(expected) and np.isnan(actual)):
             return []
-        if abs(actual - expected) <= TOLERANCE * max(scale, abs(expected)):
-            return []
-        return [f"{where}: {actual!r} != {expected!r} (difference {abs(actual - expected):.3g})"]
-    return [] if actual == expected else [f"{where}: {actual!r} != {expected!r}"]
+        denominator = max(scale, abs(expected))
+        relative = abs(actual - expected) / denominator if denominator > 0 else np.inf
+        return [(f"{where}: {actual!r} != {expected!r} (relative difference {relative:.3g})", relative)]
+    return [] if actual == expected else [(f"{where}: {actual!r} != {expected!r}", np.inf)]
 
 
-def differences(actual: dict, expected: dict) -> list[str]:
+def differences(actual: dict, expected: dict) -> list[Difference]:
     """Every quantity is compared on its own scale: a weight tensor's three sums on its Σ|w| (Σw² on
     itself), the losses on their mean, a metric or record value on the largest magnitude of its metric,
     an image's mean pixel on the 255 levels of a pixel."""
@@ -200,13 +203,14 @@ def differences(actual: dict, expected: dict) -> list[str]:
     for name, (abs_sum, sq_sum, proj) in expected["weights"].items():
         a = actual["weights"].get(name)
         if a is None:
-            found.append(f"weights/{name}: missing")
+            found.append((f"weights/{name}: missing", np.inf))
             continue
         found += close(a[0], abs_sum, abs_sum, f"weights/{name}/abs")
         found += close(a[1], sq_sum, sq_sum, f"weights/{name}/sq")
         found += close(a[2], proj, abs_sum, f"weights/{name}/proj")
     if sorted(actual["weights"]) != sorted(expected["weights"]):
-        found.append(f"weights: tensors {sorted(set(actual['weights']) ^ set(expected['weights']))} differ")
+        extra = sorted(set(actual["weights"]) ^ set(expected["weights"]))
+        found.append((f"weights: tensors {extra} differ", np.inf))
     losses = np.asarray(expected["losses"])
     found += close(actual["losses"], expected["losses"], float(np.abs(losses).mean()), "losses")
     found += rows_close(actual["metrics"], expected["metrics"], 0, "metrics")
@@ -216,18 +220,23 @@ def differences(actual: dict, expected: dict) -> list[str]:
     return found
 
 
-def rows_close(actual: list, expected: list, metric: int, where: str) -> list[str]:
+def beyond_rounding(actual: dict, expected: dict) -> list[str]:
+    """The differences larger than TOLERANCE."""
+    return [where for where, relative in differences(actual, expected) if relative > TOLERANCE]
+
+
+def rows_close(actual: list, expected: list, metric: int, where: str) -> list[Difference]:
     """Rows whose last entry is a value, compared on the largest magnitude of their metric (column
     `metric`) over the run; a table without values (intervals) must be equal."""
     if not expected or not isinstance(expected[0][-1], float | None):
-        return [] if actual == expected else [f"{where}: {actual!r} != {expected!r}"]
+        return [] if actual == expected else [(f"{where}: {actual!r} != {expected!r}", np.inf)]
     scale: dict[str, float] = {}
     for row in expected:
         if row[-1] is not None and np.isfinite(row[-1]):
             floor = 1.0 if row[metric].startswith(NEAR_ONE_RATIOS) else 0.0
             scale[row[metric]] = max(scale.get(row[metric], floor), abs(row[-1]))
     if len(actual) != len(expected):
-        return [f"{where}: {len(actual)} rows != {len(expected)}"]
+        return [(f"{where}: {len(actual)} rows != {len(expected)}", np.inf)]
     return [d for i, (a, e) in enumerate(zip(actual, expected, strict=True))
             for d in close(a, e, scale.get(e[metric], 0.0), f"{where}[{i}]")]
 
@@ -244,7 +253,7 @@ def one_thread():
 def test_training_matches_the_reference_up_to_rounding(tmp_path, variant):
     expected = json.loads(REFERENCE.read_text())["variants"][variant]
     actual = json.loads(json.dumps(summarise(train(tmp_path, variant))))  # the same types as the stored one
-    found = differences(actual, expected)
+    found = beyond_rounding(actual, expected)
     assert not found, f"{len(found)} quantities differ beyond rounding, first: " + "; ".join(found[:5])
 
 
@@ -257,7 +266,7 @@ def test_the_comparison_sees_a_change_of_behaviour():
         name = sorted(changed["weights"])[0]
         changed["weights"][name] = [v * factor for v in changed["weights"][name]]
         changed["losses"][0][0] *= factor
-        assert bool(differences(changed, reference)) is caught
+        assert bool(beyond_rounding(changed, reference)) is caught
     assert differences(reference, reference) == []
 
 
@@ -320,16 +329,8 @@ CODE_PATHS = [
 
 
 def _largest(actual: dict, expected: dict) -> float:
-    """The largest difference of differences() in units of TOLERANCE (0 where all are equal)."""
-    global TOLERANCE
-    saved, lo, hi = TOLERANCE, 0.0, 1.0
-    try:
-        for _ in range(40):  # bisect the smallest tolerance under which nothing differs
-            TOLERANCE = (lo + hi) / 2
-            lo, hi = (lo, TOLERANCE) if not differences(actual, expected) else (TOLERANCE, hi)
-    finally:
-        TOLERANCE = saved
-    return hi
+    """The largest relative difference of differences() (0 where all are equal)."""
+    return max((relative for _, relative in differences(actual, expected)), default=0.0)
 
 
 def _spread() -> None:
