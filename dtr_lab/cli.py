@@ -89,7 +89,7 @@ class DTRLabCLI(LightningCLI):
         self.prepare_analyses()
 
     def prepare_analyses(self) -> None:
-        self.model.check_optimizer()
+        self.model.check_optimizer(self.trainer.max_steps)
         analyses = [c for c in self.trainer.callbacks if hasattr(c, "prepare")]
         if analyses:  # their probes come from the training set: a batch larger than it is the real fault
             self.datamodule.setup("fit")

@@ -24,6 +24,7 @@ from dtr_lab.diffusion.learned_variance import split_output, vb_term
 from dtr_lab.diffusion.samplers import check_fixed_variance, respaced_timesteps
 from dtr_lab.diffusion.weighting import LossWeighting, Uniform
 from dtr_lab.errors import DTRLabError
+from dtr_lab.lr_schedule import WarmupCosine
 from dtr_lab.metrics.features import to_uint8
 from dtr_lab.models.dit import POS_EMBED_LAYOUTS
 from dtr_lab.models.factory import NetFactory
@@ -89,6 +90,7 @@ class DiffusionModule(L.LightningModule):
         intervals: Intervals | None = None,
         mtl: MTLMethod | None = None,
         optimizer: OptimizerFactory | None = None,
+        lr_schedule: WarmupCosine | None = None,
         gradient_clip_val: float | None = None,
         compile: bool = False,
         ema_decay: float = 0.9999,
@@ -120,6 +122,8 @@ class DiffusionModule(L.LightningModule):
             mtl: a method over the K intervals (stratified batches): UncertaintyWeighting (ANT-UW), or a
                 gradient method such as PCGrad or NashMTL (manual optimisation).
             optimizer: optimizer class and options; default AdamW(lr=1e-4, weight_decay=0) as in DTR.
+            lr_schedule: the lr's factor per optimizer step, e.g. dtr_lab.lr_schedule.WarmupCosine; none:
+                constant, as in DiT and DTR.
             gradient_clip_val: max gradient norm for the gradient methods (which optimise manually;
                 otherwise use Lightning's trainer.gradient_clip_val).
             compile: torch.compile the network in place (GPU speed; state_dict keys unchanged).
@@ -172,7 +176,9 @@ class DiffusionModule(L.LightningModule):
                 f"model.intervals={intervals} and model.mtl's intervals={stated} disagree; "
                 "state the task intervals once (model.intervals)"
             )
-        self.save_hyperparameters(ignore=["net", "routing", "optimizer", "weighting", "mtl", "intervals"])
+        self.save_hyperparameters(
+            ignore=["net", "routing", "optimizer", "lr_schedule", "weighting", "mtl", "intervals"]
+        )
         self.routing = routing or NoRouting()
         self.weighting = weighting or Uniform()
         self.diffusion = GaussianDiffusion(num_timesteps, schedule)
@@ -200,6 +206,7 @@ class DiffusionModule(L.LightningModule):
         self.ema = AveragedModel(self.net, multi_avg_fn=ema_multi_avg_fn(ema_decay), use_buffers=True)
         self.ema.requires_grad_(False)
         self.optimizer_factory = optimizer
+        self.lr_schedule = lr_schedule
         self.rng: torch.Generator | None = None
         self._rng_state: torch.Tensor | None = None
         self.checkpoint_step = 0  # the loaded checkpoint's step: where analyses of a loaded model record
@@ -314,6 +321,8 @@ class DiffusionModule(L.LightningModule):
             )
         opt.step()
         opt.zero_grad(set_to_none=True)
+        if self.lr_schedule is not None:
+            self.lr_schedulers().step()
         self.ema.update_parameters(self.net)
         self.log("train/loss", mse.mean(), prog_bar=True)
         self.log_dict(update.metrics)
@@ -326,7 +335,7 @@ class DiffusionModule(L.LightningModule):
         super().optimizer_step(*args, **kwargs)
         self.ema.update_parameters(self.net)  # once per optimizer step, also under accumulation
 
-    def configure_optimizers(self) -> torch.optim.Optimizer:
+    def build_optimizer(self) -> torch.optim.Optimizer:
         groups = [{"params": [p for p in self.net.parameters() if p.requires_grad]}]
         if self.mtl is not None:
             groups += self.mtl.param_groups()  # e.g. ANT-UW's s_k, with their own learning rate
@@ -334,11 +343,21 @@ class DiffusionModule(L.LightningModule):
             return torch.optim.AdamW(groups, lr=1e-4, weight_decay=0.0)
         return self.optimizer_factory(groups)
 
-    def check_optimizer(self) -> None:
+    def configure_optimizers(self) -> torch.optim.Optimizer | dict[str, Any]:
+        optimizer = self.build_optimizer()
+        if self.lr_schedule is None:
+            return optimizer
+        factor = self.lr_schedule.bind(self.trainer.max_steps)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def check_optimizer(self, max_steps: int) -> None:
         """Build the optimizer once, so options it rejects (lr < 0, betas outside [0, 1)) fail in one line
-        before the run starts rather than in the trainer's setup."""
+        before the run starts rather than in the trainer's setup; the lr schedule must fit the run's length."""
+        if self.lr_schedule is not None:
+            self.lr_schedule.bind(max_steps)
         try:
-            self.configure_optimizers()
+            self.build_optimizer()
         except (ValueError, TypeError) as err:
             # torch words it "Invalid learning rate: -0.001"; name the key and its range instead
             found = re.fullmatch(r"Invalid (.+?): (.+)", str(err))

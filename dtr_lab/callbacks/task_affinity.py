@@ -101,7 +101,7 @@ class TaskAffinity(IntervalProbe):
 
     def saved_optimizer(self, trainer: L.Trainer, pl_module: L.LightningModule) -> torch.optim.Optimizer:
         """The configured optimizer in the state the loaded checkpoint saved (validate doesn't restore it)."""
-        optimizer = pl_module.configure_optimizers()
+        optimizer = pl_module.build_optimizer()
         saved = None
         if trainer.ckpt_path:  # memory-mapped: the moments are read, the weights are not copied again
             checkpoint = torch.load(trainer.ckpt_path, map_location="cpu", weights_only=True, mmap=True)
