@@ -23,7 +23,9 @@ class WarmupCosine:
             final_ratio: the factor reached at the last step, in [0, 1] (0: the lr decays to 0).
         """
         if isinstance(warmup_steps, bool) or not isinstance(warmup_steps, int) or warmup_steps < 0:
-            raise DTRLabError(f"model.lr_schedule.init_args.warmup_steps={warmup_steps!r} must be an integer ≥ 0")
+            raise DTRLabError(
+                f"model.lr_schedule.init_args.warmup_steps={warmup_steps!r} must be an integer ≥ 0"
+            )
         if not 0.0 <= final_ratio <= 1.0:
             raise DTRLabError(f"model.lr_schedule.init_args.final_ratio={final_ratio} must be in [0, 1]")
         self.warmup_steps = warmup_steps

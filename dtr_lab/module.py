@@ -353,7 +353,7 @@ class DiffusionModule(L.LightningModule):
 
     def check_optimizer(self, max_steps: int) -> None:
         """Build the optimizer once, so options it rejects (lr < 0, betas outside [0, 1)) fail in one line
-        before the run starts rather than in the trainer's setup; the lr schedule must fit the run's length."""
+        before the run starts rather than in the trainer's setup; the lr schedule must fit the run."""
         if self.lr_schedule is not None:
             self.lr_schedule.bind(max_steps)
         try:

@@ -68,7 +68,8 @@ def fit(module, root, callback: L.Callback, ckpt_path=None, steps: int = 6) -> L
 
 def scheduled(**kwargs):
     optimizer = lambda params: torch.optim.AdamW(params, lr=BASE_LR)  # noqa: E731
-    return tiny_module(lr_schedule=WarmupCosine(warmup_steps=2, final_ratio=0.2), optimizer=optimizer, **kwargs)
+    schedule = WarmupCosine(warmup_steps=2, final_ratio=0.2)
+    return tiny_module(lr_schedule=schedule, optimizer=optimizer, **kwargs)
 
 
 @pytest.mark.parametrize("mtl", [None, PCGrad(Intervals(4))], ids=["automatic", "manual (PCGrad)"])
