@@ -8,7 +8,7 @@ TORCH_SPEC := $(shell if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L 
 # The newest version_N under $(1) that holds a last.ckpt: an empty or failed version directory is never picked.
 newest_run = $$(ls -d $(1)/version_*/checkpoints/last.ckpt | sort -V | tail -1 | sed 's|/checkpoints/last.ckpt$$||')
 
-.PHONY: quickstart routing-comparison test test-slow bench reproduce reproduce-routing scaling lint clean-runs
+.PHONY: quickstart routing-comparison test test-slow bench reproduce reproduce-complementarity scaling lint clean-runs
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -59,13 +59,15 @@ test: $(VENV)/.installed
 test-slow: $(VENV)/.installed
 	OMP_NUM_THREADS=1 $(PY) -m pytest -m slow
 
-# The small-scale DTR reproduction as a paired seed study (35 runs of 600 steps): about 58 minutes on
-# 2 CPU cores; finished runs are skipped.
+# The convergence study of DTR's claims (analysis/reproduce.py): unrouted, DTR, Switch-DiT, R-TR and experts
+# per interval (width-matched and equal width), 5 paired seeds (R-TR 3), each scored 6 times along training;
+# finished runs are skipped. Timings measured on 2 CPU cores: README, "Budget".
 reproduce: $(VENV)/.installed
 	$(PY) analysis/reproduce.py --out runs/repro --seeds 5 --jobs 2 --threads 1
 
-reproduce-routing: $(VENV)/.installed  # make reproduce's runs + Switch and affinity routing (reuses them)
-	$(PY) analysis/reproduce.py --out runs/repro --seeds 5 --jobs 2 --threads 1 --learned-routing
+# Complementarity: Min-SNR and ANT-UW, each with and without DTR, 5 paired seeds, in the same study folder.
+reproduce-complementarity: $(VENV)/.installed
+	$(PY) analysis/reproduce.py --out runs/repro --seeds 5 --jobs 2 --threads 1 --complementarity
 
 # DTR's paired gain against model width (DiT-T, DiT-XS) and training length (600-2400 steps): about
 # 64 minutes on 2 CPU cores; finished runs are skipped.

@@ -1,34 +1,25 @@
-"""The small-scale reproduction of the DTR paper's claims on the 8×8 digits, as a paired seed study.
+"""The convergence study of the DTR paper's claims on the 8×8 digits: paired seed curves to a plateau.
 
-    python analysis/reproduce.py --out runs/repro                  # the full study, ≈ 60 min on 2 cores
-    python analysis/reproduce.py --out runs/repro --learned-routing  # + Switch and affinity arms, ≈ 20 min
-    python analysis/reproduce.py --out /tmp/smoke --max-steps 30 --seeds 2 --core-only   # the pipeline
+    python analysis/reproduce.py --out runs/repro                    # core + spectrum (make reproduce)
+    python analysis/reproduce.py --out runs/repro --complementarity  # Min-SNR / ANT-UW ± DTR
+    python analysis/reproduce.py --out /tmp/smoke --max-steps 12 --seeds 2 --arms vanilla-uniform dtr-uniform
 
-Trains 7 arms — unrouted / R-TR / DTR with uniform weights, and unrouted / DTR with Min-SNR and with
-ANT-UW — for 5 seeds each. Arms of one seed share initial weights, data order, timesteps and noise
-(analysis/study.py checks it before training), so every comparison (R-TR − vanilla, DTR − vanilla,
-DTR − R-TR, DTR+MinSNR − MinSNR, DTR+UW − UW, MinSNR − uniform, UW − uniform) is a per-seed paired
-difference, reported as its mean with a 95 % Student-t interval (n − 1 dof) beside each arm's mean ± sd:
-for digits-FID, class accuracy, and the EMA probe loss (fixed images and noise) averaged over 5 uniform
-intervals of t, in % of arm a. Writes OUT/table.md, OUT/paired.csv (every comparison × metric × step),
-OUT/scores.csv (every run's scores) and probe-loss-vs-step figures; with --ablation also a one-seed α/β
-ablation of DTR. Finished runs are skipped on a re-run; a run cut off half-way is trained again.
+Arms (experiments/repro/base.yaml's protocol, chosen by the pilot in the README):
+- core: unrouted, DTR and Switch-DiT with uniform weights, and R-TR (random tables, 3 seeds);
+- the sharing spectrum: K = 4 independent experts per interval, each trained only on its interval's
+  timesteps (the no-sharing end), width-matched to one unrouted network's parameters and at equal width;
+- --complementarity: unrouted / DTR with Min-SNR and with ANT-UW (K = 8, as in DTR's scripts).
+Arms of one seed see the same data order, timesteps and noise; routed arms also start from the unrouted
+arm's weights (analysis/study.py checks it before training), the experts are paired by seed only.
 
---learned-routing adds two routed arms to the core comparison, paired against vanilla and DTR: Switch-DiT's
-timestep-gated experts (experiments/routing/switch.yaml; its gates and experts are its own parameters,
-the rest starts as vanilla's) and AffinityRouting, whose masks are derived from the task affinity that a
-unrouted run of a third of the steps (OUT/runs/affinity-measure, trained first) measured 8 times.
-
-Settings: DiT-T/2, AdamW 3e-3, EMA 0.999, 600 steps, batch 64 for every arm — ANT-UW with K = 8
-uniform intervals as in the official DTR + ANT-UW scripts (8 samples per interval), and one batch for
-all arms so the weighting comparisons are paired too. Scored at the end on N = 1000 EMA samples
-(DDIM 25, guidance 1.5, the same x_T for every arm; analysis/eval_noise.py measures what that leaves of
-evaluation noise in a paired difference, README), the probe every 120 steps.
-
-Budget (2 CPU cores, 2 runs at a time, one thread each; measured on DiT-T/2 at batch 64: 0.195 s a
-step, 0.056 s a sample (25 steps × 2 for guidance), ≈ 15 s start-up): a run is 600 × 0.195 = 117 s of
-training + 1000 × 0.056 = 56 s of scoring + 6 probes ≈ 9 s + 15 s ≈ 197 s; 7 arms × 5 seeds = 35 runs
-over 2 lanes ≈ 58 min. --ablation adds 5 one-seed runs (≈ 8 min).
+Every run is scored at POINTS evenly spaced steps: digits-FID, class accuracy and memorisation of N EMA
+samples (DDIM 25, guidance 1.5, the same x_T for every arm; the FID's reference statistics are the
+training split, all 1,797 images) and the EMA probe loss per fifth of t. Per comparison b − a and
+scoring point: the paired difference with its 95 % t interval over seeds; per comparison, the steps to
+reach TARGET_FID (fixed from the pilot before the study) and the plateau (mean of the last 3 points),
+each as a paired difference with its interval. Writes OUT/table.md, OUT/paired.csv (every comparison ×
+metric × step), OUT/convergence.csv, OUT/scores.csv and OUT/curves.png (FID against step per arm over the
+paired differences). Finished runs with an identical config are reused; a run cut off half-way trains again.
 """
 
 from __future__ import annotations
@@ -36,6 +27,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib
@@ -49,212 +41,162 @@ from study import (  # noqa: E402
     RunSpec,
     check_and_train,
     check_num_samples,
+    convergence_markdown,
+    convergence_table,
     is_done,
     markdown,
     paired_table,
     read_scores,
     study_callbacks,
-    train,
     write_yaml,
 )
 
 REPO = Path(__file__).resolve().parents[1]
 PROG = Path(__file__).name
 BASE = REPO / "experiments/repro/base.yaml"
-ROUTING = {
-    r: REPO / f"experiments/routing/{r}.yaml" for r in ("vanilla", "rtr", "dtr", "switch", "affinity")
+CONFIGS = REPO / "experiments"
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One arm of the study: its routing and weighting labels, the config files after the base, extra
+    overrides, and a cap on its seeds (R-TR)."""
+
+    routing: str
+    weighting: str
+    configs: tuple[str, ...]
+    overrides: tuple[str, ...] = ()
+    max_seeds: int | None = None
+
+    @property
+    def name(self) -> str:
+        return f"{self.routing}-{self.weighting}"
+
+
+UNIFORM, MIN_SNR, UW = "weighting/uniform.yaml", "weighting/min_snr.yaml", "repro/uw.yaml"
+EXPERTS = ("routing/vanilla.yaml", UNIFORM, "sharing/experts.yaml", "repro/experts.yaml")
+ARMS = {
+    arm.name: arm
+    for arm in (
+        Arm("vanilla", "uniform", ("routing/vanilla.yaml", UNIFORM)),
+        Arm("dtr", "uniform", ("routing/dtr.yaml", UNIFORM)),
+        Arm("switch", "uniform", ("routing/switch.yaml", UNIFORM)),
+        Arm("rtr", "uniform", ("routing/rtr.yaml", UNIFORM), max_seeds=3),
+        Arm("experts", "uniform", EXPERTS),
+        Arm("experts_wide", "uniform", EXPERTS, ("--model.net.init_args.width_matched", "false")),
+        Arm("vanilla", "min_snr", ("routing/vanilla.yaml", MIN_SNR)),
+        Arm("dtr", "min_snr", ("routing/dtr.yaml", MIN_SNR)),
+        Arm("vanilla", "uw", ("routing/vanilla.yaml", UW)),
+        Arm("dtr", "uw", ("routing/dtr.yaml", UW)),
+    )
 }
-WEIGHTING = {
-    "uniform": REPO / "experiments/weighting/uniform.yaml",
-    "min_snr": REPO / "experiments/weighting/min_snr.yaml",
-    "uw": REPO / "experiments/repro/uw.yaml",
+STUDIES = {
+    "core + spectrum": [
+        "vanilla-uniform", "dtr-uniform", "switch-uniform", "rtr-uniform", "experts-uniform",
+        "experts_wide-uniform",
+    ],
+    "complementarity": ["vanilla-min_snr", "dtr-min_snr", "vanilla-uw", "dtr-uw"],
 }
-CORE = [("vanilla", "uniform"), ("rtr", "uniform"), ("dtr", "uniform")]
-WEIGHTINGS = [("vanilla", "min_snr"), ("dtr", "min_snr"), ("vanilla", "uw"), ("dtr", "uw")]
-LEARNED = [("switch", "uniform"), ("affinity", "uniform")]
-# the affinity arm's masks come from this unrouted run's TaskAffinity records (seed 0, the study's
-# settings, a third of its steps, measured 8 times: 200 steps every 25): one table for every seed, as
-# DTR's is one for every seed
-MEASURE = "affinity-measure"
 COMPARISONS = [
-    Comparison("R-TR − vanilla", "vanilla-uniform", "rtr-uniform"),
     Comparison("DTR − vanilla", "vanilla-uniform", "dtr-uniform"),
+    Comparison("Switch − vanilla", "vanilla-uniform", "switch-uniform"),
+    Comparison("Switch − DTR", "dtr-uniform", "switch-uniform"),
+    Comparison("R-TR − vanilla", "vanilla-uniform", "rtr-uniform"),
     Comparison("DTR − R-TR", "rtr-uniform", "dtr-uniform"),
+    Comparison("experts − vanilla", "vanilla-uniform", "experts-uniform", same_weights=False),
+    Comparison("experts − DTR", "dtr-uniform", "experts-uniform", same_weights=False),
+    Comparison("wide experts − vanilla", "vanilla-uniform", "experts_wide-uniform", same_weights=False),
     Comparison("DTR+MinSNR − MinSNR", "vanilla-min_snr", "dtr-min_snr"),
     Comparison("DTR+UW − UW", "vanilla-uw", "dtr-uw"),
-    Comparison("MinSNR − uniform", "vanilla-uniform", "vanilla-min_snr"),
-    Comparison("UW − uniform", "vanilla-uniform", "vanilla-uw"),
-    Comparison("Switch − vanilla", "vanilla-uniform", "switch-uniform"),
-    Comparison("Affinity − vanilla", "vanilla-uniform", "affinity-uniform"),
-    Comparison("Switch − DTR", "dtr-uniform", "switch-uniform"),
-    Comparison("Affinity − DTR", "dtr-uniform", "affinity-uniform"),
 ]
-METRICS = ["fid", "accuracy", *(f"probe_{k}" for k in range(5))]
-# DTR's α (window speed) and β (sharing ratio), one seed; α = 4, β = 0.8 and β = 1 (unrouted) are seed 0
-ALPHAS = (1.0, 2.0, 8.0)
-BETAS = (0.5, 0.7)
-DEFAULT_ALPHA, DEFAULT_BETA = 4.0, 0.8
-DIFFERENCE_LABELS = {
-    "fid": "Δ digits-FID",
-    "accuracy": "Δ accuracy",
-    "probe_0": "Δ probe loss t < 200 (%)",
-    "probe_2": "Δ probe loss 400 ≤ t < 600 (%)",
-    "probe_4": "Δ probe loss t ≥ 800 (%)",
-}
-PROBES = 5  # probe loss every max_steps/5 steps (and at step 0); sample quality at the end only
-NUM_SAMPLES = 1000
-# Seconds on these 2-core machines with one thread a run (module docstring).
-STEP_S, SAMPLE_S, PROBE_S, START_S = 0.195, 0.056, 1.5, 15.0
-PAPER_FID = {  # DiT-L/2, ImageNet 256, 400K iterations (DESIGN.md §1)
-    "vanilla-uniform": 12.59,
-    "rtr-uniform": 16.18,
-    "dtr-uniform": 8.90,
-    "vanilla-min_snr": 9.58,
-    "dtr-min_snr": 8.24,
-    "vanilla-uw": 5.85,
-    "dtr-uw": 4.61,
-}
+METRICS = ["fid", "accuracy", "memorised", *(f"probe_{k}" for k in range(5))]
+POINTS = 6  # scoring points, evenly spaced; the plateau is the mean of the last 3
+NUM_SAMPLES = 600  # FID is biased upwards at small N: scores compare only at equal N (README)
+# digits-FID ≤ 50, fixed from the pilot before the study (README, "The pilot"): the unrouted model falls
+# from ≈ 110 at step 600 to its plateau (≈ 30 at N = 400) by step 900, so 50 is crossed in the steepest
+# stretch of its curve, where an arm that learns faster gets there first
+TARGET_FID = 50.0
+# Seconds on these 2-core machines with one thread a run, two runs at a time (the pilot; README,
+# "Budget"): a DiT-T/2 step at batch 64, one EMA sample (DDIM 25 with guidance), one probe, start-up.
+STEP_S, SAMPLE_S, PROBE_S, START_S = 0.077, 0.024, 1.0, 15.0
 
 
-def spec(
-    routing: str,
-    weighting: str,
-    seed: int,
-    study: Path,
-    overrides: list[str] | None = None,
-    param: str = "",
-    value: float = float("nan"),
-) -> RunSpec:
-    tag = f"-{param}{value:g}" if param else ""
-    return RunSpec(
-        f"{routing}-{weighting}{tag}",
-        seed,
-        [BASE, ROUTING[routing], WEIGHTING[weighting], study],
-        overrides or [],
-        {"routing": routing, "weighting": weighting, "param": param, "param_value": value},
-    )
+def spec(arm: Arm, seed: int, study: Path) -> RunSpec:
+    configs = [BASE, *(CONFIGS / c for c in arm.configs), study]
+    labels = {"routing": arm.routing, "weighting": arm.weighting}
+    return RunSpec(arm.name, seed, configs, list(arm.overrides), labels)
 
 
-def measure_spec(out: Path, max_steps: int) -> RunSpec:
-    """The unrouted run whose measured task affinity the affinity arm routes by."""
-    steps = max(1, max_steps // 3)
-    every = max(1, steps // 8)
-    callbacks = [{"class_path": "dtr_lab.callbacks.TaskAffinity", "init_args": {"every_n_steps": every}}]
-    config = write_yaml(out / "measure.yaml", {"trainer": {"max_steps": steps, "callbacks": callbacks}})
-    configs = [BASE, ROUTING["vanilla"], WEIGHTING["uniform"], config]
-    labels = {"routing": "vanilla", "weighting": "uniform", "param": "measure"}
-    return RunSpec(MEASURE, 0, configs, [], labels)
-
-
-def plan(
-    seeds: int, core_only: bool, ablation: bool, learned: bool, study: Path, max_steps: int
-) -> list[RunSpec]:
+def plan(arms: list[str], seeds: int, study: Path) -> list[RunSpec]:
     """Every run, seed-major so a study cut short still has whole seeds of every arm."""
-    arms = (CORE if core_only else CORE + WEIGHTINGS) + (LEARNED if learned else [])
-    measure = measure_spec(study.parent, max_steps).directory(study.parent)
-    source = ["--model.routing.init_args.source", str(measure)]
-    runs = [
-        spec(r, w, s, study, source if r == "affinity" else None) for s in range(seeds) for r, w in arms
+    return [
+        spec(ARMS[a], s, study) for s in range(seeds) for a in arms if s < (ARMS[a].max_seeds or seeds)
     ]
-    if ablation:
-        flag = "--model.routing.init_args."
-        runs += [spec("dtr", "uniform", 0, study, [flag + "alpha", str(a)], "alpha", a) for a in ALPHAS]
-        runs += [spec("dtr", "uniform", 0, study, [flag + "beta", str(b)], "beta", b) for b in BETAS]
-    return runs
 
 
 def write_study_config(out: Path, max_steps: int, num_samples: int) -> Path:
     """OUT/study.yaml: max_steps and the study's callbacks (they replace the base config's list)."""
-    callbacks = study_callbacks(0, num_samples, probe_every_n_steps=max(1, max_steps // PROBES))
-    config = {"trainer": {"max_steps": max_steps, "callbacks": callbacks}}
+    every = max(1, max_steps // POINTS)
+    config = {"trainer": {"max_steps": max_steps, "callbacks": study_callbacks(every, num_samples)}}
     if max_steps < yaml.safe_load(BASE.read_text())["checkpoint"]["every_n_train_steps"]:
         config["checkpoint"] = {"every_n_train_steps": max_steps}
     return write_yaml(out / "study.yaml", config)
 
 
 def arm_table(scores: pd.DataFrame) -> str:
-    """Each main arm's final digits-FID and accuracy, mean ± sd over seeds, beside the paper's FID."""
-    main = scores[scores["param"] == ""]
-    last = main[main["step"] == main["step"].max()]
+    """Each arm at its last scoring point: digits-FID, accuracy and memorised share, mean ± sd over seeds,
+    and the plateau FID (mean of the last 3 points)."""
     lines = [
-        "| arm | seeds | steps | digits-FID ↓ | accuracy ↑ | paper FID (ImageNet) |",
-        "|---|---|---|---|---|---|",
+        "| arm | seeds | steps | digits-FID ↓ | plateau FID ↓ | accuracy ↑ | memorised |",
+        "|---|---|---|---|---|---|---|",
     ]
-    for arm, rows in last.groupby("arm", sort=False):
-        fid, acc = (rows[rows["metric"] == m]["value"] for m in ("fid", "accuracy"))
+    for arm, rows in scores.groupby("arm", sort=False):
+        last = rows[rows["step"] == rows["step"].max()]
+        fid, acc, mem = (last[last["metric"] == m]["value"] for m in ("fid", "accuracy", "memorised"))
+        fids = rows[rows["metric"] == "fid"]
+        steps = sorted(fids["step"].unique())[-3:]
+        level = fids[fids["step"].isin(steps)].groupby("seed")["value"].mean()
         lines.append(
             f"| {arm} | {len(fid)} | {int(rows['step'].max())} | {fid.mean():.2f} ± {fid.std():.2f} "
-            f"| {acc.mean():.3f} ± {acc.std():.3f} | {PAPER_FID.get(arm, '–')} |"
+            f"| {level.mean():.2f} ± {level.std():.2f} | {acc.mean():.3f} ± {acc.std():.3f} "
+            f"| {mem.mean():.4f} ± {mem.std():.4f} |"
         )
     return "\n".join(lines) + "\n"
 
 
-def figures(scores: pd.DataFrame, final: pd.DataFrame, out: Path) -> list[Path]:
-    """Every comparison's final paired differences at a glance; the EMA probe loss of the lowest- and
-    highest-noise fifth of t against step (routing panel, weighting × routing panel; sample quality is
-    scored at the end only) and the α/β ablation."""
-    from dtr_lab.plots import ablation, paired_differences, quality_curves
+def report(scores: pd.DataFrame, comparisons: list[Comparison], target: float, out: Path) -> str:
+    """table.md's text; paired.csv, convergence.csv and curves.png beside it."""
+    from dtr_lab.plots import convergence_curves
 
-    main = scores[scores["param"] == ""]
-    panels = pd.concat(
-        [
-            main[main["weighting"] == "uniform"].assign(panel="routing (uniform weighting)"),
-            main[main["routing"].isin(["vanilla", "dtr"])].assign(panel="weighting × routing"),
-        ]
+    paired = paired_table(scores, comparisons, METRICS)
+    paired.to_csv(out / "paired.csv", index=False)
+    convergence = convergence_table(scores, comparisons, target)
+    convergence.to_csv(out / "convergence.csv", index=False)
+    convergence_curves(scores, paired, target=target).savefig(out / "curves.png")
+    return (
+        "## Arms at the last scoring point\n\n" + arm_table(scores)
+        + f"\n## Convergence: steps to digits-FID ≤ {target:g}, and the plateau\n\n"
+        + convergence_markdown(convergence)
+        + "\n## Paired differences at each scoring point\n\n" + markdown(paired, METRICS, key=["step"])
     )
-    fig = paired_differences(final, DIFFERENCE_LABELS)
-    written = [out / "paired_differences.png"]
-    fig.savefig(written[0])
-    for metric in ("probe_0", "probe_4"):
-        fig = quality_curves(panels, metric, hue="routing", line_style="weighting", col="panel")
-        fig.axes[0].set_yscale("log")
-        written.append(out / f"{metric}_vs_step.png")
-        fig.savefig(written[-1])
-    swept = scores[(scores["param"] != "") & (scores["step"] == scores["step"].max())]
-    if not swept.empty:
-        last = scores[scores["step"] == scores["step"].max()]
-        wide = last.pivot_table(index=["arm", "seed"], columns="metric", values="value").reset_index()
-        # labels merged back: main-study rows have param_value NaN, which a pivot index would drop
-        final = (
-            last[["arm", "seed", "param", "param_value"]].drop_duplicates().merge(wide, on=["arm", "seed"])
-        )
-        seed0 = final[final["seed"] == 0]
-        default = seed0[seed0["arm"] == "dtr-uniform"]
-        sweep = pd.concat(
-            [
-                seed0[seed0["param"] == "alpha"],
-                default.assign(param="alpha", param_value=DEFAULT_ALPHA),
-                seed0[seed0["param"] == "beta"],
-                default.assign(param="beta", param_value=DEFAULT_BETA),
-                seed0[seed0["arm"] == "vanilla-uniform"].assign(param="beta", param_value=1.0),
-            ]
-        )
-        sweep.to_csv(out / "ablation.csv", index=False)
-        fig = ablation(sweep, {"alpha": "α (window speed)", "beta": "β (sharing ratio)"})
-        written.append(out / "ablation.png")
-        fig.savefig(written[-1])
-    return written
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=REPO / "runs/repro", help="study folder")
-    parser.add_argument("--seeds", type=int, default=5, help="seeds per arm")
+    parser.add_argument("--seeds", type=int, default=5, help="seeds per arm (R-TR: at most 3)")
     parser.add_argument(
         "--max-steps", type=int, default=None, help="training steps (default: the base config's)"
     )
-    parser.add_argument("--num-samples", type=int, default=NUM_SAMPLES, help="samples per evaluation")
+    parser.add_argument("--num-samples", type=int, default=NUM_SAMPLES, help="samples per scoring point")
+    parser.add_argument("--target", type=float, default=TARGET_FID, help="digits-FID of steps-to-target")
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument(
+        "--complementarity", action="store_true", help="Min-SNR and ANT-UW with and without DTR"
+    )
+    group.add_argument("--arms", nargs="+", choices=list(ARMS), help="these arms only")
     parser.add_argument("--jobs", type=int, default=2, help="runs trained at once")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads per run")
-    parser.add_argument(
-        "--core-only", action="store_true", help="only vanilla / R-TR / DTR (uniform weights)"
-    )
-    parser.add_argument("--ablation", action="store_true", help="add the one-seed α/β ablation of DTR")
-    parser.add_argument(
-        "--learned-routing",
-        action="store_true",
-        help="add Switch-DiT and affinity-derived routing to the core arms (after an affinity measurement)",
-    )
     parser.add_argument(
         "--dry-run", action="store_true", help="print the plan and the commands, train nothing"
     )
@@ -265,17 +207,15 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out.resolve()
     max_steps = args.max_steps or yaml.safe_load(BASE.read_text())["trainer"]["max_steps"]
     study = write_study_config(out, max_steps, args.num_samples)
-    runs = plan(args.seeds, args.core_only, args.ablation, args.learned_routing, study, max_steps)
-    arms = {r.arm for r in runs}
+    arms = args.arms or STUDIES["complementarity" if args.complementarity else "core + spectrum"]
+    runs = plan(arms, args.seeds, study)
     comparisons = [c for c in COMPARISONS if c.a in arms and c.b in arms]
-    measure = [measure_spec(out, max_steps)] if args.learned_routing else []
-    todo = [r for r in measure + runs if not is_done(r, out)]
-    per_run = max_steps * STEP_S + args.num_samples * SAMPLE_S + (PROBES + 1) * PROBE_S + START_S
+    todo = [r for r in runs if not is_done(r, out)]
+    per_run = max_steps * STEP_S + POINTS * (args.num_samples * SAMPLE_S + PROBE_S) + START_S
     print(
-        f"{PROG}: {len(runs)} runs ({sum(r not in todo for r in runs)} already done)"
-        + (" and the affinity measurement" if measure else "")
-        + f", {max_steps} steps each, "
-        f"{args.jobs} at a time; estimate {len(todo) * per_run / args.jobs / 60:.0f} min"
+        f"{PROG}: {len(runs)} runs ({len(runs) - len(todo)} already done), {max_steps} steps each, "
+        f"scored {POINTS} times; {args.jobs} at a time; "
+        f"estimate {len(todo) * per_run / args.jobs / 60:.0f} min"
     )
     if args.dry_run:
         for run in todo:
@@ -283,24 +223,15 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     failed = []
     if not args.no_train:
-        first = [r for r in measure if r in todo]  # the affinity arm's masks are read from it
-        failed = train(first, out, 1, args.threads * args.jobs, PROG) if first else []
-        if not failed:
-            rest = [r for r in todo if r not in first]
-            failed = check_and_train(runs, rest, comparisons, out, args.jobs, args.threads, PROG)
-
+        failed = check_and_train(runs, todo, comparisons, out, args.jobs, args.threads, PROG)
     scores = read_scores(runs, out)
     scores.to_csv(out / "scores.csv", index=False)
-    paired = paired_table(scores[scores["param"] == ""], comparisons, METRICS)
-    paired.to_csv(out / "paired.csv", index=False)
-    final = paired[paired["step"] == paired["step"].max()]
-    text = arm_table(scores) + "\n" + markdown(final, METRICS, key=[])
+    text = report(scores, comparisons, args.target, out)
     (out / "table.md").write_text(text)
-    written = figures(scores, final, out)
     print()
     print(text)
-    for path in [out / "table.md", out / "paired.csv", out / "scores.csv", *written]:
-        print(f"wrote {path}")
+    for name in ("table.md", "paired.csv", "convergence.csv", "scores.csv", "curves.png"):
+        print(f"wrote {out / name}")
     if failed:
         print(f"{PROG}: {len(failed)} run(s) failed: {', '.join(failed)}", file=sys.stderr)
     print(f"{PROG}: wall time {(time.time() - started) / 60:.1f} min")

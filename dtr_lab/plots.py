@@ -102,7 +102,8 @@ def palette(values: Sequence) -> dict:
     others = sorted({v for v in values if v not in ROUTING_ORDER}, key=str)
     out = {v: colours[ROUTING_COLOURS[v]] for v in known}
     taken = {ROUTING_COLOURS[v] for v in known}
-    free = [c for k, c in enumerate(colours) if k not in taken]
+    # vermilion (3) last: beside DTR's orange it reads as the same colour
+    free = [colours[k] for k in (*range(3), *range(4, len(colours)), 3) if k not in taken]
     out.update({v: free[k % len(free)] for k, v in enumerate(others)})
     return out
 
@@ -604,4 +605,56 @@ def paired_differences(table: pd.DataFrame, metrics: dict[str, str]) -> Figure:
             ax.set_xlabel(label)
         axes[0][0].invert_yaxis()  # the first comparison on top (the axes share y)
         fig.suptitle("paired difference b − a, mean and 95 % t interval over seeds", fontsize=9)
+    return fig
+
+
+WEIGHTING_LINES = {"uniform": "-", "min_snr": "--", "uw": ":"}
+
+
+def convergence_curves(
+    scores: pd.DataFrame, paired: pd.DataFrame, metric: str = "fid", target: float | None = None
+) -> Figure:
+    """A paired study along training. Top: `metric` against step per arm, mean over seeds with a ±1 sd band
+    (colour: routing, line: weighting; log y), `target` dotted. Bottom: each comparison's paired difference
+    b − a at every scoring point, its mean with the 95 % t interval as a band (symmetric-log y: early
+    differences are hundreds of FID points, late ones a few); dashed: no difference.
+
+    `scores` has columns arm, routing, weighting, seed, step, metric, value; `paired` the columns of
+    analysis/study.py's paired_table (comparison, step, metric, diff, ci_low, ci_high)."""
+    rows = scores[(scores["metric"] == metric) & (scores["step"] > 0)]
+    diffs = paired[paired["metric"] == metric]
+    if rows.empty:
+        raise ValueError(f"no {metric!r} scores; is SampleQuality among the callbacks?")
+    arms = rows[["arm", "routing", "weighting"]].drop_duplicates("arm")
+    colours = palette(list(arms["routing"]))
+    comparisons = list(dict.fromkeys(diffs["comparison"]))
+    lines = palette(comparisons)
+    with style():
+        fig, (top, bottom) = plt.subplots(2, 1, sharex=True, figsize=(8.5, 7.5))
+        for arm in arms.itertuples():
+            by_step = rows[rows["arm"] == arm.arm].groupby("step")["value"]
+            mean, sd = by_step.mean(), by_step.std().fillna(0)
+            seeds = rows[rows["arm"] == arm.arm]["seed"].nunique()
+            colour, line = colours[arm.routing], WEIGHTING_LINES.get(arm.weighting, "-.")
+            top.plot(mean.index, mean.values, marker="o", markersize=3, color=colour, linestyle=line,
+                     label=f"{arm.arm} ({seeds} seeds)")
+            top.fill_between(mean.index, mean - sd, mean + sd, color=colour, alpha=0.12, linewidth=0)
+        if target is not None:
+            top.axhline(target, color="grey", linestyle=":", linewidth=1, label=f"target {target:g}")
+        log_y(top)
+        top.set_ylabel(METRIC_NAMES.get(metric, metric))
+        top.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8)
+        top.set_title("per arm: mean ± 1 sd over seeds", fontsize=9)
+        for name in comparisons:
+            d = diffs[diffs["comparison"] == name].sort_values("step")
+            bottom.plot(d["step"], d["diff"], marker="o", markersize=3, color=lines[name],
+                        label=f"{name} ({int(d['pairs'].max())} pairs)")
+            bottom.fill_between(d["step"], d["ci_low"], d["ci_high"], color=lines[name], alpha=0.15,
+                                linewidth=0)
+        bottom.axhline(0, color="grey", linestyle="--", linewidth=1)
+        bottom.set_yscale("symlog", linthresh=10)
+        bottom.set_ylabel(f"paired Δ {metric} (b − a)")
+        bottom.set_xlabel("training step")
+        bottom.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8)
+        bottom.set_title("per comparison: mean paired difference and its 95 % t interval", fontsize=9)
     return fig
