@@ -24,9 +24,7 @@ paired differences). Finished runs with an identical config are reused; a run cu
 
 from __future__ import annotations
 
-import argparse
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,17 +35,20 @@ matplotlib.use("Agg")  # files only; never open a window
 import pandas as pd  # noqa: E402
 import yaml  # noqa: E402
 from study import (  # noqa: E402
+    PROBE_S,
+    SAMPLE_S,
+    START_S,
+    STEP_S,
     Comparison,
     RunSpec,
-    check_and_train,
     check_num_samples,
     convergence_markdown,
     convergence_table,
-    is_done,
     markdown,
     paired_table,
-    read_scores,
+    run_study,
     study_callbacks,
+    study_parser,
     write_yaml,
 )
 
@@ -116,9 +117,6 @@ NUM_SAMPLES = 600  # FID is biased upwards at small N: scores compare only at eq
 # from ≈ 110 at step 600 to its plateau (≈ 30 at N = 400) by step 900, so 50 is crossed in the steepest
 # stretch of its curve, where an arm that learns faster gets there first
 TARGET_FID = 50.0
-# Seconds on these 2-core machines with one thread a run, two runs at a time (the pilot; README,
-# "Budget"): a DiT-T/2 step at batch 64, one EMA sample (DDIM 25 with guidance), one probe, start-up.
-STEP_S, SAMPLE_S, PROBE_S, START_S = 0.077, 0.024, 1.0, 15.0
 
 
 def spec(arm: Arm, seed: int, study: Path) -> RunSpec:
@@ -164,7 +162,9 @@ def arm_table(scores: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
-def report(scores: pd.DataFrame, comparisons: list[Comparison], target: float, out: Path) -> str:
+def report(
+    scores: pd.DataFrame, out: Path, comparisons: list[Comparison], target: float
+) -> tuple[str, list[Path]]:
     """table.md's text; paired.csv, convergence.csv and curves.png beside it."""
     from dtr_lab.plots import convergence_curves
 
@@ -173,69 +173,40 @@ def report(scores: pd.DataFrame, comparisons: list[Comparison], target: float, o
     convergence = convergence_table(scores, comparisons, target)
     convergence.to_csv(out / "convergence.csv", index=False)
     convergence_curves(scores, paired, target=target).savefig(out / "curves.png")
-    return (
+    text = (
         "## Arms at the last scoring point\n\n" + arm_table(scores)
         + f"\n## Convergence: steps to digits-FID ≤ {target:g}, and the plateau\n\n"
         + convergence_markdown(convergence)
         + "\n## Paired differences at each scoring point\n\n" + markdown(paired, METRICS, key=["step"])
     )
+    return text, [out / "paired.csv", out / "convergence.csv", out / "curves.png"]
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, default=REPO / "runs/repro", help="study folder")
-    parser.add_argument("--seeds", type=int, default=5, help="seeds per arm (R-TR: at most 3)")
-    parser.add_argument(
-        "--max-steps", type=int, default=None, help="training steps (default: the base config's)"
-    )
-    parser.add_argument("--num-samples", type=int, default=NUM_SAMPLES, help="samples per scoring point")
+    steps_help = "training steps (default: the base config's)"
+    parser = study_parser(__doc__, "runs/repro", 5, NUM_SAMPLES, steps_help)
     parser.add_argument("--target", type=float, default=TARGET_FID, help="digits-FID of steps-to-target")
     group = parser.add_mutually_exclusive_group()
     group.add_argument(
         "--complementarity", action="store_true", help="Min-SNR and ANT-UW with and without DTR"
     )
     group.add_argument("--arms", nargs="+", choices=list(ARMS), help="these arms only")
-    parser.add_argument("--jobs", type=int, default=2, help="runs trained at once")
-    parser.add_argument("--threads", type=int, default=1, help="CPU threads per run")
-    parser.add_argument(
-        "--dry-run", action="store_true", help="print the plan and the commands, train nothing"
-    )
-    parser.add_argument("--no-train", action="store_true", help="only tabulate the runs already finished")
     args = parser.parse_args(argv)
     check_num_samples(args.num_samples, PROG)
-    started = time.time()
-    out = args.out.resolve()
     max_steps = args.max_steps or yaml.safe_load(BASE.read_text())["trainer"]["max_steps"]
-    study = write_study_config(out, max_steps, args.num_samples)
+    study = write_study_config(args.out.resolve(), max_steps, args.num_samples)
     arms = args.arms or STUDIES["complementarity" if args.complementarity else "core + spectrum"]
-    runs = plan(arms, args.seeds, study)
     comparisons = [c for c in COMPARISONS if c.a in arms and c.b in arms]
-    todo = [r for r in runs if not is_done(r, out)]
     per_run = max_steps * STEP_S + POINTS * (args.num_samples * SAMPLE_S + PROBE_S) + START_S
-    print(
-        f"{PROG}: {len(runs)} runs ({len(runs) - len(todo)} already done), {max_steps} steps each, "
-        f"scored {POINTS} times; {args.jobs} at a time; "
-        f"estimate {len(todo) * per_run / args.jobs / 60:.0f} min"
+    return run_study(
+        PROG,
+        args,
+        plan(arms, args.seeds, study),
+        comparisons,
+        lambda run: per_run,
+        lambda scores, out: report(scores, out, comparisons, args.target),
+        f"{max_steps} steps each, scored {POINTS} times",
     )
-    if args.dry_run:
-        for run in todo:
-            print(" ".join(run.command(out)))
-        return 0
-    failed = []
-    if not args.no_train:
-        failed = check_and_train(runs, todo, comparisons, out, args.jobs, args.threads, PROG)
-    scores = read_scores(runs, out)
-    scores.to_csv(out / "scores.csv", index=False)
-    text = report(scores, comparisons, args.target, out)
-    (out / "table.md").write_text(text)
-    print()
-    print(text)
-    for name in ("table.md", "paired.csv", "convergence.csv", "scores.csv", "curves.png"):
-        print(f"wrote {out / name}")
-    if failed:
-        print(f"{PROG}: {len(failed)} run(s) failed: {', '.join(failed)}", file=sys.stderr)
-    print(f"{PROG}: wall time {(time.time() - started) / 60:.1f} min")
-    return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@
     python analysis/scaling.py --out /tmp/smoke --max-steps 4 --seeds 2 --num-samples 100   # the pipeline
 
 Trains unrouted and DTR (α = 4, β = 0.8) DiT-T/2 (4 blocks × 128) for 4 × S steps and DiT-XS/2
-(6 blocks × 256) for S steps (S = 600, the reproduction's length), paired as in reproduce.py (same
+(6 blocks × 256) for S steps (S = 600, the early reproduction's length), paired as in reproduce.py (same
 seed: same initial weights, data order and noise), 3 seeds each, the reproduction's settings otherwise
 (experiments/repro/base.yaml). Every run is scored every S steps: with a constant learning rate and an
 EMA whose warm-up counts updates, nothing in training depends on max_steps (tests/test_analysis_scripts.py
@@ -14,19 +14,14 @@ and OUT/paired.csv (DTR − vanilla per size and step: digits-FID, accuracy and 
 5 uniform intervals of t, each a mean with a 95 % t interval over seeds), OUT/scores.csv and
 OUT/scaling.png (the gain with its interval against width and against steps). Finished runs are skipped.
 
-Budget (2 CPU cores, 2 runs at a time, one thread each; measured at batch 64: DiT-T 0.195 s a step and
-0.056 s a sample, DiT-XS ≈ 0.78 s a step (4×) and 0.215 s a sample (3.8×), ≈ 15 s start-up): a DiT-T run
-is 2400 × 0.195 = 468 s + 4 scorings × 600 samples × 0.056 = 134 s + ≈ 24 s of probes and start-up
-≈ 626 s; a DiT-XS run 600 × 0.78 = 468 s + 600 × 0.215 = 129 s + ≈ 51 s ≈ 648 s. 3 seeds × 2 arms ×
-(626 + 648) s over 2 lanes ≈ 64 min. N = 600 samples (not the reproduction's 1000) keeps it in budget:
-at 3 seeds the interval is dominated by training noise (README: evaluation noise).
+Budget (2 CPU cores, 2 runs at a time, one thread each): study.py's DiT-T/2 step and sample times; DiT-XS
+costs 4× a DiT-T step and 3.8× a sample (measured at batch 64). At 3 seeds the interval is dominated by
+training noise (README: evaluation noise).
 """
 
 from __future__ import annotations
 
-import argparse
 import sys
-import time
 from pathlib import Path
 
 import matplotlib
@@ -34,17 +29,19 @@ import matplotlib
 matplotlib.use("Agg")  # files only; never open a window
 
 import pandas as pd  # noqa: E402
-import yaml  # noqa: E402
 from study import (  # noqa: E402
+    PROBE_S,
+    SAMPLE_S,
+    START_S,
+    STEP_S,
     Comparison,
     RunSpec,
-    check_and_train,
     check_num_samples,
-    is_done,
     markdown,
     paired_table,
-    read_scores,
+    run_study,
     study_callbacks,
+    study_parser,
     write_yaml,
 )
 
@@ -56,10 +53,9 @@ ROUTING = {r: REPO / f"experiments/routing/{r}.yaml" for r in ("vanilla", "dtr")
 SIZES = {"DiT-T/2": (128, 4), "DiT-XS/2": (256, 1)}
 METRICS = ["fid", "accuracy", *(f"probe_{k}" for k in range(5))]
 NUM_SAMPLES = 600
-# Seconds on these 2-core machines with one thread a run (module docstring).
-STEP_S = {"DiT-T/2": 0.195, "DiT-XS/2": 0.78}
-SAMPLE_S = {"DiT-T/2": 0.056, "DiT-XS/2": 0.215}
-START_S = 15.0
+STEPS = 600  # S
+# a step's and a sample's cost against DiT-T/2's (measured at batch 64)
+COST = {"DiT-T/2": (1.0, 1.0), "DiT-XS/2": (4.0, 3.8)}
 
 
 def size_tag(size: str) -> str:
@@ -120,64 +116,37 @@ def figure(table: pd.DataFrame, steps: int, out: Path) -> Path:
     return path
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, default=REPO / "runs/scaling", help="study folder")
-    parser.add_argument("--seeds", type=int, default=3, help="seeds per arm")
-    parser.add_argument(
-        "--max-steps",
-        type=int,
-        default=None,
-        help="S: DiT-XS's steps and the scoring cadence; DiT-T trains 4 S (default: base config's)",
-    )
-    parser.add_argument("--num-samples", type=int, default=NUM_SAMPLES, help="samples per evaluation")
-    parser.add_argument("--jobs", type=int, default=2, help="runs trained at once")
-    parser.add_argument("--threads", type=int, default=1, help="CPU threads per run")
-    parser.add_argument(
-        "--dry-run", action="store_true", help="print the plan and the commands, train nothing"
-    )
-    parser.add_argument("--no-train", action="store_true", help="only tabulate the runs already finished")
-    args = parser.parse_args(argv)
-    check_num_samples(args.num_samples, PROG)
-    started = time.time()
-    out = args.out.resolve()
-    steps = args.max_steps or yaml.safe_load(BASE.read_text())["trainer"]["max_steps"]
-    runs = plan(args.seeds, steps, args.num_samples, out)
-    todo = [r for r in runs if not is_done(r, out)]
-    seconds = sum(
-        SIZES[r.labels["size"]][1] * steps * STEP_S[r.labels["size"]]
-        + SIZES[r.labels["size"]][1] * args.num_samples * SAMPLE_S[r.labels["size"]]
-        + START_S
-        for r in todo
-    )
-    print(
-        f"{PROG}: {len(runs)} runs ({len(runs) - len(todo)} already done), S = {steps} steps, "
-        f"{args.jobs} at a time; estimate {seconds / args.jobs / 60:.0f} min"
-    )
-    if args.dry_run:
-        for run in todo:
-            print(" ".join(run.command(out)))
-        return 0
-    comparisons = [Comparison("DTR − vanilla", f"vanilla-{size_tag(s)}", f"dtr-{size_tag(s)}") for s in SIZES]
-    failed = (
-        [] if args.no_train else check_and_train(runs, todo, comparisons, out, args.jobs, args.threads, PROG)
-    )
+def seconds(run: RunSpec, steps: int, num_samples: int) -> float:
+    """A run's estimated seconds: training, scoring every S steps, start-up."""
+    step_cost, sample_cost = COST[run.labels["size"]]
+    length = SIZES[run.labels["size"]][1]
+    scoring = length * (num_samples * SAMPLE_S * sample_cost + PROBE_S)
+    return length * steps * STEP_S * step_cost + scoring + START_S
 
-    scores = read_scores(runs, out)
-    scores.to_csv(out / "scores.csv", index=False)
+
+def report(scores: pd.DataFrame, out: Path, steps: int) -> tuple[str, list[Path]]:
     table = gains(scores)
     table.to_csv(out / "paired.csv", index=False)
     text = markdown(table[table["step"] > 0], METRICS, key=["size", "step"])
-    (out / "table.md").write_text(text)
-    written = figure(table, steps, out)
-    print()
-    print(text)
-    for path in [out / "table.md", out / "paired.csv", out / "scores.csv", written]:
-        print(f"wrote {path}")
-    if failed:
-        print(f"{PROG}: {len(failed)} run(s) failed: {', '.join(failed)}", file=sys.stderr)
-    print(f"{PROG}: wall time {(time.time() - started) / 60:.1f} min")
-    return 1 if failed else 0
+    return text, [out / "paired.csv", figure(table, steps, out)]
+
+
+def main(argv: list[str] | None = None) -> int:
+    steps_help = f"S: DiT-XS's steps and the scoring cadence; DiT-T trains 4 S (default {STEPS})"
+    args = study_parser(__doc__, "runs/scaling", 3, NUM_SAMPLES, steps_help).parse_args(argv)
+    check_num_samples(args.num_samples, PROG)
+    steps = args.max_steps or STEPS
+    runs = plan(args.seeds, steps, args.num_samples, args.out.resolve())
+    comparisons = [Comparison("DTR − vanilla", f"vanilla-{size_tag(s)}", f"dtr-{size_tag(s)}") for s in SIZES]
+    return run_study(
+        PROG,
+        args,
+        runs,
+        comparisons,
+        lambda run: seconds(run, steps, args.num_samples),
+        lambda scores, out: report(scores, out, steps),
+        f"S = {steps} steps",
+    )
 
 
 if __name__ == "__main__":

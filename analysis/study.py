@@ -1,5 +1,6 @@
 """Paired seed studies, shared by reproduce.py and scaling.py: run specs, resumable training two runs at a
-time, the pairing check, and the table of paired differences with Student-t confidence intervals.
+time, the pairing check, the table of paired differences with Student-t confidence intervals, and the
+skeleton of a study's command line (study_parser, run_study).
 
 Pairing: both arms of a comparison train from the same seed, which fixes the initial weights
 (seed_everything; routing adds no parameters), the timesteps, noise and label dropout (model.seed, the
@@ -12,6 +13,7 @@ experts per interval) says so (Comparison.same_weights) and is paired by seed on
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import shutil
@@ -19,6 +21,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -96,12 +99,12 @@ def write_yaml(path: Path, config: dict) -> Path:
 
 def check_num_samples(num_samples: int, prog: str) -> None:
     """Refuse (one line, exit 2, nothing written) a sample count the scores cannot be computed from: KID
-    draws subsets of MIN_SAMPLES samples, and the t interval of a FID difference needs N ≈ 1000."""
+    draws subsets of MIN_SAMPLES samples, and the t interval of a FID difference needs N in the hundreds."""
     if num_samples < MIN_SAMPLES:
         print(
             f"{prog}: error: --num-samples {num_samples} is below {MIN_SAMPLES}, the KID subset size every "
-            f"score needs; use ≥ 1000 to keep a FID difference's sample noise small (README: evaluation "
-            f"noise)",
+            "score needs; the studies use 600 or more to keep a FID difference's sample noise small "
+            "(README: evaluation noise)",
             file=sys.stderr,
         )
         raise SystemExit(2)
@@ -478,3 +481,68 @@ def convergence_markdown(table: pd.DataFrame) -> str:
         ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+# ----------------------------------------------------------------------------------------- the skeleton
+# Seconds on these 2-core machines, one thread a run, two runs at a time (README, "Budget"): a DiT-T/2
+# step at batch 64, one EMA sample (DDIM 25 with guidance), one probe, a run's start-up.
+STEP_S, SAMPLE_S, PROBE_S, START_S = 0.077, 0.024, 1.0, 15.0
+
+
+def study_parser(
+    doc: str, out: str, seeds: int, num_samples: int, steps_help: str
+) -> argparse.ArgumentParser:
+    """The options every study takes; a study adds its own."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=REPO / out, help="study folder")
+    parser.add_argument("--seeds", type=int, default=seeds, help="seeds per arm")
+    parser.add_argument("--max-steps", type=int, default=None, help=steps_help)
+    parser.add_argument("--num-samples", type=int, default=num_samples, help="samples per scoring point")
+    parser.add_argument("--jobs", type=int, default=2, help="runs trained at once")
+    parser.add_argument("--threads", type=int, default=1, help="CPU threads per run")
+    parser.add_argument(
+        "--dry-run", action="store_true", help="print the plan and the commands, train nothing"
+    )
+    parser.add_argument("--no-train", action="store_true", help="only tabulate the runs already finished")
+    return parser
+
+
+def run_study(
+    prog: str,
+    args: argparse.Namespace,
+    runs: list[RunSpec],
+    comparisons: list[Comparison],
+    seconds: Callable[[RunSpec], float],
+    report: Callable[[pd.DataFrame, Path], tuple[str, list[Path]]],
+    what: str,
+) -> int:
+    """Train what is not done (after the pairing check), read every finished run's scores, write
+    OUT/scores.csv and OUT/table.md (`report` returns its text and the other files it wrote) and say
+    what was written; the exit status (1 if a run failed)."""
+    started = time.time()
+    out = args.out.resolve()
+    todo = [r for r in runs if not is_done(r, out)]
+    estimate = sum(seconds(r) for r in todo) / args.jobs / 60
+    print(
+        f"{prog}: {len(runs)} runs ({len(runs) - len(todo)} already done), {what}; "
+        f"{args.jobs} at a time; estimate {estimate:.0f} min"
+    )
+    if args.dry_run:
+        for run in todo:
+            print(" ".join(run.command(out)))
+        return 0
+    failed = []
+    if not args.no_train:
+        failed = check_and_train(runs, todo, comparisons, out, args.jobs, args.threads, prog)
+    scores = read_scores(runs, out)
+    scores.to_csv(out / "scores.csv", index=False)
+    text, written = report(scores, out)
+    (out / "table.md").write_text(text)
+    print()
+    print(text)
+    for path in [out / "table.md", out / "scores.csv", *written]:
+        print(f"wrote {path}")
+    if failed:
+        print(f"{prog}: {len(failed)} run(s) failed: {', '.join(failed)}", file=sys.stderr)
+    print(f"{prog}: wall time {(time.time() - started) / 60:.1f} min")
+    return 1 if failed else 0
