@@ -36,8 +36,8 @@ SEED_STRIDE = 10_007  # sample seed k uses SEED + k·stride; batch b of it seeds
 def evaluation_noise(run_dir: Path, checkpoint: str, samples: list[int], seeds: int) -> pd.DataFrame:
     """Scores of the checkpoint: one row per (samples, sample_seed, metric) with the sampling seconds."""
     print(f"{PROG}: scoring {run_dir}", flush=True)
-    from dtr_lab.callbacks.sample_quality import real_images
     from dtr_lab.checkpoint_file import read_checkpoint
+    from dtr_lab.data.base import real_images
     from dtr_lab.errors import DTRLabError
     from dtr_lab.metrics import SampleQualityMetrics
     from dtr_lab.pairing import instantiate
