@@ -26,7 +26,7 @@ import pandas as pd
 import yaml
 
 from dtr_lab.convergence import paired_steps, plateau, steps_to_target
-from dtr_lab.runs import read_records
+from dtr_lab.records import read_records
 from dtr_lab.stats import paired_difference
 from dtr_lab.tables import text_table
 

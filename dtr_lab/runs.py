@@ -2,9 +2,9 @@
 
 A run directory is what ``python -m dtr_lab fit`` writes: ``config.yaml`` (the resolved config),
 TensorBoard ``events.out.tfevents.*`` (scalars), and ``records/*.csv`` (long format
-``step,metric,i,j,value``, plus ``records/intervals.csv`` with ``name,k,start,end``). Every frame
-carries the label columns ``run, routing, weighting, mtl, model, seed`` so runs compare with one
-``groupby``. Nothing here imports torch or training code: a run that is still being written, or was
+``step,metric,i,j,value``, plus ``records/intervals.csv`` with ``name,k,start,end``; the format is
+:mod:`dtr_lab.records`'s). Every frame carries the label columns ``run, routing, weighting, mtl, model,
+seed`` so runs compare with one ``groupby``. Nothing here imports torch or training code: a run that is still being written, or was
 cut off, reads as far as its complete lines go.
 """
 
@@ -132,7 +132,7 @@ def is_run_dir(path: Path) -> bool:
     return path.is_dir() and (
         (path / "config.yaml").is_file()
         or (path / "hparams.yaml").is_file()
-        or (path / "records").is_dir()
+        or (path / records.FOLDER).is_dir()
         or any(path.glob(EVENTS_GLOB))
     )
 
