@@ -4,8 +4,8 @@ A run directory is what ``python -m dtr_lab fit`` writes: ``config.yaml`` (the r
 TensorBoard ``events.out.tfevents.*`` (scalars), and ``records/*.csv`` (long format
 ``step,metric,i,j,value``, plus ``records/intervals.csv`` with ``name,k,start,end``; the format is
 :mod:`dtr_lab.records`'s). Every frame carries the label columns ``run, routing, weighting, mtl, model,
-seed`` so runs compare with one ``groupby``. Nothing here imports torch or training code: a run that is still being written, or was
-cut off, reads as far as its complete lines go.
+seed`` so runs compare with one ``groupby``. Nothing here imports torch or training code: a run that is
+still being written, or was cut off, reads as far as its complete lines go.
 """
 
 from __future__ import annotations
