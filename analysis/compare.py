@@ -15,11 +15,16 @@ import argparse
 import sys
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
-from make_figures import catalogue, load, markdown_table, out_problem, write_figures
+import matplotlib
 
-from dtr_lab.runs import RunError, final_metrics
+matplotlib.use("Agg")  # files only; never open a window
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from dtr_lab.report import catalogue, load, out_problem, write_figures  # noqa: E402
+from dtr_lab.runs import RunError, final_metrics  # noqa: E402
+from dtr_lab.tables import markdown_table  # noqa: E402
 
 PROG = Path(__file__).name
 FIGURES = ("training_curves", "loss_by_t_probe", "conflict_share", "cos_vs_distance")

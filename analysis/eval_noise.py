@@ -27,6 +27,8 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
+from dtr_lab.tables import text_table
+
 PROG = Path(__file__).name
 SECTIONS = ("seed_everything", "trainer", "model", "data", "checkpoint")
 SEED = 4321  # SampleQuality's default seed
@@ -36,8 +38,8 @@ SEED_STRIDE = 10_007  # sample seed k uses SEED + k·stride; batch b of it seeds
 def evaluation_noise(run_dir: Path, checkpoint: str, samples: list[int], seeds: int) -> pd.DataFrame:
     """Scores of the checkpoint: one row per (samples, sample_seed, metric) with the sampling seconds."""
     print(f"{PROG}: scoring {run_dir}", flush=True)
-    from dtr_lab.callbacks.sample_quality import real_images
     from dtr_lab.checkpoint_file import read_checkpoint
+    from dtr_lab.data.base import real_images
     from dtr_lab.errors import DTRLabError
     from dtr_lab.metrics import SampleQualityMetrics
     from dtr_lab.pairing import instantiate
@@ -93,19 +95,19 @@ def summary(scores: pd.DataFrame) -> pd.DataFrame:
 
 
 def markdown(table: pd.DataFrame) -> str:
-    lines = [
-        "| run | samples N | sample seeds | digits-FID mean | FID sd | accuracy mean | accuracy sd "
-        "| s / sample |",
-        "|---|---|---|---|---|---|---|---|",
+    head = [
+        "run", "samples N", "sample seeds", "digits-FID mean", "FID sd", "accuracy mean", "accuracy sd",
+        "s / sample",
     ]
+    lines = []
     for (run, n), rows in table.groupby(["run", "samples"], sort=False):
         fid, acc = (rows[rows["metric"] == m].iloc[0] for m in ("fid", "accuracy"))
         per_sample = "–" if pd.isna(fid.s_per_sample) else f"{fid.s_per_sample:.4f}"
         lines.append(
-            f"| {run} | {n} | {fid.seeds} | {fid['mean']:.2f} | {fid.sd:.2f} | {acc['mean']:.3f} "
-            f"| {acc.sd:.3f} | {per_sample} |"
+            [str(run), str(n), str(fid.seeds), f"{fid['mean']:.2f}", f"{fid.sd:.2f}", f"{acc['mean']:.3f}",
+             f"{acc.sd:.3f}", per_sample]
         )
-    return "\n".join(lines) + "\n"
+    return text_table(head, lines)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -52,6 +52,8 @@ from study import (  # noqa: E402
     write_yaml,
 )
 
+from dtr_lab.tables import text_table  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[1]
 PROG = Path(__file__).name
 BASE = REPO / "experiments/repro/base.yaml"
@@ -144,22 +146,20 @@ def write_study_config(out: Path, max_steps: int, num_samples: int) -> Path:
 def arm_table(scores: pd.DataFrame) -> str:
     """Each arm at its last scoring point: digits-FID, accuracy and memorised share, mean ± sd over seeds,
     and the plateau FID (mean of the last 3 points)."""
-    lines = [
-        "| arm | seeds | steps | digits-FID ↓ | plateau FID ↓ | accuracy ↑ | memorised |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for arm, rows in scores.groupby("arm", sort=False):
-        last = rows[rows["step"] == rows["step"].max()]
+    head = ["arm", "seeds", "steps", "digits-FID ↓", "plateau FID ↓", "accuracy ↑", "memorised"]
+    rows = []
+    for arm, runs in scores.groupby("arm", sort=False):
+        last = runs[runs["step"] == runs["step"].max()]
         fid, acc, mem = (last[last["metric"] == m]["value"] for m in ("fid", "accuracy", "memorised"))
-        fids = rows[rows["metric"] == "fid"]
+        fids = runs[runs["metric"] == "fid"]
         steps = sorted(fids["step"].unique())[-3:]
         level = fids[fids["step"].isin(steps)].groupby("seed")["value"].mean()
-        lines.append(
-            f"| {arm} | {len(fid)} | {int(rows['step'].max())} | {fid.mean():.2f} ± {fid.std():.2f} "
-            f"| {level.mean():.2f} ± {level.std():.2f} | {acc.mean():.3f} ± {acc.std():.3f} "
-            f"| {mem.mean():.4f} ± {mem.std():.4f} |"
-        )
-    return "\n".join(lines) + "\n"
+        rows.append([
+            arm, str(len(fid)), str(int(runs["step"].max())), f"{fid.mean():.2f} ± {fid.std():.2f}",
+            f"{level.mean():.2f} ± {level.std():.2f}", f"{acc.mean():.3f} ± {acc.std():.3f}",
+            f"{mem.mean():.4f} ± {mem.std():.4f}",
+        ])
+    return text_table(head, rows)
 
 
 def report(

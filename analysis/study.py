@@ -29,8 +29,9 @@ import pandas as pd
 import yaml
 
 from dtr_lab.convergence import paired_steps, plateau, steps_to_target
-from dtr_lab.runs import read_records
+from dtr_lab.records import read_records
 from dtr_lab.stats import paired_difference
+from dtr_lab.tables import text_table
 
 REPO = Path(__file__).resolve().parents[1]
 QUALITY = ("fid", "accuracy", "precision", "recall", "memorised")
@@ -391,7 +392,7 @@ def markdown(table: pd.DataFrame, metrics: list[str], key: list[str]) -> str:
         return f"{r['diff']:+.{digits}f}{r.unit} [{r.ci_low:+.{digits}f}, {r.ci_high:+.{digits}f}]{star}"
 
     head = ["comparison (b − a)", *key, "pairs", "FID a → b", "accuracy a → b", *map(metric_title, metrics)]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines = []
     for values, rows in table.groupby(["comparison", *key], sort=False):
         values = values if isinstance(values, tuple) else (values,)
         cells = [
@@ -400,8 +401,8 @@ def markdown(table: pd.DataFrame, metrics: list[str], key: list[str]) -> str:
             arms(rows, "fid", 2),
             arms(rows, "accuracy", 3),
         ]
-        lines.append("| " + " | ".join(cells + [diff(rows, m) for m in metrics]) + " |")
-    return "\n".join(lines) + "\n"
+        lines.append(cells + [diff(rows, m) for m in metrics])
+    return text_table(head, lines)
 
 
 def curves(scores: pd.DataFrame, arm: str, metric: str) -> dict[int, pd.Series]:
@@ -468,7 +469,7 @@ def convergence_markdown(table: pd.DataFrame) -> str:
     named), each arm's plateau and its paired difference 'mean [low, high]'; '*' marks an interval
     excluding 0."""
     head = ["comparison (b − a)", "pairs", "target", "steps a → b", "Δ steps", "plateau a → b", "Δ plateau"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines = []
     for r in table.itertuples():
         if r.pairs < 2:
             plateau_diff = f"{r.plateau_diff:+.2f}"
@@ -479,8 +480,8 @@ def convergence_markdown(table: pd.DataFrame) -> str:
             r.comparison, str(r.pairs), f"{r.metric} ≤ {r.target:g}", f"{r.a_steps} → {r.b_steps}",
             r.steps_entry, f"{r.a_plateau:.2f} → {r.b_plateau:.2f}", plateau_diff,
         ]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+        lines.append(cells)
+    return text_table(head, lines)
 
 
 # ----------------------------------------------------------------------------------------- the skeleton

@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from dtr_lab.diffusion import GaussianDiffusion, guided, per_sample_mse, sample
 from dtr_lab.diffusion.learned_variance import split_output, vb_term
-from dtr_lab.diffusion.samplers import check_fixed_variance, respaced_timesteps
+from dtr_lab.diffusion.samplers import check_fixed_variance, check_sample_steps, respaced_timesteps
 from dtr_lab.diffusion.weighting import LossWeighting, Uniform
 from dtr_lab.errors import DTRLabError
 from dtr_lab.lr_schedule import WarmupCosine
@@ -54,15 +54,6 @@ IDENTITY_FIELDS = (
 )
 # the position-embedding layout of a checkpoint saved before identities recorded it (dtr_lab before issue 21)
 OLD_POS_EMBED = "row_first"
-
-
-def check_sample_steps(steps: int, num_timesteps: int, option: str) -> None:
-    """Sampling steps must be an int in [1, T]: 0 or more than T would silently mean something else."""
-    if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= num_timesteps:
-        raise DTRLabError(
-            f"{option}={steps!r} must be an integer from 1 to T={num_timesteps} (model.num_timesteps); "
-            "DiT and DTR sample with 250"
-        )
 
 
 def ema_multi_avg_fn(decay: float) -> Callable:

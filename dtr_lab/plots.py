@@ -38,8 +38,11 @@ ROUTING_ORDER = ("vanilla", "dtr", "rtr", "switch", "affinity")
 # each routing's colour in seaborn's "colorblind" palette: blue, orange, green, pink, brown (not
 # vermilion, too close to DTR's orange)
 ROUTING_COLOURS = {"vanilla": 0, "dtr": 1, "rtr": 2, "switch": 4, "affinity": 5}
+# the palettes of every K×K heatmap (figures and TensorBoard alike): a diverging one centred on 0 for
+# cosines and affinities, a sequential one for overlaps in [0, 1]
 DIVERGING = "vlag"  # blue–white–red, readable with red–green colour blindness
 SEQUENTIAL = "mako"
+ANNOTATE_MAX = 8  # beyond 8×8 cells the numbers no longer fit
 TITLES = {
     "train/loss": "training loss",
     "val/loss": "validation loss (raw weights)",
@@ -238,6 +241,38 @@ def _colour_limit(rows: pd.DataFrame, metric: str) -> float:
     return min(limit, 1.0) if metric.startswith("cos") else (limit or 1.0)
 
 
+def heatmap(
+    ax,
+    matrix: np.ndarray,
+    labels: Sequence[str],
+    vmin: float,
+    vmax: float,
+    diverging: bool | None = None,
+    annot: bool = False,
+    annot_size: float = 7,
+    **kwargs,
+) -> None:
+    """A K×K matrix between timestep intervals on ``ax`` (row i, column j): the diverging palette centred
+    on 0 (blue < 0 < red) when the scale spans 0 (or ``diverging``), else the sequential one; NaN cells
+    blank; with ``annot`` each cell shows its value. ``kwargs`` go to seaborn's heatmap (cbar, …)."""
+    diverging = vmin < 0 < vmax if diverging is None else diverging
+    sns.heatmap(
+        matrix,
+        ax=ax,
+        cmap=DIVERGING if diverging else SEQUENTIAL,
+        center=0 if diverging else None,
+        vmin=vmin,
+        vmax=vmax,
+        square=True,
+        annot=annot,
+        fmt=".2f",
+        annot_kws={"size": annot_size},
+        xticklabels=labels,
+        yticklabels=labels,
+        **kwargs,
+    )
+
+
 def pick_steps(steps: np.ndarray, count: int) -> list[int]:
     """Up to ``count`` measured steps spread evenly over training, first and last included."""
     steps = np.unique(steps)
@@ -270,18 +305,7 @@ def matrix_grid(
                 at = at_step(run_rows, step)
                 mat = matrix(at)
                 labels = interval_labels(edges, len(mat))
-                sns.heatmap(
-                    mat,
-                    ax=ax,
-                    cmap=DIVERGING if diverging else SEQUENTIAL,
-                    center=0 if diverging else None,
-                    vmin=-limit if diverging else 0,
-                    vmax=limit,
-                    square=True,
-                    cbar=False,
-                    xticklabels=labels,
-                    yticklabels=labels,
-                )
+                heatmap(ax, mat, labels, -limit if diverging else 0, limit, diverging, cbar=False)
                 ax.tick_params(labelsize=7)
                 ax.tick_params(axis="y", labelrotation=0)
                 # every cell says its own step: a run still training may lag the column's step
@@ -417,19 +441,15 @@ def routing_vs_affinity(runs: Run | Runs, source: str = "affinity", metric: str 
                 mat = matrix(at)
                 labels = interval_labels(interval_edges(run.intervals, src), len(mat))
                 diverging = m != "iou"
-                sns.heatmap(
+                heatmap(
+                    ax,
                     mat,
-                    ax=ax,
-                    cmap=DIVERGING if diverging else SEQUENTIAL,
-                    center=0 if diverging else None,
-                    vmin=-shared_limit if diverging else 0,
-                    vmax=shared_limit if diverging else 1,
-                    square=True,
-                    annot=diverging and len(mat) <= 8,
-                    fmt=".2f",
-                    annot_kws={"size": 6},
-                    xticklabels=labels,
-                    yticklabels=labels,
+                    labels,
+                    -shared_limit if diverging else 0,
+                    shared_limit if diverging else 1,
+                    diverging,
+                    annot=diverging and len(mat) <= ANNOTATE_MAX,
+                    annot_size=6,
                     cbar_kws={"shrink": 0.8},
                 )
                 ax.tick_params(labelsize=7)

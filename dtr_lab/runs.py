@@ -2,16 +2,15 @@
 
 A run directory is what ``python -m dtr_lab fit`` writes: ``config.yaml`` (the resolved config),
 TensorBoard ``events.out.tfevents.*`` (scalars), and ``records/*.csv`` (long format
-``step,metric,i,j,value``, plus ``records/intervals.csv`` with ``name,k,start,end``). Every frame
-carries the label columns ``run, routing, weighting, mtl, model, seed`` so runs compare with one
-``groupby``. Nothing here imports torch or training code: a run that is still being written, or was
-cut off, reads as far as its complete lines go.
+``step,metric,i,j,value``, plus ``records/intervals.csv`` with ``name,k,start,end``; the format is
+:mod:`dtr_lab.records`'s). Every frame carries the label columns ``run, routing, weighting, mtl, model,
+seed`` so runs compare with one ``groupby``. Nothing here imports torch or training code: a run that is
+still being written, or was cut off, reads as far as its complete lines go.
 """
 
 from __future__ import annotations
 
 import glob
-import io
 import math
 import os
 from collections.abc import Callable, Iterable
@@ -22,15 +21,24 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from dtr_lab.errors import DTRLabError
+from dtr_lab import records
+from dtr_lab.records import (  # noqa: F401  (NAN_TEXTS: re-exported with the rest of the record format)
+    NAN_TEXTS,
+    RunError,
+    empty_records,
+    matrix,
+    read_intervals,
+    read_records,
+)
 from dtr_lab.run_dir import EVENTS_GLOB, holds_output, read_events
 
 LABELS = ("run", "routing", "weighting", "mtl", "model", "seed")
-RECORDS = ("loss_by_t", "conflict", "affinity", "routing", "quality")
+RECORDS = records.NAMES
 FRAMES = ("scalars", *RECORDS, "intervals")
-RECORD_COLUMNS = ["step", "metric", "i", "j", "value"]
-NAN_TEXTS = ("nan", "-nan", "+nan")
-INTERVAL_COLUMNS = ["name", "k", "start", "end"]
+RECORD_COLUMNS = list(records.COLUMNS)
+INTERVAL_COLUMNS = list(records.INTERVAL_COLUMNS)
+# (records file, metric) in the order read_affinity searches a run directory: lookahead affinity first
+AFFINITY_SOURCES = (("affinity", "tag"), ("conflict", "cos"))
 # short names researchers use (DTR paper, Table 2), as in the experiments/*/*.yaml file names
 SHORT_NAMES = {
     "NoRouting": "vanilla",
@@ -45,10 +53,6 @@ SHORT_NAMES = {
     "PCGrad": "pcgrad",
     "NashMTL": "nash",
 }
-
-
-class RunError(DTRLabError):
-    """A path that is not a readable run, or runs lacking the metric a figure needs."""
 
 
 # ----------------------------------------------------------------------------- labels
@@ -94,56 +98,6 @@ def run_labels(config: dict) -> dict:
 # ----------------------------------------------------------------------------- reading
 
 
-def _complete_lines(path: Path) -> tuple[str, bool]:
-    """The file's text up to its last newline, and whether anything after it was dropped."""
-    data = path.read_bytes()
-    end = data.rfind(b"\n") + 1
-    return data[:end].decode("utf-8", errors="replace"), end < len(data)
-
-
-def read_records(path: Path, columns: list[str] = RECORD_COLUMNS) -> tuple[pd.DataFrame, list[str]]:
-    """A long-format CSV as a typed frame, skipping a cut-off last line and malformed rows."""
-    problems = []
-    empty = empty_records(columns)
-    text, cut = _complete_lines(path)
-    if cut:
-        problems.append(f"{path}: last line is cut off (ignored)")
-    if not text.strip():
-        return empty, problems
-    header = text.splitlines()[0].strip().split(",")
-    if header != columns:
-        raise RunError(f"{path}: header is {','.join(header)!r}, expected {','.join(columns)!r}")
-    frame = pd.read_csv(io.StringIO(text), dtype=str, on_bad_lines="skip", keep_default_na=False)
-    n = len(frame)
-    malformed = pd.Series(False, index=frame.index)
-    for c in columns:
-        if _dtype(c) == "string":
-            malformed |= frame[c].isna()
-            continue
-        cells = frame[c].fillna("").str.strip()
-        frame[c] = pd.to_numeric(cells, errors="coerce")
-        missing = frame[c].isna()
-        if c in ("i", "j"):  # empty on scalar rows
-            missing &= cells != ""
-        elif c == "value":  # a diverged run writes nan: that is a value, kept as NaN, not a malformed row
-            missing &= ~cells.str.lower().isin(NAN_TEXTS)
-        malformed |= missing
-    frame = frame[~malformed]
-    if len(frame) < n:
-        problems.append(f"{path}: {n - len(frame)} malformed row(s) ignored")
-    frame = frame.astype({c: _dtype(c) for c in columns}).reset_index(drop=True)
-    return frame, problems
-
-
-def empty_records(columns: list[str] = RECORD_COLUMNS) -> pd.DataFrame:
-    """An empty frame with the typed columns of a records file."""
-    return pd.DataFrame({c: pd.Series(dtype=_dtype(c)) for c in columns})
-
-
-def _dtype(column: str) -> str:
-    return {"metric": "string", "name": "string", "value": "float64"}.get(column, "Int64")
-
-
 def read_scalars(run_dir: Path) -> tuple[pd.DataFrame, list[str]]:
     """Every TensorBoard scalar of a run as rows (step, tag, value, wall_time); a damaged events file is
     read up to the damage, and a problem names the file and how much of it was lost."""
@@ -178,7 +132,7 @@ def is_run_dir(path: Path) -> bool:
     return path.is_dir() and (
         (path / "config.yaml").is_file()
         or (path / "hparams.yaml").is_file()
-        or (path / "records").is_dir()
+        or (path / records.FOLDER).is_dir()
         or any(path.glob(EVENTS_GLOB))
     )
 
@@ -259,16 +213,11 @@ def load_run(path: str | Path, labels: dict[str, str] | None = None, name: str |
     problems += p
     frames = {}
     for record in RECORDS:
-        file = path / "records" / f"{record}.csv"
+        file = records.path(path, record)
         frames[record], p = read_records(file) if file.is_file() else (empty_records(), [])
         problems += p
-    file = path / "records" / "intervals.csv"
-    intervals, p = (
-        read_records(file, INTERVAL_COLUMNS) if file.is_file() else (empty_records(INTERVAL_COLUMNS), [])
-    )
+    intervals, p = read_intervals(path)  # callbacks rewrite their intervals when a run resumes
     problems += p
-    # callbacks rewrite their intervals when a run resumes
-    intervals = intervals.drop_duplicates(["name", "k"], keep="last").reset_index(drop=True)
 
     if scalars.empty and all(frames[r].empty for r in RECORDS):
         raise RunError(
@@ -458,12 +407,58 @@ def at_step(rows: pd.DataFrame, step: int | None = None) -> pd.DataFrame:
     return rows[rows["step"] == last]
 
 
-def matrix(rows: pd.DataFrame) -> np.ndarray:
-    """One run's (i, j, value) rows at one step as a K×K array (NaN where missing)."""
-    k = int(max(rows["i"].max(), rows["j"].max())) + 1
-    out = np.full((k, k), np.nan)
-    out[rows["i"].astype(int).to_numpy(), rows["j"].astype(int).to_numpy()] = rows["value"].to_numpy()
-    return out
+def read_affinity(
+    run_dir: str | Path, source: tuple[str, str] | None = None, step: int | None = None
+) -> tuple[np.ndarray, list[int], str]:
+    """A run's K×K affinity between its timestep intervals, their edges (K+1), and the record it came
+    from ("affinity/tag" or "conflict/cos"): the one reader of a run's affinity, with one rule.
+
+    The record is ``source`` (records file, metric) or by default the first the run has of
+    AFFINITY_SOURCES: the lookahead affinity Z (TaskAffinity), else the gradient cosine
+    (GradientConflict). A step that a resumed run measured again keeps its latest write. The matrix is
+    the mean over the later ⌈n/2⌉ of the n measured steps (the first measurement, at step 0, is of the
+    untrained network: it is left out whenever there are two or more, and the mean averages probe
+    noise), or the matrix at ``step`` when one is given. An entry never measured is NaN.
+    """
+    run_dir = Path(run_dir)
+    for name, metric in [source] if source else AFFINITY_SOURCES:
+        file = records.path(run_dir, name)
+        if not file.is_file():
+            if source:
+                raise RunError(f"{file} does not exist; train with the callback that writes {name!r} records")
+            continue
+        frame, _ = read_records(file)
+        rows = frame[frame["metric"] == metric]
+        if source and rows.empty:
+            raise RunError(f"{file} has no rows with metric {metric!r}; pass another metric")
+        if source and (rows["i"].isna() | rows["j"].isna()).any():
+            raise RunError(f"{file}: metric {metric!r} is not a matrix (no i, j); pass another metric")
+        rows = rows[rows["i"].notna() & rows["j"].notna()]
+        if rows.empty:
+            continue
+        rows = rows.drop_duplicates(["step", "i", "j"], keep="last")
+        steps = sorted(rows["step"].unique())
+        if step is None:
+            rows = rows[rows["step"].isin(steps[len(steps) // 2 :])]
+        elif step in steps:
+            rows = rows[rows["step"] == step]
+        else:
+            raise RunError(
+                f"{file} has no {metric!r} matrix at step={step}; it holds steps {steps[0]} … {steps[-1]}"
+            )
+        mean = rows.groupby(["i", "j"])["value"].mean().reset_index()
+        affinity = matrix(mean)
+        edges = interval_edges(read_intervals(run_dir)[0], name)
+        if edges is None or len(edges) != len(affinity) + 1:
+            raise RunError(
+                f"{records.path(run_dir, records.INTERVALS)} does not give the {len(affinity)} intervals of "
+                f"the {name}.csv {metric!r} matrix; pass a complete run directory"
+            )
+        return affinity, edges, f"{name}/{metric}"
+    raise RunError(
+        f"{run_dir} has no affinity records (records/affinity.csv 'tag' or records/conflict.csv 'cos'); "
+        "measure them with the TaskAffinity or GradientConflict callback in a short run first"
+    )
 
 
 def final_scalars(scalars: pd.DataFrame, tags: Iterable[str], window: int = 5) -> pd.DataFrame:

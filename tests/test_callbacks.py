@@ -386,14 +386,19 @@ def test_optimizer_lookahead_equals_the_real_step_and_leaves_state_alone():
 
 
 def test_heatmap_image_colours_each_entry():
+    """In the figures' palettes (dtr_lab.plots): diverging for a scale around 0, sequential for [0, 1]."""
     from matplotlib import colormaps
 
+    from dtr_lab.plots import DIVERGING, SEQUENTIAL
+
     image = heatmap_image({"a": torch.tensor([[-1.0, 1.0], [float("nan"), 0.0]])}, cell=1)  # (3, 2, 2)
-    cmap = colormaps["RdBu_r"]
+    cmap = colormaps[DIVERGING]
     assert image[:, 0, 0].tolist() == pytest.approx(list(cmap(0.0)[:3]))
     assert image[:, 0, 1].tolist() == pytest.approx(list(cmap(1.0)[:3]))
     assert image[:, 1, 0].tolist() == pytest.approx([0.6] * 3)  # undefined: grey
     assert image[:, 1, 1].tolist() == pytest.approx(list(cmap(0.5)[:3]))
+    iou = heatmap_image({"a": torch.tensor([[1.0]])}, vmin=0.0, vmax=1.0, cell=1)
+    assert iou[:, 0, 0].tolist() == pytest.approx(list(colormaps[SEQUENTIAL](1.0)[:3]))
     two = heatmap_image({"a": torch.zeros(3, 3), "b": torch.zeros(3, 3)}, cell=4)
     assert two.shape == (3, 12, 4 * 3 * 2 + 2)  # two panels and a half-cell gap
 

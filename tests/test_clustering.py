@@ -1,9 +1,11 @@
-"""Interval clustering: exact DP against brute force, block-diagonal affinity, and the CLI."""
+"""Interval clustering: exact DP against brute force, block-diagonal affinity, and the CLI
+(analysis/cluster_intervals.py)."""
 
 import itertools
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -11,7 +13,18 @@ import yaml
 
 from dtr_lab.diffusion import GaussianDiffusion
 from dtr_lab.errors import DTRLabError
-from dtr_lab.mtl.clustering import affinity_intervals, ant_snr_cost, main, snr_intervals
+from dtr_lab.mtl.clustering import affinity_intervals, ant_snr_cost, snr_intervals
+
+SCRIPT = Path(__file__).resolve().parents[1] / "analysis" / "cluster_intervals.py"
+
+
+@pytest.fixture
+def main(monkeypatch):
+    """The script's main() in this interpreter."""
+    monkeypatch.syspath_prepend(str(SCRIPT.parent))
+    import cluster_intervals
+
+    return cluster_intervals.main
 
 
 def all_splits(n: int, k: int):
@@ -160,7 +173,7 @@ def blocks(sizes: list[int]) -> torch.Tensor:
 FINE_EDGES = [0, 100, 200, 300, 400, 500, 600, 700, 800]
 
 
-def test_cli_clusters_the_last_step_into_a_yaml_snippet(tmp_path, capsys):
+def test_cli_clusters_the_later_half_into_a_yaml_snippet(main, tmp_path, capsys):
     write_run(tmp_path, {100: blocks([4, 4]), 200: blocks([2, 3, 3])}, FINE_EDGES)
     intervals_csv = tmp_path / "records" / "intervals.csv"
     resumed = [line for line in intervals_csv.read_text().splitlines() if line.startswith("conflict,")]
@@ -174,6 +187,17 @@ def test_cli_clusters_the_last_step_into_a_yaml_snippet(tmp_path, capsys):
     assert yaml.safe_load(capsys.readouterr().out) == {"intervals": {"boundaries": [0, 400, 800]}}
 
 
+def test_cli_reads_the_matrix_affinity_routing_reads(main, tmp_path, capsys):
+    """Three measurements: the untrained step 0 is left out, the later two averaged (runs.read_affinity)."""
+    write_run(tmp_path, {0: blocks([2, 6]), 100: blocks([4, 4]), 200: blocks([4, 4])}, FINE_EDGES)
+    assert main([str(tmp_path), "--k", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "the later half of its steps" in out
+    assert yaml.safe_load(out) == {"intervals": {"boundaries": [0, 400, 800]}}
+    assert main([str(tmp_path), "--k", "2", "--step", "0"]) == 0
+    assert yaml.safe_load(capsys.readouterr().out) == {"intervals": {"boundaries": [0, 200, 800]}}
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
@@ -181,12 +205,12 @@ def test_cli_clusters_the_last_step_into_a_yaml_snippet(tmp_path, capsys):
         (["--timesteps", "3", "--k", "4"], "error: --k=4 is more than --timesteps=3; lower --k"),
     ],
 )
-def test_cli_snr_mode_names_the_option_out_of_range(capsys, args, message):
+def test_cli_snr_mode_names_the_option_out_of_range(main, capsys, args, message):
     assert main(["--snr", *args]) == 2
     assert capsys.readouterr().err == message + "\n"
 
 
-def test_cli_snr_mode(capsys):
+def test_cli_snr_mode(main, capsys):
     assert main(["--snr", "--timesteps", "100", "--schedule", "cosine", "--k", "4"]) == 0
     snr = GaussianDiffusion(100, "cosine").snr(torch.arange(100))
     assert yaml.safe_load(capsys.readouterr().out) == {"intervals": {"boundaries": snr_intervals(snr, 4)}}
@@ -217,13 +241,13 @@ def nan_matrix() -> torch.Tensor:
         (["--k", "9"], {1: blocks([4, 4])}, "--k=9 is more than the 8"),
         (["--k", "2"], {1: nan_matrix()}, "NaN"),
         (["--k", "2", "--metric", "tag"], {1: blocks([4, 4])}, "metric 'tag'"),
-        (["--k", "2", "--step", "7"], {1: blocks([4, 4])}, "--step=7"),
-        (["--k", "2"], {1: blocks([3, 4])}, "not the 8×8 matrix"),
+        (["--k", "2", "--step", "7"], {1: blocks([4, 4])}, "step=7"),
+        (["--k", "2"], {1: blocks([3, 4])}, "does not give the 7 intervals"),
         (["--k", "2", "--metric", "neg_share"], {1: blocks([4, 4])}, "not a matrix"),
         (["--k", "2", "--records", "affinity"], {1: blocks([4, 4])}, "affinity.csv does not exist"),
     ],
 )
-def test_cli_bad_input_prints_one_error_line(tmp_path, capsys, args, matrices, match):
+def test_cli_bad_input_prints_one_error_line(main, tmp_path, capsys, args, matrices, match):
     if matrices is not None:
         write_run(tmp_path, matrices, FINE_EDGES)
     assert main([str(tmp_path), *args]) == 2
@@ -233,16 +257,16 @@ def test_cli_bad_input_prints_one_error_line(tmp_path, capsys, args, matrices, m
     assert len(lines) == 1 and lines[0].startswith("error: ") and match in lines[0]
 
 
-def test_cli_rejects_an_empty_records_file(tmp_path, capsys):
+def test_cli_rejects_an_empty_records_file(main, tmp_path, capsys):
     write_run(tmp_path, {1: blocks([4, 4])}, FINE_EDGES)
     (tmp_path / "records" / "intervals.csv").write_text("")
     assert main([str(tmp_path), "--k", "2"]) == 2
-    assert "intervals.csv is not a readable CSV" in capsys.readouterr().err
+    assert "intervals.csv does not give the 8 intervals" in capsys.readouterr().err
 
 
 def test_cli_module_exits_2_without_traceback(tmp_path):
     result = subprocess.run(
-        [sys.executable, "-m", "dtr_lab.mtl.clustering", str(tmp_path), "--k", "3"],
+        [sys.executable, str(SCRIPT), str(tmp_path), "--k", "3"],
         capture_output=True,
         text=True,
     )

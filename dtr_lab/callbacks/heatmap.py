@@ -1,8 +1,9 @@
 """Heatmaps of K×K interval matrices (gradient cosine, task affinity, mask IoU) for TensorBoard.
 
-Two renderings: a colour-mapped image tensor (a few milliseconds, logged at every measurement, so
-TensorBoard's step slider shows the matrix change over training) and a labelled, annotated
-matplotlib figure (about a training step to draw on a CPU, so logged once per run).
+Two renderings, in the palettes of :mod:`dtr_lab.plots` (the figure with its drawer): a colour-mapped
+image tensor (a few milliseconds, logged at every measurement, so TensorBoard's step slider shows the
+matrix change over training) and a labelled, annotated matplotlib figure (about a training step to draw
+on a CPU, so logged once per run).
 """
 
 from __future__ import annotations
@@ -12,8 +13,6 @@ import math
 import lightning as L
 import torch
 from matplotlib.figure import Figure
-
-ANNOTATE_MAX = 8  # beyond 8×8 cells the numbers no longer fit
 
 
 def heatmap_figure(
@@ -25,7 +24,7 @@ def heatmap_figure(
     ylabel: str = "interval i",
 ) -> Figure:
     """One heatmap per (title, K×K matrix), side by side, on a shared diverging colour scale."""
-    import seaborn as sns  # imported here: only needed when a figure is drawn
+    from dtr_lab.plots import ANNOTATE_MAX, heatmap  # imported here: only needed when a figure is drawn
 
     n = len(matrices)
     cols = min(n, 4)
@@ -35,19 +34,13 @@ def heatmap_figure(
     fig = Figure(figsize=(side * cols, side * rows), layout="constrained")
     axes = fig.subplots(rows, cols, squeeze=False).flatten()
     for ax, (title, matrix) in zip(axes, matrices.items(), strict=False):
-        sns.heatmap(
+        heatmap(
+            ax,
             matrix.detach().float().cpu().numpy(),
-            ax=ax,
-            vmin=vmin,
-            vmax=vmax,
-            center=0.0 if vmin < 0 < vmax else None,
-            cmap="RdBu_r" if vmin < 0 < vmax else "viridis",
+            labels,
+            vmin,
+            vmax,
             annot=k <= ANNOTATE_MAX,
-            fmt=".2f",
-            annot_kws={"fontsize": 7},
-            square=True,
-            xticklabels=labels,
-            yticklabels=labels,
             cbar=ax is axes[n - 1],
         )
         ax.set_title(title, fontsize=9)
@@ -63,11 +56,13 @@ def heatmap_image(
     matrices: dict[str, torch.Tensor], vmin: float = -1.0, vmax: float = 1.0, cell: int = 12
 ) -> torch.Tensor:
     """The matrices side by side as one (3, H, W) image in [0, 1]: cell×cell pixels per entry, row i
-    top to bottom, column j left to right, a diverging map (blue < 0 < red) or viridis for [0, 1];
-    undefined (NaN) entries grey."""
+    top to bottom, column j left to right, in the palettes of dtr_lab.plots (diverging, blue < 0 < red,
+    or sequential for [0, 1]); undefined (NaN) entries grey."""
     from matplotlib import colormaps
 
-    cmap = colormaps["RdBu_r" if vmin < 0 < vmax else "viridis"]
+    from dtr_lab.plots import DIVERGING, SEQUENTIAL  # imports seaborn, which registers its palettes
+
+    cmap = colormaps[DIVERGING if vmin < 0 < vmax else SEQUENTIAL]
     gap = torch.ones(3, next(iter(matrices.values())).shape[0] * cell, cell // 2)
     panels = []
     for matrix in matrices.values():

@@ -6,32 +6,18 @@ from __future__ import annotations
 from pathlib import Path
 
 import lightning as L
-import torch
 from lightning.pytorch.utilities import rank_zero_only
 
 from dtr_lab.callbacks.logging import log_dir
 from dtr_lab.callbacks.records import RecordWriter
+from dtr_lab.data.base import real_images
+from dtr_lab.diffusion.samplers import check_sample_steps
 from dtr_lab.errors import DTRLabError
 from dtr_lab.metrics import SampleQualityMetrics
 from dtr_lab.metrics.features import FEATURES, find_inception_weights
-from dtr_lab.module import check_sample_steps
 from dtr_lab.samples import balanced_labels, generate
 
-__all__ = ["SampleQuality", "balanced_labels", "generate", "real_images"]
-
-
-def real_images(datamodule: L.LightningDataModule, max_images: int, seed: int) -> torch.Tensor:
-    """Up to `max_images` training images (a seeded subset), decoded when the data are latents."""
-    if datamodule is None or not hasattr(datamodule, "train_set"):
-        raise DTRLabError("SampleQuality needs a datamodule with a training set to compare samples against")
-    if datamodule.train_set is None:
-        datamodule.setup("fit")
-    dataset = datamodule.train_set
-    n = min(max_images, len(dataset))
-    idx = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:n]
-    tensors = getattr(dataset, "tensors", None)
-    x = tensors[0][idx] if tensors is not None else torch.stack([dataset[i][0] for i in idx.tolist()])
-    return torch.cat([datamodule.decode(chunk) for chunk in x.split(256)])
+__all__ = ["SampleQuality", "balanced_labels", "generate"]
 
 
 class SampleQuality(L.Callback):

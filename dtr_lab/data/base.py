@@ -130,3 +130,17 @@ class ImageDataModule(L.LightningDataModule):
 
 def tensor_dataset(images: torch.Tensor, labels: torch.Tensor) -> TensorDataset:
     return TensorDataset(images.float().contiguous(), labels.long())
+
+
+def real_images(datamodule: L.LightningDataModule, max_images: int, seed: int) -> torch.Tensor:
+    """Up to `max_images` training images (a seeded subset), decoded when the data are latents."""
+    if datamodule is None or not hasattr(datamodule, "train_set"):
+        raise DTRLabError("SampleQuality needs a datamodule with a training set to compare samples against")
+    if datamodule.train_set is None:
+        datamodule.setup("fit")
+    dataset = datamodule.train_set
+    n = min(max_images, len(dataset))
+    idx = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:n]
+    tensors = getattr(dataset, "tensors", None)
+    x = tensors[0][idx] if tensors is not None else torch.stack([dataset[i][0] for i in idx.tolist()])
+    return torch.cat([datamodule.decode(chunk) for chunk in x.split(256)])

@@ -31,6 +31,15 @@ def check_fixed_variance(kind: str) -> str:
     return kind
 
 
+def check_sample_steps(steps: int, num_timesteps: int, option: str) -> None:
+    """Sampling steps must be an int in [1, T]: 0 or more than T would silently mean something else."""
+    if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= num_timesteps:
+        raise DTRLabError(
+            f"{option}={steps!r} must be an integer from 1 to T={num_timesteps} (model.num_timesteps); "
+            "DiT and DTR sample with 250"
+        )
+
+
 def respaced_timesteps(num_timesteps: int, steps: int, respacing: str = "even") -> list[int]:
     """`steps` original timesteps, increasing.
 

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dtr_lab.data import DigitsDataModule
+from dtr_lab.digits import digits_split, load_digits_tensors
 from dtr_lab.errors import DTRLabError
 
 IMAGE_SIZE = 8
@@ -63,7 +63,8 @@ def accuracy(model: DigitsClassifier, x: torch.Tensor, y: torch.Tensor) -> float
 
 
 def train_digits_classifier(seed: int = 0, epochs: int = 15, batch_size: int = 64) -> DigitsClassifier:
-    """Train on DigitsDataModule(seed=seed)'s training split with Adam; the global RNG is untouched."""
+    """Train on the digits' training split, digits_split(seed) as DigitsDataModule(seed=seed) splits them,
+    with Adam; the global RNG is untouched."""
     # One thread: the summation order, hence the weights, then do not depend on the machine's
     # core count; the network is small enough that this costs about two seconds.
     threads = torch.get_num_threads()
@@ -75,10 +76,10 @@ def train_digits_classifier(seed: int = 0, epochs: int = 15, batch_size: int = 6
 
 
 def _train(seed: int, epochs: int, batch_size: int) -> DigitsClassifier:
-    data = DigitsDataModule(seed=seed)  # the split the diffusion models train on
-    data.setup("fit")
-    x, y = data.train_set.tensors
-    x_val, y_val = data.val_set.tensors
+    images, labels = load_digits_tensors()
+    train_idx, val_idx = digits_split(seed)  # the split the diffusion models train on (DigitsDataModule)
+    x, y = images[train_idx].contiguous(), labels[train_idx]
+    x_val, y_val = images[val_idx].contiguous(), labels[val_idx]
     generator = torch.Generator().manual_seed(seed)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)

@@ -2,7 +2,7 @@
 
 Interval k holds the timesteps ``[edges[k], edges[k+1])``. The edges are uniform in t, uniform in
 log-SNR, clustered by an SNR objective of :mod:`dtr_lab.mtl.clustering` (ANT's ``ant_snr``, or
-``log_snr_variance``), or given explicitly (e.g. printed by that module's command line).
+``log_snr_variance``), or given explicitly (e.g. printed by ``analysis/cluster_intervals.py``).
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from dataclasses import dataclass
 import torch
 
 from dtr_lab.errors import DTRLabError
+from dtr_lab.mtl.clustering import SNR_OBJECTIVES, snr_intervals
 
-SNR_OBJECTIVES = ("ant_snr", "log_snr_variance")  # the interval costs of dtr_lab.mtl.clustering
 SPACINGS = ("uniform", "log_snr", *SNR_OBJECTIVES)
 
 
@@ -62,9 +62,6 @@ class Intervals:
         elif self.spacing == "log_snr":
             edges = _log_snr_edges(snr, k)
         elif self.spacing in SNR_OBJECTIVES:
-            # imported here: `python -m dtr_lab.mtl.clustering` must not find itself imported already
-            from dtr_lab.mtl.clustering import snr_intervals
-
             edges = torch.tensor(snr_intervals(snr, k, self.spacing))
         else:
             raise DTRLabError(
