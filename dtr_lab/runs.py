@@ -10,12 +10,14 @@ cut off, reads as far as its complete lines go.
 
 from __future__ import annotations
 
+import ast
 import glob
 import io
 import math
 import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -31,13 +33,10 @@ FRAMES = ("scalars", *RECORDS, "intervals")
 RECORD_COLUMNS = ["step", "metric", "i", "j", "value"]
 NAN_TEXTS = ("nan", "-nan", "+nan")
 INTERVAL_COLUMNS = ["name", "k", "start", "end"]
-# short names researchers use (DTR paper, Table 2), as in the experiments/*/*.yaml file names
+ROUTING_PACKAGE = Path(__file__).resolve().parent / "routing"
+# short names researchers use (DTR paper, Table 2), as in the experiments/*/*.yaml file names; a
+# routing's comes from the routing itself (routing_classes)
 SHORT_NAMES = {
-    "NoRouting": "vanilla",
-    "DTRRouting": "dtr",
-    "RandomRouting": "rtr",
-    "SwitchRouting": "switch",
-    "AffinityRouting": "affinity",
     "Uniform": "uniform",
     "MinSNR": "min_snr",
     "P2": "p2",
@@ -75,6 +74,68 @@ def _short(node, default: str) -> str:
     return SHORT_NAMES.get(name, name.lower()) if name else default
 
 
+@cache
+def routing_classes() -> dict[str, dict]:
+    """Every routing class in dtr_lab/routing/ by class name, with what it declares of itself as class
+    attributes (label, colour, seeded; inherited ones included), read from the package's source without
+    importing it (no torch here): a new routing file is found without an entry anywhere else."""
+    classes: dict[str, tuple[list[str], dict]] = {}
+    for file in sorted(ROUTING_PACKAGE.glob("*.py")):
+        for node in ast.parse(file.read_text()).body:
+            if not isinstance(node, ast.ClassDef):
+                continue
+            declared = {}
+            for item in node.body:
+                if not isinstance(item, ast.Assign) or len(item.targets) != 1:
+                    continue
+                target, value = item.targets[0], item.value
+                pairs = [(target, value)]
+                if isinstance(target, ast.Tuple) and isinstance(value, ast.Tuple):  # label, colour = "x", 1
+                    pairs = list(zip(target.elts, value.elts, strict=False))
+                for name, v in pairs:
+                    if isinstance(name, ast.Name):
+                        try:
+                            declared[name.id] = ast.literal_eval(v)
+                        except ValueError:  # not a literal (a computed attribute): not declared
+                            pass
+            bases = [b.id for b in node.bases if isinstance(b, ast.Name)]
+            classes[node.name] = (bases, declared)
+
+    def resolve(name: str) -> dict:
+        bases, declared = classes.get(name, ([], {}))
+        out: dict = {}
+        for base in reversed(bases):
+            out |= resolve(base)
+        return out | declared
+
+    routings = {name for name in classes if "Routing" in _ancestors(name, classes)}
+    return {name: resolve(name) for name in routings if resolve(name).get("label")}
+
+
+def _ancestors(name: str, classes: dict) -> set[str]:
+    bases = classes.get(name, ([], {}))[0]
+    return set(bases).union(*(_ancestors(b, classes) for b in bases)) if bases else set()
+
+
+def routing_label(node, default: str = "vanilla") -> str:
+    """A config's routing (a class_path node) by the label its class declares (class name, lower case,
+    for a routing outside dtr_lab)."""
+    name = _class_name(node)
+    if not name:
+        return default
+    return routing_classes().get(name, {}).get("label", name.lower())
+
+
+def routing_colours() -> dict[str, int]:
+    """Every routing's label -> its colour (an index into seaborn's "colorblind" palette)."""
+    return {c["label"]: c["colour"] for c in routing_classes().values() if "colour" in c}
+
+
+def routing_seeded(label: str) -> bool:
+    """Whether the routing of this label draws from a seed of its own (a seed study sets it per run)."""
+    return any(c.get("seeded", False) for c in routing_classes().values() if c["label"] == label)
+
+
 def run_labels(config: dict) -> dict:
     """routing (vanilla/dtr/rtr), weighting (uniform/min_snr/p2), mtl (none/uw/pcgrad/nash), model
     (DiT-T/2, UNet, …) and seed of a resolved config; absent keys take the module's defaults."""
@@ -83,7 +144,7 @@ def run_labels(config: dict) -> dict:
     if isinstance(seed, bool) or not isinstance(seed, int):
         seed = config_value(config, "model.seed", -1)
     return {
-        "routing": _short(config_value(config, "model.routing"), "vanilla"),
+        "routing": routing_label(config_value(config, "model.routing")),
         "weighting": _short(config_value(config, "model.weighting"), "uniform"),
         "mtl": _short(config_value(config, "model.mtl"), "none"),
         "model": model or "unknown",
@@ -563,3 +624,64 @@ def final_metrics(run: Run) -> dict[str, float]:
         "affinity Z, mean off-diagonal": _last_mean(run.affinity, "tag", off_diagonal=True),
         "ρ(mask IoU, affinity)": float(routing_affinity_correlation(run)["rho"].iloc[0]),
     }
+
+
+# ----------------------------------------------------------------------------- measured routing inputs
+
+# (records file, metric) in the order a run directory is searched: lookahead affinity first
+AFFINITY_SOURCES = (("affinity", "tag"), ("conflict", "cos"))
+
+
+def read_affinity(run_dir: Path) -> tuple[np.ndarray, list[int], str]:
+    """A run's K×K affinity averaged over the later half of its measurements, its interval edges, and
+    which record it came from ("affinity/tag" or, without one, "conflict/cos").
+
+    The first measurement is taken at step 0, on the untrained network; averaging the later
+    ⌈n/2⌉ of n measured steps leaves it out whenever there are two or more, and averages probe noise.
+    """
+    for name, metric in AFFINITY_SOURCES:
+        file = run_dir / "records" / f"{name}.csv"
+        if not file.is_file():
+            continue
+        frame, _ = read_records(file)
+        rows = frame[(frame["metric"] == metric) & frame["i"].notna() & frame["j"].notna()]
+        if rows.empty:
+            continue
+        # a resumed run re-measures steps after its last checkpoint: keep the latest write
+        rows = rows.drop_duplicates(["step", "i", "j"], keep="last")
+        steps = sorted(rows["step"].unique())
+        rows = rows[rows["step"].isin(steps[len(steps) // 2 :])]
+        k = int(max(rows["i"].max(), rows["j"].max())) + 1
+        mean = rows.groupby(["i", "j"])["value"].mean()  # an entry never measured stays NaN: refused later
+        affinity = np.full((k, k), np.nan)
+        affinity[mean.index.get_level_values("i"), mean.index.get_level_values("j")] = mean.to_numpy()
+        intervals_file = run_dir / "records" / "intervals.csv"
+        intervals = (
+            read_records(intervals_file, INTERVAL_COLUMNS)[0]
+            if intervals_file.is_file()
+            else pd.DataFrame(columns=INTERVAL_COLUMNS)
+        )
+        edges = interval_edges(intervals.drop_duplicates(["name", "k"], keep="last"), name)
+        if edges is None or len(edges) != k + 1:
+            raise DTRLabError(
+                f"AffinityRouting.source={str(run_dir)!r}: records/intervals.csv does not give the {k} "
+                f"intervals of its records/{name}.csv; pass a complete run directory or the matrix itself"
+            )
+        return affinity, edges, f"{name}/{metric}"
+    raise DTRLabError(
+        f"AffinityRouting.source={str(run_dir)!r} has no affinity records (records/affinity.csv 'tag' or "
+        "records/conflict.csv 'cos'); measure them with the TaskAffinity callback in a short run first"
+    )
+
+
+def read_affinity_options(source: str | Path) -> dict:
+    """AffinityRouting's options from a run directory: the matrix (``source``), the interval ``edges`` it
+    was measured on and where it came from (``measured``)."""
+    path = Path(source)
+    if not path.is_dir():
+        raise DTRLabError(
+            f"AffinityRouting.source={str(source)!r} is not a run directory; give a run folder "
+            "(runs/NAME/version_N, measured with TaskAffinity) or a K×K matrix"
+        )
+    affinity, edges, measured = read_affinity(path)
+    return {"source": affinity.tolist(), "edges": edges, "measured": measured}
