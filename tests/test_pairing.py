@@ -89,7 +89,8 @@ def test_pairing_exempts_a_routing_s_own_parameters_by_the_protocol(arms):
     switch, _ = arms["switch"]
     own = own_parameters(switch.net)
     assert own and own_parameters(vanilla.net) == set()
-    assert own == {n for n, _ in switch.net.named_parameters()} - {n for n, _ in vanilla.net.named_parameters()}
+    names = {n for n, _ in switch.net.named_parameters()} - {n for n, _ in vanilla.net.named_parameters()}
+    assert own == names
 
     class Wrapped(torch.nn.Module):  # the same network one level down: its routing's parameters move with it
         def __init__(self, net):
