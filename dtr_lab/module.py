@@ -32,7 +32,7 @@ from dtr_lab.mtl.gradients import flat_grad, write_grad
 from dtr_lab.mtl.intervals import DEFAULT_INTERVALS, Intervals
 from dtr_lab.mtl.method import MTLMethod, TaskBatch, Update
 from dtr_lab.mtl.tasks import Tasks
-from dtr_lab.routing import NoRouting, Routing, identity_of
+from dtr_lab.routing import NoRouting, Routing, identity_of, identity_text
 from dtr_lab.samples import generate
 from dtr_lab.seeds import derive_seed
 
@@ -494,9 +494,12 @@ class DiffusionModule(L.LightningModule):
             saved = {**saved, "routing": identity_of(saved["routing"])}
         for field in IDENTITY_FIELDS:
             if field in saved and saved[field] != own[field] and field not in allowed:
+                theirs, ours = saved[field], own[field]
+                if field == "routing":  # compared as dicts, shown as people read them
+                    theirs, ours = identity_text(theirs), identity_text(ours)
                 raise DTRLabError(
-                    f"checkpoint was trained with {field}={saved[field]} "
-                    f"but the config has {field}={own[field]}; "
+                    f"checkpoint was trained with {field}={theirs} "
+                    f"but the config has {field}={ours}; "
                     "use the config the checkpoint was trained with (its run directory's config.yaml), or "
                     f"pass --model.allow_checkpoint_mismatch [{field}] to fine-tune across it deliberately"
                 )

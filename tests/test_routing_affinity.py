@@ -180,7 +180,7 @@ def test_a_source_that_gains_records_fails_the_checkpoint_identity(tmp_path):
     affinity_module(tmp_path).check_checkpoint_identity(saved)  # the same records: the same routing
     # the source run measured once more
     write_records(tmp_path, {8: np.eye(3) + 0.2 * np.diag([1, 1], 1)}, edges=[0, 30, 60, 100])
-    with pytest.raises(DTRLabError, match=r"trained with routing=\{'class': 'AffinityRouting'"):
+    with pytest.raises(DTRLabError, match=r"checkpoint was trained with routing=AffinityRouting\(beta"):
         affinity_module(tmp_path).check_checkpoint_identity(saved)
 
 

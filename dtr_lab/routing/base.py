@@ -129,6 +129,15 @@ def identity_of(saved: dict | str) -> dict | str:
         return saved
 
 
+def identity_text(identity: dict | str) -> str:
+    """An identity as people read it in an error line, ``DTRRouting(alpha=4.0, beta=0.8)`` (display only:
+    identities are compared as dicts)."""
+    if not isinstance(identity, dict) or "class" not in identity:
+        return str(identity)
+    args = ", ".join(f"{k}={v!r}" for k, v in identity.items() if k != "class")
+    return f"{identity['class']}({args})"
+
+
 def routers(net: nn.Module) -> list[tuple[str, BaseRouter]]:
     """Every router inside a network, with its module name."""
     return [(name, m) for name, m in net.named_modules() if isinstance(m, BaseRouter)]
