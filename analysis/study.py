@@ -30,6 +30,7 @@ import yaml
 
 from dtr_lab.convergence import paired_steps, plateau, steps_to_target
 from dtr_lab.records import read_records
+from dtr_lab.runs import routing_seeded
 from dtr_lab.stats import paired_difference
 from dtr_lab.tables import text_table
 
@@ -71,7 +72,7 @@ class RunSpec:
             "--trainer.logger.init_args.version",
             f"seed{seed}",
         ]
-        if self.labels.get("routing") == "rtr":  # a fresh random table per seed: part of R-TR's variance
+        if routing_seeded(self.labels.get("routing", "")):  # R-TR: a fresh table per seed
             args += ["--model.routing.init_args.seed", seed]
         return args + self.overrides
 

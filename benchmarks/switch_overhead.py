@@ -20,8 +20,7 @@ import torch
 from timing import dit_module
 
 from dtr_lab.module import DiffusionModule
-from dtr_lab.routing import DTRRouting, NoRouting
-from dtr_lab.routing_switch import SwitchRouting
+from dtr_lab.routing import DTRRouting, NoRouting, SwitchRouting
 
 IMAGE, CHANNELS, CLASSES, BATCH = 8, 1, 10, 128
 

@@ -3,13 +3,17 @@ links and one-line errors for bad input."""
 
 from __future__ import annotations
 
+import importlib
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
+from jsonargparse import Namespace
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.cli import LightningCLI
 
+from dtr_lab import runs
 from dtr_lab.checkpoint_file import LIGHTNING_KEYWORDS, read_checkpoint
 from dtr_lab.checkpointing import Interrupted, RunCheckpoint
 from dtr_lab.console import quiet_lightning, use_step_progress_bar
@@ -18,6 +22,29 @@ from dtr_lab.errors import DTRLabError, find_bad_input
 from dtr_lab.module import DiffusionModule
 from dtr_lab.parser import OneLineParser, read_configs
 from dtr_lab.run_dir import claim_log_dir
+
+
+@contextmanager
+def run_options_read(config: Namespace):
+    """While the classes are built, every routing option that names a run directory (the routing's
+    ``run_options``) holds what dtr_lab.runs reads from it; the config (and so config.yaml) keeps the path."""
+    node = config.get("model.routing") if config is not None else None
+    if not isinstance(node, Namespace) or not isinstance(node.get("class_path"), str):
+        yield
+        return
+    module, name = node.class_path.rsplit(".", 1)
+    readers = getattr(getattr(importlib.import_module(module), name), "run_options", {})
+    args = node.get("init_args") or Namespace()
+    given = {k: v for k, v in args.items() if isinstance(v, str) and k in readers}
+    saved = node.init_args.clone() if given else None
+    for option, path in given.items():
+        for key, value in getattr(runs, readers[option])(path).items():
+            node.init_args[key] = value
+    try:
+        yield
+    finally:
+        if saved is not None:
+            node.init_args = saved
 
 
 class DTRLabCLI(LightningCLI):
@@ -41,6 +68,10 @@ class DTRLabCLI(LightningCLI):
     def parse_arguments(self, parser, args) -> None:
         read_configs(sys.argv[1:] if args is None else list(args))  # bad files: one line naming the file
         super().parse_arguments(parser, args)
+
+    def instantiate_classes(self) -> None:
+        with run_options_read(self.config[self.subcommand] if self.subcommand else self.config):
+            super().instantiate_classes()
 
     def instantiate_trainer(self, **kwargs):
         # read before the trainer is built: Lightning adds its default progress bar to this very list

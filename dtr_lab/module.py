@@ -32,7 +32,7 @@ from dtr_lab.mtl.gradients import flat_grad, write_grad
 from dtr_lab.mtl.intervals import DEFAULT_INTERVALS, Intervals
 from dtr_lab.mtl.method import MTLMethod, TaskBatch, Update
 from dtr_lab.mtl.tasks import Tasks
-from dtr_lab.routing import NoRouting, RoutingStrategy
+from dtr_lab.routing import NoRouting, Routing, identity_of, identity_text
 from dtr_lab.samples import generate
 from dtr_lab.seeds import derive_seed
 
@@ -74,7 +74,7 @@ class DiffusionModule(L.LightningModule):
     def __init__(
         self,
         net: NetFactory,
-        routing: RoutingStrategy | None = None,
+        routing: Routing | None = None,
         num_timesteps: int = 1000,
         schedule: str = "linear",
         weighting: LossWeighting | None = None,
@@ -104,7 +104,7 @@ class DiffusionModule(L.LightningModule):
             net: the denoiser's class and options (e.g. dtr_lab.models.DiT with size: DiT-S/2);
                 image size, channels, classes, T and routing are filled in by the module.
             routing: NoRouting (default), RandomRouting, DTRRouting, AffinityRouting or SwitchRouting
-                (learned: its diffusion-prior loss, weighted by its w_jsd, joins the objective).
+                (learned: its own weighted loss term, e.g. Switch's diffusion prior, joins the objective).
             num_timesteps: T, the number of denoising tasks.
             schedule: β-schedule, 'linear' or 'cosine'.
             weighting: per-sample loss weight from SNR(t): Uniform (default), MinSNR or P2.
@@ -286,17 +286,19 @@ class DiffusionModule(L.LightningModule):
         return {"loss": loss, "t": t, "per_sample_loss": mse.detach()}
 
     def routing_prior(self, t: torch.Tensor) -> torch.Tensor | None:
-        """w_JSD × a learned routing's own loss for this batch's timesteps (Switch's diffusion prior), the
-        JSD logged; None for fixed routing. Its random tie-breaking is seeded by (seed, step): resumable,
-        and the module's generator (the paired runs' timesteps and noise) is untouched."""
+        """A learned routing's own weighted loss term for this batch's timesteps (Switch's diffusion prior:
+        w_JSD × JSD), its value logged as train/<name>; None for fixed routing. Its random tie-breaking is
+        seeded by (seed, step): resumable, and the module's generator (the paired runs' timesteps and
+        noise) is untouched."""
         routing_loss = getattr(self.net, "routing_loss", None)  # a network of one's own may have none
         if routing_loss is None:
             return None
-        jsd = routing_loss(t, torch.Generator().manual_seed(derive_seed(self.hparams.seed, self.global_step)))
-        if jsd is None:
+        generator = torch.Generator().manual_seed(derive_seed(self.hparams.seed, self.global_step))
+        term = routing_loss(t, generator)
+        if term is None:
             return None
-        self.log("train/prior_jsd", jsd.detach())
-        return self.routing.w_jsd * jsd
+        self.log(f"train/{term.name}", term.value.detach())
+        return term.weight * term.value
 
     def apply_update(self, update: Update, mse: torch.Tensor, t: torch.Tensor) -> dict[str, Any]:
         """A gradient method's flat update -> one optimizer step (manual optimisation)."""
@@ -433,13 +435,13 @@ class DiffusionModule(L.LightningModule):
         return {"images": to_uint8(images).permute(0, 2, 3, 1), "labels": y.cpu()}
 
     # ------------------------------------------------------------ checkpoints
-    def identity(self) -> dict[str, str | int]:
+    def identity(self) -> dict[str, Any]:
         """What this model is trained as: the fields a checkpoint must agree on to be loaded into it."""
         hp = self.hparams
         mtl = "none" if self.mtl is None else f"{type(self.mtl).__name__}(intervals={self.tasks.config})"
         net = type(self.net).__name__ + (f"({self.net.size})" if hasattr(self.net, "size") else "")
         return {
-            "routing": repr(self.routing),
+            "routing": self.routing.identity(),
             "num_timesteps": hp.num_timesteps,
             "schedule": hp.schedule,
             "net": net,
@@ -479,11 +481,16 @@ class DiffusionModule(L.LightningModule):
         allowed = set(self.hparams.allow_checkpoint_mismatch or ())
         self.adopt_pos_embed_layout(saved.get("pos_embed", OLD_POS_EMBED), allowed)
         own = self.identity()
+        if "routing" in saved:  # a repr string before the routing package: read as its identity dict
+            saved = {**saved, "routing": identity_of(saved["routing"])}
         for field in IDENTITY_FIELDS:
             if field in saved and saved[field] != own[field] and field not in allowed:
+                theirs, ours = saved[field], own[field]
+                if field == "routing":  # compared as dicts, shown as people read them
+                    theirs, ours = identity_text(theirs), identity_text(ours)
                 raise DTRLabError(
-                    f"checkpoint was trained with {field}={saved[field]} "
-                    f"but the config has {field}={own[field]}; "
+                    f"checkpoint was trained with {field}={theirs} "
+                    f"but the config has {field}={ours}; "
                     "use the config the checkpoint was trained with (its run directory's config.yaml), or "
                     f"pass --model.allow_checkpoint_mismatch [{field}] to fine-tune across it deliberately"
                 )

@@ -37,8 +37,7 @@ from dtr_lab.checkpoint_file import read_checkpoint
 from dtr_lab.checkpointing import write_atomically
 from dtr_lab.errors import DTRLabError, find_bad_input
 from dtr_lab.models.dit import POS_EMBED_LAYOUTS, DiT, sincos_pos_embed_2d
-from dtr_lab.routing import Router
-from dtr_lab.routing_switch import SwitchRouter
+from dtr_lab.routing import own_parameters
 
 # dtr_lab name -> official name, for the tensors whose names differ (the rest are equal)
 RENAMES = {
@@ -48,17 +47,18 @@ RENAMES = {
 }
 MLP = {".mlp.0.": ".mlp.fc1.", ".mlp.2.": ".mlp.fc2."}  # inside blocks: nn.Sequential -> timm's Mlp
 TABLE = "blocks.{}.routing._unit_mapping"
-# Switch-DiT: dtr_lab's router.experts.{i}.<name> -> the official routers.{i}.<name>
+# Switch-DiT: dtr_lab's routing parameters <router>.experts.{i}.<name> -> the official routers.{i}.<name>
 SWITCH = {"gate_weight": "f_gate.1.weight", "gate_bias": "f_gate.1.bias", "expert_weight": "experts.w",
           "expert_bias": "experts.b"}  # fmt: skip
 SWITCH_PRIOR = "prior._unit_mapping"
 
 
-def official_name(name: str) -> str:
-    """A dtr_lab DiT tensor's name in the official state_dict."""
+def official_name(name: str, routing: set[str] = frozenset()) -> str:
+    """A dtr_lab DiT tensor's name in the official state_dict (routing: the names of the routing's own
+    parameters, dtr_lab.routing.own_parameters: Switch's gates and experts)."""
     if name in RENAMES:
         return RENAMES[name]
-    if name.startswith("router.experts."):
+    if name in routing:
         _, _, block, leaf = name.split(".")
         return f"routers.{block}.{SWITCH[leaf]}"
     for ours, theirs in MLP.items():
@@ -75,7 +75,7 @@ def check_expressible(net: torch.nn.Module, where: str, learned: bool = False) -
             f"{where}: a {type(net).__name__} has no official DiT layout (the official DiT and DTR code hold "
             "DiTs only); export a dtr_lab DiT"
         )
-    if not learned and not isinstance(net.router, Router):
+    if not learned and net.router.learned:
         raise DTRLabError(
             f"{where}: {type(net.router).__name__} (learned experts) cannot be written as a plain DiT or DTR "
             "checkpoint, whose routing is a fixed mask table per block; export a DiT with fixed routing"
@@ -90,7 +90,7 @@ def check_expressible(net: torch.nn.Module, where: str, learned: bool = False) -
 def export_state(net: DiT) -> dict[str, torch.Tensor]:
     """The network's official state_dict: DiT keys, its own position embedding, DTR tables when routed."""
     state = {"pos_embed": net.pos_embed.detach().clone()}
-    state |= {official_name(k): v.detach().clone() for k, v in net.state_dict().items()}
+    state |= {official_name(k, own_parameters(net)): v.detach().clone() for k, v in net.state_dict().items()}
     if net.router.enabled:
         state |= {TABLE.format(i): net.router.table(i).clone() for i in range(len(net.blocks))}
     return state
@@ -123,7 +123,7 @@ def import_state(
         raise DTRLabError(f"{where}: no pos_embed tensor, so this is not a DiT state_dict; pass one")
     layout = pos_embed_layout(official["pos_embed"], net, where)
     tables = {k for k in official if k.endswith("routing._unit_mapping")}
-    switch = isinstance(net.router, SwitchRouter)
+    switch = net.router.learned  # the official learned routing is Switch-DiT's
     if SWITCH_PRIOR in official and not switch:
         raise DTRLabError(
             f"{where}: a Switch-DiT checkpoint (routers.*, prior) but the config's routing is not "
@@ -157,22 +157,23 @@ def import_state(
                     "RandomRouting)"
                 )
     own = net.state_dict()
+    routing = own_parameters(net)
     state = {}
     for name, tensor in own.items():
-        theirs = official.get(official_name(name))
+        theirs = official.get(official_name(name, routing))
         if theirs is None:
             raise DTRLabError(
-                f"{where}: it lacks {official_name(name)}, which the config's model has; "
+                f"{where}: it lacks {official_name(name, routing)}, which the config's model has; "
                 "use the config it was trained with"
             )
         if theirs.shape != tensor.shape:
             raise DTRLabError(
-                f"{where}: {official_name(name)} has shape {tuple(theirs.shape)} but "
+                f"{where}: {official_name(name, routing)} has shape {tuple(theirs.shape)} but "
                 f"{tuple(tensor.shape)} in the config's model; use the config it was trained with "
                 "(model size, data.image_size, in_channels, num_classes, learn_sigma)"
             )
         state[name] = theirs.to(tensor.dtype)
-    extra = sorted(set(official) - {official_name(k) for k in own} - {"pos_embed"} - tables)
+    extra = sorted(set(official) - {official_name(k, routing) for k in own} - {"pos_embed"} - tables)
     if extra:
         raise DTRLabError(
             f"{where}: it has {extra[0]} ({len(extra)} tensors), which a DiT of the config lacks "

@@ -19,6 +19,7 @@ from lightning.pytorch import LightningDataModule
 from dtr_lab.cli import build_cli
 from dtr_lab.errors import DTRLabError
 from dtr_lab.module import DiffusionModule
+from dtr_lab.routing import own_parameters
 
 
 def instantiate(args: list[str]) -> tuple[DiffusionModule, LightningDataModule]:
@@ -31,17 +32,18 @@ def instantiate(args: list[str]) -> tuple[DiffusionModule, LightningDataModule]:
 
 def check_paired(reference: torch.nn.Module, other: torch.nn.Module, names: tuple[str, str]) -> None:
     """Raise DTRLabError unless both networks have the same parameters (names, shapes and values), apart
-    from a learned routing's own (under ``router.``, e.g. Switch's gates and experts, which start as
+    from a routing's own (dtr_lab.routing.own_parameters, e.g. Switch's gates and experts, which start as
     the unrouted network: zero experts)."""
     a, b = dict(reference.named_parameters()), dict(other.named_parameters())
-    extra = sorted(n for n in set(b) ^ set(a) if not n.startswith("router."))
+    own = own_parameters(reference) | own_parameters(other)
+    extra = sorted(n for n in set(b) ^ set(a) if n not in own)
     shapes = [n for n in sorted(set(a) & set(b)) if a[n].shape != b[n].shape]
     if extra or shapes:
         which = ", ".join((extra + shapes)[:3])
         raise DTRLabError(
             f"paired study: {names[1]} and {names[0]} have different parameters ({which}; "
             f"{sum(p.numel() for p in b.values())} vs {sum(p.numel() for p in a.values())}); pairing needs "
-            "routing that adds parameters only of its own (router.*): compare these arms unpaired"
+            "routing that adds parameters only of its own: compare these arms unpaired"
         )
     differ = [n for n in a if not torch.equal(a[n], b[n])]
     if differ:

@@ -32,12 +32,13 @@ from dtr_lab.runs import (
     matrix,
     metric_rows,
     routing_affinity_correlation,
+    routing_colours,
 )
 
-ROUTING_ORDER = ("vanilla", "dtr", "rtr", "switch", "affinity")
-# each routing's colour in seaborn's "colorblind" palette: blue, orange, green, pink, brown (not
-# vermilion, too close to DTR's orange)
-ROUTING_COLOURS = {"vanilla": 0, "dtr": 1, "rtr": 2, "switch": 4, "affinity": 5}
+# each routing's colour in seaborn's "colorblind" palette, as the routing declares it (vanilla, dtr, rtr,
+# switch, affinity: blue, orange, green, pink, brown; not vermilion, too close to DTR's orange), in that order
+ROUTING_COLOURS = routing_colours()
+ROUTING_ORDER = tuple(sorted(ROUTING_COLOURS, key=lambda label: (ROUTING_COLOURS[label], label)))
 # the palettes of every K×K heatmap (figures and TensorBoard alike): a diverging one centred on 0 for
 # cosines and affinities, a sequential one for overlaps in [0, 1]
 DIVERGING = "vlag"  # blue–white–red, readable with red–green colour blindness

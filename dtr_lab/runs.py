@@ -10,11 +10,13 @@ still being written, or was cut off, reads as far as its complete lines go.
 
 from __future__ import annotations
 
+import ast
 import glob
 import math
 import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +24,7 @@ import pandas as pd
 import yaml
 
 from dtr_lab import records
+from dtr_lab.errors import DTRLabError
 from dtr_lab.records import (  # noqa: F401  (NAN_TEXTS: re-exported with the rest of the record format)
     NAN_TEXTS,
     RunError,
@@ -39,13 +42,10 @@ RECORD_COLUMNS = list(records.COLUMNS)
 INTERVAL_COLUMNS = list(records.INTERVAL_COLUMNS)
 # (records file, metric) in the order read_affinity searches a run directory: lookahead affinity first
 AFFINITY_SOURCES = (("affinity", "tag"), ("conflict", "cos"))
-# short names researchers use (DTR paper, Table 2), as in the experiments/*/*.yaml file names
+ROUTING_PACKAGE = Path(__file__).resolve().parent / "routing"
+# short names researchers use (DTR paper, Table 2), as in the experiments/*/*.yaml file names; a
+# routing's comes from the routing itself (routing_classes)
 SHORT_NAMES = {
-    "NoRouting": "vanilla",
-    "DTRRouting": "dtr",
-    "RandomRouting": "rtr",
-    "SwitchRouting": "switch",
-    "AffinityRouting": "affinity",
     "Uniform": "uniform",
     "MinSNR": "min_snr",
     "P2": "p2",
@@ -79,6 +79,68 @@ def _short(node, default: str) -> str:
     return SHORT_NAMES.get(name, name.lower()) if name else default
 
 
+@cache
+def routing_classes() -> dict[str, dict]:
+    """Every routing class in dtr_lab/routing/ by class name, with what it declares of itself as class
+    attributes (label, colour, seeded; inherited ones included), read from the package's source without
+    importing it (no torch here): a new routing file is found without an entry anywhere else."""
+    classes: dict[str, tuple[list[str], dict]] = {}
+    for file in sorted(ROUTING_PACKAGE.glob("*.py")):
+        for node in ast.parse(file.read_text()).body:
+            if not isinstance(node, ast.ClassDef):
+                continue
+            declared = {}
+            for item in node.body:
+                if not isinstance(item, ast.Assign) or len(item.targets) != 1:
+                    continue
+                target, value = item.targets[0], item.value
+                pairs = [(target, value)]
+                if isinstance(target, ast.Tuple) and isinstance(value, ast.Tuple):  # label, colour = "x", 1
+                    pairs = list(zip(target.elts, value.elts, strict=False))
+                for name, v in pairs:
+                    if isinstance(name, ast.Name):
+                        try:
+                            declared[name.id] = ast.literal_eval(v)
+                        except ValueError:  # not a literal (a computed attribute): not declared
+                            pass
+            bases = [b.id for b in node.bases if isinstance(b, ast.Name)]
+            classes[node.name] = (bases, declared)
+
+    def resolve(name: str) -> dict:
+        bases, declared = classes.get(name, ([], {}))
+        out: dict = {}
+        for base in reversed(bases):
+            out |= resolve(base)
+        return out | declared
+
+    routings = {name for name in classes if "Routing" in _ancestors(name, classes)}
+    return {name: resolve(name) for name in routings if resolve(name).get("label")}
+
+
+def _ancestors(name: str, classes: dict) -> set[str]:
+    bases = classes.get(name, ([], {}))[0]
+    return set(bases).union(*(_ancestors(b, classes) for b in bases)) if bases else set()
+
+
+def routing_label(node, default: str = "vanilla") -> str:
+    """A config's routing (a class_path node) by the label its class declares (class name, lower case,
+    for a routing outside dtr_lab)."""
+    name = _class_name(node)
+    if not name:
+        return default
+    return routing_classes().get(name, {}).get("label", name.lower())
+
+
+def routing_colours() -> dict[str, int]:
+    """Every routing's label -> its colour (an index into seaborn's "colorblind" palette)."""
+    return {c["label"]: c["colour"] for c in routing_classes().values() if "colour" in c}
+
+
+def routing_seeded(label: str) -> bool:
+    """Whether the routing of this label draws from a seed of its own (a seed study sets it per run)."""
+    return any(c.get("seeded", False) for c in routing_classes().values() if c["label"] == label)
+
+
 def run_labels(config: dict) -> dict:
     """routing (vanilla/dtr/rtr), weighting (uniform/min_snr/p2), mtl (none/uw/pcgrad/nash), model
     (DiT-T/2, UNet, …) and seed of a resolved config; absent keys take the module's defaults."""
@@ -87,7 +149,7 @@ def run_labels(config: dict) -> dict:
     if isinstance(seed, bool) or not isinstance(seed, int):
         seed = config_value(config, "model.seed", -1)
     return {
-        "routing": _short(config_value(config, "model.routing"), "vanilla"),
+        "routing": routing_label(config_value(config, "model.routing")),
         "weighting": _short(config_value(config, "model.weighting"), "uniform"),
         "mtl": _short(config_value(config, "model.mtl"), "none"),
         "model": model or "unknown",
@@ -558,3 +620,22 @@ def final_metrics(run: Run) -> dict[str, float]:
         "affinity Z, mean off-diagonal": _last_mean(run.affinity, "tag", off_diagonal=True),
         "ρ(mask IoU, affinity)": float(routing_affinity_correlation(run)["rho"].iloc[0]),
     }
+
+
+# ----------------------------------------------------------------------------- measured routing inputs
+
+
+def read_affinity_options(source: str | Path) -> dict:
+    """AffinityRouting's options from a run directory: the matrix (``source``), the interval ``edges`` it
+    was measured on and where it came from (``measured``)."""
+    path = Path(source)
+    if not path.is_dir():
+        raise DTRLabError(
+            f"AffinityRouting.source={str(source)!r} is not a run directory; give a run folder "
+            "(runs/NAME/version_N, measured with TaskAffinity) or a K×K matrix"
+        )
+    try:
+        affinity, edges, measured = read_affinity(path)
+    except RunError as err:
+        raise DTRLabError(f"AffinityRouting.source={str(source)!r}: {err}") from None
+    return {"source": affinity.tolist(), "edges": edges, "measured": measured}

@@ -7,6 +7,8 @@ MTL method, learned σ, callbacks, optimizer — is the config's own.
 
 from __future__ import annotations
 
+import importlib
+import inspect
 import itertools
 import math
 from pathlib import Path
@@ -30,10 +32,22 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from dtr_lab.cli import main
 
+
+def needs_the_command_line(path: Path) -> bool:
+    """Whether a routing file leaves an option without a default to the command line (a source run)."""
+    node = yaml.safe_load(path.read_text())["model"]["routing"]
+    module, name = node["class_path"].rsplit(".", 1)
+    given = node.get("init_args") or {}
+    parameters = inspect.signature(getattr(importlib.import_module(module), name)).parameters.values()
+    return any(p.default is p.empty and p.name not in given for p in parameters)
+
+
 # Products of composable files: one entry from each axis, an entry being one file or several together.
 # Concerns live once (experiments/routing, weighting, mtl) and compose with each dataset. A folder not
-# named here composes as base.yaml + each other file (or, without a base.yaml, each file alone).
-ROUTINGS = [("routing/vanilla.yaml",), ("routing/rtr.yaml",), ("routing/dtr.yaml",), ("routing/switch.yaml",)]
+# named here composes as base.yaml + each other file (or, without a base.yaml, each file alone). Every
+# routing file is found, so a new routing is a new file with no entry here.
+ROUTING_FILES = sorted((EXPERIMENTS / "routing").glob("*.yaml"))
+ROUTINGS = [(f"routing/{p.name}",) for p in ROUTING_FILES if not needs_the_command_line(p)]
 AXES = {
     "digits": [
         [("digits/base.yaml",)],
@@ -52,7 +66,8 @@ AXES = {
 }
 CONCERNS = {"routing", "weighting", "mtl", "sharing"}  # folders composed through AXES only
 # files with a value only the command line can give (a source run), composed by their own tests
-OWN_TESTS = {EXPERIMENTS / "routing/affinity.yaml"}  # tests/test_routing_affinity.py
+# (routing/affinity.yaml: tests/test_routing_affinity.py)
+OWN_TESTS = {p for p in ROUTING_FILES if needs_the_command_line(p)}
 # the output layer of each family and its rows per output channel (DiT: one per pixel of a 2×2 patch)
 OUTPUT_LAYER = {"dtr_lab.models.DiT": ("net.final_layer.linear.weight", 4),
                 "dtr_lab.models.UNet": ("net.conv_out.weight", 1)}

@@ -102,10 +102,10 @@ def test_small_beta_routes_one_position_axis_away():
     varies_by_row = (pe.amax(0) - pe.amin(0)).amax(0) > 0.1  # (C,)
     varies_by_col = (pe.amax(1) - pe.amin(1)).amax(0) > 0.1
     assert not varies_by_col[C // 2 :].any() and not varies_by_row[: C // 2].any()
-    half = DTRRouting(alpha=4.0, beta=0.5).masks(1000, C)
+    half = DTRRouting(alpha=4.0, beta=0.5).table(1000, C)
     assert half[999].nonzero().flatten().tolist() == list(range(64, 128))
     blind = (half & varies_by_col).sum(1) == 0  # tasks whose blocks see no column position
     assert blind[999] and blind[900] and not blind[0]
     assert (((half & varies_by_row).sum(1) == 0)[:200]).all()  # and low-t tasks no row position
-    wide = DTRRouting(alpha=4.0, beta=0.8).masks(1000, C)
+    wide = DTRRouting(alpha=4.0, beta=0.8).table(1000, C)
     assert ((wide & varies_by_row).sum(1) > 0).all() and ((wide & varies_by_col).sum(1) > 0).all()

@@ -17,7 +17,7 @@ from dtr_lab.models.experts import num_parameters
 from dtr_lab.module import DiffusionModule
 from dtr_lab.mtl import Intervals
 from dtr_lab.pairing import check_paired
-from dtr_lab.routing import NoRouting
+from dtr_lab.routing import NoRouting, RoutingLoss
 
 T, K = 100, 4  # four uniform intervals of 25 timesteps: expert k serves t // 25
 
@@ -91,13 +91,14 @@ def test_the_loss_is_each_samples_own_experts():
 def test_a_learned_routings_loss_is_each_experts_on_its_own_samples():
     class Gated(ConstantExpert):
         def routing_loss(self, t, generator=None):  # hand-made: expert k's loss is k on any samples
-            return torch.tensor(float(self.k))
+            return RoutingLoss("prior", torch.tensor(float(self.k)), 0.5)
 
     count = itertools.count()
     net = IntervalExperts(8, 1, 0, T, NoRouting(), lambda *a: Gated(next(count)), width_matched=False)
     net.bind(Intervals(num_intervals=K).build(torch.linspace(10, 0.01, T)))
     # samples of experts 0, 1, 1, 3 (none of 2): (0·1 + 1·2 + 3·1) / 4
-    assert net.routing_loss(torch.tensor([5, 30, 40, 99])).item() == pytest.approx(5 / 4)
+    term = net.routing_loss(torch.tensor([5, 30, 40, 99]))
+    assert term.value.item() == pytest.approx(5 / 4) and (term.name, term.weight) == ("prior", 0.5)
     plain = IntervalExperts(8, 1, 0, T, NoRouting(), constant_experts(), width_matched=False)
     plain.bind(Intervals(num_intervals=K).build(torch.linspace(10, 0.01, T)))
     assert plain.routing_loss(torch.tensor([5, 99])) is None  # experts without a learned routing

@@ -249,7 +249,8 @@ def test_loader_resumes_mid_epoch_in_the_same_order():
 def test_checkpoint_identity_names_each_field_and_its_override():
     dtr = tiny_module()
     saved = dtr.identity()
-    assert saved["routing"] == "DTRRouting(alpha=4.0, beta=0.8)" and saved["net"] == "DiT(DiT-T/2)"
+    assert saved["routing"] == {"class": "DTRRouting", "alpha": 4.0, "beta": 0.8}
+    assert saved["net"] == "DiT(DiT-T/2)"
     assert saved["num_timesteps"] == 100 and saved["mtl"] == "none"
     dtr.check_checkpoint_identity(saved)  # its own checkpoint loads
     vanilla = tiny_module()

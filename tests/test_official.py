@@ -16,8 +16,7 @@ from helpers import DIGITS, REPO, run_cli
 
 from dtr_lab.models.dit import DiT
 from dtr_lab.official import import_state, main, read_official
-from dtr_lab.routing import DTRRouting
-from dtr_lab.routing_switch import SwitchRouting
+from dtr_lab.routing import DTRRouting, SwitchRouting
 
 FIXTURE = REPO / "tests/data/official"
 TINY = [

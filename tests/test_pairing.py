@@ -6,6 +6,7 @@ from helpers import REPO
 
 from dtr_lab.errors import DTRLabError
 from dtr_lab.pairing import check_paired, instantiate
+from dtr_lab.routing import own_parameters
 
 ROUTINGS = ("vanilla", "rtr", "dtr", "switch")
 NAMES = {"rtr": "RandomRouting", "dtr": "DTRRouting", "switch": "SwitchRouting"}
@@ -54,7 +55,7 @@ def test_arms_of_one_seed_start_identical(arms):
         for n, a in vanilla.net.named_parameters():
             assert torch.equal(a, own.pop(n)), n
         # what is left is the routing's own: Switch's gates and experts, the experts at zero
-        assert all(n.startswith("router.") for n in own), sorted(own)[:3]
+        assert set(own) == own_parameters(model.net), sorted(own)[:3]
         assert all(not p.any() for n, p in own.items() if ".expert_" in n)
         assert len(own) == (4 * 4 if routing == "switch" else 0)  # 4 blocks × (gate W, b, expert W, b)
     batches = {r: first_batches(*arms[r]) for r in ROUTINGS}
@@ -80,3 +81,21 @@ def test_networks_that_differ_beyond_their_routing_are_refused(arms):
     reseeded, _ = build("dtr", 5)
     with pytest.raises(DTRLabError, match="start from different weights"):
         check_paired(vanilla.net, reseeded.net, ("vanilla", "dtr"))
+
+
+def test_pairing_exempts_a_routing_s_own_parameters_by_the_protocol(arms):
+    """What check_paired exempts is what the routing calls its own, wherever the network keeps it."""
+    vanilla, _ = arms["vanilla"]
+    switch, _ = arms["switch"]
+    own = own_parameters(switch.net)
+    assert own and own_parameters(vanilla.net) == set()
+    names = {n for n, _ in switch.net.named_parameters()} - {n for n, _ in vanilla.net.named_parameters()}
+    assert own == names
+
+    class Wrapped(torch.nn.Module):  # the same network one level down: its routing's parameters move with it
+        def __init__(self, net):
+            super().__init__()
+            self.inner = net
+
+    assert own_parameters(Wrapped(switch.net)) == {f"inner.{n}" for n in own}
+    check_paired(Wrapped(vanilla.net), Wrapped(switch.net), ("vanilla", "switch"))

@@ -118,13 +118,3 @@ def test_read_affinity_without_records_or_intervals(tmp_path):
     shutil.rmtree(run / "records")
     with pytest.raises(RunError, match="has no affinity records"):
         runs.read_affinity(run)
-
-
-def test_read_affinity_reads_what_affinity_routing_reads(tiny_runs):
-    """Until affinity routing reads through runs.read_affinity, the two agree on a real run."""
-    from dtr_lab import routing_affinity
-
-    for run in tiny_runs.values():
-        ours, theirs = runs.read_affinity(run), routing_affinity.read_affinity(run)
-        np.testing.assert_array_equal(ours[0], theirs[0])
-        assert ours[1:] == theirs[1:]

@@ -71,6 +71,29 @@ VARIANTS = {
 }
 
 
+# routings trained (with the plain method) only by the side-by-side check, `against`: every routing's masks,
+# own loss term, drawing and records. Built by name, so that a commit whose routing classes live elsewhere
+# (dtr_lab.routing_switch / routing_affinity before the routing package) trains them as well.
+ROUTINGS = {
+    "dtr": ("DTRRouting", {}),
+    "vanilla": ("NoRouting", {}),
+    "rtr": ("RandomRouting", {"beta": 0.5, "seed": 3}),
+    "switch": ("SwitchRouting", {"w_jsd": 0.5, "seed": 1}),
+    "affinity": ("AffinityRouting", {"source": [[1.0, 0.4, -0.2], [0.3, 1.0, 0.1], [-0.3, 0.2, 1.0]]}),
+}
+OLD_HOMES = {"SwitchRouting": "dtr_lab.routing_switch", "AffinityRouting": "dtr_lab.routing_affinity"}
+
+
+def make_routing(name: str):
+    import importlib
+
+    cls, options = ROUTINGS[name]
+    try:
+        return getattr(importlib.import_module("dtr_lab.routing"), cls)(**options)
+    except AttributeError:
+        return getattr(importlib.import_module(OLD_HOMES[cls]), cls)(**options)
+
+
 class LossTrace(L.Callback):
     """The per-sample training losses of every step, as returned by the training step."""
 
@@ -93,13 +116,13 @@ def callbacks() -> list[L.Callback]:
     ]
 
 
-def train(root: Path, variant: str, lr: float = 1e-3) -> dict:
+def train(root: Path, variant: str, lr: float = 1e-3, routing: str = "dtr") -> dict:
     """Train one variant for STEPS steps; everything it leaves behind, exactly (tensors and file bytes)."""
     L.seed_everything(0, verbose=False)
     options = {name: make() for name, make in VARIANTS[variant].items()}
     module = DiffusionModule(
         net=partial(DiT, size="DiT-T/2", hidden_size=32),
-        routing=DTRRouting(),
+        routing=DTRRouting() if routing == "dtr" else make_routing(routing),
         num_timesteps=100,
         optimizer=partial(torch.optim.AdamW, lr=lr),
         ema_decay=0.9,
@@ -273,17 +296,17 @@ def test_the_comparison_sees_a_change_of_behaviour():
 # --- command line: record the reference, measure its spread, compare with a commit side by side ---------
 
 
-def _fingerprint(variant: str, out: str) -> None:
+def _fingerprint(variant: str, out: str, routing: str = "dtr") -> None:
     """Train one variant in this interpreter and save everything it left behind (for a side-by-side run)."""
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as tmp:
-        torch.save(train(Path(tmp), variant), out)
+        torch.save(train(Path(tmp), variant, routing=routing), out)
 
 
-def _run_side(tree: Path, variant: str, out: Path, env: dict | None = None) -> None:
+def _run_side(tree: Path, variant: str, out: Path, env: dict | None = None, routing: str = "dtr") -> None:
     """This file's training, importing `dtr_lab` from tree, in a fresh interpreter."""
     env = {**os.environ, **(env or {}), "PYTHONPATH": str(tree), "OMP_NUM_THREADS": "1"}
-    subprocess.run([sys.executable, __file__, "fingerprint", variant, str(out)], env=env, check=True,
+    subprocess.run([sys.executable, __file__, "fingerprint", variant, str(out), routing], env=env, check=True,
                    cwd=tempfile.gettempdir(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
@@ -297,10 +320,11 @@ def _against(commit: str) -> int:
         archive = subprocess.run(["git", "-C", str(repo), "archive", commit, "dtr_lab"], check=True,
                                  capture_output=True).stdout
         subprocess.run(["tar", "-x", "-C", str(old)], input=archive, check=True)
-        for variant in VARIANTS:
-            a, b = Path(tmp) / f"{variant}-old.pt", Path(tmp) / f"{variant}-new.pt"
-            _run_side(old, variant, a)
-            _run_side(repo, variant, b)
+        runs = [(variant, "dtr") for variant in VARIANTS] + [("plain", r) for r in ROUTINGS if r != "dtr"]
+        for variant, routing in runs:
+            a, b = Path(tmp) / f"{variant}-{routing}-old.pt", Path(tmp) / f"{variant}-{routing}-new.pt"
+            _run_side(old, variant, a, routing=routing)
+            _run_side(repo, variant, b, routing=routing)
             x, y = torch.load(a), torch.load(b)
             same = {
                 "weights": x["weights"].keys() == y["weights"].keys()
@@ -312,8 +336,8 @@ def _against(commit: str) -> int:
             }
             failed += not all(same.values())
             verdicts = (f"{k} {'equal' if v else 'DIFFERENT'}" for k, v in same.items())
-            print(f"{variant:7s}", *verdicts, sep="  ")
-    print(f"{commit} vs this tree: {'bit-identical' if not failed else f'{failed} variants differ'}")
+            print(f"{variant:7s} {routing:8s}", *verdicts, sep="  ")
+    print(f"{commit} vs this tree: {'bit-identical' if not failed else f'{failed} runs differ'}")
     return int(bool(failed))
 
 
@@ -354,7 +378,7 @@ def _spread() -> None:
 if __name__ == "__main__":
     command = sys.argv[1] if len(sys.argv) > 1 else ""
     if command == "fingerprint":
-        _fingerprint(sys.argv[2], sys.argv[3])
+        _fingerprint(*sys.argv[2:5])
     elif command == "against" and len(sys.argv) == 3:
         sys.exit(_against(sys.argv[2]))
     elif command == "record":

@@ -14,20 +14,20 @@ def rows(*bits: str) -> torch.Tensor:
 
 def test_dtr_linear_window_by_hand():
     # alpha=1, beta=0.5, C=4, T=3: C_beta=2, start(t) = round(2 * t / 2) = t
-    assert torch.equal(DTRRouting(alpha=1.0, beta=0.5).masks(3, 4), rows("1100", "0110", "0011"))
+    assert torch.equal(DTRRouting(alpha=1.0, beta=0.5).table(3, 4), rows("1100", "0110", "0011"))
 
 
 def test_dtr_alpha2_by_hand():
     # C=10, beta=0.5 -> C_beta=5; start = round(5 (t/4)^2):
     # round(0)=0, round(0.3125)=0, round(1.25)=1, round(2.8125)=3, round(5)=5
-    m = DTRRouting(alpha=2.0, beta=0.5).masks(5, 10)
+    m = DTRRouting(alpha=2.0, beta=0.5).table(5, 10)
     expected = rows("1111100000", "1111100000", "0111110000", "0001111100", "0000011111")
     assert torch.equal(m, expected)
 
 
 def test_dtr_channels_not_divisible_by_ten():
     # C=7, beta=0.8 -> C_beta = int(5.6) = 5; T=2: start 0 and C - C_beta = 2
-    m = DTRRouting(alpha=4.0, beta=0.8).masks(2, 7)
+    m = DTRRouting(alpha=4.0, beta=0.8).table(2, 7)
     assert torch.equal(m, rows("1111100", "0011111"))
     assert active_channels(0.8, 7) == 5
 
@@ -61,15 +61,15 @@ def test_dtr_table_equals_the_official_create_mask_tasks():
         (3, 5, 0.4, 1.0), (3, 7, 0.5, 1.0), (5, 10, 0.5, 1.0), (9, 10, 0.5, 1.0),  # α = 1: exact halves
         (100, 33, 0.3, 2.0), (250, 384, 0.8, 4.0),
     ]:  # fmt: skip
-        assert torch.equal(DTRRouting(alpha=alpha, beta=beta).masks(T, C), official(T, C, beta, alpha))
+        assert torch.equal(DTRRouting(alpha=alpha, beta=beta).table(T, C), official(T, C, beta, alpha))
     # a tie worked by hand: T = 5, C = 10, β = 0.5, α = 1: starts 5·(0, ¼, ½, ¾, 1) = 0, 1.25, 2.5, 3.75, 5
     # -> 0, 1, 2 (2.5 to even), 4, 5
-    starts = DTRRouting(alpha=1.0, beta=0.5).masks(5, 10).float().argmax(1).tolist()
+    starts = DTRRouting(alpha=1.0, beta=0.5).table(5, 10).float().argmax(1).tolist()
     assert starts == [0, 1, 2, 4, 5]
 
 
 def test_dtr_paper_defaults_endpoints_and_counts():
-    m = DTRRouting().masks(1000, 384)
+    m = DTRRouting().table(1000, 384)
     c_beta = int(0.8 * 384)
     assert (m.sum(1) == c_beta).all()
     assert m[0, :c_beta].all() and not m[0, c_beta:].any()  # first C_beta channels at t=0
@@ -80,14 +80,14 @@ def test_dtr_paper_defaults_endpoints_and_counts():
 
 
 def test_beta_one_is_all_channels():
-    assert DTRRouting(alpha=4.0, beta=1.0).masks(10, 6).all()
-    assert RandomRouting(beta=1.0).masks(10, 6).all()
-    assert NoRouting().masks(10, 6).all()
+    assert DTRRouting(alpha=4.0, beta=1.0).table(10, 6).all()
+    assert RandomRouting(beta=1.0).table(10, 6).all()
+    assert NoRouting().table(10, 6).all()
 
 
 def test_adjacent_timesteps_overlap_more_than_distant():
     for strategy in (DTRRouting(alpha=4.0, beta=0.8), DTRRouting(alpha=1.0, beta=0.5)):
-        m = strategy.masks(1000, 128).float()
+        m = strategy.table(1000, 128).float()
         overlap = m @ m.T  # (T, T) shared channels
         for t in (100, 500, 900):
             assert overlap[t, t + 1] >= overlap[t, t + 50] >= overlap[t, 0]
@@ -97,9 +97,9 @@ def test_adjacent_timesteps_overlap_more_than_distant():
 def test_random_routing_is_seeded_and_sized():
     for per_block in (True, False):
         a, b, c = (
-            RandomRouting(0.5, seed=1, per_block=per_block).masks(50, 20),
-            RandomRouting(0.5, seed=1, per_block=per_block).masks(50, 20),
-            RandomRouting(0.5, seed=2, per_block=per_block).masks(50, 20),
+            RandomRouting(0.5, seed=1, per_block=per_block).table(50, 20),
+            RandomRouting(0.5, seed=1, per_block=per_block).table(50, 20),
+            RandomRouting(0.5, seed=2, per_block=per_block).table(50, 20),
         )
         assert torch.equal(a, b) and not torch.equal(a, c)
         assert (a.sum(1) == 10).all()
@@ -121,10 +121,10 @@ def test_per_block_random_tables_are_independent_draws():
     c_beta = active_channels(beta, C)  # 102
     strategy = RandomRouting(beta, seed=3)
     assert strategy.per_block
-    tables = [strategy.masks(T, C, block) for block in range(4)]
+    tables = [strategy.table(T, C, block) for block in range(4)]
     assert all((m.sum(1) == c_beta).all() for m in tables)  # exactly C_β active in every row
     assert all(not torch.equal(tables[i], tables[j]) for i in range(4) for j in range(i))
-    assert torch.equal(tables[2], RandomRouting(beta, seed=3).masks(T, C, 2))  # deterministic
+    assert torch.equal(tables[2], RandomRouting(beta, seed=3).table(T, C, 2))  # deterministic
     mean, var = hypergeometric_overlap(C, c_beta)  # 0.797 and 3.3e-4 (sd 0.018 per row)
     assert abs(mean - beta) < 0.01
     for i, j in ((0, 1), (1, 3)):
@@ -136,7 +136,7 @@ def test_per_block_random_tables_are_independent_draws():
         assert 0.75 < overlap.var().item() / var < 1.25
     # the shared variant: every block uses one table, the overlap is all C_β channels
     shared = RandomRouting(beta, seed=3, per_block=False)
-    assert torch.equal(shared.masks(T, C, 0), shared.masks(T, C, 5))
+    assert torch.equal(shared.table(T, C, 0), shared.table(T, C, 5))
 
 
 def test_routed_dit_has_a_table_per_block_for_rtr_and_one_for_dtr():

@@ -19,8 +19,8 @@ from dtr_lab.errors import DTRLabError
 from dtr_lab.models import DiT
 from dtr_lab.module import DiffusionModule
 from dtr_lab.mtl.intervals import TaskIntervals
-from dtr_lab.routing_affinity import AffinityRouting
-from dtr_lab.runs import run_labels
+from dtr_lab.routing import AffinityRouting
+from dtr_lab.runs import read_affinity_options, run_labels
 
 AFFINITY = ["--config", str(REPO / "experiments/routing/affinity.yaml")]
 
@@ -51,8 +51,8 @@ def test_hand_worked_three_intervals():
     assert x[1] == pytest.approx(0.3057458, abs=1e-6)
     # C = 10, C_β = 5: starts round(5·x) = 0, round(1.53) = 2, 5; T = 9 → three timesteps per interval
     assert [math.floor(5 * c + 0.5) for c in x] == [0, 2, 5]
-    assert torch.equal(routing.masks(9, 10), windows([0, 2, 5], 5, 10, 3))
-    assert torch.equal(routing.masks(9, 10, block=3), routing.masks(9, 10))  # one table for every block
+    assert torch.equal(routing.table(9, 10), windows([0, 2, 5], 5, 10, 3))
+    assert torch.equal(routing.table(9, 10, block=3), routing.table(9, 10))  # one table for every block
 
 
 @pytest.mark.parametrize("block_a", [(0, 1, 2), (0, 1, 4)], ids=["contiguous", "interleaved"])
@@ -64,7 +64,7 @@ def test_two_blocks_share_within_and_not_across(block_a):
     affinity += 0.05 * np.random.default_rng(0).standard_normal((k, k))
     routing = AffinityRouting(affinity.tolist(), beta=0.8)
     np.testing.assert_allclose(routing.coordinates, np.where(in_a, 0.0, 1.0), atol=0.05)
-    table = routing.masks(num_tasks, channels)
+    table = routing.table(num_tasks, channels)
     iou = interval_iou(table, TaskIntervals([0, 10, 20, 30, 40, 50, 60], num_tasks)).numpy()
     same = in_a[:, None] == in_a[None, :]
     # C_β = 16: a block's intervals share their window (IoU 1), the two ends overlap on 12 of 20 channels
@@ -80,13 +80,13 @@ def test_affinity_decaying_with_distance_gives_a_monotone_shift():
     asym = 1 + 0.1 * np.random.default_rng(1).random((k, k))
     routing = AffinityRouting((1e-3 * np.exp(-dist / 2) * asym).tolist(), beta=0.75, intervals=8)
     assert (np.diff(routing.coordinates) > 0).all()
-    starts = starts_of(routing.masks(800, channels))
+    starts = starts_of(routing.table(800, channels))
     assert starts[0] == 0 and starts[-1] == channels - 24
     assert all(s <= t for s, t in zip(starts[:-1], starts[1:], strict=True))
     assert len(set(starts)) == k  # every interval its own window
     # only relative affinity matters: the same affinity in other units gives the same table
     scaled = AffinityRouting((5.0 * np.array(routing.affinity)).tolist(), beta=0.75)
-    assert torch.equal(scaled.masks(800, channels), routing.masks(800, channels))
+    assert torch.equal(scaled.table(800, channels), routing.table(800, channels))
 
 
 @pytest.mark.parametrize(
@@ -102,7 +102,7 @@ def test_affinity_decaying_with_distance_gives_a_monotone_shift():
 )
 def test_degenerate_affinities(affinity, starts):
     k = len(affinity)
-    table = AffinityRouting(affinity, beta=0.5).masks(4 * k, 12)  # C_β = 6, C − C_β = 6
+    table = AffinityRouting(affinity, beta=0.5).table(4 * k, 12)  # C_β = 6, C − C_β = 6
     assert torch.equal(table, windows(starts, 6, 12, 4))
 
 
@@ -138,26 +138,31 @@ def test_a_real_run_gives_the_table_of_its_averaged_matrix(tiny_runs):
         edges_rows = [r for r in csv.DictReader(f) if r["name"] == "affinity"]
     edges = [int(r["start"]) for r in edges_rows] + [int(edges_rows[-1]["end"])]
 
-    routing = AffinityRouting(str(run), intervals=3)
+    routing = AffinityRouting(**read_affinity_options(run), intervals=3)
     assert routing.measured == "affinity/tag" and routing.edges == edges == [0, 333, 666, 1000]
     np.testing.assert_allclose(routing.affinity, mean, rtol=1e-5)
     inline = AffinityRouting(mean.tolist())  # K uniform intervals over T = the run's uniform split
-    assert torch.equal(routing.masks(1000, 128), inline.masks(1000, 128))
+    assert torch.equal(routing.table(1000, 128), inline.table(1000, 128))
 
 
 def test_run_records_later_half_resumed_steps_and_fallback(tmp_path):
     a, b, c = (np.full((2, 2), v) + np.eye(2) for v in (0.5, -0.1, -0.3))
     write_records(tmp_path, {0: a, 10: b, 20: c})
-    np.testing.assert_allclose(AffinityRouting(str(tmp_path)).affinity, (b + c) / 2)  # steps 10, 20
+    np.testing.assert_allclose(measured(tmp_path).affinity, (b + c) / 2)  # steps 10, 20
     write_records(tmp_path, {20: a})  # a resumed run re-measured step 20: the later write counts
-    np.testing.assert_allclose(AffinityRouting(str(tmp_path)).affinity, (b + a) / 2)
+    np.testing.assert_allclose(measured(tmp_path).affinity, (b + a) / 2)
 
     cos = tmp_path / "cos"
     write_records(cos, {0: a, 5: c}, name="conflict", metric="cos", edges=[0, 100, 1000])
-    routing = AffinityRouting(str(cos))
+    routing = AffinityRouting(**read_affinity_options(cos))
     assert routing.measured == "conflict/cos" and routing.edges == [0, 100, 1000]
-    assert torch.equal(routing.masks(1000, 10), windows([0, 2], 8, 10, 1).repeat_interleave(
+    assert torch.equal(routing.table(1000, 10), windows([0, 2], 8, 10, 1).repeat_interleave(
         torch.tensor([100, 900]), dim=0))  # conflicting pair: the two ends over the run's own intervals
+
+
+def measured(run: Path, **options) -> AffinityRouting:
+    """The affinity routing of a measured run directory, read as a config's ``source: RUN_DIR`` is."""
+    return AffinityRouting(**read_affinity_options(run), **options)
 
 
 def affinity_module(source: Path) -> DiffusionModule:
@@ -166,7 +171,7 @@ def affinity_module(source: Path) -> DiffusionModule:
     def net(*args, **kw):
         return DiT(*args, size="DiT-T/2", **kw)
 
-    return DiffusionModule(net=net, routing=AffinityRouting(str(source)), num_timesteps=100, sample_steps=100)
+    return DiffusionModule(net=net, routing=measured(source), num_timesteps=100, sample_steps=100)
 
 
 def test_a_source_that_gains_records_fails_the_checkpoint_identity(tmp_path):
@@ -215,6 +220,8 @@ def bad_sources(tmp_path: Path) -> dict[str, tuple[dict, str]]:
 def test_bad_source_is_one_line(case, tmp_path):
     kwargs, needle = bad_sources(tmp_path)[case]
     with pytest.raises(DTRLabError) as err:
+        if isinstance(kwargs["source"], str):  # a run directory: read by dtr_lab.runs, as configs do
+            kwargs = {**kwargs, **read_affinity_options(kwargs["source"])}
         AffinityRouting(**kwargs)
     assert needle in str(err.value) and "\n" not in str(err.value)
 
@@ -222,7 +229,7 @@ def test_bad_source_is_one_line(case, tmp_path):
 def test_a_run_measured_over_another_t_is_one_line(tmp_path):
     write_records(tmp_path, {0: np.eye(2)}, edges=[0, 500, 1000])
     with pytest.raises(DTRLabError, match=r"over T=1000 timesteps, but this model has T=100"):
-        AffinityRouting(str(tmp_path)).masks(100, 8)
+        AffinityRouting(**read_affinity_options(tmp_path)).table(100, 8)
 
 
 def test_cli_bad_source_exits_2_with_one_line_and_no_run(tmp_path):
@@ -244,8 +251,8 @@ def test_two_stage_workflow_trains_from_a_measured_run(tiny_runs, tmp_path):
           "--model.routing.init_args.source", str(tiny_runs["vanilla"])])
     ckpt = torch.load(run_dir(save) / "checkpoints/last.ckpt", weights_only=False)
     assert ckpt["global_step"] == 2
-    expected = AffinityRouting(str(tiny_runs["vanilla"]), beta=0.8)
-    assert ckpt["dtr_lab_identity"]["routing"] == repr(expected)
+    expected = AffinityRouting(**read_affinity_options(tiny_runs["vanilla"]), beta=0.8)
+    assert ckpt["dtr_lab_identity"]["routing"] == expected.identity()
     config = yaml.safe_load((run_dir(save) / "config.yaml").read_text())
     assert config["model"]["routing"]["init_args"]["source"] == str(tiny_runs["vanilla"])  # provenance
     assert run_labels(config)["routing"] == "affinity"  # how dtr_lab.runs labels the run for comparisons

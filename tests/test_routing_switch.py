@@ -10,10 +10,9 @@ import torch
 from helpers import DIGITS, REPO, run_dir, scalars, tiny
 
 from dtr_lab.cli import main
-from dtr_lab.errors import DTRLabError
 from dtr_lab.models import DiT, UNet
 from dtr_lab.routing import NoRouting
-from dtr_lab.routing_switch import (
+from dtr_lab.routing.switch import (
     SwitchRouting,
     diffusion_prior_loss,
     jensen_shannon,
@@ -147,7 +146,7 @@ def test_prior_gradient_reaches_the_gates_and_training_lowers_it():
     t = torch.arange(100)
     first = None
     for step in range(30):
-        loss = net.routing_loss(t, torch.Generator().manual_seed(step))
+        loss = net.routing_loss(t, torch.Generator().manual_seed(step)).value
         first = loss.item() if first is None else first
         opt.zero_grad()
         loss.backward()
@@ -204,6 +203,14 @@ def test_bad_switch_options_are_one_line_and_write_nothing(tmp_path, capsys, opt
     assert not any(tmp_path.iterdir())
 
 
-def test_switch_has_no_fixed_table():
-    with pytest.raises(DTRLabError, match="no fixed mask table"):
-        SwitchRouting().masks(10, 8)
+def test_switch_answers_the_protocol_without_a_fixed_table():
+    """Switch is a Routing, not a table routing: it has no ``table`` to break; its router answers masks,
+    its own weighted loss and what to draw."""
+    assert not hasattr(SwitchRouting(), "table")
+    net = DiT(input_size=8, in_channels=1, num_classes=10, num_timesteps=20, size="DiT-T/2",
+              routing=SwitchRouting(w_jsd=0.5, seed=0))
+    t = torch.tensor([0, 19])
+    term = net.routing_loss(t, torch.Generator().manual_seed(0))
+    assert term.name == "prior_jsd" and term.weight == 0.5 and term.value.dim() == 0
+    drawing = net.routing_drawing()
+    assert drawing.learned and drawing.tables["experts"][0].shape == (20, len(net.blocks) * 3)

@@ -1,4 +1,4 @@
-"""Denoising networks: plain nn.Modules whose blocks are routed by a RoutingStrategy."""
+"""Denoising networks: plain nn.Modules whose blocks are routed by a Routing."""
 
 from dtr_lab.models.dit import DiT
 from dtr_lab.models.experts import IntervalExperts

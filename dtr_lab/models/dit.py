@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dtr_lab.errors import DTRLabError
-from dtr_lab.routing import NoRouting, RoutingStrategy, route
+from dtr_lab.routing import Drawing, NoRouting, Routing, RoutingLoss, route
 
 
 @dataclass(frozen=True)
@@ -182,7 +182,7 @@ class DiT(nn.Module):
         in_channels: int,
         num_classes: int,
         num_timesteps: int,
-        routing: RoutingStrategy | None = None,
+        routing: Routing | None = None,
         size: str = "DiT-S/2",
         mlp_ratio: float = 4.0,
         learn_sigma: bool = False,
@@ -285,6 +285,10 @@ class DiT(nn.Module):
             h = block(h, c, mask)  # (N, L, D)
         return self.unpatchify(self.final_layer(h, c))  # (N, C_out, H, W)
 
-    def routing_loss(self, t: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor | None:
-        """The routing's own training loss for timesteps t (Switch's diffusion prior), or None."""
+    def routing_loss(self, t: torch.Tensor, generator: torch.Generator | None = None) -> RoutingLoss | None:
+        """The routing's own weighted loss term for timesteps t (Switch's diffusion prior), or None."""
         return self.router.loss(self.t_embedder, t, generator)
+
+    def routing_drawing(self) -> Drawing:
+        """What its routing draws (tables, or a learned router's gates over every t)."""
+        return self.router.drawing(self.t_embedder)

@@ -22,7 +22,7 @@ from torch import nn
 from dtr_lab.errors import DTRLabError
 from dtr_lab.models.factory import NetFactory
 from dtr_lab.mtl.intervals import TaskIntervals
-from dtr_lab.routing import RoutingStrategy
+from dtr_lab.routing import Drawing, Routing, RoutingLoss
 
 
 def num_parameters(net: nn.Module) -> int:
@@ -60,7 +60,7 @@ class IntervalExperts(nn.Module):
         in_channels: int,
         num_classes: int,
         num_timesteps: int,
-        routing: RoutingStrategy,
+        routing: Routing,
         expert: NetFactory,
         width_matched: bool = True,
     ) -> None:
@@ -116,14 +116,19 @@ class IntervalExperts(nn.Module):
         inverse = torch.argsort(torch.cat(order))  # back to the batch's order
         return torch.cat(outputs)[inverse]  # (N, C', H, W)
 
-    def routing_loss(self, t: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor | None:
+    def routing_loss(self, t: torch.Tensor, generator: torch.Generator | None = None) -> RoutingLoss | None:
         """A learned routing's loss inside the experts (Switch's prior): each expert's on its own samples,
         weighted by their share of the batch; None for fixed routing."""
-        k, losses = self.index(t), []
+        k, losses, term = self.index(t), [], None
         for i, expert in enumerate(self.experts):
             mine = t[k == i]
             routing_loss = getattr(expert, "routing_loss", None)  # a hand-made expert may have none
-            loss = routing_loss(mine, generator) if routing_loss is not None and len(mine) else None
-            if loss is not None:
-                losses.append(loss * len(mine) / len(t))
-        return sum(losses) if losses else None
+            term = routing_loss(mine, generator) if routing_loss is not None and len(mine) else None
+            if term is not None:
+                losses.append(term.value * len(mine) / len(t))
+                name, weight = term.name, term.weight
+        return RoutingLoss(name, sum(losses), weight) if losses else None
+
+    def routing_drawing(self) -> Drawing:
+        """Its experts' drawings, pooled (tables of one width drawn and compared together)."""
+        return Drawing.merge([e.routing_drawing() for e in self.experts if hasattr(e, "routing_drawing")])

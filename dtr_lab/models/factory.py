@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 from torch import nn
 
-from dtr_lab.routing import RoutingStrategy
+from dtr_lab.routing import Routing
 
 # (input_size, in_channels, num_classes, num_timesteps, routing) -> network
-NetFactory = Callable[[int, int, int, int, RoutingStrategy], nn.Module]
+NetFactory = Callable[[int, int, int, int, Routing], nn.Module]

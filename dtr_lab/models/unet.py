@@ -17,7 +17,7 @@ from torch import nn
 
 from dtr_lab.errors import DTRLabError
 from dtr_lab.models.dit import Attention, LabelEmbedder, TimestepEmbedder
-from dtr_lab.routing import NoRouting, RoutingStrategy, route
+from dtr_lab.routing import Drawing, NoRouting, Routing, RoutingLoss, route
 
 
 @dataclass(frozen=True)
@@ -225,7 +225,7 @@ class UNet(nn.Module):
         in_channels: int,
         num_classes: int,
         num_timesteps: int,
-        routing: RoutingStrategy | None = None,
+        routing: Routing | None = None,
         size: str = "UNet-T",
         learn_sigma: bool = False,
         base_channels: int | None = None,
@@ -341,6 +341,10 @@ class UNet(nn.Module):
             h = stage(torch.cat([h, skips.pop()], dim=1), emb, masks)  # (N, C_level, ...)
         return self.conv_out(F.silu(self.norm_out(h)))  # (N, C_out, H, W)
 
-    def routing_loss(self, t: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor | None:
-        """The routing's own training loss for timesteps t (Switch's diffusion prior), or None."""
+    def routing_loss(self, t: torch.Tensor, generator: torch.Generator | None = None) -> RoutingLoss | None:
+        """The routing's own weighted loss term for timesteps t (Switch's diffusion prior), or None."""
         return self.router.loss(self.t_embedder, t, generator)
+
+    def routing_drawing(self) -> Drawing:
+        """What its routing draws (tables, or a learned router's gates over every t)."""
+        return self.router.drawing(self.t_embedder)

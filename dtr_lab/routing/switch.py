@@ -40,14 +40,18 @@ from scipy.optimize import linear_sum_assignment
 from torch import nn
 
 from dtr_lab.errors import DTRLabError
-from dtr_lab.routing import DTRRouting, RoutingStrategy
+from dtr_lab.routing.base import BaseRouter, Drawing, Routing, RoutingLoss
+from dtr_lab.routing.tables import DTRRouting
 from dtr_lab.seeds import derive_seed
 
 JSD_EPS = 1e-6  # inside the logs, as the official DiffusionPrior
+SLOT_PIXELS = 8  # an expert slot's width in the drawn image (a mask table's channel is one pixel)
 
 
-class SwitchRouting(RoutingStrategy):
+class SwitchRouting(Routing):
     """Switch-DiT: per block, a timestep gate picks k of E zero-initialised experts that make the mask."""
+
+    label, colour = "switch", 4
 
     def __init__(
         self,
@@ -86,17 +90,12 @@ class SwitchRouting(RoutingStrategy):
         self.alpha = float(alpha)
         self.seed = seed
 
-    def masks(self, num_tasks: int, channels: int, block: int = 0) -> torch.Tensor:
-        raise DTRLabError("Switch routing has no fixed mask table: its masks are learned (SwitchRouter)")
-
     def build(self, num_timesteps: int, widths: list[int], embed_dim: int) -> SwitchRouter:
         return SwitchRouter(self, num_timesteps, widths, embed_dim)
 
-    def __repr__(self) -> str:
-        return (
-            f"SwitchRouting(num_experts={self.num_experts}, k={self.k}, w_jsd={self.w_jsd}, "
-            f"alpha={self.alpha}, seed={self.seed})"
-        )
+    def options(self) -> dict:
+        return {"num_experts": self.num_experts, "k": self.k, "w_jsd": self.w_jsd, "alpha": self.alpha,
+                "seed": self.seed}
 
 
 @dataclass
@@ -195,8 +194,10 @@ def diffusion_prior_loss(
     return jensen_shannon(probs / depth, target / target.sum(-1, keepdim=True))
 
 
-class SwitchRouter(nn.Module):
+class SwitchRouter(BaseRouter):
     """Every routed block's TimestepExperts, and the diffusion prior over their depth × E slots."""
+
+    learned = True
 
     def __init__(
         self, strategy: SwitchRouting, num_timesteps: int, widths: list[int], embed_dim: int
@@ -207,7 +208,7 @@ class SwitchRouter(nn.Module):
         self.widths = list(widths)
         E = strategy.num_experts
         self.experts = nn.ModuleList(TimestepExperts(E, strategy.k, c, embed_dim) for c in widths)
-        prior = strategy.window.masks(num_timesteps, len(widths) * E)  # (T, depth·E)
+        prior = strategy.window.table(num_timesteps, len(widths) * E)  # (T, depth·E)
         self.register_buffer("prior", prior.float(), persistent=False)
         self.reset_parameters()
 
@@ -239,12 +240,20 @@ class SwitchRouter(nn.Module):
 
     def loss(
         self, embedder: nn.Module, t: torch.Tensor, generator: torch.Generator | None = None
-    ) -> torch.Tensor:
-        """The diffusion prior's JSD for timesteps t (N,); its gradient reaches the gates and the embedder."""
+    ) -> RoutingLoss:
+        """The diffusion prior's JSD for timesteps t (N,), weighted by w_JSD and logged as prior_jsd; its
+        gradient reaches the gates and the embedder."""
         _, chosen = self.choices(embedder)
         emb = embedder(t)  # (N, D_emb)
         probs = torch.cat([experts.probs(emb) for experts in self.experts], dim=1)  # (N, depth·E)
-        return diffusion_prior_loss(probs, chosen.flatten(1), self.prior, t, len(self.experts), generator)
+        jsd = diffusion_prior_loss(probs, chosen.flatten(1), self.prior, t, len(self.experts), generator)
+        return RoutingLoss("prior_jsd", jsd, self.strategy.w_jsd)
+
+    def drawing(self, embedder: nn.Module) -> Drawing:
+        """The gates over every t: chosen slots (T, depth·E, block-major) as a table, probabilities beside."""
+        probs, chosen = self.choices(embedder)  # (T, depth, E) each
+        images = {"expert_probs": probs.flatten(1).cpu()}
+        return Drawing({"experts": [chosen.flatten(1).cpu()]}, images, SLOT_PIXELS, learned=True)
 
     def extra_repr(self) -> str:
         return f"{self.strategy!r}, T={self.num_timesteps}, blocks={len(self.widths)}"

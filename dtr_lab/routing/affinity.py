@@ -28,64 +28,18 @@ are spread evenly in t order (K = 2: the two ends).
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import torch
 from scipy.linalg import null_space
 from scipy.sparse.csgraph import laplacian
 
 from dtr_lab.errors import DTRLabError
 from dtr_lab.mtl.intervals import Intervals, TaskIntervals
-from dtr_lab.routing import RoutingStrategy, _check_beta, active_channels
-from dtr_lab.runs import INTERVAL_COLUMNS, interval_edges, read_records
+from dtr_lab.routing.base import active_channels, check_beta
+from dtr_lab.routing.tables import TableRouting
 
-# (records file, metric) in the order a run directory is searched: lookahead affinity first
-SOURCES = (("affinity", "tag"), ("conflict", "cos"))
-DIGITS = 6  # significant digits kept of the averaged matrix: the repr (checkpoint identity) is exact
-
-
-def read_affinity(run_dir: Path) -> tuple[np.ndarray, list[int], str]:
-    """A run's K×K affinity averaged over the later half of its measurements, its interval edges, and
-    which record it came from ("affinity/tag" or, without one, "conflict/cos").
-
-    The first measurement is taken at step 0, on the untrained network; averaging the later
-    ⌈n/2⌉ of n measured steps leaves it out whenever there are two or more, and averages probe noise.
-    """
-    for name, metric in SOURCES:
-        file = run_dir / "records" / f"{name}.csv"
-        if not file.is_file():
-            continue
-        frame, _ = read_records(file)
-        rows = frame[(frame["metric"] == metric) & frame["i"].notna() & frame["j"].notna()]
-        if rows.empty:
-            continue
-        # a resumed run re-measures steps after its last checkpoint: keep the latest write
-        rows = rows.drop_duplicates(["step", "i", "j"], keep="last")
-        steps = sorted(rows["step"].unique())
-        rows = rows[rows["step"].isin(steps[len(steps) // 2 :])]
-        k = int(max(rows["i"].max(), rows["j"].max())) + 1
-        mean = rows.groupby(["i", "j"])["value"].mean()  # an entry never measured stays NaN: refused below
-        affinity = np.full((k, k), np.nan)
-        affinity[mean.index.get_level_values("i"), mean.index.get_level_values("j")] = mean.to_numpy()
-        intervals_file = run_dir / "records" / "intervals.csv"
-        intervals = (
-            read_records(intervals_file, INTERVAL_COLUMNS)[0]
-            if intervals_file.is_file()
-            else pd.DataFrame(columns=INTERVAL_COLUMNS)
-        )
-        edges = interval_edges(intervals.drop_duplicates(["name", "k"], keep="last"), name)
-        if edges is None or len(edges) != k + 1:
-            raise DTRLabError(
-                f"AffinityRouting.source={str(run_dir)!r}: records/intervals.csv does not give the {k} "
-                f"intervals of its records/{name}.csv; pass a complete run directory or the matrix itself"
-            )
-        return affinity, edges, f"{name}/{metric}"
-    raise DTRLabError(
-        f"AffinityRouting.source={str(run_dir)!r} has no affinity records (records/affinity.csv 'tag' or "
-        "records/conflict.csv 'cos'); measure them with the TaskAffinity callback in a short run first"
-    )
+DIGITS = 6  # significant digits kept of the matrix: the identity (a checkpoint's) is exact
 
 
 def check_matrix(source: list, k: int | None) -> np.ndarray:
@@ -141,49 +95,63 @@ def fiedler_coordinates(affinity: np.ndarray) -> np.ndarray:
     return x
 
 
-class AffinityRouting(RoutingStrategy):
-    """A window of C_β channels per interval, placed on a 1-D spectral embedding of measured task affinity."""
+class AffinityRouting(TableRouting):
+    """A window of C_β channels per interval, placed on a 1-D spectral embedding of measured task affinity.
+
+    It takes numbers: a K×K matrix (and the intervals it was measured on). A run directory is turned into
+    them by ``dtr_lab.runs.read_affinity_options`` (``run_options``: on the command line and in configs
+    ``source: runs/NAME/version_N`` is read so before the routing is built; config.yaml keeps the path).
+    """
+
+    label, colour = "affinity", 5
+    run_options = {"source": "read_affinity_options"}
 
     def __init__(
-        self, source: list[list[float]] | str, beta: float = 0.8, intervals: int | None = None
+        self,
+        source: list[list[float]] | str,
+        beta: float = 0.8,
+        intervals: int | None = None,
+        edges: list[int] | None = None,
+        measured: str = "inline",
     ) -> None:
         """
         Args:
-            source: a run directory (``runs/NAME/version_N``) with TaskAffinity records (GradientConflict's
-                cosine records when it has none), or a K×K affinity matrix (row i: interval i's affinity
-                to interval j). From a run, the matrix is the mean over the later half of its measured
-                steps and the intervals are the ones it measured on; an inline matrix gets K uniform
-                intervals over T.
+            source: a K×K affinity matrix (row i: interval i's affinity to interval j); in a config also a
+                run directory (``runs/NAME/version_N``) with TaskAffinity records (GradientConflict's
+                cosine records when it has none), read by dtr_lab.runs into the mean over the later half
+                of its measured steps and the intervals it measured on.
             beta: the fraction of channels active per timestep (C_β = ⌊β·C⌋), as DTR's.
             intervals: the K the routing asks for; a source of another size is an error (null: any K).
+            edges: the K + 1 interval edges the matrix was measured on (null: K uniform intervals over T).
+            measured: where the matrix came from ("inline", "affinity/tag", "conflict/cos").
         """
-        self.beta = _check_beta(beta)
+        self.beta = check_beta(beta)
         if intervals is not None and intervals < 1:
             raise DTRLabError(f"AffinityRouting.intervals={intervals} must be at least 1 (or null for any K)")
-        self.intervals = intervals
-        self.source = source
-        self.measured = "inline"
-        self.edges: list[int] | None = None  # None: K uniform intervals over T
         if isinstance(source, str):
-            path = Path(source)
-            if not path.is_dir():
-                raise DTRLabError(
-                    f"AffinityRouting.source={source!r} is not a run directory; give a run folder "
-                    "(runs/NAME/version_N, measured with TaskAffinity) or a K×K matrix"
-                )
-            matrix, self.edges, self.measured = read_affinity(path)
-            if intervals is not None and matrix.shape[0] != intervals:
-                raise DTRLabError(
-                    f"AffinityRouting.source={source!r} measured K={matrix.shape[0]} intervals but "
-                    f"intervals={intervals}; measure with TaskAffinity.intervals.num_intervals={intervals} "
-                    f"or set intervals to {matrix.shape[0]}"
-                )
-            matrix = check_matrix(matrix.tolist(), intervals)
-        else:
-            matrix = check_matrix(source, intervals)
-        # rounded once, here: the table and the repr (a checkpoint's routing identity) use the same numbers
+            raise DTRLabError(
+                f"AffinityRouting.source={source!r} is a path: a run directory is read by dtr_lab.runs "
+                "(configs and the command line do it); in Python pass "
+                "AffinityRouting(**dtr_lab.runs.read_affinity_options(path)) or the K×K matrix"
+            )
+        if edges is not None and intervals is not None and len(edges) - 1 != intervals:
+            raise DTRLabError(
+                f"AffinityRouting.source ({measured}) measured K={len(edges) - 1} intervals but "
+                f"intervals={intervals}; measure with TaskAffinity.intervals.num_intervals={intervals} "
+                f"or set intervals to {len(edges) - 1}"
+            )
+        self.intervals = intervals
+        self.measured = measured
+        self.edges = None if edges is None else [int(e) for e in edges]  # None: K uniform intervals over T
+        matrix = check_matrix(source, intervals)
+        # rounded once, here: the table and the identity (a checkpoint's) use the same numbers
         self.affinity = [[float(f"{v:.{DIGITS}g}") for v in row] for row in matrix.tolist()]
         self.coordinates = fiedler_coordinates(np.array(self.affinity))  # (K,)
+
+    def options(self) -> dict:
+        # what decides the table, not where it was read from: a moved source run still resumes,
+        # a source that gained records does not
+        return {"beta": self.beta, "measured": self.measured, "edges": self.edges, "affinity": self.affinity}
 
     def task_intervals(self, num_tasks: int) -> torch.Tensor:
         """The interval of every timestep t = 0 … T−1, (T,)."""
@@ -196,25 +164,20 @@ class AffinityRouting(RoutingStrategy):
             return Intervals(num_intervals=k).build(torch.ones(num_tasks)).index(t)
         if self.edges[-1] != num_tasks:
             raise DTRLabError(
-                f"AffinityRouting.source={self.source!r} measured intervals {self.edges} over "
+                f"AffinityRouting ({self.measured}) measured intervals {self.edges} over "
                 f"T={self.edges[-1]} timesteps, but this model has T={num_tasks}; measure with the same T"
             )
         return TaskIntervals(self.edges, num_tasks).index(t)
 
-    def masks(self, num_tasks: int, channels: int, block: int = 0) -> torch.Tensor:
+    def starts(self, channels: int) -> torch.Tensor:
+        """Each interval's window start round((C − C_β)·x_k), half away from zero as DTRRouting, (K,)."""
         c_beta = active_channels(self.beta, channels)
-        # round half away from zero, as DTRRouting does
-        start = torch.tensor(
+        return torch.tensor(
             [math.floor((channels - c_beta) * x + 0.5) for x in self.coordinates], dtype=torch.long
-        )  # (K,)
-        start = start[self.task_intervals(num_tasks)]  # (T,)
+        )
+
+    def table(self, num_tasks: int, channels: int, block: int = 0) -> torch.Tensor:
+        c_beta = active_channels(self.beta, channels)
+        start = self.starts(channels)[self.task_intervals(num_tasks)]  # (T,)
         c = torch.arange(channels)
         return (c >= start[:, None]) & (c < start[:, None] + c_beta)  # (T, C)
-
-    def __repr__(self) -> str:
-        # what decides the table, not where it was read from: a moved source run still resumes,
-        # a source that gained records does not
-        return (
-            f"AffinityRouting(beta={self.beta!r}, measured={self.measured!r}, edges={self.edges!r}, "
-            f"affinity={self.affinity!r})"
-        )

@@ -1,0 +1,152 @@
+"""The routing protocol: every routing answers the same questions, so nothing outside dtr_lab/routing asks
+which routing it has."""
+
+from __future__ import annotations
+
+import ast
+import re
+from functools import partial
+
+import pytest
+import torch
+from helpers import REPO
+
+from dtr_lab import runs
+from dtr_lab.errors import DTRLabError
+from dtr_lab.models import DiT, UNet
+from dtr_lab.module import DiffusionModule
+from dtr_lab.routing import (
+    AffinityRouting,
+    BaseRouter,
+    Drawing,
+    DTRRouting,
+    NoRouting,
+    RandomRouting,
+    Routing,
+    RoutingLoss,
+    SwitchRouting,
+    identity_of,
+    own_parameters,
+)
+
+T = 20
+ROUTINGS = {
+    "vanilla": NoRouting,
+    "dtr": partial(DTRRouting, alpha=2.0, beta=0.5),
+    "rtr": partial(RandomRouting, beta=0.5, seed=4),
+    "switch": partial(SwitchRouting, seed=0),
+    "affinity": partial(AffinityRouting, [[1.0, 0.2, -0.1], [0.2, 1.0, 0.3], [-0.1, 0.3, 1.0]], beta=0.5),
+}
+# what dtr_lab before the routing package stored as a checkpoint's routing identity: repr strings
+OLD_REPRS = {
+    "vanilla": "NoRouting()",
+    "dtr": "DTRRouting(alpha=2.0, beta=0.5)",
+    "rtr": "RandomRouting(beta=0.5, seed=4, per_block=True)",
+    "switch": "SwitchRouting(num_experts=3, k=2, w_jsd=1.0, alpha=4.0, seed=0)",
+    "affinity": "AffinityRouting(beta=0.5, measured='inline', edges=None, "
+    "affinity=[[1.0, 0.2, -0.1], [0.2, 1.0, 0.3], [-0.1, 0.3, 1.0]])",
+}
+
+
+@pytest.mark.parametrize("name", list(ROUTINGS))
+@pytest.mark.parametrize("backbone", ["dit", "unet"])
+def test_every_routing_answers_every_question(name, backbone):
+    routing = ROUTINGS[name]()
+    assert isinstance(routing, Routing)
+    assert routing.label == name and isinstance(routing.colour, int) and isinstance(routing.seeded, bool)
+    if backbone == "dit":
+        net = DiT(8, 1, 10, T, routing, size="DiT-T/2")
+    else:
+        net = UNet(8, 1, 10, T, routing, size="UNet-T")
+    assert isinstance(net.router, BaseRouter)
+    t = torch.tensor([0, 7, T - 1])
+    masks = net.router.masks(t, net.t_embedder(t))
+    assert len(masks) == len(net.router.widths)  # one per routed block
+    term = net.routing_loss(t, torch.Generator().manual_seed(0))
+    assert term is None if name != "switch" else isinstance(term, RoutingLoss)
+    drawing = net.routing_drawing()
+    assert isinstance(drawing, Drawing) and drawing.learned == (name == "switch")
+    assert drawing.tables and all(table.shape[0] == T for ts in drawing.tables.values() for table in ts)
+    assert bool(own_parameters(net)) == (name == "switch")
+    identity = routing.identity()
+    assert identity["class"] == type(routing).__name__
+    assert identity == ROUTINGS[name]().identity()  # a function of the options
+
+
+@pytest.mark.parametrize("name", list(ROUTINGS))
+def test_an_old_repr_identity_reads_as_today_s_dict(name):
+    assert identity_of(OLD_REPRS[name]) == ROUTINGS[name]().identity()
+    assert identity_of(ROUTINGS[name]().identity()) == ROUTINGS[name]().identity()  # a dict passes through
+
+
+def module(routing: Routing) -> DiffusionModule:
+    return DiffusionModule(net=partial(DiT, size="DiT-T/2"), routing=routing, num_timesteps=T, sample_steps=T)
+
+
+def test_identity_survives_a_repr_change_and_old_checkpoints_still_load(monkeypatch):
+    saved_new = module(DTRRouting(alpha=2.0, beta=0.5)).identity()
+    saved_old = {**saved_new, "routing": OLD_REPRS["dtr"]}  # as dtr_lab before the routing package saved it
+    monkeypatch.setattr(DTRRouting, "__repr__", lambda self: "a cosmetic change")
+    own = module(DTRRouting(alpha=2.0, beta=0.5))
+    own.check_checkpoint_identity(saved_new)
+    own.check_checkpoint_identity(saved_old)
+    other = module(DTRRouting(alpha=4.0, beta=0.5))
+    for saved in (saved_new, saved_old):
+        with pytest.raises(DTRLabError, match="checkpoint was trained with routing="):
+            other.check_checkpoint_identity(saved)
+
+
+def test_labels_and_colours_come_from_the_routings():
+    """dtr_lab.runs reads the classes' own declarations (torch-free); they agree with the classes."""
+    declared = runs.routing_classes()
+    for make in ROUTINGS.values():
+        routing = make()
+        cls = type(routing).__name__
+        assert declared[cls]["label"] == routing.label and declared[cls]["colour"] == routing.colour
+        assert runs.routing_label(f"dtr_lab.routing.{cls}") == routing.label
+        assert runs.routing_seeded(routing.label) == routing.seeded
+    assert runs.routing_label("my_lab.MyRouting") == "myrouting"  # a routing of one's own
+    assert runs.routing_colours() == {"vanilla": 0, "dtr": 1, "rtr": 2, "switch": 4, "affinity": 5} | {
+        c["label"]: c["colour"] for c in declared.values()
+    }
+
+
+# ------------------------------------------------------------------------- nothing outside asks which
+OUTSIDE = [p for d in ("dtr_lab", "analysis", "benchmarks") for p in (REPO / d).rglob("*.py")
+           if "routing" not in p.relative_to(REPO).parts[:2]]
+ASKING = [
+    re.compile(r"isinstance\([^)]*(Routing|Router)\b"),  # a routing's or router's type
+    re.compile(r"\bw_jsd\b"),  # Switch's option
+    re.compile(r"[\"']router\."),  # the router's parameter names
+]
+# in the library, not even its name (a study's or benchmark's arms are named by the study: analysis/,
+# benchmarks/ may compare arm names)
+NAMED = re.compile(r"==\s*[\"'](rtr|dtr|switch|affinity|vanilla)[\"']")
+
+
+def test_no_code_outside_the_package_asks_which_routing_it_has():
+    found = [
+        f"{p.relative_to(REPO)}:{i}: {line.strip()}"
+        for p in OUTSIDE
+        for i, line in enumerate(p.read_text().splitlines(), 1)
+        if any(pattern.search(line) for pattern in ASKING)
+        or (p.relative_to(REPO).parts[0] == "dtr_lab" and NAMED.search(line))
+    ]
+    assert not found, found
+
+
+def imports(path) -> set[str]:
+    tree = ast.parse(path.read_text())
+    found = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+    return found | {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+
+
+def test_the_package_imports_nothing_above_it():
+    """dtr_lab.routing reads no files and no runs: it imports torch, numpy/scipy and dtr_lab's floor."""
+    floor = {"dtr_lab.errors", "dtr_lab.seeds", "dtr_lab.mtl.intervals"}
+    for path in (REPO / "dtr_lab" / "routing").glob("*.py"):
+        own = {m for m in imports(path) if m.startswith("dtr_lab")}
+        assert own <= floor | {m for m in own if m.startswith("dtr_lab.routing")}, (path.name, own)
+    for module in floor:  # and nothing on the floor imports routing back: no circle
+        path = REPO / (module.replace(".", "/") + ".py")
+        assert not {m for m in imports(path) if m.startswith("dtr_lab.routing")}, module
