@@ -42,19 +42,24 @@ def evaluation_noise(run_dir: Path, checkpoint: str, samples: list[int], seeds: 
     from dtr_lab.data.base import real_images
     from dtr_lab.errors import DTRLabError
     from dtr_lab.metrics import SampleQualityMetrics
+    from dtr_lab.model_checks import check_checkpoint
     from dtr_lab.pairing import instantiate
     from dtr_lab.samples import balanced_labels, generate
 
     config, ckpt = run_dir / "config.yaml", run_dir / "checkpoints" / f"{checkpoint}.ckpt"
     if not config.is_file():
         raise DTRLabError(f"{config}: no such file; give a run directory written by `dtr_lab fit`")
-    state_dict = read_checkpoint(ckpt, weights_only=False, option="--checkpoint")["state_dict"]
+    saved = read_checkpoint(ckpt, weights_only=False, option="--checkpoint")
     # the sections that build the module and data (the rest are options of the `fit` subcommand)
     fit_config = {k: v for k, v in yaml.safe_load(config.read_text()).items() if k in SECTIONS}
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / "config.yaml").write_text(yaml.safe_dump(fit_config))
         model, datamodule = instantiate(["--config", str(Path(tmp) / "config.yaml")])
-    model.load_state_dict(state_dict)
+    try:  # what it was trained as, and its tensors: the check every loader goes through
+        check_checkpoint(model, saved)
+    except DTRLabError as err:
+        raise DTRLabError(f"{ckpt}: {err}") from None
+    model.load_state_dict(saved["state_dict"])
     model.eval()
     datamodule.setup("fit")
     scorer = SampleQualityMetrics(real_images(datamodule, 10_000, SEED), "digits", seed=SEED)

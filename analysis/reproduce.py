@@ -17,9 +17,10 @@ samples (DDIM 25, guidance 1.5, the same x_T for every arm; the FID's reference 
 training split, all 1,797 images) and the EMA probe loss per fifth of t. Per comparison b − a and
 scoring point: the paired difference with its 95 % t interval over seeds; per comparison, the steps to
 reach TARGET_FID (fixed from the pilot before the study) and the plateau (mean of the last 3 points),
-each as a paired difference with its interval. Writes OUT/table.md, OUT/paired.csv (every comparison ×
-metric × step), OUT/convergence.csv, OUT/scores.csv and OUT/curves.png (FID against step per arm over the
-paired differences). Finished runs with an identical config are reused; a run cut off half-way trains again.
+each as a paired difference with its interval. Writes, into OUT/core or OUT/complementarity (OUT with
+--arms), table.md, paired.csv (every comparison × metric × step), convergence.csv, scores.csv and
+curves.png (FID against step per arm over the paired differences); the runs live in OUT/runs. Finished
+runs with an identical config are reused; a run cut off half-way trains again.
 """
 
 from __future__ import annotations
@@ -93,8 +94,8 @@ ARMS = {
         Arm("dtr", "uw", ("routing/dtr.yaml", UW)),
     )
 }
-STUDIES = {
-    "core + spectrum": [
+STUDIES = {  # core: the core arms and the sharing spectrum
+    "core": [
         "vanilla-uniform", "dtr-uniform", "switch-uniform", "rtr-uniform", "experts-uniform",
         "experts_wide-uniform",
     ],
@@ -195,7 +196,8 @@ def main(argv: list[str] | None = None) -> int:
     check_num_samples(args.num_samples, PROG)
     max_steps = args.max_steps or yaml.safe_load(BASE.read_text())["trainer"]["max_steps"]
     study = write_study_config(args.out.resolve(), max_steps, args.num_samples)
-    arms = args.arms or STUDIES["complementarity" if args.complementarity else "core + spectrum"]
+    study_name = "complementarity" if args.complementarity else "core"
+    arms = args.arms or STUDIES[study_name]
     comparisons = [c for c in COMPARISONS if c.a in arms and c.b in arms]
     per_run = max_steps * STEP_S + POINTS * (args.num_samples * SAMPLE_S + PROBE_S) + START_S
     return run_study(
@@ -206,6 +208,7 @@ def main(argv: list[str] | None = None) -> int:
         lambda run: per_run,
         lambda scores, out: report(scores, out, comparisons, args.target),
         f"{max_steps} steps each, scored {POINTS} times",
+        "" if args.arms else study_name,  # the two studies share their runs' folder, not their tables
     )
 
 

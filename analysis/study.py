@@ -517,10 +517,11 @@ def run_study(
     seconds: Callable[[RunSpec], float],
     report: Callable[[pd.DataFrame, Path], tuple[str, list[Path]]],
     what: str,
+    results: str = "",
 ) -> int:
     """Train what is not done (after the pairing check), read every finished run's scores, write
-    OUT/scores.csv and OUT/table.md (`report` returns its text and the other files it wrote) and say
-    what was written; the exit status (1 if a run failed)."""
+    scores.csv and table.md into OUT/`results` (`report` writes its other files there, and returns the
+    table's text and their paths) and say what was written; the exit status (1 if a run failed)."""
     started = time.time()
     out = args.out.resolve()
     todo = [r for r in runs if not is_done(r, out)]
@@ -537,12 +538,14 @@ def run_study(
     if not args.no_train:
         failed = check_and_train(runs, todo, comparisons, out, args.jobs, args.threads, prog)
     scores = read_scores(runs, out)
-    scores.to_csv(out / "scores.csv", index=False)
-    text, written = report(scores, out)
-    (out / "table.md").write_text(text)
+    folder = out / results
+    folder.mkdir(parents=True, exist_ok=True)
+    scores.to_csv(folder / "scores.csv", index=False)
+    text, written = report(scores, folder)
+    (folder / "table.md").write_text(text)
     print()
     print(text)
-    for path in [out / "table.md", out / "scores.csv", *written]:
+    for path in [folder / "table.md", folder / "scores.csv", *written]:
         print(f"wrote {path}")
     if failed:
         print(f"{prog}: {len(failed)} run(s) failed: {', '.join(failed)}", file=sys.stderr)

@@ -19,6 +19,7 @@ from dtr_lab.checkpointing import Interrupted, RunCheckpoint
 from dtr_lab.console import quiet_lightning, use_step_progress_bar
 from dtr_lab.data import ImageDataModule
 from dtr_lab.errors import DTRLabError, find_bad_input
+from dtr_lab.model_checks import check_checkpoint, check_optimizer
 from dtr_lab.module import DiffusionModule
 from dtr_lab.parser import OneLineParser, read_configs
 from dtr_lab.run_dir import claim_log_dir
@@ -94,10 +95,8 @@ class DTRLabCLI(LightningCLI):
         ckpt_path = options.get("ckpt_path")
         if ckpt_path and not (ckpt_path in LIGHTNING_KEYWORDS and not Path(ckpt_path).exists()):
             checkpoint = read_checkpoint(ckpt_path, options.get("weights_only") is not False)
-            try:  # what it was trained as, then its tensors; on_load_checkpoint warns about old ones
-                if "dtr_lab_identity" in checkpoint:
-                    self.model.check_checkpoint_identity(checkpoint["dtr_lab_identity"])
-                self.model.check_checkpoint_shapes(checkpoint["state_dict"])
+            try:  # what it was trained as, then its tensors: once, before anything is written
+                check_checkpoint(self.model, checkpoint)
             except DTRLabError as err:
                 raise DTRLabError(f"--ckpt_path {ckpt_path}: {err}") from None
         logger = self.trainer.logger
@@ -120,7 +119,7 @@ class DTRLabCLI(LightningCLI):
         self.prepare_analyses()
 
     def prepare_analyses(self) -> None:
-        self.model.check_optimizer(self.trainer.max_steps)
+        check_optimizer(self.model, self.trainer.max_steps)
         analyses = [c for c in self.trainer.callbacks if hasattr(c, "prepare")]
         if analyses:  # their probes come from the training set: a batch larger than it is the real fault
             self.datamodule.setup("fit")

@@ -8,67 +8,32 @@ loss curve and analysis callbacks never disturb it.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Iterable
 from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 from torch.optim.swa_utils import AveragedModel
-from torch.utils.data import DataLoader, TensorDataset
 
-from dtr_lab.diffusion import GaussianDiffusion, guided, per_sample_mse, sample
+from dtr_lab.diffusion import GaussianDiffusion, per_sample_mse
 from dtr_lab.diffusion.learned_variance import split_output, vb_term
-from dtr_lab.diffusion.samplers import check_fixed_variance, check_sample_steps, respaced_timesteps
 from dtr_lab.diffusion.weighting import LossWeighting, Uniform
-from dtr_lab.errors import DTRLabError
+from dtr_lab.ema import ema_multi_avg_fn
 from dtr_lab.lr_schedule import WarmupCosine
-from dtr_lab.metrics.features import to_uint8
-from dtr_lab.models.dit import POS_EMBED_LAYOUTS
+from dtr_lab.model_checks import check_checkpoint, check_options, identity
 from dtr_lab.models.factory import NetFactory
 from dtr_lab.mtl.gradients import flat_grad, write_grad
 from dtr_lab.mtl.intervals import DEFAULT_INTERVALS, Intervals
 from dtr_lab.mtl.method import MTLMethod, TaskBatch, Update
 from dtr_lab.mtl.tasks import Tasks
-from dtr_lab.routing import NoRouting, Routing, identity_of, identity_text
-from dtr_lab.samples import generate
+from dtr_lab.routing import NoRouting, Routing
+from dtr_lab.samples import Sampling
 from dtr_lab.seeds import derive_seed
 
 OptimizerFactory = Callable[[Iterable], torch.optim.Optimizer]
-SAMPLERS = ("ddpm", "ddim")
-# torch.optim's words for a rejected option -> the init_args key and its valid range
-OPTIMIZER_RANGES = {
-    "learning rate": ("lr", "≥ 0"),
-    "epsilon value": ("eps", "≥ 0"),
-    "weight_decay value": ("weight_decay", "≥ 0"),
-    "momentum value": ("momentum", "≥ 0"),
-    "beta parameter at index 0": ("betas[0]", "in [0, 1)"),
-    "beta parameter at index 1": ("betas[1]", "in [0, 1)"),
-}
-# what a checkpoint was trained as; checked on load (override one with model.allow_checkpoint_mismatch)
-IDENTITY_FIELDS = (
-    "routing", "num_timesteps", "schedule", "net", "image_size", "in_channels", "num_classes", "mtl",
-    "pos_embed",
-)
-# the position-embedding layout of a checkpoint saved before identities recorded it (dtr_lab before issue 21)
-OLD_POS_EMBED = "row_first"
 
-
-def ema_multi_avg_fn(decay: float) -> Callable:
-    """EMA with warm-up: decay_n = min(decay, (1 + n) / (10 + n)), so early averages aren't stale."""
-
-    @torch.no_grad()
-    def update(averaged: list[torch.Tensor], current: list[torch.Tensor], num_averaged: torch.Tensor) -> None:
-        n = float(num_averaged)
-        d = min(decay, (1 + n) / (10 + n))
-        torch._foreach_lerp_(averaged, current, 1 - d)
-
-    return update
-
-
-class DiffusionModule(L.LightningModule):
+class DiffusionModule(Sampling, L.LightningModule):
     """ε-prediction diffusion training of a routed or unrouted network, with EMA weights."""
 
     def __init__(
@@ -133,40 +98,13 @@ class DiffusionModule(L.LightningModule):
             image_size: set from data.image_size.
             in_channels: set from data.in_channels.
             num_classes: set from data.num_classes (0 for unconditional).
-            allow_checkpoint_mismatch: identity fields in which a loaded checkpoint may differ from this
-                config, for deliberate fine-tuning across them (e.g. [routing]); one of
-                routing, num_timesteps, schedule, net, image_size, in_channels, num_classes, mtl,
-                pos_embed (load a row-first checkpoint into the column-first embedding: the tokens' grid
-                transposed, deliberately; without it the network takes the checkpoint's layout).
+            allow_checkpoint_mismatch: identity fields (dtr_lab.model_checks.IDENTITY_FIELDS) in which a
+                loaded checkpoint may differ from this config, to fine-tune across them deliberately (e.g.
+                [routing]; [pos_embed]: a row-first checkpoint into the column-first embedding, transposed).
         """
         super().__init__()
-        if sampler not in SAMPLERS:
-            raise DTRLabError(f"model.sampler={sampler!r} is unknown; choose one of {', '.join(SAMPLERS)}")
-        if not 0.0 <= ema_decay < 1.0:
-            raise DTRLabError(f"model.ema_decay={ema_decay} must be in [0, 1); the papers use 0.9999")
-        if num_samples < 1:
-            raise DTRLabError(f"model.num_samples={num_samples} must be a positive integer")
-        if not 0.0 <= class_dropout_prob < 1.0:
-            raise DTRLabError(f"model.class_dropout_prob={class_dropout_prob} must be in [0, 1)")
-        check_sample_steps(sample_steps, num_timesteps, "model.sample_steps")
-        try:  # the samplers' own checks, named as the config's options
-            check_fixed_variance(fixed_variance)
-            if respacing != "even":  # an unknown name, or a stride that must give exactly sample_steps
-                respaced_timesteps(num_timesteps, sample_steps, respacing)
-        except DTRLabError as err:
-            raise DTRLabError(f"model.{err}") from None
-        unknown = sorted(set(allow_checkpoint_mismatch or ()) - set(IDENTITY_FIELDS))
-        if unknown:
-            raise DTRLabError(
-                f"model.allow_checkpoint_mismatch has unknown field {unknown[0]!r}; "
-                f"choose from {', '.join(IDENTITY_FIELDS)}"
-            )
+        check_options(locals())
         stated = getattr(mtl, "intervals", None)
-        if intervals is not None and stated is not None and intervals != stated:
-            raise DTRLabError(
-                f"model.intervals={intervals} and model.mtl's intervals={stated} disagree; "
-                "state the task intervals once (model.intervals)"
-            )
         self.save_hyperparameters(
             ignore=["net", "routing", "optimizer", "lr_schedule", "weighting", "mtl", "intervals"]
         )
@@ -201,6 +139,7 @@ class DiffusionModule(L.LightningModule):
         self.rng: torch.Generator | None = None
         self._rng_state: torch.Tensor | None = None
         self.checkpoint_step = 0  # the loaded checkpoint's step: where analyses of a loaded model record
+        self.checkpoint_checked = False  # set by model_checks.check_checkpoint, cleared by the load
 
     def forward(self, x_t: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         """The denoiser's output at noisy images x_t (N, C, H, W) and timesteps t (N,)."""
@@ -344,24 +283,6 @@ class DiffusionModule(L.LightningModule):
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
-    def check_optimizer(self, max_steps: int) -> None:
-        """Build the optimizer once, so options it rejects (lr < 0, betas outside [0, 1)) fail in one line
-        before the run starts rather than in the trainer's setup; the lr schedule must fit the run."""
-        if self.lr_schedule is not None:
-            self.lr_schedule.bind(max_steps)
-        try:
-            self.build_optimizer()
-        except (ValueError, TypeError) as err:
-            # torch words it "Invalid learning rate: -0.001"; name the key and its range instead
-            found = re.fullmatch(r"Invalid (.+?): (.+)", str(err))
-            if found is None or found.group(1) not in OPTIMIZER_RANGES:
-                raise DTRLabError(f"model.optimizer rejects its options: {err}; fix its init_args") from None
-            key, valid = OPTIMIZER_RANGES[found.group(1)]
-            raise DTRLabError(
-                f"model.optimizer.init_args.{key}={found.group(2)} is invalid: it must be {valid}; fix it in "
-                "the config or on the command line"
-            ) from None
-
     def check_batch_size(self, batch_size: int) -> None:
         """Stratified sampling needs B divisible by K; checked before anything is written."""
         self.tasks.check_batch_size(batch_size)
@@ -389,72 +310,10 @@ class DiffusionModule(L.LightningModule):
             "test/loss_ema", self.per_sample_loss(x0, t, noise, y, net=self.ema.module).mean(), sync_dist=True
         )
 
-    # --------------------------------------------------------------- sampling
-    @torch.no_grad()
-    def sample(
-        self,
-        noise: torch.Tensor,
-        y: torch.Tensor | None = None,
-        generator: torch.Generator | None = None,
-        use_ema: bool = True,
-        sampler: str | None = None,
-        steps: int | None = None,
-        guidance_scale: float | None = None,
-    ) -> torch.Tensor:
-        """Samples from x_T = noise (N, C, H, W), in [-1, 1] when clip_x0; options default to the module's."""
-        net = self.ema.module if use_ema else self.net
-        scale = self.hparams.guidance_scale if guidance_scale is None else guidance_scale
-        eps_fn = guided(net, y, scale, self.hparams.num_classes)
-        eta = 1.0 if (sampler or self.hparams.sampler) == "ddpm" else 0.0
-        steps = self.hparams.sample_steps if steps is None else steps
-        check_sample_steps(steps, self.diffusion.num_timesteps, "steps")
-        x = sample(
-            eps_fn, self.diffusion, noise, steps, eta, clip_x0=self.hparams.clip_x0, generator=generator,
-            fixed_variance=self.hparams.fixed_variance, respacing=self.hparams.respacing,
-        )
-        return x.clamp(-1, 1) if self.hparams.clip_x0 else x
-
-    # ------------------------------------------------------------- prediction
-    def predict_dataloader(self) -> DataLoader:
-        """`num_samples` (index, label) pairs for `predict`, labels cycling over the classes."""
-        index = torch.arange(self.hparams.num_samples)
-        labels = index % max(self.hparams.num_classes, 1)
-        batch_size = getattr(self.trainer.datamodule, "batch_size", 256) if self._trainer else 256
-        return DataLoader(TensorDataset(index, labels), batch_size=batch_size)
-
-    def predict_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> dict:
-        """EMA samples for a batch of (index, label): uint8 images (N, H, W, C) and their labels (N,)."""
-        index, y = batch
-        hp = self.hparams
-        datamodule = self.trainer.datamodule if self._trainer else None
-        # seeded by the batch's first sample index, which differs across DDP ranks (batch_idx does not)
-        images = generate(
-            self, y if hp.num_classes > 0 else None, len(y), derive_seed(hp.seed, int(index[0])), len(y),
-            None if datamodule is None else datamodule.decode,
-        )  # (N, C, H, W)
-        return {"images": to_uint8(images).permute(0, 2, 3, 1), "labels": y.cpu()}
-
     # ------------------------------------------------------------ checkpoints
     def identity(self) -> dict[str, Any]:
-        """What this model is trained as: the fields a checkpoint must agree on to be loaded into it."""
-        hp = self.hparams
-        mtl = "none" if self.mtl is None else f"{type(self.mtl).__name__}(intervals={self.tasks.config})"
-        net = type(self.net).__name__ + (f"({self.net.size})" if hasattr(self.net, "size") else "")
-        return {
-            "routing": self.routing.identity(),
-            "num_timesteps": hp.num_timesteps,
-            "schedule": hp.schedule,
-            "net": net,
-            "image_size": hp.image_size,
-            "in_channels": hp.in_channels,
-            "num_classes": hp.num_classes,
-            "mtl": mtl,
-            "pos_embed": self.pos_embed_layout(),
-        }
-
-    def pos_embed_layout(self) -> str:
-        """The network's position-embedding layout ("column_first", "row_first"), "none" if it has none."""
-        return getattr(self.net, "pos_embed_layout", "none")
+        """What this model is trained as (dtr_lab.model_checks.identity)."""
+        return identity(self)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["dtr_lab_identity"] = self.identity()
@@ -462,79 +321,9 @@ class DiffusionModule(L.LightningModule):
             checkpoint["dtr_lab_rng_state"] = self.rng.get_state()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        self.check_checkpoint_identity(checkpoint.get("dtr_lab_identity"))
-        self.check_checkpoint_shapes(checkpoint.get("state_dict", {}))
+        if not self.checkpoint_checked:  # the CLI checks --ckpt_path before the trainer starts
+            check_checkpoint(self, checkpoint)
+        self.checkpoint_checked = False
         self._rng_state = checkpoint.get("dtr_lab_rng_state")
         self.rng = None
         self.checkpoint_step = checkpoint.get("global_step", 0)
-
-    def check_checkpoint_identity(self, saved: dict[str, str | int] | None) -> None:
-        """Fail with one line when a checkpoint was trained as something else (routing, T, backbone, ...);
-        take its position-embedding layout (None or no pos_embed field: saved before layouts were recorded).
-        """
-        if saved is None:
-            rank_zero_warn(
-                "the checkpoint has no dtr_lab identity (saved by an older dtr_lab): its routing, T, "
-                "schedule, backbone, image shape and MTL method are not checked against this config"
-            )
-            saved = {}
-        allowed = set(self.hparams.allow_checkpoint_mismatch or ())
-        self.adopt_pos_embed_layout(saved.get("pos_embed", OLD_POS_EMBED), allowed)
-        own = self.identity()
-        if "routing" in saved:  # a repr string before the routing package: read as its identity dict
-            saved = {**saved, "routing": identity_of(saved["routing"])}
-        for field in IDENTITY_FIELDS:
-            if field in saved and saved[field] != own[field] and field not in allowed:
-                theirs, ours = saved[field], own[field]
-                if field == "routing":  # compared as dicts, shown as people read them
-                    theirs, ours = identity_text(theirs), identity_text(ours)
-                raise DTRLabError(
-                    f"checkpoint was trained with {field}={theirs} "
-                    f"but the config has {field}={ours}; "
-                    "use the config the checkpoint was trained with (its run directory's config.yaml), or "
-                    f"pass --model.allow_checkpoint_mismatch [{field}] to fine-tune across it deliberately"
-                )
-
-    def adopt_pos_embed_layout(self, saved: str, allowed: set[str]) -> None:
-        """Give the network (and its EMA) the position-embedding layout a checkpoint was trained with, with a
-        warning: never load its weights into a transposed token grid. A layout this dtr_lab does not know
-        fails in one line; pos_embed in allowed keeps the config's layout deliberately."""
-        own = self.pos_embed_layout()
-        if saved in (own, "none") or own == "none" or "pos_embed" in allowed:
-            return
-        if saved not in POS_EMBED_LAYOUTS:
-            raise DTRLabError(
-                f"checkpoint has position-embedding layout pos_embed={saved!r}, which dtr_lab does not know "
-                f"(it knows {', '.join(POS_EMBED_LAYOUTS)}); load it with the dtr_lab version that wrote it"
-            )
-        for net in (self.net, self.ema.module):
-            net.set_pos_embed_layout(saved)
-        rank_zero_warn(
-            f"the checkpoint was trained with the {saved} position embedding (dtr_lab before issue 21 when "
-            f"its identity names none), the config asks for {own}: the network keeps the checkpoint's "
-            f"{saved} layout (set model.net.init_args.pos_embed_layout: {saved} to say so)"
-        )
-
-    def check_checkpoint_shapes(self, state: dict[str, torch.Tensor]) -> None:
-        """Fail with one line when a checkpoint was saved from a differently shaped model."""
-        own = self.state_dict()
-        missing = sorted(set(own) - set(state))
-        unexpected = sorted(set(state) - set(own))
-        mismatched = [k for k in own if k in state and own[k].shape != state[k].shape]
-        if mismatched:
-            k = mismatched[0]
-            raise DTRLabError(
-                f"checkpoint does not match the configured model: {k} has shape {tuple(state[k].shape)} "
-                f"in the checkpoint but {tuple(own[k].shape)} here ({len(mismatched)} tensors differ); "
-                "use the config the checkpoint was trained with (its run directory's config.yaml)"
-            )
-        if missing:
-            raise DTRLabError(
-                f"checkpoint does not match the configured model: it lacks {missing[0]} "
-                f"({len(missing)} tensors missing); use the config the checkpoint was trained with"
-            )
-        if unexpected:
-            raise DTRLabError(
-                f"checkpoint does not match the configured model: it has {unexpected[0]}, which the model "
-                f"lacks ({len(unexpected)} extra tensors); use the config the checkpoint was trained with"
-            )

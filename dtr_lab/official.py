@@ -36,6 +36,7 @@ import torch
 from dtr_lab.checkpoint_file import read_checkpoint
 from dtr_lab.checkpointing import write_atomically
 from dtr_lab.errors import DTRLabError, find_bad_input
+from dtr_lab.model_checks import check_checkpoint
 from dtr_lab.models.dit import POS_EMBED_LAYOUTS, DiT, sincos_pos_embed_2d
 from dtr_lab.routing import own_parameters
 
@@ -239,8 +240,7 @@ def export_checkpoint(src: Path, dst: Path, config: list[str]) -> str:
     check_expressible(module.net, f"--ckpt {src}")
     checkpoint = read_checkpoint(src)
     try:
-        module.check_checkpoint_identity(checkpoint.get("dtr_lab_identity"))
-        module.check_checkpoint_shapes(checkpoint["state_dict"])
+        check_checkpoint(module, checkpoint)
     except DTRLabError as err:
         raise DTRLabError(f"{src}: {err}") from None
     module.load_state_dict(checkpoint["state_dict"])

@@ -636,22 +636,25 @@ def convergence_curves(
     scores: pd.DataFrame, paired: pd.DataFrame, metric: str = "fid", target: float | None = None
 ) -> Figure:
     """A paired study along training. Top: `metric` against step per arm, mean over seeds with a ±1 sd band
-    (colour: routing, line: weighting; log y), `target` dotted. Bottom: each comparison's paired difference
-    b − a at every scoring point, its mean with the 95 % t interval as a band (symmetric-log y: early
-    differences are hundreds of FID points, late ones a few); dashed: no difference.
+    (colour: routing, line: weighting; log y), `target` dotted. Below, one small panel per comparison: its
+    paired difference b − a at every scoring point, the mean with its 95 % t interval as a band
+    (symmetric-log y: early differences are hundreds of FID points, late ones a few); dashed: no difference.
 
     `scores` has columns arm, routing, weighting, seed, step, metric, value; `paired` the columns of
-    analysis/study.py's paired_table (comparison, step, metric, diff, ci_low, ci_high)."""
+    analysis/study.py's paired_table (comparison, step, metric, pairs, diff, ci_low, ci_high)."""
     rows = scores[(scores["metric"] == metric) & (scores["step"] > 0)]
-    diffs = paired[paired["metric"] == metric]
+    diffs = paired[(paired["metric"] == metric) & (paired["step"] > 0)]
     if rows.empty:
         raise ValueError(f"no {metric!r} scores; is SampleQuality among the callbacks?")
     arms = rows[["arm", "routing", "weighting"]].drop_duplicates("arm")
     colours = palette(list(arms["routing"]))
     comparisons = list(dict.fromkeys(diffs["comparison"]))
-    lines = palette(comparisons)
+    columns = min(4, max(1, len(comparisons)))
+    below = -(-len(comparisons) // columns)
     with style():
-        fig, (top, bottom) = plt.subplots(2, 1, sharex=True, figsize=(8.5, 7.5))
+        fig = plt.figure(figsize=(2.6 * columns + 2.6, 3.6 + 2.2 * below))
+        grid = fig.add_gridspec(1 + below, columns, height_ratios=[1.7] + [1] * below)
+        top = fig.add_subplot(grid[0, :])
         for arm in arms.itertuples():
             by_step = rows[rows["arm"] == arm.arm].groupby("step")["value"]
             mean, sd = by_step.mean(), by_step.std().fillna(0)
@@ -663,19 +666,19 @@ def convergence_curves(
         if target is not None:
             top.axhline(target, color="grey", linestyle=":", linewidth=1, label=f"target {target:g}")
         log_y(top)
-        top.set_ylabel(METRIC_NAMES.get(metric, metric))
+        top.set(xlabel="training step", ylabel=METRIC_NAMES.get(metric, metric))
         top.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8)
-        top.set_title("per arm: mean ± 1 sd over seeds", fontsize=9)
-        for name in comparisons:
+        top.set_title("per arm: mean ± 1 sd over seeds; below, per comparison: the paired difference b − a, "
+                      "mean and 95 % t interval over seeds", fontsize=9)
+        for k, name in enumerate(comparisons):
+            ax = fig.add_subplot(grid[1 + k // columns, k % columns], sharex=top)
             d = diffs[diffs["comparison"] == name].sort_values("step")
-            bottom.plot(d["step"], d["diff"], marker="o", markersize=3, color=lines[name],
-                        label=f"{name} ({int(d['pairs'].max())} pairs)")
-            bottom.fill_between(d["step"], d["ci_low"], d["ci_high"], color=lines[name], alpha=0.15,
-                                linewidth=0)
-        bottom.axhline(0, color="grey", linestyle="--", linewidth=1)
-        bottom.set_yscale("symlog", linthresh=10)
-        bottom.set_ylabel(f"paired Δ {metric} (b − a)")
-        bottom.set_xlabel("training step")
-        bottom.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8)
-        bottom.set_title("per comparison: mean paired difference and its 95 % t interval", fontsize=9)
+            ax.plot(d["step"], d["diff"], marker="o", markersize=3, color="black")
+            ax.fill_between(d["step"], d["ci_low"], d["ci_high"], color="grey", alpha=0.3, linewidth=0)
+            ax.axhline(0, color="grey", linestyle="--", linewidth=1)
+            ax.set_yscale("symlog", linthresh=10)
+            ax.set_title(f"{name} ({int(d['pairs'].max())} pairs)", fontsize=8)
+            ax.tick_params(labelsize=7)
+            if k % columns == 0:
+                ax.set_ylabel(f"Δ {metric}, 95 % t", fontsize=8)
     return fig

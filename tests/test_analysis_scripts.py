@@ -32,12 +32,13 @@ FIGURES = [
 
 
 def script(name: str, *args) -> subprocess.CompletedProcess:
-    """The script as a user runs it, in its own interpreter."""
+    """The script as a user runs it, in its own interpreter (a tiny study trains and scores several runs:
+    minutes on 2 busy cores)."""
     return subprocess.run(
         [sys.executable, str(REPO / "analysis" / name), *map(str, args)],
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=1200,
     )
 
 
@@ -214,7 +215,7 @@ def test_reproduce_reports_paired_differences(tiny_repro):
     table = (out / "table.md").read_text()
     assert "| DTR − vanilla | 4 | 2 |" in table and "Δ probe t∈[0,200)" in table  # a row per scoring point
     # a target no arm reaches in 4 steps: said in the convergence table, not a crash or a NaN
-    assert "| DTR − vanilla | 2 | fid ≤ 30 | not reached by step 4 → not reached by step 4 |" in table
+    assert "| DTR − vanilla | 2 | fid ≤ 50 | not reached by step 4 → not reached by step 4 |" in table
     assert "nan" not in table.lower()
     assert (out / "curves.png").stat().st_size > 0
 

@@ -25,6 +25,7 @@ from dtr_lab.checkpointing import AtomicCheckpointIO, current_umask, write_atomi
 from dtr_lab.cli import main
 from dtr_lab.data.base import EpochShuffleSampler, ResumableDataLoader
 from dtr_lab.errors import DTRLabError
+from dtr_lab.model_checks import check_identity
 from dtr_lab.mtl import PCGrad
 from dtr_lab.routing import NoRouting
 from dtr_lab.run_dir import claim_log_dir
@@ -252,18 +253,18 @@ def test_checkpoint_identity_names_each_field_and_its_override():
     assert saved["routing"] == {"class": "DTRRouting", "alpha": 4.0, "beta": 0.8}
     assert saved["net"] == "DiT(DiT-T/2)"
     assert saved["num_timesteps"] == 100 and saved["mtl"] == "none"
-    dtr.check_checkpoint_identity(saved)  # its own checkpoint loads
+    check_identity(dtr, saved)  # its own checkpoint loads
     vanilla = tiny_module()
     vanilla.routing = NoRouting()
     with pytest.raises(
         DTRLabError, match=r"routing=DTRRouting\(alpha=4.0, beta=0.8\) but .* routing=NoRouting\(\)"
     ):
-        vanilla.check_checkpoint_identity(saved)
+        check_identity(vanilla, saved)
     with pytest.raises(DTRLabError, match="mtl=none but the config has mtl=PCGrad"):
-        tiny_module(mtl=PCGrad()).check_checkpoint_identity(saved)
-    tiny_module(allow_checkpoint_mismatch=["mtl"], mtl=PCGrad()).check_checkpoint_identity(saved)
+        check_identity(tiny_module(mtl=PCGrad()), saved)
+    check_identity(tiny_module(allow_checkpoint_mismatch=["mtl"], mtl=PCGrad()), saved)
     with pytest.warns(UserWarning, match="no dtr_lab identity"):
-        dtr.check_checkpoint_identity(None)  # a checkpoint from before the identity was stored
+        check_identity(dtr, None)  # a checkpoint from before the identity was stored
     with pytest.raises(DTRLabError, match="unknown field 'routnig'"):
         tiny_module(allow_checkpoint_mismatch=["routnig"])
 
@@ -286,7 +287,7 @@ def test_an_old_row_first_checkpoint_keeps_its_layout_never_transposed():
     new = tiny_module()
     assert new.identity()["pos_embed"] == "column_first"
     with pytest.warns(UserWarning, match="trained with the row_first position embedding"):
-        new.check_checkpoint_identity(saved)
+        check_identity(new, saved)
     new.load_state_dict(state)
     assert new.identity()["pos_embed"] == "row_first"
     assert torch.equal(new.net.pos_embed, old.net.pos_embed)
@@ -294,14 +295,14 @@ def test_an_old_row_first_checkpoint_keeps_its_layout_never_transposed():
     assert torch.equal(new.net(x, t, y), expected)
     # the halves differ, so the same weights under the official layout give other outputs
     transposed = tiny_module(allow_checkpoint_mismatch=["pos_embed"])
-    transposed.check_checkpoint_identity(saved)  # deliberately across: the config's layout stays
+    check_identity(transposed, saved)  # deliberately across: the config's layout stays
     transposed.load_state_dict(state)
     assert transposed.identity()["pos_embed"] == "column_first"
     assert (transposed.net(x, t, y) - expected).abs().max() > 1e-3
     with pytest.warns(UserWarning, match="row_first position embedding"):
-        tiny_module().check_checkpoint_identity(None)  # no identity at all: also before issue 21
+        check_identity(tiny_module(), None)  # no identity at all: also before issue 21
     with pytest.raises(DTRLabError, match="pos_embed='diagonal', which dtr_lab does not know"):
-        tiny_module().check_checkpoint_identity({**saved, "pos_embed": "diagonal"})
+        check_identity(tiny_module(), {**saved, "pos_embed": "diagonal"})
 
 
 def test_an_old_checkpoint_validates_with_its_own_layout_and_a_warning(tmp_path):

@@ -16,6 +16,7 @@ from dtr_lab.callbacks.records import RecordWriter, write_intervals
 from dtr_lab.callbacks.routing_maps import interval_iou
 from dtr_lab.cli import main
 from dtr_lab.errors import DTRLabError
+from dtr_lab.model_checks import check_identity
 from dtr_lab.models import DiT
 from dtr_lab.module import DiffusionModule
 from dtr_lab.mtl.intervals import TaskIntervals
@@ -177,11 +178,11 @@ def affinity_module(source: Path) -> DiffusionModule:
 def test_a_source_that_gains_records_fails_the_checkpoint_identity(tmp_path):
     write_records(tmp_path, {0: np.eye(3), 4: np.eye(3) - 0.1}, edges=[0, 30, 60, 100])
     saved = affinity_module(tmp_path).identity()
-    affinity_module(tmp_path).check_checkpoint_identity(saved)  # the same records: the same routing
+    check_identity(affinity_module(tmp_path), saved)  # the same records: the same routing
     # the source run measured once more
     write_records(tmp_path, {8: np.eye(3) + 0.2 * np.diag([1, 1], 1)}, edges=[0, 30, 60, 100])
     with pytest.raises(DTRLabError, match=r"checkpoint was trained with routing=AffinityRouting\(beta"):
-        affinity_module(tmp_path).check_checkpoint_identity(saved)
+        check_identity(affinity_module(tmp_path), saved)
 
 
 # ----------------------------------------------------------------------------------------- bad input

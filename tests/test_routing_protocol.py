@@ -13,6 +13,7 @@ from helpers import REPO
 
 from dtr_lab import runs
 from dtr_lab.errors import DTRLabError
+from dtr_lab.model_checks import check_identity
 from dtr_lab.models import DiT, UNet
 from dtr_lab.module import DiffusionModule
 from dtr_lab.routing import (
@@ -88,12 +89,12 @@ def test_identity_survives_a_repr_change_and_old_checkpoints_still_load(monkeypa
     saved_old = {**saved_new, "routing": OLD_REPRS["dtr"]}  # as dtr_lab before the routing package saved it
     monkeypatch.setattr(DTRRouting, "__repr__", lambda self: "a cosmetic change")
     own = module(DTRRouting(alpha=2.0, beta=0.5))
-    own.check_checkpoint_identity(saved_new)
-    own.check_checkpoint_identity(saved_old)
+    check_identity(own, saved_new)
+    check_identity(own, saved_old)
     other = module(DTRRouting(alpha=4.0, beta=0.5))
     for saved in (saved_new, saved_old):
         with pytest.raises(DTRLabError, match="checkpoint was trained with routing="):
-            other.check_checkpoint_identity(saved)
+            check_identity(other, saved)
 
 
 def test_labels_and_colours_come_from_the_routings():
