@@ -668,8 +668,9 @@ def convergence_curves(
         log_y(top)
         top.set(xlabel="training step", ylabel=METRIC_NAMES.get(metric, metric))
         top.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8)
-        top.set_title("per arm: mean ± 1 sd over seeds; below, per comparison: the paired difference b − a, "
-                      "mean and 95 % t interval over seeds", fontsize=9)
+        title = ("per arm: mean ± 1 sd over seeds; below, per comparison: the paired difference b − a, "
+                 "mean and 95 % t interval over seeds")
+        top.set_title(textwrap.fill(title, 12 * columns + 40), fontsize=9)
         for k, name in enumerate(comparisons):
             ax = fig.add_subplot(grid[1 + k // columns, k % columns], sharex=top)
             d = diffs[diffs["comparison"] == name].sort_values("step")

@@ -259,3 +259,36 @@ def test_paired_differences_one_row_per_comparison_in_order():
     bars = fid.collections[0].get_segments()  # one horizontal segment per comparison
     assert [tuple(s[:, 0]) for s in bars] == [(50.0, 61.0), (-14.0, 18.0)]
     assert [tuple(s[:, 1]) for s in bars] == [(0.0, 0.0), (1.0, 1.0)]
+
+
+def test_convergence_curves_draw_every_arm_over_one_panel_per_comparison():
+    import pandas as pd
+
+    steps = [250, 500, 750]
+    scores = pd.DataFrame(
+        [
+            {"arm": f"{r}-uniform", "routing": r, "weighting": "uniform", "seed": seed, "step": step,
+             "metric": "fid", "value": 100.0 / (k + 1) + seed + (5 if r == "dtr" else 0)}
+            for r in ("vanilla", "dtr") for seed in (0, 1) for k, step in enumerate(steps)
+        ]
+    )
+    paired = pd.DataFrame(
+        [
+            {"comparison": name, "step": step, "metric": "fid", "pairs": 2, "diff": 5.0, "ci_low": 1.0,
+             "ci_high": 9.0}
+            for name in ("DTR − vanilla", "DTR − vanilla (again)") for step in [0, *steps]
+        ]
+    )
+    fig = plots.convergence_curves(scores, paired, target=50)
+    top, *panels = fig.axes
+    assert len(panels) == 2 and [ax.get_title() for ax in panels] == [
+        "DTR − vanilla (2 pairs)", "DTR − vanilla (again) (2 pairs)"
+    ]
+    # one line per arm (its mean over the 2 seeds) and the target
+    means = {line.get_label(): list(line.get_ydata()) for line in top.get_lines()}
+    assert means["vanilla-uniform (2 seeds)"] == pytest.approx([100.5, 50.5, 100 / 3 + 0.5])
+    assert means["target 50"] == [50, 50]
+    # the difference's panel: its mean at every scoring point, never the probe-only step 0
+    line = panels[0].get_lines()[0]
+    assert list(line.get_xdata()) == steps and list(line.get_ydata()) == [5.0, 5.0, 5.0]
+    plt.close(fig)
