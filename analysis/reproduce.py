@@ -45,6 +45,7 @@ from study import (  # noqa: E402
     check_num_samples,
     convergence_markdown,
     convergence_table,
+    curves,
     markdown,
     paired_table,
     run_study,
@@ -53,6 +54,7 @@ from study import (  # noqa: E402
     write_yaml,
 )
 
+from dtr_lab.convergence import plateau  # noqa: E402
 from dtr_lab.tables import text_table  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -152,9 +154,7 @@ def arm_table(scores: pd.DataFrame) -> str:
     for arm, runs in scores.groupby("arm", sort=False):
         last = runs[runs["step"] == runs["step"].max()]
         fid, acc, mem = (last[last["metric"] == m]["value"] for m in ("fid", "accuracy", "memorised"))
-        fids = runs[runs["metric"] == "fid"]
-        steps = sorted(fids["step"].unique())[-3:]
-        level = fids[fids["step"].isin(steps)].groupby("seed")["value"].mean()
+        level = pd.Series([plateau(c.index, c.values) for c in curves(scores, arm, "fid").values()])
         rows.append([
             arm, str(len(fid)), str(int(runs["step"].max())), f"{fid.mean():.2f} ± {fid.std():.2f}",
             f"{level.mean():.2f} ± {level.std():.2f}", f"{acc.mean():.3f} ± {acc.std():.3f}",
