@@ -41,16 +41,20 @@ from study import (  # noqa: E402
     START_S,
     STEP_S,
     Comparison,
+    Precision,
     RunSpec,
-    check_num_samples,
+    check_args,
     convergence_markdown,
     convergence_table,
     curves,
     markdown,
     paired_table,
+    precision_note,
     run_study,
     study_callbacks,
     study_parser,
+    verdict_markdown,
+    verdict_table,
     write_yaml,
 )
 
@@ -122,6 +126,10 @@ NUM_SAMPLES = 600  # FID is biased upwards at small N: scores compare only at eq
 # from ≈ 110 at step 600 to its plateau (≈ 30 at N = 400) by step 900, so 50 is crossed in the steepest
 # stretch of its curve, where an arm that learns faster gets there first
 TARGET_FID = 50.0
+# the powered study's rules, fixed before its runs (docs/repro/core/PLAN.md): verdicts on the plateau in % of
+# arm a, equivalence within ±10 %, a 95 % half-width ≤ 6 % of the unrouted plateau: 24 pairs, at most 32
+RULES = Precision(margin=10.0, half_width=6.0, reference="vanilla-uniform", planned_pairs=24, most_pairs=32)
+POWERED = ("DTR − vanilla", "Switch − vanilla", "Switch − DTR")  # the comparisons the rules size
 
 
 def spec(arm: Arm, seed: int, study: Path) -> RunSpec:
@@ -169,12 +177,21 @@ def report(
     """table.md's text; paired.csv, convergence.csv and curves.png beside it."""
     from dtr_lab.plots import convergence_curves
 
+    powered = [c for c in comparisons if c.name in POWERED]
+    verdicts = verdict_table(scores, powered, RULES) if RULES.reference in set(scores["arm"]) else None
     paired = paired_table(scores, comparisons, METRICS)
     paired.to_csv(out / "paired.csv", index=False)
     convergence = convergence_table(scores, comparisons, target)
     convergence.to_csv(out / "convergence.csv", index=False)
     convergence_curves(scores, paired, target=target).savefig(out / "curves.png")
-    text = (
+    text = ""
+    if verdicts is not None and not verdicts.empty:
+        verdicts.to_csv(out / "verdicts.csv", index=False)
+        text = (
+            "## Verdicts on the plateau, by the rules fixed before the runs (docs/repro/core/PLAN.md)\n\n"
+            + verdict_markdown(verdicts, RULES) + "\n" + precision_note(verdicts, RULES) + "\n\n"
+        )
+    text += (
         "## Arms at the last scoring point\n\n" + arm_table(scores)
         + f"\n## Convergence: steps to digits-FID ≤ {target:g}, and the plateau\n\n"
         + convergence_markdown(convergence)
@@ -193,8 +210,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     group.add_argument("--arms", nargs="+", choices=list(ARMS), help="these arms only")
     args = parser.parse_args(argv)
-    check_num_samples(args.num_samples, PROG)
-    max_steps = args.max_steps or yaml.safe_load(BASE.read_text())["trainer"]["max_steps"]
+    check_args(args, PROG)
+    base_steps = yaml.safe_load(BASE.read_text())["trainer"]["max_steps"]
+    max_steps = args.max_steps if args.max_steps is not None else base_steps
     study = write_study_config(args.out.resolve(), max_steps, args.num_samples)
     study_name = "complementarity" if args.complementarity else "core"
     arms = args.arms or STUDIES[study_name]

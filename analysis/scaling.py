@@ -36,7 +36,7 @@ from study import (  # noqa: E402
     STEP_S,
     Comparison,
     RunSpec,
-    check_num_samples,
+    check_args,
     markdown,
     paired_table,
     run_study,
@@ -134,8 +134,8 @@ def report(scores: pd.DataFrame, out: Path, steps: int) -> tuple[str, list[Path]
 def main(argv: list[str] | None = None) -> int:
     steps_help = f"S: DiT-XS's steps and the scoring cadence; DiT-T trains 4 S (default {STEPS})"
     args = study_parser(__doc__, "runs/scaling", 3, NUM_SAMPLES, steps_help).parse_args(argv)
-    check_num_samples(args.num_samples, PROG)
-    steps = args.max_steps or STEPS
+    check_args(args, PROG)
+    steps = args.max_steps if args.max_steps is not None else STEPS
     runs = plan(args.seeds, steps, args.num_samples, args.out.resolve())
     comparisons = [Comparison("DTR − vanilla", f"vanilla-{size_tag(s)}", f"dtr-{size_tag(s)}") for s in SIZES]
     return run_study(

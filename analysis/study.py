@@ -18,20 +18,27 @@ import json
 import os
 import shutil
 import signal
-import subprocess
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import engine
 import pandas as pd
 import yaml
 
 from dtr_lab.convergence import paired_steps, plateau, steps_to_target
 from dtr_lab.records import read_records
 from dtr_lab.runs import routing_seeded
-from dtr_lab.stats import paired_difference
+from dtr_lab.stats import (
+    PairedDifference,
+    detectable_effect,
+    paired_difference,
+    pairs_needed,
+    sd_of,
+    verdict,
+)
 from dtr_lab.tables import text_table
 
 REPO = Path(__file__).resolve().parents[1]
@@ -180,77 +187,90 @@ def config_texts(run: RunSpec) -> dict[str, str]:
     return {str(path): path.read_text() for path in run.configs}
 
 
-def incomplete(run_dir: Path) -> Path:
-    return run_dir.with_name(run_dir.name + ".incomplete")
+def launch_record(run_dir: Path) -> Path:
+    """RUN.json beside the run: the command and config contents it was started with (a cut-off run resumes
+    only under the same ones)."""
+    return run_dir.with_name(run_dir.name + ".json")
 
 
-def set_aside(run_dir: Path) -> None:
-    """Keep a cut-off or outdated run as RUN.incomplete (replacing an older one) and start clean; the
-    copy goes once the run finishes."""
-    if run_dir.exists():
-        shutil.rmtree(incomplete(run_dir), ignore_errors=True)
-        run_dir.rename(incomplete(run_dir))
+def set_aside(run: RunSpec, out: Path) -> None:
+    """Prepare a run that is not done: resume it when it was cut off under the same command and configs;
+    otherwise (another command or config, or never recorded) move its folders into RUN.outdated (replacing
+    an older one) and start clean. Then record the command it starts with."""
+    run_dir = run.directory(out)
+    record = launch_record(run_dir)
+    started = {"command": run.command(out), "configs": config_texts(run)}
+    try:
+        before = json.loads(record.read_text())
+        same = signature(before["command"], before["configs"]) == signature(
+            started["command"], started["configs"]
+        )
+    except (OSError, ValueError, KeyError, yaml.YAMLError):
+        same = False
+    parts = [folder for folder, _ in engine.run_parts(run_dir)]
+    if parts and not same:
+        aside = run_dir.with_name(run_dir.name + ".outdated")
+        shutil.rmtree(aside, ignore_errors=True)
+        aside.mkdir(parents=True)
+        for folder in parts:
+            folder.rename(aside / folder.name)
+    record.parent.mkdir(parents=True, exist_ok=True)
+    record.write_text(json.dumps(started))
 
 
 def mark_done(run: RunSpec, out: Path, took: float) -> None:
-    """Write the run's done.json and drop the set-aside copy it supersedes."""
+    """Write the run's done.json (in RUN, its first folder)."""
     done = {"command": run.command(out), "configs": config_texts(run), "seconds": round(took, 1)}
     (run.directory(out) / "done.json").write_text(json.dumps(done))
-    shutil.rmtree(incomplete(run.directory(out)), ignore_errors=True)
 
 
-def train(runs: list[RunSpec], out: Path, jobs: int, threads: int, prog: str) -> list[str]:
-    """Train the runs `jobs` at a time, each with `threads` CPU threads; the failures' names.
-
-    Ctrl-C or SIGTERM is passed on to each active run (they run in their own session, away from the
-    terminal's signals, so a Ctrl-C is never doubled into an immediate stop): each saves its last.ckpt
-    and stops; then one line, exit 128 + the first signal's number. A finished run replaces its set-aside
-    `.incomplete` copy.
-    """
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
-    (out / "logs").mkdir(parents=True, exist_ok=True)
-    pending, active, failed = list(runs), [], []
-    total, finished = len(runs), 0
-    stopped: list[int] = []  # the signals received
-
-    def stop(signum: int, frame: object) -> None:
-        stopped.append(signum)
-        for _, proc, _, _ in active:  # a second Ctrl-C reaches them too: they stop at once
-            proc.send_signal(signum)
-
-    previous = {signum: signal.signal(signum, stop) for signum in (signal.SIGINT, signal.SIGTERM)}
+def executor_for(args: argparse.Namespace, out: Path, minutes: float, prog: str):
+    """submitit's executor for --cluster: a job's time limit is 3 × its estimate (at least an hour)."""
+    slurm = {k: v for k, v in (("partition", args.slurm_partition), ("gpus_per_node", args.gpus)) if v}
+    timeout = max(60, int(3 * minutes) + 1)
     try:
-        while (pending and not stopped) or active:
-            while pending and len(active) < jobs and not stopped:
-                run = pending.pop(0)
-                set_aside(run.directory(out))
-                log = (out / "logs" / f"{run.arm}-seed{run.seed}.log").open("w")
-                proc = subprocess.Popen(
-                    run.command(out),
-                    cwd=REPO,
-                    env=env,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,
-                )
-                active.append((run, proc, log, time.time()))
-            time.sleep(1.0)
-            for item in [a for a in active if a[1].poll() is not None]:
-                run, proc, log, start = item
-                active.remove(item)
-                log.close()
-                finished += 1
-                took = time.time() - start
-                if proc.returncode == 0:
-                    mark_done(run, out, took)
-                    print(f"[{finished}/{total}] {run.arm} seed {run.seed}: {took:.0f} s", flush=True)
-                elif not stopped:
-                    failed.append(f"{run.arm} seed {run.seed}")
-                    print(
-                        f"[{finished}/{total}] {run.arm} seed {run.seed}: FAILED (exit {proc.returncode}), "
-                        f"see {log.name}",
-                        flush=True,
-                    )
+        return engine.make_executor(args.cluster, out / "jobs", args.threads, args.jobs, timeout, slurm)
+    except RuntimeError as err:  # submitit finds no SLURM here
+        if "srun" not in str(err):
+            raise
+        fail(prog, f"--cluster {args.cluster}: no `srun` on this machine; start the study on "
+             "a machine of the cluster (its login node), or leave --cluster out to train here")
+
+
+def train(
+    runs: list[RunSpec], out: Path, args: argparse.Namespace, minutes: float, prog: str
+) -> list[str]:
+    """Train the runs as jobs (analysis/engine.py), `args.jobs` at a time here, each with `args.threads`
+    CPU threads, a failed one retried `args.retries` times from its last checkpoint; the failures' names.
+
+    Ctrl-C or SIGTERM stops the study: its jobs are cancelled, each fit saves its last.ckpt and stops
+    (the study waits until they have); then one line, exit 128 + the first signal's number. A study
+    killed outright (SIGKILL) stops its local fits too: each job watches the study's process.
+    """
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
+    (out / "logs").mkdir(parents=True, exist_ok=True)
+    busy = engine.wait_unlocked([r.directory(out) for r in runs], engine.LOCK_WAIT_S)
+    if busy:
+        print(
+            f"{prog}: error: {busy[0]} is still being trained by an earlier start of this study (its lock "
+            f"{engine.lock_path(busy[0]).name} is held): stop that process first, then run this again",
+            file=sys.stderr,
+        )
+        raise SystemExit(2)
+    work = []
+    for run in runs:
+        set_aside(run, out)
+        log = out / "logs" / f"{run.arm}-seed{run.seed}.log"
+        work.append(engine.Work(f"{run.arm} seed {run.seed}", run.directory(out), run.command(out), log))
+    by_name = {w.name: r for w, r in zip(work, runs, strict=True)}
+    stopped: list[int] = []
+    previous = {
+        s: signal.signal(s, lambda signum, _: stopped.append(signum)) for s in (signal.SIGINT, signal.SIGTERM)
+    }
+    try:
+        executor = executor_for(args, out, minutes, prog)
+        runner = engine.Engine(executor, args.jobs, args.retries, env, REPO, args.cluster == "local")
+        failed = runner.run(work, lambda w, took: mark_done(by_name[w.name], out, took), stopped)
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
@@ -258,7 +278,7 @@ def train(runs: list[RunSpec], out: Path, jobs: int, threads: int, prog: str) ->
         print(
             f"{prog}: interrupted by {signal.Signals(stopped[0]).name}: the active runs saved their "
             "last.ckpt and stopped; run the same command again to train the unfinished runs (finished ones "
-            "are kept; a cut-off one starts over, its copy kept as RUN.incomplete until it finishes)",
+            "are kept, a cut-off one continues from its last.ckpt)",
             file=sys.stderr,
         )
         raise SystemExit(128 + stopped[0])
@@ -270,8 +290,8 @@ def check_and_train(
     todo: list[RunSpec],
     comparisons: list[Comparison],
     out: Path,
-    jobs: int,
-    threads: int,
+    args: argparse.Namespace,
+    minutes: float,
     prog: str,
 ) -> list[str]:
     """Refuse a study whose compared arms' networks differ (one line, exit 2), then train `todo`;
@@ -285,7 +305,19 @@ def check_and_train(
         print(f"{prog}: error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
     load_digits_classifier()  # train and cache it once here, not in two runs at the same time
-    return train(todo, out, jobs, threads, prog)
+    return train(todo, out, args, minutes, prog)
+
+
+def run_records(run_dir: Path, name: str) -> pd.DataFrame:
+    """One record of a run, its continuations joined: a later part's rows replace an earlier part's from the
+    step the later part resumed at."""
+    frames: list[pd.DataFrame] = []
+    for folder, start in engine.run_parts(run_dir):
+        frames = [f[f["step"] <= start] for f in frames]
+        rows, _ = read_records(folder / "records" / name)
+        frames.append(rows)
+    frames = [f for f in frames if not f.empty]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
 def probe_by_interval(loss_by_t: pd.DataFrame) -> pd.DataFrame:
@@ -301,14 +333,13 @@ def read_scores(runs: list[RunSpec], out: Path) -> pd.DataFrame:
     (arm, seed, step, metric, value and the run's labels)."""
     frames = []
     for run in runs:
-        records = run.directory(out) / "records"
         if not is_done(run, out):
             continue
         parts = []
-        quality, _ = read_records(records / "quality.csv")
+        quality = run_records(run.directory(out), "quality.csv")
         if not quality.empty:
             parts.append(quality[quality["metric"].isin(QUALITY)][["step", "metric", "value"]])
-        loss_by_t, _ = read_records(records / "loss_by_t.csv")
+        loss_by_t = run_records(run.directory(out), "loss_by_t.csv")
         if not loss_by_t.empty:
             parts.append(probe_by_interval(loss_by_t))
         if parts:
@@ -456,6 +487,100 @@ def convergence_table(
     return pd.DataFrame(rows)
 
 
+@dataclass(frozen=True)
+class Precision:
+    """A study's rules, fixed before its runs (docs/repro/core/PLAN.md): differences in % of arm a's mean
+    plateau, the equivalence `margin` (%), the target half-width (% of the `reference` arm's plateau) and
+    the pairs the plan starts with and the most the adding rule may reach."""
+
+    margin: float
+    half_width: float
+    reference: str
+    planned_pairs: int
+    most_pairs: int
+
+
+def plateaus(scores: pd.DataFrame, arm: str, last: int = 3) -> pd.Series:
+    """Each seed's plateau (mean of the last `last` scoring points) of the arm's digits-FID."""
+    return pd.Series({s: plateau(c.index, c.values, last) for s, c in curves(scores, arm, "fid").items()})
+
+
+def verdict_table(scores: pd.DataFrame, comparisons: list[Comparison], rules: Precision) -> pd.DataFrame:
+    """Per comparison, over the seeds both arms finished: the paired plateau difference b − a in FID and in
+    % of a's mean plateau with its 95 % interval, the per-seed sd, the half-width against the target,
+    the pairs that target needs at this sd, the minimum detectable effect (80 % power) at the pairs run,
+    the verdict by the rules, and the verdicts of the even and the odd seeds alone (a contradiction: a
+    half that excludes 0 on the other side)."""
+    reference = plateaus(scores, rules.reference).mean()
+    rows = []
+    for c in comparisons:
+        a, b = plateaus(scores, c.a), plateaus(scores, c.b)
+        seeds = sorted(set(a.index) & set(b.index))
+        if not seeds:
+            continue
+        scale = 100 / a[seeds].mean()
+        diff = [(b[s] - a[s]) * scale for s in seeds]
+        d = paired_difference(diff)
+        fid = PairedDifference(d.mean / scale, d.half_width / scale, d.n)
+        sd = sd_of(d)
+        said = verdict(d, rules.margin, " %")
+        halves = [verdict(paired_difference(diff[k::2]), rules.margin, " %") for k in (0, 1)]
+        opposite = {"better": "worse", "worse": "better"}.get(said)
+        width = 100 * fid.half_width / reference  # % of the reference plateau: the precision target's unit
+        sd_reference = 100 * (sd / scale) / reference
+        rows.append({
+            "comparison": c.name, "a": c.a, "b": c.b, "pairs": d.n,
+            "a_plateau": a[seeds].mean(), "b_plateau": b[seeds].mean(),
+            "diff": fid.mean, "ci_low": fid.low, "ci_high": fid.high,
+            "diff_pct": d.mean, "ci_low_pct": d.low, "ci_high_pct": d.high,
+            "sd_pct": sd, "half_width_ref_pct": width, "target_met": width <= rules.half_width,
+            "pairs_needed": pairs_needed(sd_reference, rules.half_width) if d.n > 1 else None,
+            "detectable_pct": detectable_effect(sd, d.n) if d.n > 1 else float("nan"),
+            "verdict": said, "even_seeds": halves[0], "odd_seeds": halves[1],
+            "contradiction": opposite is not None and opposite in halves,
+        })
+    return pd.DataFrame(rows)
+
+
+def verdict_markdown(table: pd.DataFrame, rules: Precision) -> str:
+    """The verdict table as markdown: every word in it written by the rules, none by hand."""
+    head = [
+        "comparison (b − a)", "pairs", "plateau a → b", "Δ plateau FID", "Δ % of a", "half-width",
+        "pairs for the target", "min. detectable", "verdict", "even / odd seeds",
+    ]
+    lines = []
+    for r in table.itertuples():
+        met = "" if r.target_met else f" (> {rules.half_width:g} %: target missed)"
+        halves = f"{r.even_seeds} / {r.odd_seeds}" + (" — contradiction" if r.contradiction else "")
+        lines.append([
+            r.comparison, str(r.pairs), f"{r.a_plateau:.2f} → {r.b_plateau:.2f}",
+            f"{r.diff:+.2f} [{r.ci_low:+.2f}, {r.ci_high:+.2f}]",
+            f"{r.diff_pct:+.1f} % [{r.ci_low_pct:+.1f}, {r.ci_high_pct:+.1f}]",
+            f"{r.half_width_ref_pct:.1f} %{met}", str(r.pairs_needed), f"{r.detectable_pct:.1f} %", r.verdict,
+            halves,
+        ])
+    return text_table(head, lines)
+
+
+def precision_note(table: pd.DataFrame, rules: Precision) -> str:
+    """What the adding rule says next, from half-widths only: done, or how many seeds to train."""
+    if table.empty:
+        return ""
+    pairs = int(table["pairs"].min())
+    missed = table[~table["target_met"]]
+    unit = f"% of the {rules.reference} plateau"
+    if pairs < rules.planned_pairs:
+        n = rules.planned_pairs
+        return f"{pairs} pairs so far; the plan starts at {n} (--seeds {n})."
+    if missed.empty:
+        return f"Every half-width is ≤ {rules.half_width:g} {unit} at {pairs} pairs: the rule stops here."
+    if pairs >= rules.most_pairs:
+        return (f"{', '.join(missed['comparison'])}: half-width above {rules.half_width:g} {unit} at the "
+                f"maximum of {rules.most_pairs} pairs; the verdicts stand at this precision.")
+    return (f"{', '.join(missed['comparison'])}: half-width above {rules.half_width:g} {unit} at {pairs} "
+            f"pairs; the rule adds 4 seeds: --seeds {min(pairs + 4, rules.most_pairs)}.")
+
+
 def arm_steps(reached: list) -> str:
     """One arm's steps to the target over its seeds: the mean over the seeds that reached it, with how many
     did, or "not reached by step N" when none did."""
@@ -495,18 +620,57 @@ def study_parser(
     doc: str, out: str, seeds: int, num_samples: int, steps_help: str
 ) -> argparse.ArgumentParser:
     """The options every study takes; a study adds its own."""
-    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0], allow_abbrev=False)
     parser.add_argument("--out", type=Path, default=REPO / out, help="study folder")
-    parser.add_argument("--seeds", type=int, default=seeds, help="seeds per arm")
+    parser.add_argument("--seeds", type=int, default=seeds, help="seeds per arm (pairs)")
     parser.add_argument("--max-steps", type=int, default=None, help=steps_help)
     parser.add_argument("--num-samples", type=int, default=num_samples, help="samples per scoring point")
     parser.add_argument("--jobs", type=int, default=2, help="runs trained at once")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads per run")
     parser.add_argument(
+        "--retries", type=int, default=1, help="attempts after a run fails (from its last.ckpt)"
+    )
+    parser.add_argument(
+        "--cluster", choices=engine.CLUSTERS, default="local",
+        help="where the runs go: this machine, or SLURM through submitit (the same command on a cluster)",
+    )
+    parser.add_argument("--slurm-partition", default=None, help="SLURM partition (--cluster slurm)")
+    parser.add_argument("--gpus", type=int, default=0, help="GPUs per run (--cluster slurm)")
+    parser.add_argument(
         "--dry-run", action="store_true", help="print the plan and the commands, train nothing"
     )
     parser.add_argument("--no-train", action="store_true", help="only tabulate the runs already finished")
     return parser
+
+
+def check_args(args: argparse.Namespace, prog: str) -> None:
+    """Refuse, before anything starts or is written, options no study can run with: one line, exit 2."""
+    bad = [
+        (args.seeds < 1, f"--seeds {args.seeds}: a study needs at least 1 seed (2 for an interval)"),
+        (args.jobs < 1, f"--jobs {args.jobs}: at least 1 run at a time"),
+        (args.threads < 1, f"--threads {args.threads}: at least 1 thread a run"),
+        (args.retries < 0, f"--retries {args.retries}: 0 or more"),
+        (args.gpus < 0, f"--gpus {args.gpus}: 0 or more"),
+        (args.max_steps is not None and args.max_steps < 1,
+         f"--max-steps {args.max_steps}: at least 1 (leave it out for the base config's length)"),
+    ]
+    for wrong, message in bad:
+        if wrong:
+            fail(prog, message)
+    check_num_samples(args.num_samples, prog)
+    out = args.out
+    for folder in (out, *out.parents):
+        if folder.exists():
+            if not folder.is_dir():
+                fail(prog, f"--out {out}: {folder} is a file, not a folder; name a folder")
+            if not os.access(folder, os.W_OK | os.X_OK) and not args.dry_run:
+                fail(prog, f"--out {out}: {folder} is not writable (read-only or forbidden); name another")
+            break
+
+
+def fail(prog: str, message: str) -> None:
+    print(f"{prog}: error: {message}", file=sys.stderr)
+    raise SystemExit(2)
 
 
 def run_study(
@@ -528,15 +692,23 @@ def run_study(
     estimate = sum(seconds(r) for r in todo) / args.jobs / 60
     print(
         f"{prog}: {len(runs)} runs ({len(runs) - len(todo)} already done), {what}; "
-        f"{args.jobs} at a time; estimate {estimate:.0f} min"
+        f"{args.jobs} at a time ({args.cluster}); estimate {estimate:.0f} min"
     )
     if args.dry_run:
+        if args.cluster != "local":
+            print(engine.sbatch_text(executor_for(args, out, max(map(seconds, runs)) / 60, prog)))
         for run in todo:
             print(" ".join(run.command(out)))
         return 0
     failed = []
-    if not args.no_train:
-        failed = check_and_train(runs, todo, comparisons, out, args.jobs, args.threads, prog)
+    if not args.no_train and todo:
+        try:
+            failed = check_and_train(
+                runs, todo, comparisons, out, args, max(map(seconds, todo)) / 60, prog
+            )
+        except OSError as err:  # the study folder itself: full, read-only, vanished
+            reason = err.strerror or err
+            fail(prog, f"cannot write the study folder {out}: {reason}; free space or name another --out")
     scores = read_scores(runs, out)
     folder = out / results
     folder.mkdir(parents=True, exist_ok=True)

@@ -4,14 +4,10 @@ from __future__ import annotations
 
 import csv
 import importlib
-import os
-import random
 import re
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -226,61 +222,6 @@ def test_reproduce_skips_finished_runs(tiny_repro):
     again = script("reproduce.py", "--out", out, "--max-steps", 4, "--seeds", 2, "--num-samples", 100,
                    "--arms", *CORE, "--dry-run")
     assert again.returncode == 0 and "6 runs (6 already done)" in again.stdout
-
-
-# A study whose runs stand in for `dtr_lab fit`: each writes `started`, then on SIGTERM/SIGINT writes
-# `last.ckpt` and exits 128 + signum, as the CLI does; with STOP_AFTER set it ends by itself (exit 0).
-STAND_IN = """
-import signal, sys, time
-from pathlib import Path
-run = Path(sys.argv[1])
-run.mkdir(parents=True, exist_ok=True)
-def stop(signum, frame):
-    (run / "last.ckpt").write_text(str(signum))
-    sys.exit(128 + signum)
-signal.signal(signal.SIGTERM, stop)
-signal.signal(signal.SIGINT, stop)
-(run / "started").write_text("")
-time.sleep(float(sys.argv[2]))
-"""
-STUDY_OF_STAND_INS = """
-import os, sys
-from pathlib import Path
-sys.path.insert(0, sys.argv[1])
-import study
-class StandIn(study.RunSpec):
-    def command(self, out):
-        stop_after = os.environ.get("STOP_AFTER", "600")
-        return [sys.executable, "-c", sys.argv[3], str(self.directory(out)), stop_after]
-runs = [StandIn("arm", seed, []) for seed in range(3)]
-print(study.train(runs, Path(sys.argv[2]), 2, 1, "reproduce.py"))
-"""
-
-
-def test_a_study_stopped_by_sigterm_stops_its_runs_and_says_so_in_one_line(tmp_path):
-    """SIGTERM at a random instant after both active runs started: each run gets it once and saves, the
-    third never starts; one line, exit 143. The next start trains the rest and drops `.incomplete`."""
-    out = tmp_path / "study"
-    args = [sys.executable, "-c", STUDY_OF_STAND_INS, str(REPO / "analysis"), str(out), STAND_IN]
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    runs = [out / "runs" / "arm" / f"seed{seed}" for seed in range(3)]
-    deadline = time.monotonic() + 60
-    while not all((run / "started").exists() for run in runs[:2]) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    time.sleep(random.uniform(0, 1))
-    proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 128 + signal.SIGTERM, err
-    (line,) = err.strip().splitlines()
-    assert line.startswith("reproduce.py: interrupted by SIGTERM: the active runs saved their last.ckpt")
-    assert "run the same command again" in line
-    assert [(run / "last.ckpt").read_text() for run in runs[:2]] == [str(int(signal.SIGTERM))] * 2
-    assert not runs[2].exists()
-    env = {**os.environ, "STOP_AFTER": "0"}
-    again = subprocess.run(args, capture_output=True, text=True, timeout=60, env=env)
-    assert again.returncode == 0 and again.stdout.strip().endswith("[]"), again.stderr
-    assert sorted(p.name for p in runs[0].parent.iterdir()) == ["seed0", "seed1", "seed2"]  # no .incomplete
-    assert all((run / "done.json").exists() for run in runs)
 
 
 def test_a_finished_run_stays_done_when_its_config_moves_or_gains_a_comment(tmp_path, monkeypatch):
