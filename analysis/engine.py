@@ -27,6 +27,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -202,12 +203,14 @@ class FitJob(submitit.helpers.Checkpointable):
 
 @dataclass
 class Work:
-    """A run to train: its name for messages, its folder, its fit command and its log."""
+    """A run to train: its name for messages, its folder, its fit command, its log, and what to do before
+    its first attempt is submitted (`prepare`)."""
 
     name: str
     run_dir: Path
     command: list[str]
     log: Path
+    prepare: Callable[[], None] = lambda: None
     attempts: int = 0
     job: object = field(default=None, repr=False)
     started: float = 0.0
@@ -251,6 +254,8 @@ class Engine:
         self.active: list[Work] = []
 
     def submit(self, work: Work) -> None:
+        if work.attempts == 0:
+            work.prepare()
         work.attempts += 1
         work.started = time.time()
         driver = os.getpid() if self.local else None

@@ -1,26 +1,30 @@
 """The convergence study of the DTR paper's claims on the 8×8 digits: paired seed curves to a plateau.
 
-    python analysis/reproduce.py --out runs/repro                    # core + spectrum (make reproduce)
+    python analysis/reproduce.py --out runs/repro                    # the powered core (make reproduce)
+    python analysis/reproduce.py --out runs/repro --long             # R-TR and the experts, 3000 steps
     python analysis/reproduce.py --out runs/repro --complementarity  # Min-SNR / ANT-UW ± DTR
+    python analysis/reproduce.py --out runs/repro --no-train         # tables from the runs finished so far
     python analysis/reproduce.py --out /tmp/smoke --max-steps 12 --seeds 2 --arms vanilla-uniform dtr-uniform
 
-Arms (experiments/repro/base.yaml's protocol, chosen by the pilot in the README):
-- core: unrouted, DTR and Switch-DiT with uniform weights, and R-TR (random tables, 3 seeds);
-- the sharing spectrum: K = 4 independent experts per interval, each trained only on its interval's
-  timesteps (the no-sharing end), width-matched to one unrouted network's parameters and at equal width;
+Arms (experiments/repro/base.yaml's protocol, chosen by the pilot in docs/studies.md):
+- core: unrouted, DTR and Switch-DiT with uniform weights, RULES.planned_pairs seeds: the powered
+  comparisons, sized and judged by the rules fixed before the runs (docs/repro/core/PLAN.md);
+- --long: R-TR (random tables) and the sharing spectrum, K = 4 independent experts per interval, each
+  trained only on its interval's timesteps (the no-sharing end), width-matched to one unrouted network's
+  parameters and at equal width, beside unrouted and DTR, LONG_STEPS steps (they were still falling at 1500);
 - --complementarity: unrouted / DTR with Min-SNR and with ANT-UW (K = 8, as in DTR's scripts).
 Arms of one seed see the same data order, timesteps and noise; routed arms also start from the unrouted
 arm's weights (analysis/study.py checks it before training), the experts are paired by seed only.
 
-Every run is scored at POINTS evenly spaced steps: digits-FID, class accuracy and memorisation of N EMA
-samples (DDIM 25, guidance 1.5, the same x_T for every arm; the FID's reference statistics are the
-training split, all 1,797 images) and the EMA probe loss per fifth of t. Per comparison b − a and
-scoring point: the paired difference with its 95 % t interval over seeds; per comparison, the steps to
-reach TARGET_FID (fixed from the pilot before the study) and the plateau (mean of the last 3 points),
-each as a paired difference with its interval. Writes, into OUT/core or OUT/complementarity (OUT with
---arms), table.md, paired.csv (every comparison × metric × step), convergence.csv, scores.csv and
-curves.png (FID against step per arm over the paired differences); the runs live in OUT/runs. Finished
-runs with an identical config are reused; a run cut off half-way trains again.
+Every run is scored every 250 steps: digits-FID, class accuracy and memorisation of N EMA samples (DDIM
+25, guidance 1.5, the same x_T for every arm; the FID's reference statistics are the training split, all
+1,797 images) and the EMA probe loss per fifth of t. Per comparison b − a: the verdict on the plateau
+(mean of the last 3 points) by RULES, with its interval, half-width, the pairs the target needs and the
+minimum detectable effect; per scoring point the paired difference with its 95 % t interval; the steps to
+reach TARGET_FID (fixed from the pilot before the study). Writes, into OUT/core, OUT/long or
+OUT/complementarity (OUT with --arms), table.md, verdicts.csv, paired.csv, convergence.csv, scores.csv and
+curves.png; the runs live in OUT/runs (OUT/long/runs). The runs are jobs of submitit (analysis/engine.py):
+finished runs with an identical config are reused, a failed or cut-off one continues from its last.ckpt.
 """
 
 from __future__ import annotations
@@ -49,6 +53,8 @@ from study import (  # noqa: E402
     curves,
     markdown,
     paired_table,
+    plateau_check,
+    plateau_markdown,
     precision_note,
     run_study,
     study_callbacks,
@@ -100,12 +106,11 @@ ARMS = {
         Arm("dtr", "uw", ("routing/dtr.yaml", UW)),
     )
 }
-STUDIES = {  # core: the core arms and the sharing spectrum
-    "core": [
-        "vanilla-uniform", "dtr-uniform", "switch-uniform", "rtr-uniform", "experts-uniform",
-        "experts_wide-uniform",
-    ],
+STUDIES = {  # core: the powered comparisons (RULES); long: R-TR and the sharing spectrum to their plateau
+    "core": ["vanilla-uniform", "dtr-uniform", "switch-uniform"],
     "complementarity": ["vanilla-min_snr", "dtr-min_snr", "vanilla-uw", "dtr-uw"],
+    # the arms still falling at step 1500, trained to LONG_STEPS beside unrouted and DTR (PLAN.md)
+    "long": ["vanilla-uniform", "dtr-uniform", "rtr-uniform", "experts-uniform", "experts_wide-uniform"],
 }
 COMPARISONS = [
     Comparison("DTR − vanilla", "vanilla-uniform", "dtr-uniform"),
@@ -121,6 +126,7 @@ COMPARISONS = [
 ]
 METRICS = ["fid", "accuracy", "memorised", *(f"probe_{k}" for k in range(5))]
 POINTS = 6  # scoring points, evenly spaced; the plateau is the mean of the last 3
+LONG_STEPS, LONG_POINTS, LONG_SEEDS = 3000, 12, 5  # --long: every 250 steps as the core study, 5 seeds
 NUM_SAMPLES = 600  # FID is biased upwards at small N: scores compare only at equal N (README)
 # digits-FID ≤ 50, fixed from the pilot before the study (README, "The pilot"): the unrouted model falls
 # from ≈ 110 at step 600 to its plateau (≈ 30 at N = 400) by step 900, so 50 is crossed in the steepest
@@ -138,16 +144,16 @@ def spec(arm: Arm, seed: int, study: Path) -> RunSpec:
     return RunSpec(arm.name, seed, configs, list(arm.overrides), labels)
 
 
-def plan(arms: list[str], seeds: int, study: Path) -> list[RunSpec]:
-    """Every run, seed-major so a study cut short still has whole seeds of every arm."""
-    return [
-        spec(ARMS[a], s, study) for s in range(seeds) for a in arms if s < (ARMS[a].max_seeds or seeds)
-    ]
+def plan(arms: list[str], seeds: int, study: Path, capped: bool = True) -> list[RunSpec]:
+    """Every run, seed-major so a study cut short still has whole seeds of every arm (`capped`: an arm's
+    max_seeds applies)."""
+    cap = {a: (ARMS[a].max_seeds if capped else None) or seeds for a in arms}
+    return [spec(ARMS[a], s, study) for s in range(seeds) for a in arms if s < cap[a]]
 
 
-def write_study_config(out: Path, max_steps: int, num_samples: int) -> Path:
+def write_study_config(out: Path, max_steps: int, num_samples: int, points: int = POINTS) -> Path:
     """OUT/study.yaml: max_steps and the study's callbacks (they replace the base config's list)."""
-    every = max(1, max_steps // POINTS)
+    every = max(1, max_steps // points)
     config = {"trainer": {"max_steps": max_steps, "callbacks": study_callbacks(every, num_samples)}}
     if max_steps < yaml.safe_load(BASE.read_text())["checkpoint"]["every_n_train_steps"]:
         config["checkpoint"] = {"every_n_train_steps": max_steps}
@@ -172,13 +178,24 @@ def arm_table(scores: pd.DataFrame) -> str:
 
 
 def report(
-    scores: pd.DataFrame, out: Path, comparisons: list[Comparison], target: float
+    scores: pd.DataFrame, out: Path, comparisons: list[Comparison], target: float, long: bool = False
 ) -> tuple[str, list[Path]]:
-    """table.md's text; paired.csv, convergence.csv and curves.png beside it."""
+    """table.md's text; paired.csv, convergence.csv and curves.png beside it. The core study: the powered
+    comparisons' verdicts by RULES. --long: whether each arm reached its plateau, and the verdicts of every
+    comparison, "not converged within the budget" where an arm is still falling."""
     from dtr_lab.plots import convergence_curves
 
-    powered = [c for c in comparisons if c.name in POWERED]
-    verdicts = verdict_table(scores, powered, RULES) if RULES.reference in set(scores["arm"]) else None
+    arms = list(dict.fromkeys(scores["arm"]))
+    checks = [plateau_check(scores, a) for a in arms] if long else []
+    powered = comparisons if long else [c for c in comparisons if c.name in POWERED]
+    verdicts = verdict_table(scores, powered, RULES) if RULES.reference in arms else None
+    if long and verdicts is not None and not verdicts.empty:
+        falling = {c["arm"] for c in checks if not c["on_plateau"]}
+        for i, row in verdicts.iterrows():
+            still = [arm for arm in (row["a"], row["b"]) if arm in falling]
+            if still:
+                falling_arms = ", ".join(still)
+                verdicts.loc[i, "verdict"] = f"not converged within the budget ({falling_arms} still falling)"
     paired = paired_table(scores, comparisons, METRICS)
     paired.to_csv(out / "paired.csv", index=False)
     convergence = convergence_table(scores, comparisons, target)
@@ -187,10 +204,13 @@ def report(
     text = ""
     if verdicts is not None and not verdicts.empty:
         verdicts.to_csv(out / "verdicts.csv", index=False)
+        note = "" if long else precision_note(verdicts, RULES) + "\n"
         text = (
             "## Verdicts on the plateau, by the rules fixed before the runs (docs/repro/core/PLAN.md)\n\n"
-            + verdict_markdown(verdicts, RULES) + "\n" + precision_note(verdicts, RULES) + "\n\n"
+            + verdict_markdown(verdicts, RULES) + "\n" + note + "\n"
         )
+    if checks:
+        text += "## Has each arm reached its plateau?\n\n" + plateau_markdown(checks) + "\n"
     text += (
         "## Arms at the last scoring point\n\n" + arm_table(scores)
         + f"\n## Convergence: steps to digits-FID ≤ {target:g}, and the plateau\n\n"
@@ -202,31 +222,37 @@ def report(
 
 def main(argv: list[str] | None = None) -> int:
     steps_help = "training steps (default: the base config's)"
-    parser = study_parser(__doc__, "runs/repro", 5, NUM_SAMPLES, steps_help)
+    parser = study_parser(__doc__, "runs/repro", NUM_SAMPLES, steps_help)
     parser.add_argument("--target", type=float, default=TARGET_FID, help="digits-FID of steps-to-target")
     group = parser.add_mutually_exclusive_group()
     group.add_argument(
         "--complementarity", action="store_true", help="Min-SNR and ANT-UW with and without DTR"
     )
+    group.add_argument(
+        "--long", action="store_true",
+        help=f"R-TR and the experts to their plateau: {LONG_STEPS} steps beside unrouted and DTR (OUT/long)",
+    )
     group.add_argument("--arms", nargs="+", choices=list(ARMS), help="these arms only")
     args = parser.parse_args(argv)
-    check_args(args, PROG)
-    base_steps = yaml.safe_load(BASE.read_text())["trainer"]["max_steps"]
+    check_args(args, PROG, LONG_SEEDS if args.long else 5 if args.complementarity else RULES.planned_pairs)
+    points, base_steps = POINTS, yaml.safe_load(BASE.read_text())["trainer"]["max_steps"]
+    if args.long:  # its own folder: its runs are longer than the core study's of the same arm and seed
+        args.out, points, base_steps = args.out / "long", LONG_POINTS, LONG_STEPS
     max_steps = args.max_steps if args.max_steps is not None else base_steps
-    study = write_study_config(args.out.resolve(), max_steps, args.num_samples)
-    study_name = "complementarity" if args.complementarity else "core"
+    study = write_study_config(args.out.resolve(), max_steps, args.num_samples, points)
+    study_name = "complementarity" if args.complementarity else "long" if args.long else "core"
     arms = args.arms or STUDIES[study_name]
     comparisons = [c for c in COMPARISONS if c.a in arms and c.b in arms]
-    per_run = max_steps * STEP_S + POINTS * (args.num_samples * SAMPLE_S + PROBE_S) + START_S
+    per_run = max_steps * STEP_S + points * (args.num_samples * SAMPLE_S + PROBE_S) + START_S
     return run_study(
         PROG,
         args,
-        plan(arms, args.seeds, study),
+        plan(arms, args.seeds, study, capped=not args.long),
         comparisons,
         lambda run: per_run,
-        lambda scores, out: report(scores, out, comparisons, args.target),
-        f"{max_steps} steps each, scored {POINTS} times",
-        "" if args.arms else study_name,  # the two studies share their runs' folder, not their tables
+        lambda scores, out: report(scores, out, comparisons, args.target, args.long),
+        f"{max_steps} steps each, scored {points} times",
+        "" if args.arms or args.long else study_name,  # core and complementarity share runs, not tables
     )
 
 

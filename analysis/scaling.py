@@ -133,8 +133,8 @@ def report(scores: pd.DataFrame, out: Path, steps: int) -> tuple[str, list[Path]
 
 def main(argv: list[str] | None = None) -> int:
     steps_help = f"S: DiT-XS's steps and the scoring cadence; DiT-T trains 4 S (default {STEPS})"
-    args = study_parser(__doc__, "runs/scaling", 3, NUM_SAMPLES, steps_help).parse_args(argv)
-    check_args(args, PROG)
+    args = study_parser(__doc__, "runs/scaling", NUM_SAMPLES, steps_help).parse_args(argv)
+    check_args(args, PROG, 3)
     steps = args.max_steps if args.max_steps is not None else STEPS
     runs = plan(args.seeds, steps, args.num_samples, args.out.resolve())
     comparisons = [Comparison("DTR − vanilla", f"vanilla-{size_tag(s)}", f"dtr-{size_tag(s)}") for s in SIZES]

@@ -259,9 +259,9 @@ def train(
         raise SystemExit(2)
     work = []
     for run in runs:
-        set_aside(run, out)
         log = out / "logs" / f"{run.arm}-seed{run.seed}.log"
-        work.append(engine.Work(f"{run.arm} seed {run.seed}", run.directory(out), run.command(out), log))
+        name, prepare = f"{run.arm} seed {run.seed}", lambda run=run: set_aside(run, out)
+        work.append(engine.Work(name, run.directory(out), run.command(out), log, prepare))
     by_name = {w.name: r for w, r in zip(work, runs, strict=True)}
     stopped: list[int] = []
     previous = {
@@ -542,6 +542,36 @@ def verdict_table(scores: pd.DataFrame, comparisons: list[Comparison], rules: Pr
     return pd.DataFrame(rows)
 
 
+def plateau_check(scores: pd.DataFrame, arm: str, last: int = 3) -> dict:
+    """Has the arm's digits-FID curve reached its plateau? Over seeds, FID at the last scoring point minus
+    FID at the `last`-th from the end, with its 95 % interval: on the plateau when the interval contains 0
+    or lies above it (not still falling)."""
+    ends = []
+    for c in curves(scores, arm, "fid").values():
+        c = c.dropna()
+        if len(c) >= last:
+            ends.append((c.index[-last], c.index[-1], c.iloc[-last], c.iloc[-1]))
+    d = paired_difference([e[3] - e[2] for e in ends])
+    first, final = (ends[0][0], ends[0][1]) if ends else (0, 0)
+    return {
+        "arm": arm, "seeds": d.n, "from_step": first, "to_step": final,
+        "from_fid": sum(e[2] for e in ends) / max(len(ends), 1),
+        "to_fid": sum(e[3] for e in ends) / max(len(ends), 1),
+        "change": d.mean, "ci_low": d.low, "ci_high": d.high, "on_plateau": d.n > 1 and not d.high < 0,
+    }
+
+
+def plateau_markdown(checks: list[dict]) -> str:
+    head = ["arm", "seeds", "steps", "FID", "change [95 %]", "on its plateau"]
+    lines = [[
+        c["arm"], str(c["seeds"]), f"{c['from_step']} → {c['to_step']}",
+        f"{c['from_fid']:.2f} → {c['to_fid']:.2f}",
+        f"{c['change']:+.2f} [{c['ci_low']:+.2f}, {c['ci_high']:+.2f}]",
+        "yes" if c["on_plateau"] else "no: still falling",
+    ] for c in checks]
+    return text_table(head, lines)
+
+
 def verdict_markdown(table: pd.DataFrame, rules: Precision) -> str:
     """The verdict table as markdown: every word in it written by the rules, none by hand."""
     head = [
@@ -617,12 +647,12 @@ STEP_S, SAMPLE_S, PROBE_S, START_S = 0.077, 0.024, 1.0, 15.0
 
 
 def study_parser(
-    doc: str, out: str, seeds: int, num_samples: int, steps_help: str
+    doc: str, out: str, num_samples: int, steps_help: str
 ) -> argparse.ArgumentParser:
     """The options every study takes; a study adds its own."""
     parser = argparse.ArgumentParser(description=doc.split("\n\n")[0], allow_abbrev=False)
     parser.add_argument("--out", type=Path, default=REPO / out, help="study folder")
-    parser.add_argument("--seeds", type=int, default=seeds, help="seeds per arm (pairs)")
+    parser.add_argument("--seeds", type=int, default=None, help="seeds per arm: pairs (default: the study's)")
     parser.add_argument("--max-steps", type=int, default=None, help=steps_help)
     parser.add_argument("--num-samples", type=int, default=num_samples, help="samples per scoring point")
     parser.add_argument("--jobs", type=int, default=2, help="runs trained at once")
@@ -643,8 +673,10 @@ def study_parser(
     return parser
 
 
-def check_args(args: argparse.Namespace, prog: str) -> None:
-    """Refuse, before anything starts or is written, options no study can run with: one line, exit 2."""
+def check_args(args: argparse.Namespace, prog: str, seeds: int) -> None:
+    """Refuse, before anything starts or is written, options no study can run with: one line, exit 2.
+    `seeds`: the study's default number of seeds, where --seeds is not given."""
+    args.seeds = seeds if args.seeds is None else args.seeds
     bad = [
         (args.seeds < 1, f"--seeds {args.seeds}: a study needs at least 1 seed (2 for an interval)"),
         (args.jobs < 1, f"--jobs {args.jobs}: at least 1 run at a time"),

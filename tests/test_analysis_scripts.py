@@ -396,6 +396,51 @@ def test_convergence_table_on_hand_made_curves(monkeypatch):
     )
 
 
+def test_verdict_table_on_hand_made_plateaus(monkeypatch):
+    """Four seeds whose plateaus (mean of the last 3 points) are worked by hand: the differences in % of a,
+    the verdict by the rules, the halves, the half-width against the target and the pairs it needs."""
+    monkeypatch.syspath_prepend(str(REPO / "analysis"))
+    import study
+
+    flat = lambda level: [200, 100, 50, level, level, level]  # noqa: E731 (a curve on a plateau)
+    scores = fake_fid_scores({
+        "vanilla": [flat(20), flat(22), flat(18), flat(20)],  # mean plateau 20
+        "dtr": [flat(17), flat(19), flat(15), flat(18)],  # differences −3, −3, −3, −2 -> −15 %, …, −10 %
+        "same": [flat(20.2), flat(21.8), flat(18.2), flat(19.8)],  # ±1 %: inside a 10 % margin
+    })
+    rules = study.Precision(margin=10.0, half_width=6.0, reference="vanilla", planned_pairs=4, most_pairs=8)
+    dtr = study.Comparison("DTR − vanilla", "vanilla", "dtr")
+    same = study.Comparison("same", "vanilla", "same")
+    table = study.verdict_table(scores, [dtr, same], rules).set_index("comparison")
+    row = table.loc["DTR − vanilla"]
+    d = [-15.0, 100 * -3 / 20, -15.0, -10.0]  # % of a's mean plateau (20)
+    mean, sd = sum(d) / 4, (sum((x - sum(d) / 4) ** 2 for x in d) / 3) ** 0.5
+    assert row["diff_pct"] == pytest.approx(mean) and row["diff"] == pytest.approx(-2.75)
+    assert row["ci_high_pct"] == pytest.approx(mean + 3.1824 * sd / 2, abs=1e-3)  # t(0.975, 3) = 3.1824
+    assert row["verdict"] == "better" and row["half_width_ref_pct"] == pytest.approx(3.1824 * sd / 2, 1e-3)
+    assert row["target_met"] and row["pairs_needed"] == 4  # sd 2.5: t(0.975, 2) · 2.5/√3 = 6.2 > 6 ≥ 3.98
+    # the halves: seeds 0, 2 (−15, −15: sd 0 -> an interval of width 0 below 0) and 1, 3
+    assert row["even_seeds"] == "better" and not row["contradiction"]
+    assert table.loc["same", "verdict"] == "no difference beyond ±10 %"
+    text = study.verdict_markdown(table.reset_index(), rules)
+    assert "| DTR − vanilla | 4 | 20.00 → 17.25 | -2.75 [" in text and "| better |" in text
+    assert study.precision_note(table.reset_index(), rules).startswith("Every half-width is ≤ 6")
+
+
+def test_plateau_check_tells_a_falling_curve_from_a_flat_one(monkeypatch):
+    monkeypatch.syspath_prepend(str(REPO / "analysis"))
+    import study
+
+    scores = fake_fid_scores({
+        "falling": [[300, 200, 100, 60, 45, 30], [300, 210, 110, 70, 50, 36], [300, 190, 90, 55, 40, 28]],
+        "flat": [[300, 100, 50, 25, 24, 26], [300, 100, 50, 22, 25, 23], [300, 100, 50, 27, 26, 27]],
+    })
+    falling, flat = study.plateau_check(scores, "falling"), study.plateau_check(scores, "flat")
+    assert falling["change"] == pytest.approx(-91 / 3) and not falling["on_plateau"]  # −30, −34, −27
+    assert flat["change"] == pytest.approx(2 / 3) and flat["on_plateau"]  # +1, +1, 0: the interval holds 0
+    assert "| falling | 3 | 800 → 1200 |" in study.plateau_markdown([falling, flat])
+
+
 def test_comparisons_of_different_networks_skip_the_weight_check(monkeypatch, tmp_path):
     monkeypatch.syspath_prepend(str(REPO / "analysis"))
     import study
