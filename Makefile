@@ -8,7 +8,7 @@ TORCH_SPEC := $(shell if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L 
 # The newest version_N under $(1) that holds a last.ckpt: an empty or failed version directory is never picked.
 newest_run = $$(ls -d $(1)/version_*/checkpoints/last.ckpt | sort -V | tail -1 | sed 's|/checkpoints/last.ckpt$$||')
 
-.PHONY: quickstart routing-comparison test test-slow bench reproduce reproduce-complementarity scaling lint clean-runs
+.PHONY: quickstart routing-comparison test test-slow bench reproduce reproduce-long reproduce-complementarity scaling lint clean-runs
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -59,11 +59,15 @@ test: $(VENV)/.installed
 test-slow: $(VENV)/.installed
 	OMP_NUM_THREADS=1 $(PY) -m pytest -m slow
 
-# The convergence study of DTR's claims (analysis/reproduce.py): unrouted, DTR, Switch-DiT, R-TR and experts
-# per interval (width-matched and equal width), 5 paired seeds (R-TR 3), each scored 6 times along training;
-# finished runs are skipped. Timings measured on 2 CPU cores: README, "Budget".
+# The powered convergence study (analysis/reproduce.py, docs/studies.md): unrouted, DTR and Switch-DiT, 24 paired
+# seeds by the plan fixed before the runs (docs/repro/core/PLAN.md), each scored 6 times along training; the runs
+# are submitit jobs, two at a time here (--cluster slurm on a cluster); finished runs are reused, cut-off ones resume.
 reproduce: $(VENV)/.installed
-	$(PY) analysis/reproduce.py --out runs/repro --seeds 5 --jobs 2 --threads 1
+	$(PY) analysis/reproduce.py --out runs/repro --jobs 2 --threads 1
+
+# R-TR and independent experts per interval to their plateau: 3000 steps beside unrouted and DTR, 5 seeds.
+reproduce-long: $(VENV)/.installed
+	$(PY) analysis/reproduce.py --out runs/repro --long --jobs 2 --threads 1
 
 # Complementarity: Min-SNR and ANT-UW, each with and without DTR, 5 paired seeds, in the same study folder.
 reproduce-complementarity: $(VENV)/.installed
