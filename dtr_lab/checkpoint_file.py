@@ -37,6 +37,13 @@ def read_checkpoint(
         raise DTRLabError(f"{where} cannot be read by torch.load ({first_line(err)}); {FIX}") from None
     if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("state_dict"), dict):
         raise DTRLabError(f"{where} holds no model state_dict, so it is not a Lightning checkpoint; {FIX}")
+    state = checkpoint["state_dict"]
+    name = next((k for k, v in state.items() if not isinstance(v, torch.Tensor)), None)
+    if name is not None:  # a shape check or load_state_dict would fail on it (dtr_lab keeps no _extra_state)
+        raise DTRLabError(
+            f"{where}: its state_dict entry {name!r} is of type {type(state[name]).__name__}, not a tensor; "
+            + FIX
+        )
     return checkpoint
 
 

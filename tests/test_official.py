@@ -255,6 +255,15 @@ def test_unreadable_sources_are_one_line_naming_them(tmp_path, capsys):
         torch.save(content, tmp_path / name)
         line = fails_in_one_line(["import", str(tmp_path / name), str(dst), *TINY], capsys, needle)
         assert f"official checkpoint {tmp_path / name}" in line and "not a tensor" in line
+    imported = tmp_path / "in.ckpt"
+    main(["import", str(FIXTURE / "dit_tiny.pt"), str(imported), *TINY])
+    checkpoint = torch.load(imported, weights_only=True)
+    checkpoint["state_dict"]["net.pos_embed"] = "sin-cos"
+    torch.save(checkpoint, imported)
+    fails_in_one_line(
+        ["export", str(imported), str(dst), *TINY], capsys,
+        f"dtr_lab checkpoint {imported}: its state_dict entry 'net.pos_embed' is of type str, not a tensor",
+    )  # fmt: skip
     assert not dst.exists()
 
 
