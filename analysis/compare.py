@@ -22,7 +22,8 @@ matplotlib.use("Agg")  # files only; never open a window
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from dtr_lab.report import catalogue, load, out_problem, write_figures  # noqa: E402
+from dtr_lab.errors import DTRLabError  # noqa: E402
+from dtr_lab.report import catalogue, load, out_problem, write_figures, write_out  # noqa: E402
 from dtr_lab.runs import RunError, final_metrics  # noqa: E402
 from dtr_lab.tables import markdown_table  # noqa: E402
 
@@ -104,10 +105,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{PROG}: note: {note}", file=sys.stderr)
     if args.out is not None:
         figures = [f for f in catalogue(args.by, args.baseline) if f.name in FIGURES]
-        drawn, skipped = write_figures(runs, args.out, figures, title=f"Comparison by {args.by}")
-        text = (args.out / "index.md").read_text()
         summary = ["", "## Final metrics", "", markdown_table(table), "", *[f"- {n}" for n in notes], ""]
-        (args.out / "compare.md").write_text(text + "\n".join(summary))
+        try:
+            drawn, skipped = write_figures(runs, args.out, figures, title=f"Comparison by {args.by}")
+            text = (args.out / "index.md").read_text()
+            write_out(args.out / "compare.md", lambda path: path.write_text(text + "\n".join(summary)))
+        except DTRLabError as err:  # a full or read-only device
+            print(f"{PROG}: error: {err}", file=sys.stderr)
+            return 2
         (args.out / "index.md").unlink()
         for reason in skipped:
             print(f"{PROG}: skipped {reason}", file=sys.stderr)

@@ -17,6 +17,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only; never open a window
 
+from dtr_lab.errors import DTRLabError  # noqa: E402
 from dtr_lab.report import catalogue, load, out_problem, write_figures  # noqa: E402
 
 PROG = Path(__file__).name
@@ -39,7 +40,11 @@ def main(argv: list[str] | None = None) -> int:
     runs, bad = load(args.runs, PROG, args.by)
     if runs is None:
         return 2
-    drawn, skipped = write_figures(runs, args.out, catalogue(args.by, args.baseline))
+    try:
+        drawn, skipped = write_figures(runs, args.out, catalogue(args.by, args.baseline))
+    except DTRLabError as err:  # a full or read-only device
+        print(f"{PROG}: error: {err}", file=sys.stderr)
+        return 2
     for reason in skipped:
         print(f"{PROG}: skipped {reason}", file=sys.stderr)
     print(

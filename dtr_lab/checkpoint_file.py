@@ -19,6 +19,7 @@ from dtr_lab.errors import DTRLabError
 
 # Lightning's own ckpt_path values, resolved by the trainer (not files)
 LIGHTNING_KEYWORDS = ("last", "best", "hpc", "registry")
+SUFFIXES = (".ckpt", ".pt", ".pth")  # a folder's files named as checkpoints, offered in its stead
 FIX = "pass a checkpoint written by `python -m dtr_lab fit`, e.g. runs/<name>/version_N/checkpoints/last.ckpt"
 
 
@@ -28,17 +29,36 @@ def read_checkpoint(
     """The checkpoint at `path` (tensors memory-mapped); DTRLabError saying why it is unreadable, naming
     it as `option path`. weights_only as the trainer will load it (torch's default, True, unless the
     config says false). The one way dtr_lab and its analysis scripts load a checkpoint."""
-    path = Path(path)
     where = f"{option} {path}"
+    check_archive(Path(path), where, FIX)
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=weights_only, mmap=True)
+    except Exception as err:  # torch's unpickler raises many types for bytes it cannot interpret
+        raise DTRLabError(f"{where} cannot be read by torch.load ({first_line(err)}); {FIX}") from None
+    if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("state_dict"), dict):
+        raise DTRLabError(f"{where} holds no model state_dict, so it is not a Lightning checkpoint; {FIX}")
+    state = checkpoint["state_dict"]
+    name = next((k for k, v in state.items() if not isinstance(v, torch.Tensor)), None)
+    if name is not None:  # a shape check or load_state_dict would fail on it (dtr_lab keeps no _extra_state)
+        raise DTRLabError(
+            f"{where}: its state_dict entry {name!r} is of type {type(state[name]).__name__}, not a tensor; "
+            + FIX
+        )
+    return checkpoint
+
+
+def check_archive(path: Path, where: str, fix: str) -> None:
+    """A file torch.load can open: present, not a folder, not empty, a zip archive (what torch.save writes)
+    whose CRCs hold; else one DTRLabError line `where` ... `fix` saying which of these it is not."""
     if not path.exists():
-        raise DTRLabError(f"{where}: no such file; {FIX}")
+        raise DTRLabError(f"{where}: no such file; {fix}")
     if path.is_dir():
-        inside = sorted(p.name for p in path.glob("*.ckpt"))
-        hint = f"pass one of the files in it ({', '.join(inside[:3])})" if inside else FIX
+        inside = sorted(p.name for p in path.iterdir() if p.suffix in SUFFIXES)
+        hint = f"pass one of the files in it ({', '.join(inside[:3])})" if inside else fix
         raise DTRLabError(f"{where} is a folder, not a checkpoint file; {hint}")
     size = path.stat().st_size
     if size == 0:
-        raise DTRLabError(f"{where} is empty (0 bytes: a save that never finished?); {FIX}")
+        raise DTRLabError(f"{where} is empty (0 bytes: a save that never finished?); {fix}")
     if not zipfile.is_zipfile(path):
         with path.open("rb") as f:
             head = f.read(4)
@@ -47,22 +67,19 @@ def read_checkpoint(
             if head.startswith(b"PK")
             else "not a PyTorch checkpoint (torch.save writes a zip archive; this file is something else)"
         )
-        raise DTRLabError(f"{where} is {what}; {FIX}")
+        raise DTRLabError(f"{where} is {what}; {fix}")
     try:
         with zipfile.ZipFile(path) as archive:
             damaged = archive.testzip()
     except (zipfile.BadZipFile, OSError, EOFError) as err:
-        raise DTRLabError(f"{where} is a damaged zip archive ({err}); {FIX}") from None
+        raise DTRLabError(f"{where} is a damaged zip archive ({err}); {fix}") from None
     if damaged is not None:
         raise DTRLabError(
             f"{where} is damaged: {damaged} fails its CRC check (bit flips on disk or a bad copy); "
             f"use another checkpoint of the run (e.g. an epoch=…-step=….ckpt) or copy it again"
         )
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=weights_only, mmap=True)
-    except Exception as err:  # torch's unpickler raises many types for bytes it cannot interpret
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise DTRLabError(f"{where} cannot be read by torch.load ({reason[:200]}); {FIX}") from None
-    if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("state_dict"), dict):
-        raise DTRLabError(f"{where} holds no model state_dict, so it is not a Lightning checkpoint; {FIX}")
-    return checkpoint
+
+
+def first_line(err: Exception) -> str:
+    """An exception's first line, at most 200 characters (torch's unpickler errors run to pages)."""
+    return (str(err).strip().splitlines() or [type(err).__name__])[0][:200]

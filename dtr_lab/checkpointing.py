@@ -31,7 +31,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from dtr_lab.errors import DTRLabError, storage_fix, storage_reason
+from dtr_lab.errors import STORAGE_FIXES, DTRLabError, storage_error
 from dtr_lab.temp_files import remove_dead_writers_temps, temp_prefix
 
 
@@ -48,24 +48,27 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     ) -> None:
         if storage_options is not None:
             raise TypeError(f"{type(self).__name__} takes no storage_options")
-        try:
-            write_atomically(Path(path), lambda f: torch.save(checkpoint, f))
-        except OSError as exc:  # the device refused the bytes: the run's problem to fix, not a bug
-            raise DTRLabError(
-                f"cannot write {path}: {storage_reason(exc)} (the previous file under that name, if any, "
-                f"is intact); {storage_fix(exc)}, then resume with --ckpt_path from the run's last.ckpt "
-                "if it has one"
-            ) from exc
+        write_atomically(
+            Path(path),
+            lambda f: torch.save(checkpoint, f),
+            then=", then resume with --ckpt_path from the run's last.ckpt if it has one",
+        )
 
 
-def write_atomically(path: Path, write: Any) -> None:
+def write_atomically(path: Path, write: Any, what: str = "the run", then: str = "") -> None:
     """Call write(file) on a hidden temporary file in path's directory, then rename it to path.
 
-    Any failure removes the temporary file. A write the device refused raises that OSError, whatever the
-    writer made of it: torch.save turns a full disk into `RuntimeError: ... unexpected pos`.
+    Any failure removes the temporary file. A write the device refused (a full disk, a read-only or
+    forbidden folder), whatever the writer made of it (torch.save turns a full disk into `RuntimeError:
+    ... unexpected pos`), is one DTRLabError line naming path (errors.storage_error: the fix writes `what`
+    elsewhere, `then` carries on); any other OSError is raised as it is.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path), suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path), suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        check_stored(exc, path, what, then)
+        raise
     file = None
     try:
         os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp's 0600 would hide the run from its group
@@ -78,14 +81,24 @@ def write_atomically(path: Path, write: Any) -> None:
     except BaseException as exc:  # also KeyboardInterrupt: never leave a partial file behind
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
-        if file is not None and file.error is not None and not isinstance(exc, OSError):
-            raise file.error from exc
+        error = file.error if file is not None and file.error is not None else exc
+        if isinstance(error, OSError):
+            check_stored(error, path, what, then)
+        if error is not exc:
+            raise error from exc
         raise
     dir_fd = os.open(path.parent, os.O_RDONLY)
     try:
         os.fsync(dir_fd)  # the rename itself survives a power cut
     finally:
         os.close(dir_fd)
+
+
+def check_stored(exc: OSError, path: Path, what: str, then: str) -> None:
+    """Raise the one line of a storage fault met writing path (its cause: exc); other errors pass."""
+    if exc.errno in STORAGE_FIXES:
+        kept = " (the previous file under that name, if any, is intact)"
+        raise storage_error(exc, path, what, kept, then) from exc
 
 
 class RecordingFile:

@@ -9,12 +9,13 @@ from __future__ import annotations
 import errno
 import os
 
+# {} is what to write elsewhere: the run, or the one file a command writes ("DST", "the figures (--out)")
 STORAGE_FIXES = {
-    errno.ENOSPC: "free space on that device or write the run elsewhere",
-    errno.EDQUOT: "free space within your quota or write the run elsewhere",
-    errno.EROFS: "write the run to a writable folder",
-    errno.EACCES: "give yourself access to it or write the run elsewhere",
-    errno.EPERM: "give yourself access to it or write the run elsewhere",
+    errno.ENOSPC: "free space on that device or write {} elsewhere",
+    errno.EDQUOT: "free space within your quota or write {} elsewhere",
+    errno.EROFS: "write {} to a writable folder",
+    errno.EACCES: "give yourself access to it or write {} elsewhere",
+    errno.EPERM: "give yourself access to it or write {} elsewhere",
 }
 SAVE_DIR = "--trainer.logger.init_args.save_dir"
 
@@ -34,8 +35,17 @@ def storage_reason(err: OSError) -> str:
     return os.strerror(err.errno).lower() if err.errno else str(err)
 
 
-def storage_fix(err: OSError) -> str:
-    return STORAGE_FIXES.get(err.errno, "check the device and its free space")
+def storage_fix(err: OSError, what: str = "the run") -> str:
+    return STORAGE_FIXES.get(err.errno, "check the device and its free space").format(what)
+
+
+def storage_error(
+    err: OSError, path: object, what: str = "the run", kept: str = "", then: str = ""
+) -> DTRLabError:
+    """A storage fault met while writing path, as one line naming path (the file asked for, never a hidden
+    temporary one the bytes went to first), what survived (`kept`) and the fix: write `what` elsewhere,
+    `then` carry on."""
+    return DTRLabError(f"cannot write {path}: {storage_reason(err)}{kept}; {storage_fix(err, what)}{then}")
 
 
 def find_bad_input(exc: BaseException) -> DTRLabError | None:

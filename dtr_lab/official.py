@@ -26,6 +26,7 @@ what the official DiT cannot express (a U-Net, Switch-DiT's learned experts, an 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -33,7 +34,7 @@ from typing import Any
 import lightning as L
 import torch
 
-from dtr_lab.checkpoint_file import read_checkpoint
+from dtr_lab.checkpoint_file import check_archive, first_line, read_checkpoint
 from dtr_lab.checkpointing import write_atomically
 from dtr_lab.errors import DTRLabError, find_bad_input
 from dtr_lab.model_checks import check_checkpoint
@@ -186,23 +187,52 @@ def import_state(
 def read_official(path: Path) -> dict[str, dict[str, torch.Tensor]]:
     """An official checkpoint's state_dicts by role ({"model", "ema"}, or the bare one as both)."""
     where = f"official checkpoint {path}"
-    if not path.is_file():
-        raise DTRLabError(f"{where}: no such file; pass the .pt written by the official train.py or download")
+    check_archive(path, where, "pass the .pt written by the official train.py or download")
     try:  # train.py pickles its argparse args (DiT); tensors and these only, never arbitrary code
         with torch.serialization.safe_globals([argparse.Namespace]):
             checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
-        reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
         raise DTRLabError(
-            f"{where} cannot be read safely by torch.load ({reason}); save its state_dicts alone, e.g. "
-            "torch.save({'model': ckpt['model'], 'ema': ckpt['ema']}, path)"
+            f"{where} cannot be read safely by torch.load ({first_line(err)}); save its state_dicts alone, "
+            "e.g. torch.save({'model': ckpt['model'], 'ema': ckpt['ema']}, path)"
         ) from None
     if not isinstance(checkpoint, dict):
         raise DTRLabError(f"{where} holds no state_dict; pass an official DiT/DTR checkpoint")
     if "ema" in checkpoint or "model" in checkpoint:
         model = checkpoint.get("model", checkpoint.get("ema"))
-        return {"model": model, "ema": checkpoint.get("ema", model)}
-    return {"model": checkpoint, "ema": checkpoint}  # a bare state_dict, e.g. the public EMA weights
+        states = {"model": model, "ema": checkpoint.get("ema", model)}
+    else:
+        states = {"model": checkpoint, "ema": checkpoint}  # a bare state_dict, e.g. the public EMA weights
+    for role, state in states.items():  # tensors only: anything else has no shape to check
+        if not isinstance(state, dict):
+            bad = f"{role!r} is of type {type(state).__name__}"
+        else:
+            name = next((k for k, v in state.items() if not isinstance(v, torch.Tensor)), None)
+            bad = None if name is None else f"{role!r} entry {name!r} is of type {type(state[name]).__name__}"
+        if bad:
+            raise DTRLabError(
+                f"{where}: its {bad}, not a tensor, so this is no state_dict; pass an official DiT, DTR or "
+                "Switch-DiT checkpoint (train.py's {'model', 'ema', ...} or a bare state_dict)"
+            )
+    return states
+
+
+def check_destination(src: Path, dst: Path, overwrite: bool) -> None:
+    """DST may be written: never SRC itself (by any name: a symlink, a hard link, another path), an
+    existing file only with --overwrite, never a folder or a path under a file. Checked before SRC is
+    read or the model built, so a refusal costs nothing."""
+    if dst.resolve() == src.resolve() or (dst.exists() and src.exists() and os.path.samefile(src, dst)):
+        raise DTRLabError(
+            f"DST {dst} is SRC {src} (the same file): writing it would lose the checkpoint being read, "
+            "even with --overwrite; give another DST"
+        )
+    if dst.is_dir():
+        raise DTRLabError(f"DST {dst} is a folder; give the file to write, e.g. {dst / src.name}")
+    folder = next(p for p in dst.parents if p.exists())  # the folders below it are made when written
+    if not folder.is_dir():
+        raise DTRLabError(f"DST {dst}: {folder} is a file, not a folder; give a DST inside a folder")
+    if (dst.exists() or dst.is_symlink()) and not overwrite:
+        raise DTRLabError(f"DST {dst} exists; give another DST, or --overwrite to replace it")
 
 
 def build_module(config: list[str]) -> L.LightningModule:
@@ -230,15 +260,15 @@ def import_checkpoint(src: Path, dst: Path, config: list[str]) -> str:
         "epoch": 0,
         "global_step": 0,
     }
-    write_atomically(dst, lambda f: torch.save(checkpoint, f))
+    write_atomically(dst, lambda f: torch.save(checkpoint, f), what="DST")
     return f"{dst}: {module.identity()['net']}, {layout} position embedding, model and EMA from {src}"
 
 
 def export_checkpoint(src: Path, dst: Path, config: list[str]) -> str:
     """dtr_lab checkpoint -> official train.py format {"model", "ema", "args"}; returns what it wrote."""
     module = build_module(config)
-    check_expressible(module.net, f"--ckpt {src}")
-    checkpoint = read_checkpoint(src)
+    check_expressible(module.net, f"dtr_lab checkpoint {src}")
+    checkpoint = read_checkpoint(src, option="dtr_lab checkpoint")
     try:
         check_checkpoint(module, checkpoint)
     except DTRLabError as err:
@@ -247,7 +277,7 @@ def export_checkpoint(src: Path, dst: Path, config: list[str]) -> str:
     net = module.net
     args = official_args(net)
     official = {"model": export_state(net), "ema": export_state(module.ema.module), "args": args}
-    write_atomically(dst, lambda f: torch.save(official, f))
+    write_atomically(dst, lambda f: torch.save(official, f), what="DST")
     call = ", ".join(f"{k}={v}" for k, v in args.items())
     if net.router.enabled:  # TaskRouter's tables are saved buffers: load_state_dict sets them
         call += f", router=TaskRouter, taskcount={net.router.num_timesteps}"
@@ -279,8 +309,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("command", choices=("import", "export"))
     parser.add_argument("src", type=Path, help="import: an official .pt; export: a dtr_lab .ckpt")
     parser.add_argument("dst", type=Path, help="import: the dtr_lab .ckpt to write; export: the official .pt")
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace DST if it exists (never when it is SRC itself)"
+    )
     args, config = parser.parse_known_args(argv)
     try:
+        check_destination(args.src, args.dst, args.overwrite)
         run = import_checkpoint if args.command == "import" else export_checkpoint
         print(f"wrote {run(args.src, args.dst, config)}")
     except Exception as exc:

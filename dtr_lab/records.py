@@ -111,9 +111,16 @@ def empty_records(columns: Sequence[str] = COLUMNS):
     return pd.DataFrame({c: pd.Series(dtype=_dtype(c)) for c in columns})
 
 
-def read_records(file: Path, columns: Sequence[str] = COLUMNS):
-    """A long-format CSV as a typed frame and the problems met, skipping a cut-off last line and
-    malformed rows; RunError if its header is not ``columns``."""
+def read_records(file: Path, columns: Sequence[str] = COLUMNS, strict: bool = False):
+    """A long-format CSV as a typed frame and the problems met, each naming the file and its lines; RunError
+    if its header is not ``columns``.
+
+    Nothing is left out in silence. Reading for a figure or a table (strict=False), a damaged row (a cell
+    that is no number, too few or too many fields) is left out and reported, and so are a cut-off last
+    line and an empty (0-byte) file: one damaged line must not hide the rest of a run. Reading what
+    decides a model or its intervals (strict=True: a measured affinity), any of these is a RunError in one
+    line: a hole there would become a NaN or a mean over other steps, silently.
+    """
     import pandas as pd
 
     columns = list(columns)
@@ -121,41 +128,66 @@ def read_records(file: Path, columns: Sequence[str] = COLUMNS):
     empty = empty_records(columns)
     text, cut = _complete_lines(file)
     if cut:
-        problems.append(f"{file}: last line is cut off (ignored)")
+        problems.append(f"{file}: line {text.count(chr(10)) + 1} is cut off (no newline at its end; ignored)")
+    if file.stat().st_size == 0:
+        problems.append(
+            f"{file}: empty (0 bytes, not even its header: its writer never wrote, or its disk refused)"
+        )
     if not text.strip():
-        return empty, problems
-    header = text.splitlines()[0].strip().split(",")
+        return _checked(empty, problems, strict)
+    lines = text.split("\n")[:-1]  # text ends at its last newline; no cell the writers write holds one
+    header = lines[0].strip().split(",")
     if header != columns:
         raise RunError(f"{file}: header is {','.join(header)!r}, expected {','.join(columns)!r}")
-    frame = pd.read_csv(io.StringIO(text), dtype=str, on_bad_lines="skip", keep_default_na=False)
-    n = len(frame)
-    malformed = pd.Series(False, index=frame.index)
+    good, damaged = [], {}  # line numbers (1: the header) of whole rows, and of damaged ones with why
+    for number, line in enumerate(lines[1:], start=2):
+        # counting commas is the fast path; the csv module settles a line with quotes
+        fields = len(columns) if line.count(",") == len(columns) - 1 else len(next(csv.reader([line]), []))
+        if fields == len(columns):
+            good.append(number)
+        elif line.strip():  # a blank line holds nothing to lose
+            damaged[number] = f"{fields} fields where {len(columns)} are expected"
+    rows = "\n".join([lines[0], *(lines[n - 1] for n in good)])
+    frame = pd.read_csv(io.StringIO(rows), dtype=str, keep_default_na=False).set_axis(good)
     for c in columns:
         if _dtype(c) == "string":
-            malformed |= frame[c].isna()
             continue
-        cells = frame[c].fillna("").str.strip()
-        frame[c] = pd.to_numeric(cells, errors="coerce")
+        text_cells = frame[c].str.strip()
+        frame[c] = pd.to_numeric(text_cells, errors="coerce")
         missing = frame[c].isna()
         if c in ("i", "j"):  # empty on scalar rows
-            missing &= cells != ""
+            missing &= text_cells != ""
         elif c == "value":  # a diverged run writes nan: that is a value, kept as NaN, not a malformed row
-            missing &= ~cells.str.lower().isin(NAN_TEXTS)
-        malformed |= missing
-    frame = frame[~malformed]
-    if len(frame) < n:
-        problems.append(f"{file}: {n - len(frame)} malformed row(s) ignored")
+            missing &= ~text_cells.str.lower().isin(NAN_TEXTS)
+        for line in frame.index[missing]:
+            damaged.setdefault(line, f"{c} {text_cells[line]!r} is not a number")
+    if damaged:
+        first = min(damaged)
+        where = ", ".join(str(n) for n in sorted(damaged)[:5]) + (", …" if len(damaged) > 5 else "")
+        problems.append(
+            f"{file}: {len(damaged)} malformed row(s) ignored (line {where}; line {first}: {damaged[first]})"
+        )
+        frame = frame.drop(index=[n for n in damaged if n in frame.index])
     frame = frame.astype({c: _dtype(c) for c in columns}).reset_index(drop=True)
+    return _checked(frame, problems, strict)
+
+
+def _checked(frame, problems: list[str], strict: bool):
+    if strict and problems:
+        raise RunError(
+            f"{problems[0]}; this reader takes the whole file or nothing: repair it, or measure again"
+        )
     return frame, problems
 
 
-def read_intervals(run_dir: str | Path):
-    """RUN_DIR/records/intervals.csv as a typed frame (empty if absent) and its problems; a resumed run
-    appends its intervals again, and the last copy of each (name, k) is the one in use."""
+def read_intervals(run_dir: str | Path, strict: bool = False):
+    """RUN_DIR/records/intervals.csv as a typed frame (empty if absent) and its problems (strict: as
+    read_records); a resumed run appends its intervals again, and the last copy of each (name, k) is the
+    one in use."""
     file = path(run_dir, INTERVALS)
     if not file.is_file():
         return empty_records(INTERVAL_COLUMNS), []
-    intervals, problems = read_records(file, INTERVAL_COLUMNS)
+    intervals, problems = read_records(file, INTERVAL_COLUMNS, strict)
     return intervals.drop_duplicates(["name", "k"], keep="last").reset_index(drop=True), problems
 
 

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -13,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from dtr_lab import plots
+from dtr_lab.errors import STORAGE_FIXES, storage_error
 from dtr_lab.runs import (
     RunError,
     Runs,
@@ -183,8 +186,9 @@ def catalogue(by: str, baseline: str) -> list[FigureSpec]:
 def write_figures(
     runs: Runs, out: Path, figures: list[FigureSpec], title: str = "Figures"
 ) -> tuple[int, list[str]]:
-    """Draw each figure to out/NAME.{png,pdf} and write out/index.md; returns (drawn, skip reasons)."""
-    out.mkdir(parents=True, exist_ok=True)
+    """Draw each figure to out/NAME.{png,pdf} and write out/index.md; returns (drawn, skip reasons). A full
+    or read-only device is one DTRLabError line naming the file (write_out)."""
+    write_out(out, lambda path: path.mkdir(parents=True, exist_ok=True))
     lines = [f"# {title}", "", f"{len(runs)} runs:", "", markdown_table(runs.labels), ""]
     skipped, drawn = [], 0
     for fig_spec in figures:
@@ -195,7 +199,7 @@ def write_figures(
             skipped.append(f"{fig_spec.name}: {err}")
             continue
         for suffix in ("png", "pdf"):
-            fig.savefig(out / f"{fig_spec.name}.{suffix}", dpi=150)
+            write_out(out / f"{fig_spec.name}.{suffix}", functools.partial(fig.savefig, dpi=150))
         plt.close(fig)
         drawn += 1
         lines += [
@@ -212,8 +216,22 @@ def write_figures(
         lines += ["## Not drawn", "", *[f"- {s}" for s in skipped], ""]
     if runs.problems:
         lines += ["## Notes on the inputs", "", *[f"- {p}" for p in runs.problems], ""]
-    (out / "index.md").write_text("\n".join(lines))
+    write_out(out / "index.md", lambda path: path.write_text("\n".join(lines)))
     return drawn, skipped
+
+
+def write_out(path: Path, write: Callable[[Path], object]) -> None:
+    """write(path) for a figures script: a storage fault (full disk, read-only or forbidden folder) is one
+    DTRLabError line naming path and --out, and the half-written file it leaves is removed."""
+    try:
+        write(path)
+    except OSError as err:
+        if err.errno not in STORAGE_FIXES:
+            raise
+        if path.is_file():
+            with contextlib.suppress(OSError):
+                path.unlink()
+        raise storage_error(err, path, "the figures", then=" (--out)") from err
 
 
 def out_problem(out: Path) -> str | None:

@@ -480,16 +480,19 @@ def read_affinity(
     (GradientConflict). A step that a resumed run measured again keeps its latest write. The matrix is
     the mean over the later ⌈n/2⌉ of the n measured steps (the first measurement, at step 0, is of the
     untrained network: it is left out whenever there are two or more, and the mean averages probe
-    noise), or the matrix at ``step`` when one is given. An entry never measured is NaN.
+    noise), or the matrix at ``step`` when one is given. An entry never measured is NaN. Both files are
+    read whole (read_records strict): a damaged or cut-off row is a RunError naming its line.
     """
     run_dir = Path(run_dir)
     for name, metric in [source] if source else AFFINITY_SOURCES:
         file = records.path(run_dir, name)
+        if file.exists() and not file.is_file():
+            raise RunError(f"{file} is not a file (a folder?); it must be the records a run wrote")
         if not file.is_file():
             if source:
                 raise RunError(f"{file} does not exist; train with the callback that writes {name!r} records")
             continue
-        frame, _ = read_records(file)
+        frame, _ = read_records(file, strict=True)  # a lost row would be a hole in the matrix
         rows = frame[frame["metric"] == metric]
         if source and rows.empty:
             raise RunError(f"{file} has no rows with metric {metric!r}; pass another metric")
@@ -510,7 +513,7 @@ def read_affinity(
             )
         mean = rows.groupby(["i", "j"])["value"].mean().reset_index()
         affinity = matrix(mean)
-        edges = interval_edges(read_intervals(run_dir)[0], name)
+        edges = interval_edges(read_intervals(run_dir, strict=True)[0], name)
         if edges is None or len(edges) != len(affinity) + 1:
             raise RunError(
                 f"{records.path(run_dir, records.INTERVALS)} does not give the {len(affinity)} intervals of "
@@ -629,9 +632,11 @@ def read_affinity_options(source: str | Path) -> dict:
     """AffinityRouting's options from a run directory: the matrix (``source``), the interval ``edges`` it
     was measured on and where it came from (``measured``)."""
     path = Path(source)
-    if not path.is_dir():
+    given = str(source).strip()  # '' would be read as the current folder, whatever it holds
+    if not given or not is_run_dir(path):
+        what = "a path that does not exist" if given and not path.exists() else "not a run directory"
         raise DTRLabError(
-            f"AffinityRouting.source={str(source)!r} is not a run directory; give a run folder "
+            f"AffinityRouting.source={str(source)!r} is {what}; give a run folder "
             "(runs/NAME/version_N, measured with TaskAffinity) or a K×K matrix"
         )
     try:

@@ -72,6 +72,10 @@ def bad_checkpoint(kind: str, good: Path, folder: Path) -> Path:
         checkpoint = torch.load(good, weights_only=True)
         checkpoint["state_dict"]["net.extra.weight"] = torch.zeros(3)
         torch.save(checkpoint, path)
+    elif kind == "not a tensor":
+        checkpoint = torch.load(good, weights_only=True)
+        checkpoint["state_dict"]["net.x_embedder.weight"] = 3
+        torch.save(checkpoint, path)
     return path
 
 
@@ -85,6 +89,7 @@ def bad_checkpoint(kind: str, good: Path, folder: Path) -> Path:
         ("directory", "is a folder"),
         ("bit-flipped", "fails its CRC check"),
         ("extra tensor", "net.extra.weight"),
+        ("not a tensor", "state_dict entry 'net.x_embedder.weight' is of type int, not a tensor"),
     ],
 )
 def test_unreadable_checkpoint_is_one_line_and_touches_nothing(existing, tmp_path, capsys, kind, needle):

@@ -261,7 +261,7 @@ def test_cli_rejects_an_empty_records_file(main, tmp_path, capsys):
     write_run(tmp_path, {1: blocks([4, 4])}, FINE_EDGES)
     (tmp_path / "records" / "intervals.csv").write_text("")
     assert main([str(tmp_path), "--k", "2"]) == 2
-    assert "intervals.csv does not give the 8 intervals" in capsys.readouterr().err
+    assert "intervals.csv: empty (0 bytes" in capsys.readouterr().err
 
 
 def test_cli_module_exits_2_without_traceback(tmp_path):
@@ -272,3 +272,17 @@ def test_cli_module_exits_2_without_traceback(tmp_path):
     )
     assert result.returncode == 2
     assert result.stderr.startswith("error: ") and "Traceback" not in result.stderr
+
+
+def test_the_old_module_command_points_to_the_script():
+    """`python -m dtr_lab.mtl.clustering` (the command line before it moved) says where it went, exit 2.
+    Python itself warns first that the package imported the module before running it (runpy)."""
+    result = subprocess.run(
+        [sys.executable, "-m", "dtr_lab.mtl.clustering", "runs/x", "--k", "3"], capture_output=True, text=True
+    )
+    assert result.returncode == 2 and result.stdout == ""
+    lines = [line for line in result.stderr.splitlines() if "RuntimeWarning" not in line]
+    assert lines == [
+        "error: python -m dtr_lab.mtl.clustering moved to analysis/cluster_intervals.py, with the same "
+        "options: python analysis/cluster_intervals.py RUN_DIR --k K (or --snr --k K)"
+    ]

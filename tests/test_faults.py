@@ -113,8 +113,18 @@ def test_failed_write_keeps_the_previous_file_and_leaves_no_partial(tmp_path):
         f.write(b"partial")
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    with pytest.raises(OSError):
-        write_atomically(target, half_then_full)
+    with pytest.raises(
+        DTRLabError, match=f"cannot write {target}: no space left on device .*intact"
+    ) as raised:
+        write_atomically(target, half_then_full, what="DST")
+    assert raised.value.__cause__.errno == errno.ENOSPC and "write DST elsewhere" in str(raised.value)
+    assert target.read_bytes() == b"good"
+
+    def refuse_another_way(f):
+        raise OSError(errno.EIO, "Input/output error")
+
+    with pytest.raises(OSError, match="Input/output"):  # not a storage fault the user can fix: as it is
+        write_atomically(target, refuse_another_way)
     assert target.read_bytes() == b"good"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt"]  # the temporary file is gone
 
@@ -125,9 +135,9 @@ def test_a_real_full_disk_fails_the_save_in_one_line_and_keeps_the_previous_file
     with tmpfs(tmp_path / "disk", "1m") as disk:
         target = disk / "last.ckpt"
         AtomicCheckpointIO().save_checkpoint({"global_step": 2}, target)
-        with pytest.raises(OSError) as raised:
+        with pytest.raises(DTRLabError) as raised:
             write_atomically(target, lambda f: torch.save(big, f))
-        assert raised.value.errno == errno.ENOSPC
+        assert raised.value.__cause__.errno == errno.ENOSPC and ".tmp" not in str(raised.value)
         with pytest.raises(DTRLabError, match=r"cannot write .*last.ckpt: no space left on device .*intact"):
             AtomicCheckpointIO().save_checkpoint(big, target)
         assert torch.load(target) == {"global_step": 2}

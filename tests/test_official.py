@@ -9,10 +9,13 @@ T = 100) code in their train.py format, with the official models' outputs on fou
 
 from __future__ import annotations
 
+import hashlib
+import shutil
+
 import helpers
 import pytest
 import torch
-from helpers import DIGITS, REPO, run_cli
+from helpers import DIGITS, REPO, run_cli, tmpfs
 
 from dtr_lab.models.dit import DiT
 from dtr_lab.official import import_state, main, read_official
@@ -188,3 +191,106 @@ def test_exports_the_official_layout_cannot_express_are_one_line(tmp_path, capsy
         ["export", str(dummy), str(out), *switch], capsys, "SwitchRouter (learned experts) cannot"
     )
     assert not out.exists()
+
+
+def digest(path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_dst_is_never_src_and_an_existing_dst_only_with_overwrite(tmp_path, capsys, tiny_runs):
+    """DST = SRC (also by a symlink or another spelling of the path) is refused even with --overwrite; an
+    existing DST, a run's last.ckpt included, needs --overwrite; every refused file keeps its bytes."""
+    src = tmp_path / "dit.pt"
+    shutil.copy(FIXTURE / "dit_tiny.pt", src)
+    imported = tmp_path / "in.ckpt"
+    main(["import", str(src), str(imported), *TINY])
+    last = tiny_runs["vanilla"] / "checkpoints/last.ckpt"
+    link = tmp_path / "link.pt"
+    link.symlink_to(src)
+    before = {path: digest(path) for path in (src, imported, last)}
+    same = "is SRC"
+    for command, source, dst in [
+        ("import", src, src),
+        ("import", src, link),
+        ("import", src, tmp_path / ".." / tmp_path.name / "dit.pt"),
+        ("export", imported, imported),
+        ("export", last, last),
+    ]:
+        fails_in_one_line([command, str(source), str(dst), *TINY, "--overwrite"], capsys, f"DST {dst}", same)
+    for command, source, dst in [("import", src, imported), ("import", src, last), ("export", imported, src)]:
+        fails_in_one_line([command, str(source), str(dst), *TINY], capsys, f"DST {dst} exists", "--overwrite")
+    assert {path: digest(path) for path in before} == before
+    main(["import", str(src), str(imported), *TINY, "--overwrite"])  # the same bytes again: torch.save is
+    assert digest(imported) == before[imported]  # deterministic for the same tensors and identity
+
+
+def test_unreadable_sources_are_one_line_naming_them(tmp_path, capsys):
+    folder, junk, dst = tmp_path / "folder", tmp_path / "junk.pt", tmp_path / "out.ckpt"
+    folder.mkdir()
+    junk.write_text("not a checkpoint")
+    fails_in_one_line(
+        ["import", str(folder), str(dst), *TINY], capsys, f"official checkpoint {folder} is a folder"
+    )
+    fails_in_one_line(
+        ["export", str(folder), str(dst), *TINY], capsys, f"dtr_lab checkpoint {folder} is a folder"
+    )
+    for command in ("import", "export"):
+        fails_in_one_line(
+            [command, str(junk), str(dst), *TINY], capsys, f"{junk} is not a PyTorch checkpoint"
+        )
+    official = torch.load(FIXTURE / "dit_tiny.pt", weights_only=False)
+    for name, content, needle in [
+        (
+            "entry.pt",
+            {"model": {**official["model"], "pos_embed": 3}},
+            "'model' entry 'pos_embed' is of type int",
+        ),
+        ("list.pt", {"model": [1, 2], "ema": official["ema"]}, "'model' is of type list"),
+        (
+            "bare.pt",
+            {"pos_embed": official["model"]["pos_embed"], "step": 7},
+            "'model' entry 'step' is of type int",
+        ),
+    ]:
+        torch.save(content, tmp_path / name)
+        line = fails_in_one_line(["import", str(tmp_path / name), str(dst), *TINY], capsys, needle)
+        assert f"official checkpoint {tmp_path / name}" in line and "not a tensor" in line
+    imported = tmp_path / "in.ckpt"
+    main(["import", str(FIXTURE / "dit_tiny.pt"), str(imported), *TINY])
+    checkpoint = torch.load(imported, weights_only=True)
+    checkpoint["state_dict"]["net.pos_embed"] = "sin-cos"
+    torch.save(checkpoint, imported)
+    fails_in_one_line(
+        ["export", str(imported), str(dst), *TINY], capsys,
+        f"dtr_lab checkpoint {imported}: its state_dict entry 'net.pos_embed' is of type str, not a tensor",
+    )  # fmt: skip
+    assert not dst.exists()
+
+
+def test_unwritable_dsts_are_one_line_naming_them(tmp_path, capsys):
+    """A folder, a path under a file, a read-only folder and a full disk (real tmpfs mounts): one line
+    naming DST, not the hidden temporary file, with a fix this command has; nothing left behind."""
+    src, file = str(FIXTURE / "dit_tiny.pt"), tmp_path / "file"
+    file.write_text("keep")
+    fails_in_one_line(["import", src, str(tmp_path), *TINY], capsys, f"DST {tmp_path} is a folder")
+    fails_in_one_line(
+        ["import", src, str(file / "sub/out.ckpt"), *TINY],
+        capsys,
+        f"DST {file / 'sub/out.ckpt'}: {file} is a file",
+    )
+    assert file.read_text() == "keep"
+    with tmpfs(tmp_path / "ro", "1m", read_only=True) as ro:
+        line = fails_in_one_line(
+            ["import", src, str(ro / "out.ckpt"), *TINY], capsys,
+            f"cannot write {ro / 'out.ckpt'}: read-only file system", "write DST to a writable folder",
+        )  # fmt: skip
+        assert ".tmp" not in line and "save_dir" not in line
+    imported = tmp_path / "in.ckpt"
+    main(["import", src, str(imported), *TINY])
+    with tmpfs(tmp_path / "full", "20k") as full:  # the exported file is about 50 kB
+        line = fails_in_one_line(
+            ["export", str(imported), str(full / "out.pt"), *TINY], capsys,
+            f"cannot write {full / 'out.pt'}: no space left on device", "write DST elsewhere",
+        )  # fmt: skip
+        assert ".tmp" not in line and "save_dir" not in line
+        assert list(full.iterdir()) == []  # no partial file, no temporary file

@@ -24,7 +24,9 @@ def test_writer_and_reader_share_one_schema(tmp_path):
     assert runs.read_records is read_records and runs.RunError is RunError and runs.matrix is matrix
     write_intervals(tmp_path, "conflict", [0, 10, 30])
     assert (tmp_path / "records" / "intervals.csv").read_text().splitlines() == [
-        ",".join(records.INTERVAL_COLUMNS), "conflict,0,0,10", "conflict,1,10,30"
+        ",".join(records.INTERVAL_COLUMNS),
+        "conflict,0,0,10",
+        "conflict,1,10,30",
     ]
 
 
@@ -61,6 +63,51 @@ def test_read_intervals_keeps_a_resumed_runs_last_copy(tmp_path):
     frame, _ = read_intervals(tmp_path)
     assert frame["start"].tolist() == [0, 20] and frame["end"].tolist() == [20, 30]
     assert read_intervals(tmp_path / "nothing")[0].empty
+
+
+def numbered_rows(path, damage: dict[int, str]) -> None:
+    """A records file whose line n (2 … 101) is `n,probe,0,,n/100`, or damage[n] in its place."""
+    rows = [damage.get(n, f"{n},probe,0,,{n / 100}") for n in range(2, 102)]
+    path.write_text("step,metric,i,j,value\n" + "\n".join(rows) + "\n")
+
+
+def test_no_row_is_left_out_in_silence(tmp_path):
+    """100 rows, one with an extra field (line 40, as a resumed run appending to a cut-off line leaves),
+    one short (60), one whose value is no number (80), a cut-off last line (102): the other 97 are read
+    and every loss is named with its line; read strictly (what an affinity routing reads), it is refused."""
+    path = tmp_path / "loss_by_t.csv"
+    numbered_rows(path, {40: "40,probe,0,,0.4,9", 60: "60,probe,0", 80: "80,probe,0,,oops"})
+    with path.open("a") as f:
+        f.write("102,probe,0,,1.0")  # no newline: the writer was cut off
+    frame, problems = read_records(path)
+    assert frame["step"].tolist() == [n for n in range(2, 102) if n not in (40, 60, 80)]
+    np.testing.assert_allclose(frame["value"], frame["step"].astype(float) / 100)
+    assert problems == [
+        f"{path}: line 102 is cut off (no newline at its end; ignored)",
+        f"{path}: 3 malformed row(s) ignored (line 40, 60, 80; line 40: 6 fields where 5 are expected)",
+    ]
+    numbered_rows(path, {40: "40,probe,0,,0.4,9"})
+    assert len(read_records(path)[0]) == 99
+    with pytest.raises(RunError, match=r"loss_by_t.csv: 1 malformed row\(s\) ignored \(line 40; line 40: 6 "):
+        read_records(path, strict=True)
+    path.write_bytes(b"")
+    with pytest.raises(RunError, match=r"loss_by_t.csv: empty \(0 bytes"):
+        read_records(path, strict=True)
+
+
+def test_load_run_reports_an_extra_field_row(tmp_path):
+    """What load_run reads reaches the figures' notes (make_figures, compare, index.md): the row is named."""
+    run = write_fake_run(tmp_path)
+    file = run / "records/conflict.csv"
+    lines = file.read_text().splitlines()
+    lines[5] += ",0.5"
+    file.write_text("\n".join(lines) + "\n")
+    loaded = runs.load_run(run)
+    assert (
+        f"{file}: 1 malformed row(s) ignored (line 6; line 6: 6 fields where 5 are expected)"
+        in loaded.problems
+    )
+    assert len(loaded.conflict) == len(lines) - 2  # the header and the damaged row
 
 
 # ----------------------------------------------------------------------------- the one affinity reader
@@ -108,6 +155,15 @@ def test_read_affinity_names_what_is_missing(tmp_path, source, step, match):
     run = write_fake_run(tmp_path)
     with pytest.raises(RunError, match=match):
         runs.read_affinity(run, source, step)
+
+
+def test_read_affinity_reads_both_files_whole(tmp_path):
+    """A damaged row in the affinity or its intervals is refused, never a hole in the matrix."""
+    run = write_fake_run(tmp_path)
+    with (run / "records/intervals.csv").open("a") as f:
+        f.write("affinity,9,0\n")
+    with pytest.raises(RunError, match=r"intervals.csv: 1 malformed row.*line \d+: 3 fields where 4"):
+        runs.read_affinity(run)
 
 
 def test_read_affinity_without_records_or_intervals(tmp_path):

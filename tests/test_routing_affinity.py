@@ -115,8 +115,13 @@ def test_three_conflicting_blocks_keep_the_t_order():
 
 
 # ----------------------------------------------------------------------------------------- from a run
-def write_records(run: Path, steps: dict[int, np.ndarray], name: str = "affinity", metric: str = "tag",
-                  edges: list[int] | None = None) -> None:
+def write_records(
+    run: Path,
+    steps: dict[int, np.ndarray],
+    name: str = "affinity",
+    metric: str = "tag",
+    edges: list[int] | None = None,
+) -> None:
     """Records in the exact format TaskAffinity/GradientConflict write (RecordWriter, write_intervals)."""
     writer = RecordWriter(run, name)
     for step, matrix in steps.items():
@@ -157,8 +162,9 @@ def test_run_records_later_half_resumed_steps_and_fallback(tmp_path):
     write_records(cos, {0: a, 5: c}, name="conflict", metric="cos", edges=[0, 100, 1000])
     routing = AffinityRouting(**read_affinity_options(cos))
     assert routing.measured == "conflict/cos" and routing.edges == [0, 100, 1000]
-    assert torch.equal(routing.table(1000, 10), windows([0, 2], 8, 10, 1).repeat_interleave(
-        torch.tensor([100, 900]), dim=0))  # conflicting pair: the two ends over the run's own intervals
+    assert torch.equal(
+        routing.table(1000, 10), windows([0, 2], 8, 10, 1).repeat_interleave(torch.tensor([100, 900]), dim=0)
+    )  # conflicting pair: the two ends over the run's own intervals
 
 
 def measured(run: Path, **options) -> AffinityRouting:
@@ -187,8 +193,9 @@ def test_a_source_that_gains_records_fails_the_checkpoint_identity(tmp_path):
 
 # ----------------------------------------------------------------------------------------- bad input
 def bad_sources(tmp_path: Path) -> dict[str, tuple[dict, str]]:
-    empty = tmp_path / "empty_run"
+    empty = tmp_path / "empty_run"  # a run (its config) that measured nothing
     empty.mkdir()
+    (empty / "config.yaml").write_text("model: {}\n")
     measured = tmp_path / "measured"
     write_records(measured, {0: np.eye(3)})
     no_intervals = tmp_path / "no_intervals"
@@ -197,8 +204,26 @@ def bad_sources(tmp_path: Path) -> dict[str, tuple[dict, str]]:
     write_records(unmeasured, {0: np.eye(2)}, edges=[0, 500, 1000])
     lines = (unmeasured / "records/affinity.csv").read_text().splitlines()
     (unmeasured / "records/affinity.csv").write_text("\n".join(lines[:3] + lines[4:]) + "\n")
+    folder = tmp_path / "folder"  # records/affinity.csv is a folder: never the cosine fallback in silence
+    write_records(folder, {0: np.eye(2)}, edges=[0, 500, 1000])
+    write_records(folder, {0: np.eye(2)}, name="conflict", metric="cos", edges=[0, 500, 1000])
+    (folder / "records/affinity.csv").unlink()
+    (folder / "records/affinity.csv").mkdir()
+    extra = tmp_path / "extra"  # line 3 (pair (0, 1)) has a sixth field
+    write_records(extra, {0: np.eye(2)}, edges=[0, 500, 1000])
+    lines = (extra / "records/affinity.csv").read_text().splitlines()
+    lines[2] += ",7"
+    (extra / "records/affinity.csv").write_text("\n".join(lines) + "\n")
     return {
-        "missing path": ({"source": str(tmp_path / "nope")}, "is not a run directory"),
+        "missing path": ({"source": str(tmp_path / "nope")}, "is a path that does not exist"),
+        "empty path": ({"source": ""}, "AffinityRouting.source='' is not a run directory"),
+        "folder, no run": ({"source": str(tmp_path)}, "is not a run directory"),
+        "affinity.csv a folder": ({"source": str(folder)}, "affinity.csv is not a file"),
+        "extra field": (
+            {"source": str(extra)},
+            "affinity.csv: 1 malformed row(s) ignored (line 3; line 3: 6 "
+            "fields where 5 are expected); this reader takes the whole file or nothing",
+        ),
         "no records": ({"source": str(empty)}, "has no affinity records"),
         "no intervals": ({"source": str(no_intervals)}, "intervals.csv does not give the 2 intervals"),
         "run K mismatch": ({"source": str(measured), "intervals": 5}, "K=3 intervals but intervals=5"),
@@ -215,8 +240,24 @@ def bad_sources(tmp_path: Path) -> dict[str, tuple[dict, str]]:
 
 @pytest.mark.parametrize(
     "case",
-    ["missing path", "no records", "no intervals", "run K mismatch", "unmeasured pair", "not square",
-     "ragged", "empty", "NaN", "inline K mismatch", "beta 0", "beta > 1"],
+    [
+        "missing path",
+        "empty path",
+        "folder, no run",
+        "affinity.csv a folder",
+        "extra field",
+        "no records",
+        "no intervals",
+        "run K mismatch",
+        "unmeasured pair",
+        "not square",
+        "ragged",
+        "empty",
+        "NaN",
+        "inline K mismatch",
+        "beta 0",
+        "beta > 1",
+    ],
 )
 def test_bad_source_is_one_line(case, tmp_path):
     kwargs, needle = bad_sources(tmp_path)[case]
@@ -235,8 +276,14 @@ def test_a_run_measured_over_another_t_is_one_line(tmp_path):
 
 def test_cli_bad_source_exits_2_with_one_line_and_no_run(tmp_path):
     save = tmp_path / "runs"
-    proc = run_cli("fit", *DIGITS, *AFFINITY, *tiny(save, steps=2),
-                   "--model.routing.init_args.source", str(tmp_path / "no_such_run"))
+    proc = run_cli(
+        "fit",
+        *DIGITS,
+        *AFFINITY,
+        *tiny(save, steps=2),
+        "--model.routing.init_args.source",
+        str(tmp_path / "no_such_run"),
+    )
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1].startswith("dtr_lab: error: AffinityRouting.source=")
     assert [line for line in proc.stderr.splitlines() if "error" in line.lower()] == [
@@ -248,8 +295,18 @@ def test_cli_bad_source_exits_2_with_one_line_and_no_run(tmp_path):
 def test_two_stage_workflow_trains_from_a_measured_run(tiny_runs, tmp_path):
     """Stage 2 of the README's pair: the shipped affinity.yaml with the measuring run as its source."""
     save = tmp_path / "runs"
-    main(["fit", *DIGITS, *AFFINITY, *tiny(save, steps=2, batch=16), "--trainer.callbacks", "[]",
-          "--model.routing.init_args.source", str(tiny_runs["vanilla"])])
+    main(
+        [
+            "fit",
+            *DIGITS,
+            *AFFINITY,
+            *tiny(save, steps=2, batch=16),
+            "--trainer.callbacks",
+            "[]",
+            "--model.routing.init_args.source",
+            str(tiny_runs["vanilla"]),
+        ]
+    )
     ckpt = torch.load(run_dir(save) / "checkpoints/last.ckpt", weights_only=False)
     assert ckpt["global_step"] == 2
     expected = AffinityRouting(**read_affinity_options(tiny_runs["vanilla"]), beta=0.8)

@@ -158,13 +158,16 @@ def test_cut_off_records_keep_complete_lines(tmp_path):
     path.write_text("step,metric,i,j,value\r\n5,cos,0,1,0.25\r\n5,cos,1,0,0.2")  # last line has no newline
     frame, problems = read_records(path)
     assert frame["value"].tolist() == [0.25] and frame["i"].tolist() == [0]
-    assert "cut off" in problems[0]
+    assert problems == [f"{path}: line 3 is cut off (no newline at its end; ignored)"]
     path.write_text("step,metric,i,j,value\n5,cos,0,1,0.25\nnot,a,row\n7,neg_share,,,0.5\n")
     frame, problems = read_records(path)
     assert frame["step"].tolist() == [5, 7] and frame["i"].isna().tolist() == [False, True]
-    assert "malformed" in problems[0]
+    assert problems == [f"{path}: 1 malformed row(s) ignored (line 3; line 3: 3 fields where 5 are expected)"]
     path.write_text("")
-    assert read_records(path)[0].empty
+    frame, problems = read_records(path)
+    assert frame.empty and problems == [
+        f"{path}: empty (0 bytes, not even its header: its writer never wrote, or its disk refused)"
+    ]
 
 
 def test_bad_paths_name_the_path(tmp_path, fake_runs):
@@ -284,7 +287,9 @@ def test_nan_values_are_values_and_malformed_rows_are_not(tmp_path):
     path.write_text("step,metric,i,j,value\n5,probe,0,,nan\n6,probe,0,,0.5\n7,probe,0,,oops\n8,probe,x,,1\n")
     frame, problems = read_records(path)
     assert frame["step"].tolist() == [5, 6] and math.isnan(frame["value"][0]) and frame["value"][1] == 0.5
-    assert problems == [f"{path}: 2 malformed row(s) ignored"]
+    assert problems == [
+        f"{path}: 2 malformed row(s) ignored (line 4, 5; line 4: value 'oops' is not a number)"
+    ]
 
 
 def test_patterns_and_folders_pass_over_runs_without_output(tmp_path, fake_runs):

@@ -123,3 +123,14 @@ def affinity_intervals(affinity: torch.Tensor, k: int) -> list[int]:
 def boundaries_yaml(edges: list[int]) -> str:
     """The edges as a YAML snippet the ``intervals`` option accepts."""
     return f"intervals:\n  boundaries: [{', '.join(str(e) for e in edges)}]"
+
+
+if __name__ == "__main__":  # the command line that lived here moved: say where, never exit 0 in silence
+    import sys
+
+    print(
+        "error: python -m dtr_lab.mtl.clustering moved to analysis/cluster_intervals.py, with the same "
+        "options: python analysis/cluster_intervals.py RUN_DIR --k K (or --snr --k K)",
+        file=sys.stderr,
+    )
+    sys.exit(2)
