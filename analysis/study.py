@@ -310,11 +310,13 @@ def check_and_train(
 
 def run_records(run_dir: Path, name: str) -> pd.DataFrame:
     """One record of a run, its continuations joined: a later part's rows replace an earlier part's from the
-    step the later part resumed at."""
+    step the later part resumed at. A damaged row is left out and said on stderr (records.read_records)."""
     frames: list[pd.DataFrame] = []
     for folder, start in engine.run_parts(run_dir):
         frames = [f[f["step"] <= start] for f in frames]
-        rows, _ = read_records(folder / "records" / name)
+        rows, problems = read_records(folder / "records" / name)
+        for problem in problems:
+            print(f"note: {problem}", file=sys.stderr)
         frames.append(rows)
     frames = [f for f in frames if not f.empty]
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
