@@ -288,6 +288,8 @@ def heatmap(
         ax=ax,
         cmap=DIVERGING if diverging else SEQUENTIAL,
         norm=norm,
+        vmin=norm.vmin,  # with a norm, seaborn reads these only for its palette (else from the data)
+        vmax=norm.vmax,
         square=True,
         annot=annot,
         fmt=".2f",

@@ -87,6 +87,19 @@ def test_loss_by_t_without_baseline_says_so(tmp_path):
         plots.loss_by_t(runs, "probe_other")
 
 
+def test_loss_by_t_title_names_each_runs_step_when_they_differ(tmp_path):
+    """A run stopped at step 0 beside one at step 100: the title no longer calls both "step 100"."""
+    short = write_fake_run(tmp_path, "vanilla", 0)
+    path = short / "records" / "loss_by_t.csv"
+    lines = path.read_text().splitlines(keepends=True)
+    path.write_text("".join(ln for ln in lines if not ln.startswith("100,")))
+    both = load_runs([short, write_fake_run(tmp_path, "dtr", 0)])
+    title = plots.loss_by_t(both).axes[0].get_title()
+    assert title == "probe loss, EMA weights at each run's last step (0, 100)"
+    alone = load_runs([tmp_path / "dtr_s0" / "version_0"])
+    assert plots.loss_by_t(alone).axes[0].get_title() == "probe loss, EMA weights at step 100"
+
+
 @pytest.mark.parametrize(
     "source, metric, ylabel",
     [("conflict", "cos", "gradient of interval (t)"), ("affinity", "tag", "update from interval (t)")],
