@@ -44,7 +44,9 @@ def interval_iou(table: torch.Tensor, intervals: TaskIntervals) -> torch.Tensor:
 
 def table_figure(table: torch.Tensor, title: str, columns: str, group: int, label: str | None) -> Figure:
     """A routing table (T, columns) as a labelled figure of TensorBoard's card size (dtr_lab.plots'
-    drawer; about 0.1 s to render, once at fit start, or every every_n_steps for a learned routing)."""
+    drawer). Drawn and rendered in 0.39 s (median of 5, a 1000 × 128 table, on this 2-core machine under
+    load): once at fit start, or for a learned routing two figures every every_n_steps (200: 0.8 s in
+    about 30 s of digits training)."""
     from dtr_lab.plots import mask_table  # imported here: seaborn is only needed when a figure is drawn
 
     figure = Figure(figsize=(6.4, 4.8), layout="constrained")
