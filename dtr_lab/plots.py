@@ -16,8 +16,10 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import seaborn as sns
+from matplotlib.cm import ScalarMappable
+from matplotlib.colors import ListedColormap, Normalize, SymLogNorm
 from matplotlib.figure import Figure
-from matplotlib.ticker import FuncFormatter
+from matplotlib.ticker import FuncFormatter, LogLocator
 
 from dtr_lab.runs import (
     Run,
@@ -86,9 +88,11 @@ def style():
 
 
 def log_y(ax) -> None:
-    """Log-scaled y with plain-number tick labels (0.94, not 9.4×10⁻¹)."""
+    """Log-scaled y with plain-number tick labels (0.94, not 9.4×10⁻¹), at 1, 2 and 5 of every decade
+    (only the powers of 10 would leave a curve spanning 20 … 500 with the one label "100")."""
     ax.set_yscale("log")
     plain = FuncFormatter(lambda v, _: f"{v:.3g}")
+    ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
     ax.yaxis.set_major_formatter(plain)
 
     def minor(v: float, pos) -> str:
@@ -198,7 +202,10 @@ def loss_by_t(
         table["t"] = table["t"].map(lambda t: centres.get(int(t), t))
     order = _hue_order(table[hue].unique())
     colours = palette(order)
-    step = int(at_step(metric_rows(runs.loss_by_t, metric, "loss_by_t"))["step"].max())
+    # each run at its own last step: a title names the step only when the runs share it
+    steps = sorted(at_step(metric_rows(runs.loss_by_t, metric, "loss_by_t"))["step"].unique())
+    listed = ", ".join(str(int(s)) for s in steps)
+    at = f"at step {listed}" if len(steps) == 1 else f"at each run's last step ({listed})"
     with style():
         fig, (top, bottom) = plt.subplots(
             2, 1, figsize=(5.6, 5.2), sharex=True, gridspec_kw={"height_ratios": [3, 2]}
@@ -215,7 +222,7 @@ def loss_by_t(
                 bottom.plot(
                     g["t"], g["ratio"], marker="o", ms=3, color=colours[group], label=f"{group} / {baseline}"
                 )
-        top.set(ylabel="loss  ‖ε − ε_θ‖²", title=f"{TITLES.get(metric, metric)} at step {step}")
+        top.set(ylabel="loss  ‖ε − ε_θ‖²", title=textwrap.fill(f"{TITLES.get(metric, metric)} {at}", 60))
         log_y(top)
         top.legend(title=hue)
         bottom.axhline(1.0, color="0.3", lw=1, ls="--")
@@ -235,43 +242,67 @@ def loss_by_t(
     return fig
 
 
-def _colour_limit(rows: pd.DataFrame, metric: str) -> float:
-    """Symmetric colour limit; a cosine's diagonal is 1 by definition, so the off-diagonal sets it."""
-    values = rows[rows["i"] != rows["j"]]["value"] if metric.startswith("cos") else rows["value"]
-    limit = float(np.nanmax(np.abs(values.to_numpy()))) if len(values) else 1.0
-    return min(limit, 1.0) if metric.startswith("cos") else (limit or 1.0)
+AFFINITY_LINEAR = 1e-3  # |Z| below this is drawn on a linear scale, above it on a log one
+SYMLOG_TICKS = [-1, -0.1, -0.01, -0.001, 0, 0.001, 0.01, 0.1, 1]
+
+
+def colour_scale(metric: str) -> tuple[Normalize, str]:
+    """The colour scale of a K×K quantity and the colour bar's label saying it. Fixed per quantity, so an
+    image compares across steps and runs and no single cell sets the scale for the others: cosines on
+    [−1, 1] and overlaps on [0, 1] (their whole range); the lookahead affinity Z ≤ 1 spans decades (Z ≈
+    lr·|g|², ≪ 1 at small learning rates; a step that doubles a loss gives Z = −1 and worse), so it is
+    drawn on a symmetric log scale over [−1, 1], linear within ±AFFINITY_LINEAR, cells beyond −1 clipped
+    (their annotation still gives the value)."""
+    if metric.startswith("cos"):
+        return Normalize(-1.0, 1.0), "cosine (fixed scale −1 … 1)"
+    if metric.startswith("iou"):
+        return Normalize(0.0, 1.0), "IoU (0 … 1)"
+    if metric == "tag":
+        norm = SymLogNorm(AFFINITY_LINEAR, vmin=-1.0, vmax=1.0, base=10)
+        return norm, f"Z on a symmetric log scale (linear within ±{AFFINITY_LINEAR:g}, below −1 clipped)"
+    raise KeyError(f"no colour scale for the matrix metric {metric!r}; expected cos…, iou… or tag")
 
 
 def heatmap(
     ax,
     matrix: np.ndarray,
     labels: Sequence[str],
-    vmin: float,
-    vmax: float,
-    diverging: bool | None = None,
+    metric: str,
     annot: bool = False,
     annot_size: float = 7,
+    cbar: bool = True,
     **kwargs,
 ) -> None:
-    """A K×K matrix between timestep intervals on ``ax`` (row i, column j): the diverging palette centred
-    on 0 (blue < 0 < red) when the scale spans 0 (or ``diverging``), else the sequential one; NaN cells
-    blank; with ``annot`` each cell shows its value. ``kwargs`` go to seaborn's heatmap (cbar, …)."""
-    diverging = vmin < 0 < vmax if diverging is None else diverging
+    """A K×K matrix between timestep intervals on ``ax`` (row i, column j) on its quantity's colour scale
+    (``colour_scale(metric)``): the diverging palette centred on 0 (blue < 0 < red) when the scale spans
+    0, else the sequential one; NaN cells blank; with ``annot`` each cell shows its value; the colour
+    bar (``cbar``) labelled with the scale. ``kwargs`` go to seaborn's heatmap."""
+    norm, label = colour_scale(metric)
+    diverging = norm.vmin < 0 < norm.vmax
+    cbar_kws = {"label": textwrap.fill(label, 32), **kwargs.pop("cbar_kws", {})}
+    if isinstance(norm, SymLogNorm):
+        cbar_kws["ticks"] = SYMLOG_TICKS
+        cbar_kws["format"] = FuncFormatter(lambda v, _: f"{v:g}")
     sns.heatmap(
         matrix,
         ax=ax,
         cmap=DIVERGING if diverging else SEQUENTIAL,
-        center=0 if diverging else None,
-        vmin=vmin,
-        vmax=vmax,
+        norm=norm,
+        vmin=norm.vmin,  # with a norm, seaborn reads these only for its palette (else from the data)
+        vmax=norm.vmax,
         square=True,
         annot=annot,
         fmt=".2f",
         annot_kws={"size": annot_size},
         xticklabels=labels,
         yticklabels=labels,
+        cbar=cbar,
+        cbar_kws=cbar_kws if cbar else None,
         **kwargs,
     )
+    # interval labels ("200–399") run into each other side by side: rotated, each has its own column
+    ax.tick_params(axis="x", labelrotation=90)
+    ax.tick_params(axis="y", labelrotation=0)
 
 
 def pick_steps(steps: np.ndarray, count: int) -> list[int]:
@@ -291,8 +322,6 @@ def matrix_grid(
     chosen = pick_steps(rows["step"].to_numpy(), steps) if isinstance(steps, int) else list(steps)
     names = list(rows["run"].unique())
     titles = run_titles(runs)
-    limit = _colour_limit(rows, metric)
-    diverging = metric != "iou"
     ylabel, xlabel = MATRIX_AXES.get(source, ("i", "j"))
     with style():
         fig, axes = plt.subplots(
@@ -301,16 +330,30 @@ def matrix_grid(
         for r, name in enumerate(names):
             run_rows = rows[rows["run"] == name]
             edges = interval_edges(runs.intervals, source, name)
+            shown = set()
             for c, step in enumerate(chosen):
                 ax = axes[r, c]
                 at = at_step(run_rows, step)
+                # a run that ended (or began measuring) elsewhere than the column's step has no matrix of
+                # its own there: the cell says so rather than repeat another column's
+                measured = int(at["step"].iloc[0]) if len(at) else None
+                if measured is None or measured in shown:
+                    last = int(run_rows["step"].max())
+                    ax.text(
+                        0.5, 0.5, f"no step {step}\n(last measured: {last})" if measured is not None
+                        else f"not measured\nby step {step}", ha="center", va="center", fontsize=7,
+                        transform=ax.transAxes,
+                    )  # fmt: skip
+                    ax.set(xticks=[], yticks=[])
+                    ax.grid(False)
+                    continue
+                shown.add(measured)
                 mat = matrix(at)
                 labels = interval_labels(edges, len(mat))
-                heatmap(ax, mat, labels, -limit if diverging else 0, limit, diverging, cbar=False)
+                heatmap(ax, mat, labels, metric, annot=len(mat) <= ANNOTATE_MAX, annot_size=5, cbar=False)
                 ax.tick_params(labelsize=7)
-                ax.tick_params(axis="y", labelrotation=0)
                 # every cell says its own step: a run still training may lag the column's step
-                ax.set_title(f"step {int(at['step'].iloc[0])}", fontsize=9)
+                ax.set_title(f"step {measured}", fontsize=9)
                 bottom, left = r == len(names) - 1, c == 0
                 ax.set_xlabel(xlabel if bottom else "")
                 ax.set_ylabel(f"{titles[name]}\n{ylabel}" if left else "")
@@ -318,7 +361,12 @@ def matrix_grid(
                     ax.set_xticklabels([])
                 if not left:
                     ax.set_yticklabels([])
-        fig.colorbar(axes[0, 0].collections[0], ax=axes, shrink=0.6, label=TITLES.get(metric, metric))
+        norm, label = colour_scale(metric)
+        fig.colorbar(
+            ScalarMappable(norm, DIVERGING if norm.vmin < 0 else SEQUENTIAL), ax=axes, shrink=0.6,
+            label=textwrap.fill(f"{TITLES.get(metric, metric)}: {label}", 40),
+            **({"ticks": SYMLOG_TICKS, "format": "{x:g}"} if isinstance(norm, SymLogNorm) else {}),
+        )  # fmt: skip
         fig.suptitle(f"{TITLES.get(metric, metric)} between timestep intervals over training", fontsize=10)
     return fig
 
@@ -416,17 +464,17 @@ def conflict_share(runs: Run | Runs, hue: str = "routing", blocks: bool = False)
 
 def routing_vs_affinity(runs: Run | Runs, source: str = "affinity", metric: str = "tag") -> Figure:
     """Per run: the mask table (t × channel), the masks' overlap between intervals, and the measured
-    affinity between the same intervals, with their Spearman rank correlation ρ."""
+    affinity between the same intervals, with their Spearman rank correlation ρ. Every run's matrices on
+    the quantity's fixed colour scale (``colour_scale``), so rows compare by eye and one run's extreme
+    cell leaves the others' colours alone; the cells carry their values."""
     runs = as_runs(runs)
     corr = routing_affinity_correlation(runs, source, metric).set_index("run")
     titles = run_titles(runs)
     if corr["pairs"].sum() == 0 and all(r.routing.empty for r in runs):
         raise RunError(f"no run has routing 'iou' in records/routing.csv ({'; '.join(corr['note'])})")
-    # one colour scale for every run's affinity, so that rows compare by eye; the cells carry their values
-    measured = [at_step(f[f["metric"] == metric]) for f in (getattr(r, source) for r in runs)]
-    shared_limit = max((_colour_limit(at, metric) for at in measured if not at.empty), default=1.0)
     with style():
-        fig, axes = plt.subplots(len(runs), 3, figsize=(11, 3.6 * len(runs)), squeeze=False)
+        fig, axes = plt.subplots(len(runs), 3, figsize=(13, 3.8 * len(runs)), squeeze=False)
+        fig.get_layout_engine().set(wspace=0.08)  # room between a colour bar's label and the next y label
         for (a_mask, a_iou, a_aff), run in zip(axes, runs, strict=True):
             _mask_panel(a_mask, run)
             for ax, frame, src, m in (
@@ -441,26 +489,15 @@ def routing_vs_affinity(runs: Run | Runs, source: str = "affinity", metric: str 
                 at = at_step(rows)
                 mat = matrix(at)
                 labels = interval_labels(interval_edges(run.intervals, src), len(mat))
-                diverging = m != "iou"
                 heatmap(
-                    ax,
-                    mat,
-                    labels,
-                    -shared_limit if diverging else 0,
-                    shared_limit if diverging else 1,
-                    diverging,
-                    annot=diverging and len(mat) <= ANNOTATE_MAX,
-                    annot_size=6,
+                    ax, mat, labels, m, annot=m != "iou" and len(mat) <= ANNOTATE_MAX, annot_size=6,
                     cbar_kws={"shrink": 0.8},
-                )
+                )  # fmt: skip
                 ax.tick_params(labelsize=7)
-                ax.tick_params(axis="y", labelrotation=0)
+                ax.collections[0].colorbar.ax.tick_params(labelsize=7)
                 ylabel, xlabel = MATRIX_AXES.get(src, ("i", "j"))
-                ax.set(
-                    xlabel=xlabel,
-                    ylabel=ylabel,
-                    title=f"{TITLES.get(m, m)}" + (f", step {int(at['step'].iloc[0])}" if diverging else ""),
-                )
+                title = TITLES.get(m, m) + (f", step {int(at['step'].iloc[0])}" if m != "iou" else "")
+                ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
             c = corr.loc[run.name]
             rho = (
                 f"Spearman ρ(IoU, Z) = {c['rho']:.2f}, {c['pairs']} pairs"
@@ -472,9 +509,36 @@ def routing_vs_affinity(runs: Run | Runs, source: str = "affinity", metric: str 
     return fig
 
 
+def mask_table(ax, table: np.ndarray, columns: str = "channel", group: int = 1, label: str | None = None):
+    """A routing table (T, columns) on ``ax``: rows the timesteps t (0 at the top), columns the channels
+    (or the expert slots, ``group`` per block, with the block boundaries drawn); dark is active. A 0/1
+    table gets two colours and a colour bar "masked / active" (or "not <label> / <label>"), so an
+    all-active (unrouted) table is a filled block, not white on white; a real-valued one (gate
+    probabilities, the share of blocks routing a channel) the sequential palette over [0, 1] and a
+    colour bar labelled ``label``."""
+    table = np.asarray(table, dtype=float)
+    binary = bool(np.isin(table, (0.0, 1.0)).all())
+    palette_r = sns.color_palette(f"{SEQUENTIAL}_r", as_cmap=True)
+    cmap = ListedColormap([palette_r(0.15), palette_r(0.85)]) if binary else palette_r
+    image = ax.imshow(table, cmap=cmap, vmin=0, vmax=1, aspect="auto", interpolation="nearest")
+    ax.set(ylabel="timestep t", xlabel=f"{columns} (of {table.shape[1]})")
+    if group > 1:
+        blocks = table.shape[1] // group
+        for b in range(1, blocks):
+            ax.axvline(b * group - 0.5, color="white", lw=1.5)
+        ax.set_xticks([b * group + (group - 1) / 2 for b in range(blocks)], [str(b) for b in range(blocks)])
+        ax.set_xlabel(f"{columns}: {group} per block, blocks 0–{blocks - 1}")
+    bar = ax.figure.colorbar(image, ax=ax, shrink=0.8)
+    if binary:
+        bar.set_ticks([0.25, 0.75], labels=[f"not {label}", label] if label else ["masked", "active"])
+    else:
+        bar.set_label(label or "")
+    ax.grid(False)
+    return image
+
+
 def _mask_panel(ax, run: Run) -> None:
-    """The widest mask table of a run as an image: rows are timesteps, white channels are active (for
-    learned routing, white are the experts the gates chose)."""
+    """The widest mask table of a run as an image (for learned routing, the experts the gates chose)."""
     if not run.masks:
         ax.text(
             0.5,
@@ -488,12 +552,11 @@ def _mask_panel(ax, run: Run) -> None:
         return
     image = plt.imread(run.masks[-1])
     image = image[..., 0] if image.ndim == 3 else image
-    ax.imshow(image, cmap="gray", aspect="auto", interpolation="nearest", vmin=0, vmax=1)
     if run.masks[-1].stem == "masks_experts":  # learned routing: the gates' chosen experts, latest drawing
-        ax.set(xlabel="expert (blocks side by side, E each)", ylabel="timestep t", xticks=[])
+        mask_table(ax, image)
+        ax.set(xticks=[], xlabel="expert slot (blocks side by side)")  # the PNG widens each slot
     else:
-        ax.set(xlabel=f"channel (of {image.shape[1]})", ylabel="timestep t")
-    ax.grid(False)
+        mask_table(ax, image)
 
 
 def sample_grids(runs: Run | Runs) -> Figure:
@@ -636,9 +699,11 @@ def convergence_curves(
     scores: pd.DataFrame, paired: pd.DataFrame, metric: str = "fid", target: float | None = None
 ) -> Figure:
     """A paired study along training. Top: `metric` against step per arm, mean over seeds with a ±1 sd band
-    (colour: routing, line: weighting; log y), `target` dotted. Below, one small panel per comparison: its
-    paired difference b − a at every scoring point, the mean with its 95 % t interval as a band
-    (symmetric-log y: early differences are hundreds of FID points, late ones a few); dashed: no difference.
+    (colour: routing, line: weighting; log y), `target` dotted; beside it the plateau, the later half of
+    the scoring points on a linear y, where the values the claims rest on can be read. Below, one small
+    panel per comparison: its paired difference b − a at every scoring point, the mean with its 95 % t
+    interval as a band (symmetric-log y: early differences are hundreds of FID points, late ones a few);
+    dashed: no difference.
 
     `scores` has columns arm, routing, weighting, seed, step, metric, value; `paired` the columns of
     analysis/study.py's paired_table (comparison, step, metric, pairs, diff, ci_low, ci_high)."""
@@ -649,28 +714,46 @@ def convergence_curves(
     arms = rows[["arm", "routing", "weighting"]].drop_duplicates("arm")
     colours = palette(list(arms["routing"]))
     comparisons = list(dict.fromkeys(diffs["comparison"]))
-    columns = min(4, max(1, len(comparisons)))
+    columns = min(4, max(2, len(comparisons)))  # at least 2: the top row's last column holds the plateau
     below = -(-len(comparisons) // columns)
-    with style():
-        fig = plt.figure(figsize=(2.6 * columns + 2.6, 3.6 + 2.2 * below))
-        grid = fig.add_gridspec(1 + below, columns, height_ratios=[1.7] + [1] * below)
-        top = fig.add_subplot(grid[0, :])
+    steps = np.unique(rows["step"])
+    plateau = rows[rows["step"] >= steps[len(steps) // 2]]  # the later half of the scoring points
+
+    def draw_arms(ax, rows: pd.DataFrame) -> None:
+        """Each arm's mean ± 1 sd over seeds."""
         for arm in arms.itertuples():
             by_step = rows[rows["arm"] == arm.arm].groupby("step")["value"]
             mean, sd = by_step.mean(), by_step.std().fillna(0)
             seeds = rows[rows["arm"] == arm.arm]["seed"].nunique()
             colour, line = colours[arm.routing], WEIGHTING_LINES.get(arm.weighting, "-.")
-            top.plot(mean.index, mean.values, marker="o", markersize=3, color=colour, linestyle=line,
-                     label=f"{arm.arm} ({seeds} seeds)")
-            top.fill_between(mean.index, mean - sd, mean + sd, color=colour, alpha=0.12, linewidth=0)
+            ax.plot(mean.index, mean.values, marker="o", markersize=3, color=colour, linestyle=line,
+                    label=f"{arm.arm} ({seeds} seeds)")
+            ax.fill_between(mean.index, mean - sd, mean + sd, color=colour, alpha=0.12, linewidth=0)
+
+    with style():
+        fig = plt.figure(figsize=(2.6 * columns + 2.6, 3.6 + 2.2 * below))
+        grid = fig.add_gridspec(1 + below, columns, height_ratios=[1.7] + [1] * below)
+        top = fig.add_subplot(grid[0, : columns - 1])
+        draw_arms(top, rows)
         if target is not None:
             top.axhline(target, color="grey", linestyle=":", linewidth=1, label=f"target {target:g}")
         log_y(top)
         top.set(xlabel="training step", ylabel=METRIC_NAMES.get(metric, metric))
-        top.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8)
         title = ("per arm: mean ± 1 sd over seeds; below, per comparison: the paired difference b − a, "
                  "mean and 95 % t interval over seeds")
-        top.set_title(textwrap.fill(title, 12 * columns + 40), fontsize=9)
+        top.set_title(textwrap.fill(title, 9 * columns + 30), fontsize=9)
+        zoom = fig.add_subplot(grid[0, columns - 1])
+        draw_arms(zoom, plateau)
+        # y spans the bands at the last scoring point: an arm still falling leaves the panel at the top
+        last = rows[rows["step"] == steps[-1]].groupby("arm")["value"]
+        mean, sd = last.mean(), last.std().fillna(0)
+        low, high = float((mean - sd).min()), float((mean + sd).max())
+        margin = 0.15 * (high - low) or 1.0
+        zoom.set_ylim(low - margin, high + margin)
+        zoom.set_title(f"plateau, steps ≥ {int(plateau['step'].min())} (linear y)", fontsize=8)
+        zoom.tick_params(labelsize=7)
+        zoom.set_xticks(np.unique(plateau["step"]))
+        zoom.legend(*top.get_legend_handles_labels(), loc="upper left", bbox_to_anchor=(1.02, 1), fontsize=8)
         for k, name in enumerate(comparisons):
             ax = fig.add_subplot(grid[1 + k // columns, k % columns], sharex=top)
             d = diffs[diffs["comparison"] == name].sort_values("step")

@@ -169,7 +169,7 @@ def catalogue(by: str, baseline: str) -> list[FigureSpec]:
         ),
         FigureSpec(
             "routing_vs_affinity",
-            "Routing mask table (rows: timesteps, white: active channels), the masks' channel overlap (IoU) "
+            "Routing mask table (rows: timesteps, dark: active channels), the masks' channel overlap (IoU) "
             "between intervals, and the measured affinity between them, with their rank correlation.",
             plots.routing_vs_affinity,
             correlation_numbers,

@@ -20,7 +20,7 @@ from dtr_lab.callbacks import GradientConflict, RoutingMaps, SampleGrid, TaskAff
 from dtr_lab.callbacks.gradient_conflict import cos_by_distance, cosine_matrix, gram, neg_share
 from dtr_lab.callbacks.heatmap import heatmap_image
 from dtr_lab.callbacks.probe import block_slices
-from dtr_lab.callbacks.routing_maps import interval_iou
+from dtr_lab.callbacks.routing_maps import interval_iou, table_figure
 from dtr_lab.callbacks.task_affinity import optimizer_lookahead
 from dtr_lab.data import DigitsDataModule
 from dtr_lab.errors import DTRLabError
@@ -397,8 +397,21 @@ def test_heatmap_image_colours_each_entry():
     assert image[:, 0, 1].tolist() == pytest.approx(list(cmap(1.0)[:3]))
     assert image[:, 1, 0].tolist() == pytest.approx([0.6] * 3)  # undefined: grey
     assert image[:, 1, 1].tolist() == pytest.approx(list(cmap(0.5)[:3]))
-    iou = heatmap_image({"a": torch.tensor([[1.0]])}, vmin=0.0, vmax=1.0, cell=1)
+    iou = heatmap_image({"a": torch.tensor([[1.0]])}, "iou", cell=1)
     assert iou[:, 0, 0].tolist() == pytest.approx(list(colormaps[SEQUENTIAL](1.0)[:3]))
+    # Z on the fixed symmetric log scale (linear within ±0.001, base 10, linscale 1): T(z) = sign(z)·0.001·
+    # (1/(1 − 1/10) + log10(|z|/0.001)), so z = 0.01 sits at (T(0.01) − T(−1)) / (T(1) − T(−1)) =
+    # (2.111 + 4.111) / 8.222 = 0.7568 of the palette, whatever the other cells; −4.2 is clipped to −1
+    alone = heatmap_image({"Z": torch.tensor([[0.01]])}, "tag", cell=1)
+    beside = heatmap_image({"Z": torch.tensor([[0.01, -4.2, -1.0]])}, "tag", cell=1)
+    lift = 1 / 0.9
+    position = (0.001 * (lift + 1) + 0.001 * (lift + 3)) / (2 * 0.001 * (lift + 3))
+    assert position == pytest.approx(0.7568, abs=1e-4)
+    assert alone[:, 0, 0].tolist() == pytest.approx(list(cmap(position)[:3]), abs=1e-6)
+    assert torch.equal(beside[:, 0, 0], alone[:, 0, 0])
+    assert torch.equal(beside[:, 0, 1], beside[:, 0, 2]) and beside[:, 0, 1].tolist() == pytest.approx(
+        list(cmap(0.0)[:3])
+    )
     two = heatmap_image({"a": torch.zeros(3, 3), "b": torch.zeros(3, 3)}, cell=4)
     assert two.shape == (3, 12, 4 * 3 * 2 + 2)  # two panels and a half-cell gap
 
@@ -426,6 +439,31 @@ def test_interval_iou_by_hand():
     # IoU(t0,t1) = 1/3, (t0,t2) = 0, (t0,t3) = 1, (t1,t2) = 1/3, (t1,t3) = 1/3, (t2,t3) = 0
     expected = [[(1 + 1 / 3 + 1 / 3 + 1) / 4, (0 + 1 + 1 / 3 + 1 / 3) / 4], [5 / 12, (1 + 0 + 0 + 1) / 4]]
     torch.testing.assert_close(interval_iou(table, intervals), torch.tensor(expected))
+
+
+def test_routing_table_figure_has_axes_a_colour_bar_and_shows_the_unrouted_table():
+    """t down the side, channels (or experts, E per block) along the bottom, a colour bar naming what the
+    colours mean; an all-active table is a dark block, not white on white."""
+    fig = table_figure(torch.ones(T, 128), "vanilla: masks_table_128, step 0", "channel", 1, None)
+    ax, bar = fig.axes
+    assert (ax.get_ylabel(), ax.get_xlabel(), ax.get_title()) == (
+        "timestep t", "channel (of 128)", "vanilla: masks_table_128, step 0"
+    )
+    assert [t.get_text() for t in bar.get_yticklabels()] == ["masked", "active"]
+    image = ax.get_images()[0]
+    assert image.get_array().shape == (T, 128) and max(image.to_rgba(1.0)[:3]) < 0.4
+    # Switch's gate probabilities: 2 blocks × E = 3 experts, block boundary after slot 2, ticks per block
+    probs = torch.rand(T, 6, generator=torch.Generator().manual_seed(0))
+    fig = table_figure(probs, "switch", "expert", 3, "gate probability p_b,e(t)")
+    ax, bar = fig.axes
+    assert ax.get_xticks().tolist() == [1.0, 4.0]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["0", "1"]
+    assert [line.get_xdata()[0] for line in ax.get_lines()] == [2.5]
+    assert ax.get_xlabel() == "expert: 3 per block, blocks 0–1"
+    assert bar.get_ylabel() == "gate probability p_b,e(t)"
+    # a table of 0s and 1s in another drawing's words (Switch's chosen experts)
+    fig = table_figure(probs > 0.5, "switch", "expert", 3, "chosen")
+    assert [t.get_text() for t in fig.axes[1].get_yticklabels()] == ["not chosen", "chosen"]
 
 
 def test_routing_maps_of_per_block_tables(tmp_path):
@@ -460,6 +498,13 @@ def test_routing_maps_of_per_block_tables(tmp_path):
     assert torch.allclose(torch.tensor(iou.to_numpy(), dtype=torch.float32), hand, atol=1e-6)
     # a random half of 128 channels: the IoU between distinct timesteps is about (1/2)/(3/2) = 1/3
     assert abs(float(hand[0, 3]) - 1 / 3) < 0.02
+    # TensorBoard gets each table as a whole labelled figure (640 × 480), not a 128 × 1000 sliver
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run), size_guidance={"images": 0}).Reload()
+    for tag in ("routing/masks_table_128", "routing/mean_masks_table_128"):
+        (image,) = events.Images(tag)
+        assert (image.width, image.height, image.step) == (640, 480, 0)
 
 
 # --------------------------------------------------------------------------- bad input

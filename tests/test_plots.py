@@ -87,6 +87,19 @@ def test_loss_by_t_without_baseline_says_so(tmp_path):
         plots.loss_by_t(runs, "probe_other")
 
 
+def test_loss_by_t_title_names_each_runs_step_when_they_differ(tmp_path):
+    """A run stopped at step 0 beside one at step 100: the title no longer calls both "step 100"."""
+    short = write_fake_run(tmp_path, "vanilla", 0)
+    path = short / "records" / "loss_by_t.csv"
+    lines = path.read_text().splitlines(keepends=True)
+    path.write_text("".join(ln for ln in lines if not ln.startswith("100,")))
+    both = load_runs([short, write_fake_run(tmp_path, "dtr", 0)])
+    title = plots.loss_by_t(both).axes[0].get_title()
+    assert title == "probe loss, EMA weights at each run's last step (0, 100)"
+    alone = load_runs([tmp_path / "dtr_s0" / "version_0"])
+    assert plots.loss_by_t(alone).axes[0].get_title() == "probe loss, EMA weights at step 100"
+
+
 @pytest.mark.parametrize(
     "source, metric, ylabel",
     [("conflict", "cos", "gradient of interval (t)"), ("affinity", "tag", "update from interval (t)")],
@@ -133,9 +146,42 @@ def test_routing_vs_affinity(real):
     assert masks.shape == (1000, 128) and dtr[0].get_ylabel() == "timestep t"  # T × C
     # DTR at t = 0 uses the first ⌊0.8·128⌋ = 102 channels; unrouted uses all
     assert masks[0].sum() == 102 and vanilla[0].get_images()[0].get_array().min() == 1
+    # unrouted is a dark block, not white on white; the colour bar names the two states
+    unrouted = vanilla[0].get_images()[0]
+    assert max(unrouted.to_rgba(1.0)[:3]) < 0.4 and min(unrouted.to_rgba(0.0)[:3]) > 0.4
+    bar = unrouted.colorbar.ax
+    assert [t.get_text() for t in bar.get_yticklabels()] == ["masked", "active"]
     assert dtr[1].get_title() == "mask overlap (IoU)"
     assert [t.get_text() for t in dtr[1].get_xticklabels()] == INTERVALS_K3
     assert "Spearman ρ(IoU, Z)" in dtr[2].get_xlabel() and "undefined" in vanilla[2].get_xlabel()
+
+
+def test_routing_vs_affinity_one_extreme_cell_leaves_the_other_runs_colours(tmp_path):
+    """Z on its fixed scale: a run with a cell of −4.2 beside one whose |Z| ≤ 0.03 leaves the latter's
+    colours as they are when it is drawn alone (a scale shared by maximum made them all near-white)."""
+    small = write_fake_run(tmp_path, "dtr", 0)
+    extreme = write_fake_run(tmp_path, "vanilla", 0)
+    for run, change in ((small, lambda v: v / 100), (extreme, lambda v: -4.2 if v == -3.3 else v)):
+        path = run / "records" / "affinity.csv"
+        with path.open() as f:
+            rows = list(csv.DictReader(f))
+        for r in rows:
+            r["value"] = change(round(float(r["value"]), 6))
+        with path.open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+
+    def colours(runs):
+        fig = plots.routing_vs_affinity(load_runs(runs))
+        mesh = [ax for ax in fig.axes if ax.get_label() != "<colorbar>"][2].collections[0]
+        return mesh.to_rgba(mesh.get_array()), mesh.get_array()
+
+    alone, values = colours([small])
+    beside, _ = colours([small, extreme])
+    assert abs(values).max() == pytest.approx(0.033) and np.array_equal(alone, beside)
+    # and far from white: T(0.033) / T(1) = (1/0.9 + log10 33) / (1/0.9 + 3) = 0.64 of the way to full red
+    assert alone.min() < 0.8
 
 
 def test_sample_grids(real):
@@ -187,7 +233,12 @@ def test_matrix_grid_run_still_training_shows_its_own_steps(tmp_path):
     )  # only step 0 so far
     fig = plots.matrix_grid(load_runs([ahead, behind]), "conflict", "cos")
     grid = [ax for ax in fig.axes if ax.collections and ax.get_label() != "<colorbar>"]
-    assert [ax.get_title() for ax in grid] == ["step 0", "step 50", "step 100"] + ["step 0"] * 3
+    assert [ax.get_title() for ax in grid] == ["step 0", "step 50", "step 100", "step 0"]
+    # the run behind draws its step 0 once; the columns it has not reached say so instead of repeating it
+    empty = [ax for ax in fig.axes if not ax.collections and ax.texts]
+    assert [ax.texts[0].get_text() for ax in empty] == [
+        "no step 50\n(last measured: 0)", "no step 100\n(last measured: 0)"
+    ]
 
 
 def test_quality_curves_and_ablation_on_synthetic_frames():
@@ -280,7 +331,7 @@ def test_convergence_curves_draw_every_arm_over_one_panel_per_comparison():
         ]
     )
     fig = plots.convergence_curves(scores, paired, target=50)
-    top, *panels = fig.axes
+    top, zoom, *panels = fig.axes
     assert len(panels) == 2 and [ax.get_title() for ax in panels] == [
         "DTR − vanilla (2 pairs)", "DTR − vanilla (again) (2 pairs)"
     ]
@@ -291,4 +342,14 @@ def test_convergence_curves_draw_every_arm_over_one_panel_per_comparison():
     # the difference's panel: its mean at every scoring point, never the probe-only step 0
     line = panels[0].get_lines()[0]
     assert list(line.get_xdata()) == steps and list(line.get_ydata()) == [5.0, 5.0, 5.0]
+    # the plateau: the later half of the scoring points (from the middle one, 500) on a linear y spanning the
+    # bands at the last one: vanilla 100/3 + 0.5 ± 0.707 (seeds 0 and 1), dtr 5 higher; 15 % margin
+    assert zoom.get_yscale() == "linear"
+    assert [list(ln.get_xdata()) for ln in zoom.get_lines()] == [[500, 750]] * 2
+    low, high = 100 / 3 + 0.5 - 0.5**0.5, 100 / 3 + 5.5 + 0.5**0.5
+    assert zoom.get_ylim() == pytest.approx((low - 0.15 * (high - low), high + 0.15 * (high - low)))
+    # log y labelled at 1, 2 and 5 of each decade, not only at 100
+    fig.canvas.draw()
+    labels = {t.get_text() for t in top.get_yticklabels() if top.get_ylim()[0] <= t.get_position()[1]}
+    assert {"50", "100"} <= labels
     plt.close(fig)

@@ -214,3 +214,9 @@ def test_switch_answers_the_protocol_without_a_fixed_table():
     assert term.name == "prior_jsd" and term.weight == 0.5 and term.value.dim() == 0
     drawing = net.routing_drawing()
     assert drawing.learned and drawing.tables["experts"][0].shape == (20, len(net.blocks) * 3)
+    # drawn as expert slots, E = 3 per block, the gates' probabilities with what their colours mean
+    assert (drawing.columns, drawing.group) == ("expert", 3)
+    probs = drawing.images["expert_probs"]  # (T, depth·E): each block's E probabilities sum to 1
+    assert probs.shape == (20, len(net.blocks) * 3)
+    torch.testing.assert_close(probs.view(20, -1, 3).sum(dim=2), torch.ones(20, len(net.blocks)))
+    assert drawing.labels == {"masks_experts": "chosen", "expert_probs": "gate probability p_b,e(t)"}

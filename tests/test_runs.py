@@ -246,7 +246,18 @@ def test_tensorboard_layout_and_hparams(tiny_runs):
         assert start.session_start_info.hparams["routing"].string_value == routing
         assert start.session_start_info.hparams["model"].string_value == "DiT-T/2"
         experiment = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/experiment"]).experiment
-        assert "hparams/probe_loss_ema" in [m.name.tag for m in experiment.metric_infos]
+        assert {"hparams/probe_loss_ema", "hparams/fid", "hparams/accuracy"} <= {
+            m.name.tag for m in experiment.metric_infos
+        }
+        # the dashboard shows 5 columns at first, differing ones first, then by name (TensorBoard's rule)
+        first = sorted(experiment.hparam_infos, key=lambda h: (not h.differs, h.name))[:5]
+        if routing == "dtr":  # DTRRouting(alpha=4, beta=0.8) from experiments/routing/dtr.yaml
+            assert start.session_start_info.hparams["routing.alpha"].number_value == 4.0
+            assert start.session_start_info.hparams["routing.beta"].number_value == 0.8
+            shown = ["routing", "routing.alpha", "routing.beta", "weighting", "batch_size"]
+            assert [h.name for h in first] == shown
+        else:  # NoRouting has no options
+            assert [h.name for h in first][:2] == ["routing", "weighting"]
 
         # the final probe loss it reports: the mean of the last step's probe_ema rows, by hand
         with (path / "records" / "loss_by_t.csv").open() as f:

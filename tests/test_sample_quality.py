@@ -81,6 +81,11 @@ def test_fit_records_quality_at_the_cadence_and_the_end(runs):
     acc.Reload()
     assert [e.step for e in acc.Scalars("quality/fid")] == [2, 4]
     assert acc.Scalars("quality/fid")[-1].value == pytest.approx(values[(4, "fid")], rel=1e-6)
+    # TensorBoardLayout (in the digits base config) puts the last score, not a mean, into HParams
+    for name in ("fid", "accuracy"):
+        (logged,) = acc.Scalars(f"hparams/{name}")
+        assert (logged.step, logged.value) == (4, pytest.approx(values[(4, name)], rel=1e-6))
+    assert values[(2, "fid")] != values[(4, "fid")]  # so a mean of the two would differ
 
 
 def test_scoring_samples_leaves_training_unchanged(runs):

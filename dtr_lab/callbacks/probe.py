@@ -277,8 +277,7 @@ class IntervalProbe(PreparedCallback):
         self, trainer: L.Trainer, tag: str, matrices: dict[str, torch.Tensor], step: int, **style
     ) -> None:
         """A cheap heatmap image now; the labelled figure of the last one when training ends."""
-        image_style = {k: v for k, v in style.items() if k in ("vmin", "vmax")}
-        log_image(trainer, tag, heatmap_image(matrices, **image_style), step)
+        log_image(trainer, tag, heatmap_image(matrices, style.get("metric", "cos")), step)
         self._heatmaps[tag] = (step, matrices, style)
 
 

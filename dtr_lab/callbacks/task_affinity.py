@@ -182,15 +182,8 @@ class TaskAffinity(IntervalProbe):
         self.log_scalars(
             trainer, {f"affinity/i{i}_j{j}": tag[i, j].item() for i in range(k) for j in range(k)}, step
         )
-        scale = max(float(tag.abs().max()), 1e-12)  # Z is often ≪ 1: a fixed ±1 scale would show nothing
+        # Z spans decades (often ≪ 1): its fixed symmetric log scale (dtr_lab.plots.colour_scale)
         self.log_heatmaps(
-            trainer,
-            "affinity/tag",
-            {"Z(i→j)": tag},
-            step,
-            vmin=-scale,
-            vmax=scale,
-            xlabel="target j",
-            ylabel="source i",
+            trainer, "affinity/tag", {"Z(i→j)": tag}, step, metric="tag", xlabel="target j", ylabel="source i"
         )
         write_matrix(self.writer, step, "tag", tag)

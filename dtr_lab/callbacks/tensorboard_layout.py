@@ -3,7 +3,12 @@ summary, and an hparams entry per run with its final metrics.
 
 Point TensorBoard at a folder holding a routed and an unrouted run: in CUSTOM SCALARS each chart is
 one timestep bucket (or one conflict summary) with a line per run; in HPARAMS each run is a row of
-its configuration (routing, α, β, weighting, model, seed, …) and final numbers.
+its configuration (routing and its options as routing.<option>, weighting, model, seed, …) and final
+numbers (losses, conflict, affinity, FID and class accuracy when SampleQuality scored the run).
+
+TensorBoard's HParams dashboard shows five columns at first: the hparams marked as differing between
+runs, then the rest by name. A run cannot know what its siblings differ in, so the study's axes
+(routing, its options, weighting) are marked; every other column is one tick away in the dashboard.
 """
 
 from __future__ import annotations
@@ -30,10 +35,12 @@ FINAL_METRICS = {
     "hparams/affinity": "affinity Z, mean off-diagonal",
     "hparams/rho_iou_affinity": "ρ(mask IoU, affinity)",
 }
+# hparams metric tag -> the scalar whose last logged value it reports (SampleQuality's, at fit end)
+FINAL_SCALARS = {"hparams/fid": "quality/fid", "hparams/accuracy": "quality/accuracy"}
+# the columns the HParams dashboard shows first (marked as differing): the axes of a routing study
+SHOWN_FIRST = ("routing", "weighting")
 # hparams column -> dotted key in the resolved config
 CONFIG_HPARAMS = {
-    "alpha": "model.routing.init_args.alpha",
-    "beta": "model.routing.init_args.beta",
     "lr": "model.optimizer.init_args.lr",
     "batch_size": "data.init_args.batch_size",
     "max_steps": "trainer.max_steps",
@@ -91,17 +98,23 @@ class TensorBoardLayout(L.Callback):
         writer.add_custom_scalars(layout(first.get(TimestepLoss), first.get(GradientConflict)))
         # written before Lightning's own hparams (TensorBoard keeps a run's first), with the metric
         # tags this callback fills in at fit end
-        params = self.hparams(trainer)
-        exp, ssi, sei = hparams(params, {tag: math.nan for tag in FINAL_METRICS})
+        params = self.hparams(trainer, pl_module)
+        exp, ssi, sei = hparams(params, {tag: math.nan for tag in (*FINAL_METRICS, *FINAL_SCALARS)})
+        mark_shown_first(exp)
         file_writer = writer._get_file_writer()
         for summary in (exp, ssi, sei):
             file_writer.add_summary(summary)
 
-    def hparams(self, trainer: L.Trainer) -> dict:
-        """The run's configuration as flat hparams: its labels and a few resolved config values."""
+    def hparams(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict:
+        """The run's configuration as flat hparams: its labels, its routing's options (routing.<option>;
+        a list, such as a measured affinity matrix, is left out) and a few resolved config values."""
         path = Path(log_dir(trainer) or ".") / "config.yaml"
         config = yaml.safe_load(path.read_text()) if path.is_file() else {}
         params = {k: v for k, v in run_labels(config or {}).items()}
+        routing = getattr(pl_module, "routing", None)
+        for name, value in (routing.options() if routing is not None else {}).items():
+            if isinstance(value, (int, float, str, bool)):
+                params[f"routing.{name}"] = value
         for name, key in CONFIG_HPARAMS.items():
             value = config_value(config or {}, key)
             params[name] = value if isinstance(value, (int, float, str, bool)) else str(value)
@@ -113,10 +126,27 @@ class TensorBoardLayout(L.Callback):
         writer = self.logger.experiment
         writer.flush()
         try:
-            metrics = final_metrics(load_run(self.logger.log_dir))
+            run = load_run(self.logger.log_dir)
+            metrics = final_metrics(run)
         except RunError:
             return
         for tag, key in FINAL_METRICS.items():
             if math.isfinite(metrics[key]):
                 writer.add_scalar(tag, metrics[key], trainer.global_step)
+        for tag, scalar in FINAL_SCALARS.items():
+            rows = run.scalars[run.scalars["tag"] == scalar].sort_values("step")
+            if len(rows):  # the last value logged, not a mean: final is final
+                writer.add_scalar(tag, float(rows["value"].iloc[-1]), trainer.global_step)
         writer.flush()
+
+
+def mark_shown_first(experiment) -> None:
+    """Mark the study's axes (SHOWN_FIRST and routing.<option>) as differing in an hparams experiment
+    summary, so that TensorBoard's dashboard shows them among its first five columns."""
+    (value,) = experiment.value
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    data = plugin_data_pb2.HParamsPluginData.FromString(value.metadata.plugin_data.content)
+    for info in data.experiment.hparam_infos:
+        info.differs = info.name in SHOWN_FIRST or info.name.startswith("routing.")
+    value.metadata.plugin_data.content = data.SerializeToString()

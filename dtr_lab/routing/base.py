@@ -44,13 +44,19 @@ class RoutingLoss(NamedTuple):
 class Drawing:
     """What a router draws. tables: 0/1 tables (T, columns) by name, whose first one is drawn as
     ``masks_{name}`` (and, with several, their mean as ``mean_masks_{name}``) and whose interval IoU is
-    recorded; images: further images (T, columns) by name (e.g. gate probabilities); pixels: a column's
-    width in the image; learned: drawn again as training changes it (else once, at fit start)."""
+    recorded; images: further images (T, columns) by name in [0, 1] (e.g. gate probabilities); labels:
+    by drawn name, what its values are (a 0/1 table's 1, e.g. "chosen"; else the colour bar's label);
+    columns: what a column is (the figure's axis), ``group`` of them per block (block boundaries drawn);
+    pixels: a column's width in the PNG file; learned: drawn again as training changes it (else once,
+    at fit start)."""
 
     tables: dict[str, list[torch.Tensor]] = field(default_factory=dict)
     images: dict[str, torch.Tensor] = field(default_factory=dict)
     pixels: int = 1
     learned: bool = False
+    columns: str = "channel"
+    group: int = 1
+    labels: dict[str, str] = field(default_factory=dict)
 
     @staticmethod
     def merge(drawings: list[Drawing]) -> Drawing:
@@ -60,7 +66,9 @@ class Drawing:
             for name, tables in d.tables.items():
                 out.tables.setdefault(name, []).extend(tables)
             out.images = {**d.images, **out.images}
+            out.labels = {**d.labels, **out.labels}
             out.pixels, out.learned = d.pixels, out.learned or d.learned
+            out.columns, out.group = d.columns, d.group
         return out
 
 

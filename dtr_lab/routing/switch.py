@@ -253,7 +253,15 @@ class SwitchRouter(BaseRouter):
         """The gates over every t: chosen slots (T, depth·E, block-major) as a table, probabilities beside."""
         probs, chosen = self.choices(embedder)  # (T, depth, E) each
         images = {"expert_probs": probs.flatten(1).cpu()}
-        return Drawing({"experts": [chosen.flatten(1).cpu()]}, images, SLOT_PIXELS, learned=True)
+        return Drawing(
+            {"experts": [chosen.flatten(1).cpu()]},
+            images,
+            SLOT_PIXELS,
+            learned=True,
+            columns="expert",
+            group=probs.shape[2],
+            labels={"masks_experts": "chosen", "expert_probs": "gate probability p_b,e(t)"},
+        )
 
     def extra_repr(self) -> str:
         return f"{self.strategy!r}, T={self.num_timesteps}, blocks={len(self.widths)}"
