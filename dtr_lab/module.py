@@ -14,18 +14,17 @@ from typing import Any
 import lightning as L
 import torch
 from torch import nn
-from torch.optim.swa_utils import AveragedModel
 
 from dtr_lab.diffusion import GaussianDiffusion, per_sample_mse
 from dtr_lab.diffusion.learned_variance import split_output, vb_term
 from dtr_lab.diffusion.weighting import LossWeighting, Uniform
-from dtr_lab.ema import ema_multi_avg_fn
+from dtr_lab.ema import EMA
 from dtr_lab.lr_schedule import WarmupCosine
 from dtr_lab.model_checks import check_checkpoint, check_options, identity
 from dtr_lab.models.factory import NetFactory
 from dtr_lab.mtl.gradients import flat_grad, write_grad
 from dtr_lab.mtl.intervals import DEFAULT_INTERVALS, Intervals
-from dtr_lab.mtl.method import MTLMethod, TaskBatch, Update
+from dtr_lab.mtl.method import MTLMethod, TaskBatch
 from dtr_lab.mtl.tasks import Tasks
 from dtr_lab.routing import NoRouting, Routing
 from dtr_lab.samples import Sampling
@@ -132,7 +131,7 @@ class DiffusionModule(Sampling, L.LightningModule):
         if not compile:  # one image through forward: the summary's FLOPs (a compiled net would compile twice)
             x, t = torch.zeros(1, in_channels, image_size, image_size), torch.zeros(1, dtype=torch.long)
             self.example_input_array = (x, t, t if num_classes else None)
-        self.ema = AveragedModel(self.net, multi_avg_fn=ema_multi_avg_fn(ema_decay), use_buffers=True)
+        self.ema = EMA(self.net, ema_decay)
         self.ema.requires_grad_(False)
         self.optimizer_factory = optimizer
         self.lr_schedule = lr_schedule
@@ -197,32 +196,44 @@ class DiffusionModule(Sampling, L.LightningModule):
 
     # --------------------------------------------------------------- training
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> dict[str, Any]:
+        # the hot path: nothing here reads a device tensor on the host (tests/test_compile.py counts)
         x0, y = batch
         t, noise, y = self.draw(x0, y)
         self.tasks.release()  # the analyses' gradients of this step are used up: free them before ours
         prior = self.routing_prior(t)
         if self.mtl is None:
             losses, mse = self.training_loss(x0, t, noise, y)  # (N,) each
-            loss = losses.mean()
+            loss = losses.mean() if prior is None else losses.mean() + prior
         else:
-            params = [p for p in self.net.parameters() if p.requires_grad]
-            tasks = TaskBatch(
-                self.tasks, self.training_loss, (x0, t, noise, y), params, self.global_step, self.hparams.seed
-            )
-            update = self.mtl(tasks)
-            self.tasks.release()
-            mse = tasks.reported
-            if update.grad is not None:
-                if prior is not None:  # the combined task gradient, plus the prior's own
-                    update = Update(grad=update.grad + flat_grad(prior, params), metrics=update.metrics)
-                return self.apply_update(update, mse, t)
-            loss = update.loss
-            self.log_dict(update.metrics)
-        if prior is not None:
-            loss = loss + prior
+            loss, mse = self.mtl_step(x0, t, noise, y, prior, batch_idx)
         self.log("train/loss", mse.mean(), prog_bar=True)
         # callbacks (TimestepLoss) bin these by t without another forward pass
         return {"loss": loss, "t": t, "per_sample_loss": mse.detach()}
+
+    def mtl_step(
+        self,
+        x0: torch.Tensor,
+        t: torch.Tensor,
+        noise: torch.Tensor,
+        y: torch.Tensor | None,
+        prior: torch.Tensor | None,
+        batch_idx: int,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The MTL method's step over the K intervals: (the loss to back-propagate, the per-sample MSE (N,)).
+        A gradient method's combined gradient (plus the prior's own) is applied here, by manual optimisation,
+        and its loss is the mean MSE, detached (the value Lightning reports)."""
+        params = [p for p in self.net.parameters() if p.requires_grad]
+        tasks = TaskBatch(
+            self.tasks, self.training_loss, (x0, t, noise, y), params, self.global_step, self.hparams.seed
+        )
+        update = self.mtl(tasks)
+        self.tasks.release()
+        self.log_dict(update.metrics)
+        if update.grad is None:
+            return (update.loss if prior is None else update.loss + prior), tasks.reported
+        grad = update.grad if prior is None else update.grad + flat_grad(prior, params)
+        self.apply_update(grad, batch_idx)
+        return tasks.reported.mean().detach(), tasks.reported
 
     def routing_prior(self, t: torch.Tensor) -> torch.Tensor | None:
         """A learned routing's own weighted loss term for this batch's timesteps (Switch's diffusion prior:
@@ -239,11 +250,10 @@ class DiffusionModule(Sampling, L.LightningModule):
         self.log(f"train/{term.name}", term.value.detach())
         return term.weight * term.value
 
-    def apply_update(self, update: Update, mse: torch.Tensor, t: torch.Tensor) -> dict[str, Any]:
+    def apply_update(self, grad: torch.Tensor, batch_idx: int) -> None:
         """A gradient method's flat update -> one optimizer step (manual optimisation)."""
         opt = self.optimizers()
         params = [p for p in self.net.parameters() if p.requires_grad]
-        grad = update.grad
         if self.trainer.world_size > 1:  # autograd.grad bypasses DDP's gradient all-reduce
             grad = self.trainer.strategy.reduce(grad, reduce_op="mean")
         write_grad(grad, params)
@@ -251,14 +261,10 @@ class DiffusionModule(Sampling, L.LightningModule):
             self.clip_gradients(
                 opt, gradient_clip_val=self.hparams.gradient_clip_val, gradient_clip_algorithm="norm"
             )
-        opt.step()
+        self.optimizer_step(self.current_epoch, batch_idx, opt)  # the step and the EMA update, as automatic
         opt.zero_grad(set_to_none=True)
         if self.lr_schedule is not None:
             self.lr_schedulers().step()
-        self.ema.update_parameters(self.net)
-        self.log("train/loss", mse.mean(), prog_bar=True)
-        self.log_dict(update.metrics)
-        return {"loss": mse.mean().detach(), "t": t, "per_sample_loss": mse.detach()}
 
     def on_train_end(self) -> None:
         self.tasks.release()  # the analyses' gradients of the last step

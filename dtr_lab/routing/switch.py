@@ -111,13 +111,19 @@ class ExpertMask:
         flat = zc.reshape(zc.shape[0], -1, zc.shape[-1])  # (N, L, C)
         N, L, C = flat.shape
         out = torch.zeros_like(flat)
-        # expert by expert over the samples that chose it: k·C² a token, one GEMM per expert (measured
-        # faster on CPU than one combined C×C map per sample, or all E experts for every sample)
+        # Eager on the CPU: expert by expert over the samples that chose it, k·C² a token, one GEMM per
+        # expert (measured faster on CPU than one combined C×C map per sample, or all E experts for every
+        # sample). Which samples chose it is data (nonzero): its size must be read by the host, a sync on a
+        # GPU and a graph break under torch.compile. There every expert runs on every sample, E·C² a token,
+        # weighted by its gate, zero where not chosen: the same sum, rounded otherwise.
+        gather = z.device.type == "cpu" and not torch.compiler.is_compiling()
         for e in range(self.gates.shape[1]):
-            rows = self.gates[:, e].nonzero().squeeze(1)  # (n_e,)
-            y = torch.addmm(self.bias[e], flat[rows].reshape(-1, C), self.weight[e])  # (n_e·L, C)
-            y = y.view(-1, L, C) * self.gates[rows, e, None, None]  # (n_e, L, C)
-            out = out.index_add(0, rows, y.to(out.dtype))  # bf16 GEMMs under autocast, fp32 gates
+            rows = self.gates[:, e].nonzero().squeeze(1) if gather else None  # (n_e,) or every sample
+            chosen = flat if rows is None else flat[rows]
+            y = torch.addmm(self.bias[e], chosen.reshape(-1, C), self.weight[e])  # (n_e·L, C)
+            gate = self.gates[:, e] if rows is None else self.gates[rows, e]  # (n_e,)
+            y = (y.view(-1, L, C) * gate[:, None, None]).to(out.dtype)  # bf16 GEMMs, fp32 gates
+            out = out + y if rows is None else out.index_add(0, rows, y)
         return z * (1 + out.view(zc.shape).movedim(-1, channel_dim))
 
 
