@@ -61,7 +61,7 @@ test-slow: $(VENV)/.installed
 
 # The convergence study of DTR's claims (analysis/reproduce.py): unrouted, DTR, Switch-DiT, R-TR and experts
 # per interval (width-matched and equal width), 5 paired seeds (R-TR 3), each scored 6 times along training;
-# finished runs are skipped. Timings measured on 2 CPU cores: README, "Budget".
+# finished runs are skipped. Timings measured on 2 CPU cores: docs/studies.md.
 reproduce: $(VENV)/.installed
 	$(PY) analysis/reproduce.py --out runs/repro --seeds 5 --jobs 2 --threads 1
 

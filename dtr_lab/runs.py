@@ -3,9 +3,11 @@
 A run directory is what ``python -m dtr_lab fit`` writes: ``config.yaml`` (the resolved config),
 TensorBoard ``events.out.tfevents.*`` (scalars), and ``records/*.csv`` (long format
 ``step,metric,i,j,value``, plus ``records/intervals.csv`` with ``name,k,start,end``; the format is
-:mod:`dtr_lab.records`'s). Every frame carries the label columns ``run, routing, weighting, mtl, model,
-seed`` so runs compare with one ``groupby``. Nothing here imports torch or training code: a run that is
-still being written, or was cut off, reads as far as its complete lines go.
+:mod:`dtr_lab.records`'s), and ``command.yaml`` (what made it: :mod:`dtr_lab.run_kind`). Every frame
+carries the label columns ``run, routing, weighting, mtl, model, seed`` so runs compare with one
+``groupby``; ``load_runs`` reads a resumed run into the fit it continues and keeps a test of a fit's
+checkpoint with that fit, so each fit counts once. Nothing here imports torch or training code: a run
+that is still being written, or was cut off, reads as far as its complete lines go.
 """
 
 from __future__ import annotations
@@ -479,7 +481,7 @@ def _continue(fit: Run, resumed: Run) -> None:
     for name, key in keys.items():
         old, new = getattr(fit, name), getattr(resumed, name).assign(**fit.labels)
         frame = pd.concat([old[old["step"] <= start], new], ignore_index=True)
-        frame = frame.drop_duplicates(key, keep="last").sort_values(key[::-1], kind="stable")
+        frame = frame.drop_duplicates(key, keep="last").sort_values(key[:2], kind="stable")
         setattr(fit, name, frame.reset_index(drop=True))
     intervals = pd.concat([fit.intervals, resumed.intervals.assign(**fit.labels)], ignore_index=True)
     fit.intervals = intervals.drop_duplicates(["name", "k"], keep="last").reset_index(drop=True)
