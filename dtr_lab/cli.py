@@ -1,9 +1,12 @@
 """`python -m dtr_lab fit|validate|test|predict --config ...`: LightningCLI with the data→model
-links and one-line errors for bad input."""
+links, one-line errors for bad input, and a run folder that says what made it (command.yaml) and a fit or
+test that ends with its folder, final values and TensorBoard line."""
 
 from __future__ import annotations
 
 import importlib
+import math
+import os
 import sys
 from contextlib import contextmanager
 from pathlib import Path
@@ -17,7 +20,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from dtr_lab import run_kind, runs
 from dtr_lab.checkpoint_file import LIGHTNING_KEYWORDS, read_checkpoint
 from dtr_lab.checkpointing import Interrupted, RunCheckpoint
-from dtr_lab.console import quiet_lightning, run_summary, use_step_progress_bar
+from dtr_lab.console import quiet_lightning, use_step_progress_bar
 from dtr_lab.data import ImageDataModule
 from dtr_lab.errors import DTRLabError, find_bad_input
 from dtr_lab.model_checks import check_checkpoint, check_optimizer
@@ -47,6 +50,23 @@ def run_options_read(config: Namespace):
     finally:
         if saved is not None:
             node.init_args = saved
+
+
+def run_summary(run_dir: Path, tensorboard_dir: Path | None) -> str:
+    """The lines a fit or test ends with: its run folder, its final metrics (each the last value logged,
+    FID with its N) and, for a TensorBoard run, the command that opens it."""
+    lines = [f"Run folder:  {run_dir}"]
+    try:
+        metrics = {k: v for k, v in runs.final_metrics(runs.load_run(run_dir)).items() if math.isfinite(v)}
+    except runs.RunError:
+        metrics = {}
+    if metrics:
+        lines.append("Final:       " + " · ".join(f"{k}: {v:.4g}" for k, v in metrics.items()))
+    if tensorboard_dir is not None:
+        exe = Path(sys.executable)  # the interpreter this run used: bare `python` may not have the venv
+        python = os.path.relpath(exe) if exe.is_relative_to(Path.cwd()) else str(exe)
+        lines.append(f"TensorBoard: {python} -m tensorboard.main --logdir {tensorboard_dir}")
+    return "\n".join(lines)
 
 
 class DTRLabCLI(LightningCLI):

@@ -1,14 +1,10 @@
-"""What a run prints: a progress bar that counts steps, none of Lightning's lines that do not concern a
-step-based diffusion run, and at its end where it was written, what it reached, and how to look at it."""
+"""What a run prints: a progress bar that counts steps, and none of Lightning's lines that do not
+concern a step-based diffusion run."""
 
 from __future__ import annotations
 
 import logging
-import math
-import os
-import sys
 import warnings
-from pathlib import Path
 
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import RichProgressBar
@@ -67,22 +63,3 @@ def use_step_progress_bar(trainer: Trainer) -> None:
     bar = trainer.progress_bar_callback
     if type(bar) is RichProgressBar:
         trainer.callbacks[trainer.callbacks.index(bar)] = StepProgressBar()
-
-
-def run_summary(run_dir: Path, tensorboard_dir: Path | None) -> str:
-    """The lines a fit or test ends with: its run folder, its final metrics (each the last value logged,
-    FID with its N) and, for a TensorBoard run, the command that opens it."""
-    from dtr_lab.runs import RunError, final_metrics, load_run  # torch-free readers of the run folder
-
-    lines = [f"Run folder:  {run_dir}"]
-    try:
-        metrics = {k: v for k, v in final_metrics(load_run(run_dir)).items() if math.isfinite(v)}
-    except RunError:
-        metrics = {}
-    if metrics:
-        lines.append("Final:       " + " · ".join(f"{k}: {v:.4g}" for k, v in metrics.items()))
-    if tensorboard_dir is not None:
-        exe = Path(sys.executable)  # the interpreter this run used: bare `python` may not have the venv
-        python = os.path.relpath(exe) if exe.is_relative_to(Path.cwd()) else str(exe)
-        lines.append(f"TensorBoard: {python} -m tensorboard.main --logdir {tensorboard_dir}")
-    return "\n".join(lines)
