@@ -5,8 +5,10 @@ and (with --out) the comparison figures.
     python analysis/compare.py 'runs/sweep/*/version_*' --by weighting --baseline uniform --out cmp/
 
 Groups are runs with the same --by label (routing by default; seeds of one configuration average).
-A metric that some group lacks shows as "–" with a note; runs with no metric in common end with one
-error line and exit status 2.
+Each group averages its comparable fits only, those trained to the same number of steps; a test, validate
+or predict run goes with the fit it evaluated, a resumed run with the fit it continues, and what is left
+out is said in one line. FIDs are named with their number of samples N. A metric that some group lacks
+shows as "–" with a note; runs with no metric in common end with one error line and exit status 2.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import pandas as pd  # noqa: E402
 
 from dtr_lab.errors import DTRLabError  # noqa: E402
 from dtr_lab.report import catalogue, load, out_problem, write_figures, write_out  # noqa: E402
-from dtr_lab.runs import RunError, final_metrics  # noqa: E402
+from dtr_lab.runs import RunError, comparable, final_metrics  # noqa: E402
 from dtr_lab.tables import markdown_table  # noqa: E402
 
 PROG = Path(__file__).name
@@ -95,11 +97,13 @@ def main(argv: list[str] | None = None) -> int:
     runs, bad = load(args.runs, PROG, args.by)
     if runs is None:
         return 2
+    runs, left_out = comparable(runs, args.by)
     try:
         table, notes = comparison(runs, args.by, args.baseline)
     except RunError as err:
         print(f"{PROG}: error: {err}", file=sys.stderr)
         return 2
+    notes = left_out + notes
     print(table.to_string(index=False))
     for note in notes:
         print(f"{PROG}: note: {note}", file=sys.stderr)

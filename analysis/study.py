@@ -643,7 +643,7 @@ def convergence_markdown(table: pd.DataFrame) -> str:
 
 
 # ----------------------------------------------------------------------------------------- the skeleton
-# Seconds on these 2-core machines, one thread a run, two runs at a time (README, "Budget"): a DiT-T/2
+# Seconds on these 2-core machines, one thread a run, two runs at a time (docs/studies.md): a DiT-T/2
 # step at batch 64, one EMA sample (DDIM 25 with guidance), one probe, a run's start-up.
 STEP_S, SAMPLE_S, PROBE_S, START_S = 0.077, 0.024, 1.0, 15.0
 

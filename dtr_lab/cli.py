@@ -1,9 +1,12 @@
 """`python -m dtr_lab fit|validate|test|predict --config ...`: LightningCLI with the data→model
-links and one-line errors for bad input."""
+links, one-line errors for bad input, and a run folder that says what made it (command.yaml) and a fit or
+test that ends with its folder, final values and TensorBoard line."""
 
 from __future__ import annotations
 
 import importlib
+import math
+import os
 import sys
 from contextlib import contextmanager
 from pathlib import Path
@@ -12,8 +15,9 @@ from jsonargparse import Namespace
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.loggers import TensorBoardLogger
 
-from dtr_lab import runs
+from dtr_lab import run_kind, runs
 from dtr_lab.checkpoint_file import LIGHTNING_KEYWORDS, read_checkpoint
 from dtr_lab.checkpointing import Interrupted, RunCheckpoint
 from dtr_lab.console import quiet_lightning, use_step_progress_bar
@@ -46,6 +50,23 @@ def run_options_read(config: Namespace):
     finally:
         if saved is not None:
             node.init_args = saved
+
+
+def run_summary(run_dir: Path, tensorboard_dir: Path | None) -> str:
+    """The lines a fit or test ends with: its run folder, its final metrics (each the last value logged,
+    FID with its N) and, for a TensorBoard run, the command that opens it."""
+    lines = [f"Run folder:  {run_dir}"]
+    try:
+        metrics = {k: v for k, v in runs.final_metrics(runs.load_run(run_dir)).items() if math.isfinite(v)}
+    except runs.RunError:
+        metrics = {}
+    if metrics:
+        lines.append("Final:       " + " · ".join(f"{k}: {v:.4g}" for k, v in metrics.items()))
+    if tensorboard_dir is not None:
+        exe = Path(sys.executable)  # the interpreter this run used: bare `python` may not have the venv
+        python = os.path.relpath(exe) if exe.is_relative_to(Path.cwd()) else str(exe)
+        lines.append(f"TensorBoard: {python} -m tensorboard.main --logdir {tensorboard_dir}")
+    return "\n".join(lines)
 
 
 class DTRLabCLI(LightningCLI):
@@ -92,21 +113,38 @@ class DTRLabCLI(LightningCLI):
         start that fails removes the run directory it claimed if nothing but start-up files is in it
         (see dtr_lab.run_dir)."""
         options = self.config_init[subcommand]
-        ckpt_path = options.get("ckpt_path")
+        ckpt_path, ckpt_step = options.get("ckpt_path"), None
         if ckpt_path and not (ckpt_path in LIGHTNING_KEYWORDS and not Path(ckpt_path).exists()):
             checkpoint = read_checkpoint(ckpt_path, options.get("weights_only") is not False)
+            ckpt_step = checkpoint.get("global_step")
             try:  # what it was trained as, then its tensors: once, before anything is written
                 check_checkpoint(self.model, checkpoint)
             except DTRLabError as err:
                 raise DTRLabError(f"--ckpt_path {ckpt_path}: {err}") from None
         logger = self.trainer.logger
         claim = claim_log_dir(logger) if logger is not None and self.trainer.is_global_zero else None
+        if claim is not None:  # so readers tell a fit from a test of its checkpoint or its continuation
+            run_kind.write(claim.path, subcommand, ckpt_path, ckpt_step)
         try:
             super()._run_subcommand(subcommand)
         except Exception:
             if claim is not None:
                 claim.release()
             raise
+
+    def after_fit(self) -> None:
+        self.print_summary()
+
+    def after_test(self) -> None:
+        self.print_summary()
+
+    def print_summary(self) -> None:
+        """The run folder, final metrics and TensorBoard line (dtr_lab.console.run_summary), once."""
+        logger = self.trainer.logger
+        if logger is None or not logger.log_dir or not self.trainer.is_global_zero:
+            return
+        tensorboard = Path(logger.save_dir) if isinstance(logger, TensorBoardLogger) else None
+        print(run_summary(Path(logger.log_dir), tensorboard))
 
     def before_fit(self) -> None:
         """Checks that need both model and data, before the trainer writes anything."""

@@ -46,6 +46,11 @@ class StepProgressBar(RichProgressBar):
         description = f"step {trainer.global_step}/{trainer.max_steps} · epoch {current_epoch}"
         return description.ljust(len(self.validation_description))
 
+    def get_metrics(self, trainer, pl_module) -> dict:
+        metrics = super().get_metrics(trainer, pl_module)
+        metrics.pop("v_num", None)  # the logger's version, shown as "v_num: 0.000": the run folder says it
+        return metrics
+
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
         if self.progress is not None and self.train_progress_bar_id is not None:

@@ -4,12 +4,17 @@ jsonargparse prints the full usage (80+ lines) and a multi-line message for a ba
 a config file as a bare string, so its YAML errors say `<unicode string>` and an empty file says
 only `Unexpected config:`. Here the files are read first, naming file and line, and the parser's
 remaining errors are folded into one `dtr_lab: error:` line that names the key and where its value
-came from: the command line, the config file that sets it, or the default. `--help` and
-`--print_config` are untouched.
+came from: the command line, the config file that sets it, or the default. A mistyped option gets the
+closest existing one ("did you mean"; jsonargparse offers none before Python 3.14), and an abbreviated
+option (`--trainer.max_step`) is refused rather than expanded. `--help` and `--print_config` are
+untouched.
 """
 
 from __future__ import annotations
 
+import difflib
+import importlib
+import inspect
 import re
 from pathlib import Path
 from typing import NoReturn
@@ -122,7 +127,7 @@ def one_line(message: str, args: list[str], configs: dict[Path, dict]) -> str:
         else:
             folded.append(line)
     text = " ".join(line.removeprefix("- ") for line in folded)
-    parts = re.findall(r"""(?:key|option) ["']([\w.]+)["']""", text)  # outer to inner: model.routing, beta
+    parts = re.findall(r"""(?:key|[Oo]ption) ["']([\w.]+)["']""", text)  # outer to inner: model.routing, beta
     if not parts:
         return f"{text}; fix it in the config or on the command line (`--help` lists the options)"
     key = bare(".".join(parts))
@@ -132,16 +137,73 @@ def one_line(message: str, args: list[str], configs: dict[Path, dict]) -> str:
     return f"{text} ({key}, {where}); fix it there (`--help` lists the options)"
 
 
+def closest(name: str, known: list[str]) -> str | None:
+    """The known name a mistyped one most likely meant, or None when none is close."""
+    match = difflib.get_close_matches(name, known, n=1, cutoff=0.75)
+    return match[0] if match else None
+
+
+def option_suggestion(option: str, known: list[str]) -> str | None:
+    """The option meant by a mistyped `--a.b.c`: the closest known option, else the closest known option
+    for its longest prefix with the rest kept (`--model.routin.init_args.alpha` -> `--model.routing...`)."""
+    name = option.split("=", 1)[0]
+    parts = name.split(".")
+    for end in range(len(parts), 0, -1):
+        found = closest(".".join(parts[:end]), known)
+        if found is not None:
+            return ".".join([found, *parts[end:]])
+    return None
+
+
+def parameter_suggestion(message: str) -> str | None:
+    """For "class_path 'pkg.Class': Option 'x' is not accepted", the closest parameter of that class."""
+    found = re.search(r"class_path '([\w.]+)'.*?Option '(\w+)' is not accepted", message, re.S)
+    if not found:
+        return None
+    module, _, name = found.group(1).rpartition(".")
+    try:
+        params = list(inspect.signature(getattr(importlib.import_module(module), name)).parameters)
+    except (ImportError, AttributeError, ValueError, TypeError):
+        return None
+    return closest(found.group(2), params)
+
+
 class OneLineParser(LightningArgumentParser):
-    """LightningArgumentParser whose errors are one `dtr_lab: error:` line and exit status 2."""
+    """LightningArgumentParser whose errors are one `dtr_lab: error:` line and exit status 2, with a "did
+    you mean" for a mistyped option, and no abbreviated options."""
 
     configs: dict[Path, dict] = {}  # the --config files, read before parsing (see read_configs)
     args: list[str] = []  # the command line, to say which option or file set a bad value
 
+    def __init__(self, *args, **kwargs) -> None:
+        # argparse expands a prefix of one option to it: `--trainer.max_step 4` would silently set max_steps
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
     def error(self, message: str, ex: Exception | None = None) -> NoReturn:
         if not self.exit_on_error:  # jsonargparse asked for an exception (it may try alternatives)
             super().error(message, ex)
-        self.exit(2, f"dtr_lab: error: {one_line(message, OneLineParser.args, OneLineParser.configs)}\n")
+        line = one_line(message, OneLineParser.args, OneLineParser.configs)
+        meant = self.meant(message)
+        if meant:  # one_line's last clause is its generic "fix it …": the suggestion is the better fix
+            line = f"{line.rsplit('; ', 1)[0]}; did you mean {meant}? (`--help` lists the options)"
+        self.exit(2, f"dtr_lab: error: {line}\n")
+
+    def meant(self, message: str) -> str | None:
+        """The option or class parameter that a mistyped one in message most likely meant, or None."""
+        unknown = re.match(r"unrecognized arguments: (--\S+)", message)
+        meant = option_suggestion(unknown.group(1), self.option_names()) if unknown else None
+        in_file = re.search(r"does not accept option '([\w.]+)'", message)  # a key of a config file
+        if in_file and not meant:
+            meant = (option_suggestion(f"--{in_file.group(1)}", self.option_names()) or "").removeprefix("--")
+        return meant or parameter_suggestion(message)
+
+    def option_names(self) -> list[str]:
+        """Every long option of this parser and of its subcommands' parsers."""
+        parsers = [self]
+        if self._subcommands_action is not None:
+            parsers += list(self._subcommands_action._name_parser_map.values())
+        return sorted({o for p in parsers for o in p._option_string_actions if o.startswith("--")})
 
 
 def read_configs(args: list[str]) -> None:

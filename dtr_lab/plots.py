@@ -57,6 +57,8 @@ TITLES = {
     "tag": "lookahead affinity Z",
     "iou": "mask overlap (IoU)",
 }
+# the tags training_curves smooths: logged per batch, so noisy; validation losses are drawn as logged
+SMOOTHED = ("train/loss",)
 MATRIX_AXES = {
     "conflict": ("gradient of interval (t)", "gradient of interval (t)"),
     "affinity": ("update from interval (t)", "loss on interval (t)"),
@@ -151,32 +153,29 @@ def training_curves(
     hue: str = "routing",
     smooth: int = 5,
 ) -> Figure:
-    """Loss curves, one panel per tag; lines are group means over runs (seeds), bands ± 1 sd."""
+    """Loss curves, one panel per tag; lines are group means over runs (seeds), bands ± 1 sd. The
+    per-batch training loss is drawn as logged (faint) under its moving average over ``smooth`` logs,
+    and says so; validation losses are drawn as logged."""
     scalars = as_runs(runs).scalars
     present = [t for t in tags if (scalars["tag"] == t).any()]
     if not present:
         raise RunError(f"no run logged any of the scalars {', '.join(tags)}; check the run's events file")
     rows = scalars[scalars["tag"].isin(present)].sort_values("step").copy()
-    # a moving average per run steadies the per-batch training loss before averaging over seeds
-    rows["value"] = rows.groupby(["run", "tag"])["value"].transform(
-        lambda v: v.rolling(smooth, min_periods=1).mean()
-    )
     order = _hue_order(rows[hue].unique())
     with style():
         fig, axes = plt.subplots(1, len(present), figsize=(4.6 * len(present), 3.4), squeeze=False)
         for ax, tag in zip(axes[0], present, strict=True):
             data = rows[rows["tag"] == tag]
-            sns.lineplot(
-                data=data,
-                x="step",
-                y="value",
-                hue=hue,
-                hue_order=order,
-                palette=palette(order),
-                errorbar="sd",
-                ax=ax,
-            )
-            ax.set(title=TITLES.get(tag, tag), xlabel="training step", ylabel="loss")
+            title = TITLES.get(tag, tag)
+            common = {"x": "step", "y": "value", "hue": hue, "hue_order": order, "palette": palette(order)}
+            if tag in SMOOTHED and smooth > 1:
+                sns.lineplot(data=data, **common, errorbar=None, alpha=0.3, lw=0.8, legend=False, ax=ax)
+                # a moving average per run steadies the per-batch loss before averaging over seeds
+                per_run = data.groupby("run")["value"]
+                data = data.assign(value=per_run.transform(lambda v: v.rolling(smooth, min_periods=1).mean()))
+                title = f"{title}\nmoving average of {smooth} logs (faint: as logged)"
+            sns.lineplot(data=data, **common, errorbar="sd", ax=ax)
+            ax.set(title=title, xlabel="training step", ylabel="loss")
             log_y(ax)
             _legend_counts(ax, data, hue)
     return fig

@@ -49,7 +49,9 @@ def group_summary(frame: pd.DataFrame, by: list[str], value: str = "value") -> p
 def training_numbers(runs: Runs, by: str) -> pd.DataFrame:
     final = final_scalars(runs.scalars, ["train/loss", "val/loss", "val/loss_ema"])
     table = group_summary(final, ["tag", by])
-    return table.rename(columns={"tag": "final value of", "mean": "mean (last 5 logs)"})
+    steps = final.groupby(["tag", by])["step"].max().rename("at step").reset_index()
+    table = table.merge(steps, on=["tag", by])
+    return table.rename(columns={"tag": "last logged value of", "mean": "mean over runs"})
 
 
 def loss_by_t_numbers(runs: Runs, metric: str, by: str, baseline: str) -> pd.DataFrame:
@@ -115,8 +117,8 @@ def catalogue(by: str, baseline: str) -> list[FigureSpec]:
         FigureSpec(
             "training_curves",
             "Training loss and EMA validation loss over training; lines are the mean over the runs of "
-            f"each {by}, "
-            "bands ±1 sd over them (seeds).",
+            f"each {by}, bands ±1 sd over them (seeds). The training loss is drawn as logged (faint) and "
+            "as a moving average of 5 logs (solid); the table gives the last logged values.",
             lambda r: plots.training_curves(r, hue=by),
             lambda r: training_numbers(r, by),
         ),
@@ -189,7 +191,8 @@ def write_figures(
     """Draw each figure to out/NAME.{png,pdf} and write out/index.md; returns (drawn, skip reasons). A full
     or read-only device is one DTRLabError line naming the file (write_out)."""
     write_out(out, lambda path: path.mkdir(parents=True, exist_ok=True))
-    lines = [f"# {title}", "", f"{len(runs)} runs:", "", markdown_table(runs.labels), ""]
+    table = runs.labels.assign(kind=[r.kind.kind for r in runs], steps=[r.steps for r in runs])
+    lines = [f"# {title}", "", f"{len(runs)} runs:", "", markdown_table(table), ""]
     skipped, drawn = [], 0
     for fig_spec in figures:
         try:

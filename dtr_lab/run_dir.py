@@ -2,10 +2,11 @@
 first step.
 
 A start claims its directory with os.mkdir, which either creates it or fails: two starts never share
-one, and a start never writes into an existing one. A start that fails after that leaves `config.yaml`,
-perhaps `hparams.yaml`, and an events file without metrics. The CLI removes such a directory (its own
-claim) when the start fails; readers skip it when they expand a folder or pattern. Anything else in a
-run directory is output and is never deleted. No torch or training imports: runs.py uses this too.
+one, and a start never writes into an existing one. A start that fails after that leaves `command.yaml`,
+`config.yaml`, perhaps `hparams.yaml`, and an events file without metrics. The CLI removes such a
+directory (its own claim) when the start fails; readers skip it when they expand a folder or pattern.
+Anything else in a run directory is output and is never deleted. No torch or training imports: runs.py
+uses this too.
 """
 
 from __future__ import annotations
@@ -15,9 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from dtr_lab import run_kind
 from dtr_lab.errors import DTRLabError
 
-STARTUP_FILES = ("config.yaml", "hparams.yaml")
+STARTUP_FILES = ("config.yaml", "hparams.yaml", run_kind.FILE)
 EVENTS_GLOB = "events.out.tfevents.*"
 # TensorBoardLogger writes these with the hyperparameters, before any step
 STARTUP_TAGS = ("hp_metric",)

@@ -3,9 +3,11 @@
 A run directory is what ``python -m dtr_lab fit`` writes: ``config.yaml`` (the resolved config),
 TensorBoard ``events.out.tfevents.*`` (scalars), and ``records/*.csv`` (long format
 ``step,metric,i,j,value``, plus ``records/intervals.csv`` with ``name,k,start,end``; the format is
-:mod:`dtr_lab.records`'s). Every frame carries the label columns ``run, routing, weighting, mtl, model,
-seed`` so runs compare with one ``groupby``. Nothing here imports torch or training code: a run that is
-still being written, or was cut off, reads as far as its complete lines go.
+:mod:`dtr_lab.records`'s), and ``command.yaml`` (what made it: :mod:`dtr_lab.run_kind`). Every frame
+carries the label columns ``run, routing, weighting, mtl, model, seed`` so runs compare with one
+``groupby``; ``load_runs`` reads a resumed run into the fit it continues and keeps a test of a fit's
+checkpoint with that fit, so each fit counts once. Nothing here imports torch or training code: a run
+that is still being written, or was cut off, reads as far as its complete lines go.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from dtr_lab import records
+from dtr_lab import records, run_kind
 from dtr_lab.errors import DTRLabError
 from dtr_lab.records import (  # noqa: F401  (NAN_TEXTS: re-exported with the rest of the record format)
     NAN_TEXTS,
@@ -34,6 +36,7 @@ from dtr_lab.records import (  # noqa: F401  (NAN_TEXTS: re-exported with the re
     read_records,
 )
 from dtr_lab.run_dir import EVENTS_GLOB, holds_output, read_events
+from dtr_lab.run_kind import RunKind
 
 LABELS = ("run", "routing", "weighting", "mtl", "model", "seed")
 RECORDS = records.NAMES
@@ -244,10 +247,22 @@ class Run:
     samples: list[Path] = field(default_factory=list)
     masks: list[Path] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
+    kind: RunKind = field(default_factory=lambda: RunKind("fit"))
+    continuations: list[Path] = field(default_factory=list)  # resumed runs read into this one (join_runs)
+    evaluations: list[Run] = field(default_factory=list)  # test/validate/predict runs of its checkpoints
 
     @property
     def name(self) -> str:
         return self.labels["run"]
+
+    @property
+    def steps(self) -> int:
+        """The step the run trained to: its last logged step (its checkpoint's for an evaluation)."""
+        if self.kind.kind in run_kind.EVALUATIONS and self.kind.ckpt_step is not None:
+            return int(self.kind.ckpt_step)
+        steps = [frame["step"].max() for frame in (self.scalars, *(getattr(self, r) for r in RECORDS))]
+        steps = [int(s) for s in steps if pd.notna(s)]
+        return max(steps, default=0)
 
     def __repr__(self) -> str:
         sizes = ", ".join(f"{f}={len(getattr(self, f))}" for f in FRAMES)
@@ -281,6 +296,7 @@ def load_run(path: str | Path, labels: dict[str, str] | None = None, name: str |
     intervals, p = read_intervals(path)  # callbacks rewrite their intervals when a run resumes
     problems += p
 
+    kind = run_kind.read(path, config, set(scalars["tag"]))
     if scalars.empty and all(frames[r].empty for r in RECORDS):
         raise RunError(
             f"{path}: run has no logged metrics yet (no scalars in {EVENTS_GLOB}, no rows in records/*.csv); "
@@ -295,6 +311,7 @@ def load_run(path: str | Path, labels: dict[str, str] | None = None, name: str |
         samples=sorted((path / "samples").glob("*.png")),
         masks=sorted((path / "routing").glob("masks_*.png")),
         problems=problems,
+        kind=kind,
         **{r: _labelled(frames[r], run_labels_) for r in RECORDS},
     )
 
@@ -409,7 +426,96 @@ def load_runs(
             _fail(err, on_error)
     if not loaded:
         raise RunError(f"no readable run in {', '.join(map(str, paths))}")
-    return Runs(loaded, skipped)
+    loaded, notes = join_runs(loaded)
+    return Runs(loaded, skipped + notes)
+
+
+def join_runs(runs: list[Run]) -> tuple[list[Run], list[str]]:
+    """The runs as fits: a resumed run is read into the fit it continues, and a test, validate or predict
+    run is kept with the fit whose checkpoint it evaluated (``Run.evaluations``), wherever that fit is
+    among ``runs``; one note per run so joined. A run whose checkpoint's fit is not among them stays a
+    run of its own (an evaluation of an official checkpoint, a continuation passed alone)."""
+    by_dir = {r.path.resolve(): r for r in runs}
+    root: dict[int, Run] = {}  # id(run) -> the fit it was read into
+
+    def fit_of(run: Run) -> Run | None:
+        parent = run.kind.parent
+        found = by_dir.get(parent.resolve()) if parent is not None else None
+        return root.get(id(found), found) if found is not None else None
+
+    kept, notes = [], []
+    # a continuation of a continuation joins after the one it continues: in order of the step it starts at
+    order = {"fit": 0, "resumed": 1}  # evaluations last: the fit they evaluate is whole by then
+    for run in sorted(runs, key=lambda r: (order.get(r.kind.kind, 2), _start_step(r))):
+        fit = fit_of(run) if run.kind.kind != "fit" else None
+        if fit is None:
+            kept.append(run)
+            if run.kind.kind == "resumed" and run.kind.parent is not None:
+                notes.append(
+                    f"{run.name} resumes {run.kind.parent}, which is not among the runs read: its curves "
+                    f"start at step {_start_step(run)}"
+                )
+        elif run.kind.kind == "resumed":
+            _continue(fit, run)
+            root[id(run)] = fit
+            notes.append(f"{run.name} resumes {fit.name} from step {_start_step(run)}: read as one run")
+        else:
+            fit.evaluations.append(run)
+            notes.append(f"{run.name} is a {run.kind.kind} of {fit.name}'s checkpoint, not another run")
+    return [r for r in runs if any(r is k for k in kept)], notes
+
+
+def _start_step(run: Run) -> int:
+    """The step a run started at: its checkpoint's (where recorded), else its first logged training step."""
+    if run.kind.ckpt_step is not None:
+        return int(run.kind.ckpt_step)
+    train = run.scalars.loc[run.scalars["tag"].str.startswith("train/"), "step"]
+    return int(train.min()) if len(train) else 0
+
+
+def _continue(fit: Run, resumed: Run) -> None:
+    """Read ``resumed`` into ``fit``: the fit's rows after the checkpoint are replaced by the resumed
+    run's (it trained those steps again), all under the fit's labels."""
+    start = _start_step(resumed)
+    keys = {"scalars": ["tag", "step"], **{r: ["step", "metric", "i", "j"] for r in RECORDS}}
+    for name, key in keys.items():
+        old, new = getattr(fit, name), getattr(resumed, name).assign(**fit.labels)
+        frame = pd.concat([old[old["step"] <= start], new], ignore_index=True)
+        frame = frame.drop_duplicates(key, keep="last").sort_values(key[:2], kind="stable")
+        setattr(fit, name, frame.reset_index(drop=True))
+    intervals = pd.concat([fit.intervals, resumed.intervals.assign(**fit.labels)], ignore_index=True)
+    fit.intervals = intervals.drop_duplicates(["name", "k"], keep="last").reset_index(drop=True)
+    fit.samples += resumed.samples
+    fit.masks += resumed.masks
+    fit.problems += resumed.problems
+    fit.continuations.append(resumed.path)
+
+
+def comparable(runs: Runs, by: str) -> tuple[Runs, list[str]]:
+    """The fits to average in each ``by`` group: those trained to the group's most common number of steps
+    (the longest where two counts tie); one note for what is left out, and one if groups end apart."""
+    kept, left_out = [], []
+    for group in dict.fromkeys(r.labels[by] for r in runs):
+        members = [r for r in runs if r.labels[by] == group]
+        fits = [r for r in members if r.kind.kind in ("fit", "resumed")]
+        if not fits:
+            kept += members  # evaluations only (e.g. of official checkpoints): compared as they are
+            continue
+        counts = pd.Series([r.steps for r in fits]).value_counts()
+        steps = max(counts[counts == counts.max()].index)
+        chosen = [r for r in fits if r.steps == steps]
+        kept += chosen
+        left_out += [
+            f"{r.name} ({r.kind.kind}, {r.steps} steps)" for r in members if not any(r is c for c in chosen)
+        ]
+    notes = []
+    if left_out:
+        notes.append(f"not averaged with the comparable fits of their {by}: {'; '.join(left_out)}")
+    ends = {r.labels[by]: r.steps for r in kept}
+    if len(set(ends.values())) > 1:
+        listing = ", ".join(f"{g}: {s}" for g, s in ends.items())
+        notes.append(f"the {by} groups end at different steps ({listing}); compare them at one step")
+    return Runs(kept, runs.skipped), notes
 
 
 def _fail(err: RunError, on_error: Callable[[RunError], None] | None) -> None:
@@ -526,15 +632,15 @@ def read_affinity(
     )
 
 
-def final_scalars(scalars: pd.DataFrame, tags: Iterable[str], window: int = 5) -> pd.DataFrame:
-    """Per run and tag, the mean of the last ``window`` logged values (a noisy train loss steadies)."""
-    rows = scalars[scalars["tag"].isin(list(tags))].sort_values("step")
+def final_scalars(scalars: pd.DataFrame, tags: Iterable[str]) -> pd.DataFrame:
+    """Per run and tag, the last logged value and its step (a final value is never a smoothed one)."""
+    rows = scalars[scalars["tag"].isin(list(tags))].sort_values("step", kind="stable")
     if rows.empty:
         raise RunError(f"no run logged any of the scalars {', '.join(tags)}; check the run's events file")
     label_cols = [c for c in rows.columns if c not in ("step", "tag", "value", "wall_time")]
     return (
         rows.groupby([*label_cols, "tag"], dropna=False)
-        .agg(step=("step", "max"), value=("value", lambda v: v.tail(window).mean()))
+        .agg(step=("step", "last"), value=("value", "last"))
         .reset_index()
     )
 
@@ -606,17 +712,46 @@ def _last_mean(frame: pd.DataFrame, metric: str, off_diagonal: bool = False) -> 
     return float(at_step(rows)["value"].mean()) if len(rows) else math.nan
 
 
-def _last_scalar(run: Run, tag: str, window: int) -> float:
+def _last_scalar(run: Run, tag: str) -> float:
     rows = run.scalars[run.scalars["tag"] == tag].sort_values("step")
-    return float(rows["value"].tail(window).mean()) if len(rows) else math.nan
+    return float(rows["value"].iloc[-1]) if len(rows) else math.nan
+
+
+def fid_samples(config: dict, stage: str = "fit") -> int | None:
+    """N, the samples behind a run's FID (FID depends on N): SampleQuality's num_samples in fit, its
+    test_num_samples (default model.num_samples) in test; None without SampleQuality in the config."""
+    callbacks = config_value(config, "trainer.callbacks") or []
+    for callback in callbacks if isinstance(callbacks, list) else [callbacks]:
+        if _class_name(callback) == "SampleQuality":
+            args = (callback.get("init_args") if isinstance(callback, dict) else None) or {}
+            if stage == "test":
+                return args.get("test_num_samples") or config_value(config, "model.num_samples")
+            return args.get("num_samples")
+    return None
+
+
+def _fid(run: Run, metric: str, stage: str) -> dict[str, float]:
+    """{"FID, N = n": the last recorded value} of one FID record (test: of the run's latest test), or {}."""
+    tests = [e for e in run.evaluations if e.kind.kind == "test"]
+    source = tests[-1] if stage == "test" and tests else run
+    rows = source.quality[source.quality["metric"] == metric]
+    if rows.empty:
+        return {}
+    prefix = "FID" if stage == "fit" else "test FID"
+    n = fid_samples(source.config, stage)
+    return {f"{prefix}, N = {n if n is not None else '?'}": float(rows.sort_values("step")["value"].iloc[-1])}
 
 
 def final_metrics(run: Run) -> dict[str, float]:
-    """One run's end-of-training summary (NaN for what it did not record): losses, mean probe loss,
-    conflict share and mean cosines, mean affinity, and ρ(mask IoU, affinity)."""
+    """One run's end-of-training summary, each the last value logged (NaN for what it did not record):
+    losses, mean probe loss, conflict share and mean cosines, mean affinity, ρ(mask IoU, affinity), and
+    the FID of fit and of its latest test with the N it was computed on."""
     return {
-        "train/loss (last 5 logs)": _last_scalar(run, "train/loss", 5),
-        "val/loss_ema (last)": _last_scalar(run, "val/loss_ema", 1),
+        "train/loss (last)": _last_scalar(run, "train/loss"),
+        "val/loss_ema (last)": _last_scalar(run, "val/loss_ema"),
+        **_fid(run, "fid", "fit"),
+        "class accuracy": _last_mean(run.quality, "accuracy"),
+        **_fid(run, "test/fid", "test"),
         "probe loss, EMA, mean over t": _last_mean(run.loss_by_t, "probe_ema"),
         "conflicting pairs (share)": _last_mean(run.conflict, "neg_share"),
         "gradient cosine, mean off-diagonal": _last_mean(run.conflict, "cos", off_diagonal=True),

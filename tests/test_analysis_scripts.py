@@ -190,6 +190,77 @@ def test_compare_skips_an_empty_newest_version(tiny_runs, tmp_path, run_main):
     assert done.stderr.count("holds no run output") == 2 and "probe loss, EMA" in done.stdout
 
 
+# FID at end of fit and at test on a few samples: N differs between them, as in the quickstart (400, 1000)
+TINY_QUALITY = {
+    "class_path": "dtr_lab.callbacks.SampleQuality",
+    "init_args": {
+        "every_n_steps": 0, "num_samples": 20, "test_num_samples": 30, "batch_size": 30,
+        "kid_subset_size": 10, "kid_subsets": 2,
+    },
+}
+_RUN_ALL = """
+from dtr_lab.cli import main
+for args in {commands!r}:
+    main(args)
+"""
+
+
+def quality(run: Path) -> dict[str, float]:
+    """A run's records/quality.csv as {metric: its last value}."""
+    with (run / "records" / "quality.csv").open() as f:
+        return {r["metric"]: float(r["value"]) for r in csv.DictReader(f)}
+
+
+def test_compare_counts_each_fit_once_after_its_test_and_resumption(tmp_path, run_main):
+    """`make quickstart` then the docs' `test` command, in small, plus a resumed fit and a shorter stray
+    fit: compare.py averages n = 1 fit per arm, names each FID's N, and says what it left out."""
+    from helpers import scalars, tiny
+
+    (tmp_path / "quality.yaml").write_text(f"trainer:\n  callbacks: [{TINY_QUALITY!r}]\n".replace("'", '"'))
+    base = ["--config", str(REPO / "experiments/digits/base.yaml")]
+
+    def command(kind, name, steps, *extra):
+        configs = [*base, "--config", str(REPO / f"experiments/routing/{name}.yaml")]
+        configs += ["--config", str(tmp_path / "quality.yaml")]
+        sized = tiny(tmp_path, steps=steps, batch=16)
+        return [kind, *configs, *sized, "--trainer.logger.init_args.name", name, *extra]
+
+    dtr = tmp_path / "dtr"
+    last = "checkpoints/last.ckpt"
+    commands = [
+        command("fit", "vanilla", 4),
+        command("fit", "dtr", 2),  # version_0: stopped at step 2 …
+        command("fit", "dtr", 4, "--ckpt_path", str(dtr / "version_0" / last)),  # … resumed to 4 (version_1)
+        command("test", "dtr", 4, "--ckpt_path", str(dtr / "version_1" / last)),  # version_2
+        command("fit", "dtr", 2),  # version_3: a shorter fit, not comparable
+    ]
+    done = subprocess.run([sys.executable, "-c", _RUN_ALL.format(commands=commands)], cwd=REPO,
+                          capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    # every fit and test ends with its folder, final values (FID with its N) and the TensorBoard line
+    assert done.stdout.count("Run folder:") == 5 and "v_num" not in done.stdout + done.stderr
+    assert f"Run folder:  {dtr / 'version_2'}\nFinal:       test FID, N = 30: " in done.stdout
+    assert done.stdout.count(f"-m tensorboard.main --logdir {tmp_path}\n") == 5
+    assert "FID, N = 20" in done.stdout and "test/num_samples" in done.stdout
+
+    cmp = run_main("compare.py", tmp_path)
+    assert cmp.returncode == 0, cmp.stderr
+    header = cmp.stdout.splitlines()[0]
+    assert "dtr (n=1)" in header and "vanilla (n=1)" in header
+    rows = {re.split(r"\s{2,}", line.strip())[0]: line for line in cmp.stdout.splitlines()[1:]}
+    # the joined dtr fit ends where its continuation ends: the continuation's last logged loss and FID
+    loss = scalars(dtr / "version_1", "train/loss")[-1]
+    assert loss[0] == 3 and f"{loss[1]:.4g}" in rows["train/loss (last)"]
+    assert f"{quality(dtr / 'version_1')['fid']:.4g}" in rows["FID, N = 20"]
+    test_fid = quality(dtr / "version_2")["test/fid"]
+    assert f"{test_fid:.4g}" in rows["test FID, N = 30"] and "–" in rows["test FID, N = 30"]
+    notes = cmp.stderr.splitlines()
+    assert any("dtr/version_1 resumes dtr/version_0 from step 2: read as one run" in n for n in notes)
+    assert any("dtr/version_2 is a test of dtr/version_0's checkpoint, not another run" in n for n in notes)
+    left_out = [n for n in notes if "not averaged" in n]
+    assert len(left_out) == 1 and "dtr/version_3 (fit, 2 steps)" in left_out[0]
+
+
 # --- the paired studies (reproduce.py, scaling.py) on tiny settings ---
 
 T_975_1DOF = 12.7062  # Student t, 0.975 quantile, 1 degree of freedom (2 seeds)

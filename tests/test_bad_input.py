@@ -120,7 +120,7 @@ def test_resuming_into_the_checkpoints_own_version_folder_is_refused(existing, c
 # ----------------------------------------------------------------------------------------- config files
 CONFIG_FILES = {
     "yaml syntax": ("model:\n  sample_steps: [1, 2\ntrainer:\n  max_steps: 3\n", ["line 3", "invalid YAML"]),
-    "unknown key": ("model:\n  sample_stepz: 4\n", ["model.sample_stepz"]),
+    "unknown key": ("model:\n  sample_stepz: 4\n", ["model.sample_stepz", "did you mean model.sample_steps"]),
     "unknown class": ("model:\n  routing:\n    class_path: dtr_lab.routing.Sliding\n", ["routing.Sliding"]),
     "empty file": ("# nothing here yet\n", ["is empty"]),
     "wrong type": ("model:\n  sample_steps: many\n", ["model.sample_steps", "many"]),
@@ -243,12 +243,34 @@ def test_a_start_refused_after_claiming_its_folder_leaves_no_folder(tmp_path, ca
     assert not save_dir.exists()
 
 
+@pytest.mark.parametrize(
+    "option, meant",
+    [
+        ("--trainer.max_stesp", "--trainer.max_steps"),  # mistyped
+        ("--trainer.max_step", "--trainer.max_steps"),  # abbreviated: argparse would expand it silently
+        ("--model.sample_step", "--model.sample_steps"),
+        ("--model.routing.init_args.alpah", "alpha"),  # a parameter of the configured routing class
+    ],
+)
+def test_a_mistyped_or_abbreviated_option_gets_did_you_mean(existing, capsys, option, meant):
+    before = snapshot(existing)
+    args = fit_args(existing, "--config", str(REPO / "experiments/routing/dtr.yaml"), option, "4")
+    fails_in_one_line(args, capsys, option, f"did you mean {meant}?")
+    assert snapshot(existing) == before
+
+
+def test_an_option_like_none_gets_no_guess(capsys):
+    line = fails_in_one_line(["fit", *VANILLA, "--frobnicate", "3"], capsys, "--frobnicate")
+    assert "did you mean" not in line
+
+
 def test_only_start_up_files_count_as_empty(tmp_path):
     start = tmp_path / "start"
     start.mkdir()
     (start / "config.yaml").write_text("model: {}\n")
     write_events(start, scalars=False)
     (start / "checkpoints").mkdir()  # an empty folder is nothing either
+    (start / "command.yaml").write_text("kind: fit\n")  # what the CLI writes once it claims the folder
     assert not holds_output(start)
     trained = tmp_path / "trained"
     trained.mkdir()

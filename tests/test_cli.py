@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import lightning as L
 import pytest
 import torch
 import yaml
 from helpers import DIGITS, REPO, run_cli, run_dir, scalars, tiny
+from lightning.pytorch.callbacks import RichProgressBar
+from lightning.pytorch.loggers import TensorBoardLogger
 
 from dtr_lab.cli import main
+from dtr_lab.console import use_step_progress_bar
+from dtr_lab.runs import load_runs
 
 
 def test_fit_writes_events_checkpoint_and_resolved_config(tmp_path):
@@ -23,6 +28,21 @@ def test_fit_writes_events_checkpoint_and_resolved_config(tmp_path):
     steps = [s for s, _ in scalars(out, "train/loss")]
     assert steps[-1] == 3 and [s for s, _ in scalars(out, "val/loss_ema")]
     assert list((out / "samples").glob("step*.png")) and list((out / "routing").glob("masks_*.png"))
+    command = yaml.safe_load((out / "command.yaml").read_text())
+    assert command == {"kind": "fit", "ckpt_path": None, "ckpt_step": None}
+    # it ends with its folder, its last logged values and the line that opens it in TensorBoard
+    last_loss = scalars(out, "train/loss")[-1][1]
+    summary = proc.stdout.splitlines()[-3:]
+    assert summary[0] == f"Run folder:  {out}"
+    assert summary[1].startswith(f"Final:       train/loss (last): {last_loss:.4g} · val/loss_ema (last): ")
+    assert summary[2].endswith(f"-m tensorboard.main --logdir {tmp_path}")
+
+
+def test_the_progress_bar_shows_no_version_number(tmp_path):
+    trainer = L.Trainer(logger=TensorBoardLogger(tmp_path), max_steps=1, enable_checkpointing=False)
+    use_step_progress_bar(trainer)
+    assert "v_num" in RichProgressBar().get_metrics(trainer, None)  # Lightning's own shows "v_num: 0.000"
+    assert "v_num" not in trainer.progress_bar_callback.get_metrics(trainer, None)
 
 
 def test_print_config_and_composition():
@@ -63,6 +83,16 @@ def test_resume_continues_the_same_run(tmp_path):
     assert sorted(loss_split) == sorted(loss_straight) == list(range(12))
     for step, value in loss_straight.items():
         assert loss_split[step] == pytest.approx(value, rel=1e-5)
+    checkpoint = str((first / "checkpoints/last.ckpt").resolve())
+    assert yaml.safe_load((resumed / "command.yaml").read_text()) == {
+        "kind": "resumed", "ckpt_path": checkpoint, "ckpt_step": 6
+    }
+    # the readers take the two folders as one run, whose curve is the straight run's
+    joined = load_runs(split)
+    assert len(joined) == 1 and joined[0].continuations == [resumed]
+    curve = joined[0].scalars.query("tag == 'train/loss'")
+    assert list(curve["step"]) == list(range(12))
+    assert curve["value"].tolist() == pytest.approx([loss_straight[s] for s in range(12)], rel=1e-5)
 
 
 @pytest.mark.parametrize(

@@ -41,7 +41,10 @@ def _records(path, metric):
 def test_training_curves(real):
     fig = plots.training_curves(real)
     axes = [ax for ax in fig.axes if ax.get_title()]
-    assert [ax.get_title() for ax in axes] == ["training loss", "validation loss (EMA weights)"]
+    assert [ax.get_title() for ax in axes] == [
+        "training loss\nmoving average of 5 logs (faint: as logged)",
+        "validation loss (EMA weights)",
+    ]
     for ax in axes:
         assert ax.get_xlabel() == "training step" and ax.get_yscale() == "log"
         assert [t.get_text() for t in ax.get_legend().get_texts()] == ["vanilla (1 run)", "dtr (1 run)"]
@@ -58,6 +61,25 @@ def test_training_curves_band_over_seeds(tmp_path):
     assert len(band) == 1
     sd = np.std([1.0, 2.0], ddof=1) * 10
     assert band[0].get_paths()[0].vertices[:, 1].max() == pytest.approx(15 + sd)
+
+
+def test_training_curves_smooth_the_training_loss_only_and_say_so(tmp_path):
+    run = write_fake_run(tmp_path, "dtr", 0, 1.0)  # train/loss = step + 1 at steps 0…9
+    from torch.utils.tensorboard import SummaryWriter
+
+    with SummaryWriter(str(run)) as writer:  # a validation series of six points, as the issue's
+        for k, value in enumerate((0.3, 0.2, 0.15, 0.12, 0.1, 0.0763)):
+            writer.add_scalar("val/loss", value, 10 * k)
+    train, val = plots.training_curves(load_runs(run), tags=["train/loss", "val/loss"]).axes[:2]
+    faint, solid = train.get_lines()[:2]
+    assert np.allclose(faint.get_ydata(), np.arange(10) + 1) and faint.get_alpha() == pytest.approx(0.3)
+    # the moving average of 5 logs: (1+…+k)/k for the first four, then the mean of the last five
+    expected = [np.mean(np.arange(max(0, k - 4), k + 1) + 1) for k in range(10)]
+    assert np.allclose(solid.get_ydata(), expected) and solid.get_ydata()[-1] == pytest.approx(8)
+    assert "moving average of 5 logs" in train.get_title()
+    # the validation loss is drawn as logged: it ends at its last logged value, not at a mean
+    assert np.allclose(val.get_lines()[0].get_ydata(), [0.3, 0.2, 0.15, 0.12, 0.1, 0.0763])
+    assert val.get_title() == "validation loss (raw weights)"
 
 
 def test_loss_by_t_probe_and_ratio(real, tiny_runs):

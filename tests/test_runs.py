@@ -15,7 +15,9 @@ from helpers import CONFLICT_EDGES, write_fake_run
 
 from dtr_lab.runs import (
     RunError,
+    comparable,
     distance_table,
+    final_metrics,
     final_scalars,
     find_run_dirs,
     interval_edges,
@@ -100,10 +102,11 @@ def test_load_run_frames_and_labels(fake_runs):
 def test_load_runs_groupby_config(fake_runs, tmp_path):
     runs = load_runs(str(tmp_path / "*" / "version_0"))
     assert len(runs) == 4
-    final = final_scalars(runs.scalars, ["train/loss"], window=5)
-    # mean of the last five losses scale·(6..10) = 8·scale; vanilla seeds have scale 1 and 3
+    final = final_scalars(runs.scalars, ["train/loss"])
+    # the last logged loss, scale·10 at step 9 (never a mean of several); vanilla seeds have scale 1 and 3
     by = final.groupby("routing")["value"].mean()
-    assert by["vanilla"] == pytest.approx((8 + 24) / 2) and by["dtr"] == pytest.approx(8)
+    assert by["vanilla"] == pytest.approx((10 + 30) / 2) and by["dtr"] == pytest.approx(10)
+    assert set(final["step"]) == {9}
     # a folder above the runs finds all of them; select filters by label
     assert len(load_runs(tmp_path)) == 4
     assert [r.labels["seed"] for r in runs.select(routing="dtr")] == [0, 1]
@@ -321,3 +324,69 @@ def test_patterns_and_folders_pass_over_runs_without_output(tmp_path, fake_runs)
         assert sum("holds no run output" in p for p in runs.problems) == notes
     with pytest.raises(RunError, match="no logged metrics"):  # named on its own, it is still an error
         load_runs([failed])
+
+
+def _derived_run(fit: Path, name: str, config: dict, scalars: dict[str, list[tuple[int, float]]]) -> Path:
+    """A run folder beside ``fit`` with the given config and scalars (tag -> [(step, value)])."""
+    import yaml
+    from torch.utils.tensorboard import SummaryWriter
+
+    run = fit.parent / name
+    run.mkdir()
+    (run / "config.yaml").write_text(yaml.safe_dump(config))
+    with SummaryWriter(str(run)) as writer:
+        for tag, points in scalars.items():
+            for step, value in points:
+                writer.add_scalar(tag, value, step)
+    return run
+
+
+def test_a_resumed_run_joins_its_fit_and_a_test_goes_with_it(tmp_path):
+    import yaml
+
+    fit = write_fake_run(tmp_path, "dtr", 0, 1.0)  # train/loss = step + 1 at steps 0…9; no command.yaml
+    config = yaml.safe_load((fit / "config.yaml").read_text())
+    ckpt = str(fit / "checkpoints" / "last.ckpt")
+    quality = {"class_path": "dtr_lab.callbacks.SampleQuality", "init_args": {"test_num_samples": 30}}
+    continued = {"train/loss": [(step, 100.0 + step) for step in range(5, 15)]}
+    resumed = _derived_run(fit, "version_1", {**config, "ckpt_path": ckpt}, continued)
+    (resumed / "command.yaml").write_text(f"kind: resumed\nckpt_path: {ckpt}\nckpt_step: 5\n")
+    # an older test run, without command.yaml: told by its checkpoint and its test/ scalars
+    test_config = {**config, "ckpt_path": ckpt, "trainer": {"callbacks": [quality]}}
+    test = _derived_run(fit, "version_2", test_config, {"test/fid": [(0, 44.0)]})
+    (test / "records").mkdir()
+    (test / "records" / "quality.csv").write_text("step,metric,i,j,value\n9,test/fid,,,44.0\n")
+
+    runs = load_runs(tmp_path)
+    assert len(runs) == 1
+    run = runs[0]
+    assert run.kind.kind == "fit" and run.continuations == [resumed] and run.steps == 14
+    assert [e.path for e in run.evaluations] == [test] and run.evaluations[0].kind.kind == "test"
+    loss = run.scalars[run.scalars["tag"] == "train/loss"]
+    # steps 0…5 of the fit (its rows after the checkpoint at step 5 were trained again), then the resumed run
+    assert list(loss["step"]) == list(range(15))
+    assert list(loss["value"]) == [1.0, 2.0, 3.0, 4.0, 5.0, *(100.0 + s for s in range(5, 15))]
+    assert set(loss["run"]) == {run.name}
+    assert final_metrics(run)["train/loss (last)"] == 114.0 and final_metrics(run)["test FID, N = 30"] == 44.0
+    assert any("resumes dtr_s0/version_0 from step 5: read as one run" in p for p in runs.problems)
+    assert any("version_2 is a test of dtr_s0/version_0's checkpoint" in p for p in runs.problems)
+    # read alone, the continuation is a run of its own, and says where its curves start
+    alone = load_runs([resumed])
+    assert len(alone) == 1 and alone[0].steps == 14
+    assert "which is not among the runs read: its curves start at step 5" in alone.problems[0]
+
+
+def test_arms_average_only_fits_of_the_same_length(tmp_path):
+    runs = [write_fake_run(tmp_path, "dtr", seed, 1.0) for seed in (0, 1, 2)]
+    short = tmp_path / "dtr_short" / "version_0"
+    shutil.copytree(runs[0], short)
+    for f in short.glob("events.out.tfevents.*"):
+        f.unlink()
+    for f in (short / "records").glob("*.csv"):  # records end at step 100: keep only step 0
+        lines = f.read_text().splitlines()
+        f.write_text("\n".join(lines[:1] + [ln for ln in lines[1:] if ln.split(",")[0] == "0"]) + "\n")
+    kept, notes = comparable(load_runs(tmp_path), "routing")
+    assert sorted(r.path for r in kept) == sorted(runs) and {r.steps for r in kept} == {100}
+    assert notes == [
+        "not averaged with the comparable fits of their routing: dtr_short/version_0 (fit, 0 steps)"
+    ]

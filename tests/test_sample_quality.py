@@ -149,7 +149,7 @@ def test_test_scores_ema_samples_and_prints_them(runs, tmp_path, capsys):
     cli("test", "--config", str(run / "config.yaml"), "--ckpt_path", str(run / "checkpoints/last.ckpt"),
         "--trainer.logger.init_args.save_dir", str(tmp_path))
     out = capsys.readouterr().out
-    for name in ("fid", "accuracy", "precision", "recall", "kid_mean", "loss_ema"):
+    for name in ("fid", "num_samples", "accuracy", "precision", "recall", "kid_mean", "loss_ema"):
         name = f"test/{name}"
         assert name in out
     records = pd.read_csv(next(tmp_path.glob("digits/version_*")) / "records" / "quality.csv")

@@ -144,7 +144,8 @@ class SampleQuality(L.Callback):
     def on_test_epoch_end(self, trainer, pl_module) -> None:
         if not trainer.is_global_zero:  # one rank samples and scores; the others only wait
             return
-        scores = self.score(trainer, pl_module, self.test_num_samples or pl_module.hparams.num_samples)
+        num_samples = self.test_num_samples or pl_module.hparams.num_samples
+        scores = self.score(trainer, pl_module, num_samples)
         out = log_dir(trainer)
         if out is not None:
             records = RecordWriter(Path(out), "quality")
@@ -153,3 +154,5 @@ class SampleQuality(L.Callback):
                 records.scalar(step, f"test/{name}", value)
         for name, value in scores.items():
             pl_module.log(f"test/{name}", value, rank_zero_only=True)  # Lightning prints them as a table
+        # FID depends on N (fit scores fewer): the table names the N of the test FID beside it
+        pl_module.log("test/num_samples", float(num_samples), rank_zero_only=True)

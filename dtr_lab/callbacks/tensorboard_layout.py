@@ -27,7 +27,7 @@ from dtr_lab.runs import RunError, config_value, final_metrics, load_run, run_la
 
 # hparams metric tag -> the key of dtr_lab.runs.final_metrics it reports
 FINAL_METRICS = {
-    "hparams/train_loss": "train/loss (last 5 logs)",
+    "hparams/train_loss": "train/loss (last)",
     "hparams/val_loss_ema": "val/loss_ema (last)",
     "hparams/probe_loss_ema": "probe loss, EMA, mean over t",
     "hparams/conflict_neg_share": "conflicting pairs (share)",
