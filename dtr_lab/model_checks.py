@@ -5,9 +5,9 @@ options and the lr schedule's fit to the run, each failing in one line that name
 goes through `check_checkpoint`, the one check every loader uses (the CLI before the trainer writes
 anything, Lightning's own loads through on_load_checkpoint, dtr_lab.official, analysis/eval_noise.py):
 what it was trained as (`identity`: the routing as a dict of its options, T, schedule, backbone, image
-shape, MTL method, position-embedding layout), then the shapes of its tensors. A checkpoint checked once
-is not checked again when Lightning then loads it. `module` is a dtr_lab.module.DiffusionModule, which
-imports this file.
+shape, MTL method with its options, position-embedding layout), then the shapes of its tensors. A
+checkpoint checked once is not checked again when Lightning then loads it. `module` is a
+dtr_lab.module.DiffusionModule, which imports this file.
 """
 
 from __future__ import annotations
@@ -102,7 +102,6 @@ def pos_embed_layout(module: L.LightningModule) -> str:
 def identity(module: L.LightningModule) -> dict[str, Any]:
     """What the module is trained as: the fields a checkpoint must agree on to be loaded into it."""
     hp = module.hparams
-    mtl = "none" if module.mtl is None else f"{type(module.mtl).__name__}(intervals={module.tasks.config})"
     net = type(module.net).__name__ + (f"({module.net.size})" if hasattr(module.net, "size") else "")
     return {
         "routing": module.routing.identity(),
@@ -112,9 +111,19 @@ def identity(module: L.LightningModule) -> dict[str, Any]:
         "image_size": hp.image_size,
         "in_channels": hp.in_channels,
         "num_classes": hp.num_classes,
-        "mtl": mtl,
+        "mtl": mtl_identity(module),
         "pos_embed": pos_embed_layout(module),
     }
+
+
+def mtl_identity(module: L.LightningModule, with_options: bool = True) -> str:
+    """The MTL method as a checkpoint records it: its class, intervals and options (`MTLMethod.options`),
+    e.g. "CAGrad(intervals=Intervals(...), c=0.4, rescale=1, multiply_by_k=False)"; "none" without one.
+    with_options=False gives the form of dtr_lab before issue 32, which recorded no options."""
+    if module.mtl is None:
+        return "none"
+    options = "".join(f", {k}={v!r}" for k, v in module.mtl.options().items()) if with_options else ""
+    return f"{type(module.mtl).__name__}(intervals={module.tasks.config}{options})"
 
 
 def check_checkpoint(module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
@@ -139,6 +148,13 @@ def check_identity(module: L.LightningModule, saved: dict[str, Any] | None) -> N
     own = identity(module)
     if "routing" in saved:  # a repr string before the routing package: read as its identity dict
         saved = {**saved, "routing": identity_of(saved["routing"])}
+    old_mtl = mtl_identity(module, with_options=False)
+    if saved.get("mtl", own["mtl"]) != own["mtl"] and saved["mtl"] == old_mtl:
+        rank_zero_warn(  # saved before identities recorded the method's options: they are not checked
+            f"the checkpoint records its MTL method without options ({saved['mtl']}): they are not checked "
+            f"against this config's ({own['mtl']})"
+        )
+        saved = {**saved, "mtl": own["mtl"]}
     for field in IDENTITY_FIELDS:
         if field in saved and saved[field] != own[field] and field not in allowed:
             theirs, ours = saved[field], own[field]
