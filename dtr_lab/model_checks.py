@@ -1,13 +1,12 @@
 """What a DiffusionModule accepts: its options, its optimizer, and the checkpoints it loads.
 
 `check_options` checks the config's values before anything is built, `check_optimizer` the optimizer's
-options and the lr schedule's fit to the run, each failing in one line that names the option. A checkpoint
+and the lr schedule's options, each failing in one line that names the option. A checkpoint
 goes through `check_checkpoint`, the one check every loader uses (the CLI before the trainer writes
 anything, Lightning's own loads through on_load_checkpoint, dtr_lab.official, analysis/eval_noise.py):
 what it was trained as (`identity`: the routing as a dict of its options, T, schedule, backbone, image
-shape, MTL method with its options, position-embedding layout), then the shapes of its tensors. A
-checkpoint checked once is not checked again when Lightning then loads it. `module` is a
-dtr_lab.module.DiffusionModule, which imports this file.
+shape, MTL method with its options, position-embedding layout), then the shapes of its tensors. `module`
+is a dtr_lab.module.DiffusionModule, which imports this file.
 """
 
 from __future__ import annotations
@@ -75,13 +74,18 @@ def check_options(options: dict[str, Any]) -> None:
         )
 
 
-def check_optimizer(module: L.LightningModule, max_steps: int) -> None:
-    """Build the optimizer once, so options it rejects (lr < 0, betas outside [0, 1)) fail in one line
-    before the run starts rather than in the trainer's setup; the lr schedule must fit the run."""
-    if module.lr_schedule is not None:
-        module.lr_schedule.bind(max_steps)
+def check_optimizer(module: L.LightningModule) -> None:
+    """Build the configured optimizer and lr schedule once on stand-in parameters, so options they reject
+    (lr < 0, betas outside [0, 1), a warm-up past the schedule's end) fail in one line before the run
+    starts rather than in the trainer's setup. The module is only read: its parameters, optimizer and
+    schedule state are untouched (the trainer builds the real ones)."""
+    groups = [{"params": []}] + (module.mtl.param_groups() if module.mtl is not None else [])
+    # each group's options (e.g. ANT-UW's own lr) over one stand-in tensor
+    probe = [{**g, "params": [torch.zeros(1, requires_grad=True)]} for g in groups]
+    # without model.optimizer, the module's default AdamW: nothing to check but the schedule, built on SGD
+    factory = module.optimizer_factory or torch.optim.SGD
     try:
-        module.build_optimizer()
+        optimizer = factory(probe)
     except (ValueError, TypeError) as err:
         # torch words it "Invalid learning rate: -0.001"; name the key and its range instead
         found = re.fullmatch(r"Invalid (.+?): (.+)", str(err))
@@ -92,6 +96,13 @@ def check_optimizer(module: L.LightningModule, max_steps: int) -> None:
             f"model.optimizer.init_args.{key}={found.group(2)} is invalid: it must be {valid}; fix it in "
             "the config or on the command line"
         ) from None
+    if module.lr_schedule is not None:
+        try:
+            module.lr_schedule(optimizer)
+        except DTRLabError:  # already one line naming the option (WarmupCosine's)
+            raise
+        except (ValueError, TypeError) as err:  # torch's schedulers' own checks
+            raise DTRLabError(f"model.lr_schedule rejects its options: {err}; fix its init_args") from None
 
 
 def pos_embed_layout(module: L.LightningModule) -> str:
@@ -127,11 +138,9 @@ def mtl_identity(module: L.LightningModule, with_options: bool = True) -> str:
 
 
 def check_checkpoint(module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
-    """The one check of a checkpoint against the module: identity, then shapes; marks the module so that
-    Lightning's load of the same checkpoint does not check it twice."""
+    """The one check of a checkpoint against the module: identity, then shapes."""
     check_identity(module, checkpoint.get("dtr_lab_identity"))
     check_shapes(module, checkpoint.get("state_dict", {}))
-    module.checkpoint_checked = True
 
 
 def check_identity(module: L.LightningModule, saved: dict[str, Any] | None) -> None:
