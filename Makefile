@@ -78,10 +78,13 @@ reproduce-complementarity: $(VENV)/.installed
 scaling: $(VENV)/.installed
 	$(PY) analysis/scaling.py --out runs/scaling --seeds 3 --jobs 2 --threads 1
 
+# Every script in benchmarks/ (a file with a main guard; tests/test_benchmarks.py finds them the same way),
+# one after the other (docs/benchmarks.md). BENCH_ARGS=--tiny: the suite's seconds-long smoke run of each.
+# gpu_throughput.py says so and stops where no CUDA GPU is visible.
+BENCH_ARGS ?=
 bench: $(VENV)/.installed
-	$(PY) benchmarks/routing_overhead.py
-	$(PY) benchmarks/callback_overhead.py
-	$(PY) benchmarks/mtl_overhead.py
+	@set -e; for script in $$(grep -l '^if __name__ == "__main__":' benchmarks/*.py); do \
+		echo "== $$script $(BENCH_ARGS)"; $(PY) $$script $(BENCH_ARGS); done
 
 lint: $(VENV)/.installed
 	$(PY) -m ruff check dtr_lab tests benchmarks analysis

@@ -10,7 +10,7 @@ interleave with ordinary training steps. Reported (medians):
 3. the amortised overhead of each callback and of all together at the cadences the shipped config
    sets, over its 1500 steps (target ≤ 5 %).
 
-    python benchmarks/callback_overhead.py [--steps 200] [--every 10] [--threads 1]
+    python benchmarks/callback_overhead.py [--steps 200] [--every 10] [--threads 1] [--tiny]
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from pathlib import Path
 import lightning as L
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
+from timing import add_tiny
 
 from dtr_lab.callbacks import GradientConflict, RoutingMaps, TaskAffinity, TimestepLoss
 from dtr_lab.cli import build_cli
@@ -65,9 +66,9 @@ class StepClock(L.Callback):
         self.stamps.append((trainer.global_step, time.perf_counter()))
 
 
-def digits_config() -> tuple[DiffusionModule, ImageDataModule, dict[type, L.Callback]]:
+def digits_config(overrides: list[str]) -> tuple[DiffusionModule, ImageDataModule, dict[type, L.Callback]]:
     """The shipped digits DTR model, data and analysis callbacks (for their default cadences)."""
-    args = [a for c in CONFIGS for a in ("--config", str(c))]
+    args = [a for c in CONFIGS for a in ("--config", str(c))] + overrides
     cli = build_cli(args, run=False)
     shipped = {
         type(cb): cb
@@ -93,12 +94,15 @@ def main() -> None:
         default=0,
         help="torch threads (0: torch's default); 1 avoids OpenMP stalls on a busy CPU",
     )
+    add_tiny(parser)
     opts = parser.parse_args()
     sys.argv = sys.argv[:1]  # the options above are not LightningCLI's
+    if opts.tiny:
+        opts.steps, opts.every, opts.threads = 2, 1, 1
     if opts.threads:
         torch.set_num_threads(opts.threads)
     torch.manual_seed(0)
-    module, data, shipped = digits_config()
+    module, data, shipped = digits_config(["--data.init_args.batch_size", "8"] if opts.tiny else [])
     every = opts.every
     cadence = {
         "TimestepLoss probe": shipped[TimestepLoss].probe_every_n_steps,

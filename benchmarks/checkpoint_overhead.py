@@ -9,7 +9,7 @@ Checkpoints go to a directory on the run disk (not tmpfs, where fsync costs noth
 cadence is denser than the shipped config's (every 100 steps instead of 500) so the difference is
 easier to see.
 
-    python benchmarks/checkpoint_overhead.py [--steps 300] [--every 100] [--repeats 3] [--threads 1]
+    python benchmarks/checkpoint_overhead.py [--steps 300] [--every 100] [--repeats 3] [--threads 1] [--tiny]
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
+from timing import add_tiny
 
 from dtr_lab.checkpointing import RunCheckpoint
 from dtr_lab.cli import build_cli
@@ -30,9 +31,11 @@ ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = [ROOT / "experiments/digits/base.yaml", ROOT / "experiments/routing/dtr.yaml"]
 
 
-def timed_fit(variant: str, steps: int, every: int, save_dir: Path) -> tuple[float, list[float]]:
+def timed_fit(
+    variant: str, steps: int, every: int, save_dir: Path, overrides: list[str]
+) -> tuple[float, list[float]]:
     """Seconds of trainer.fit and of each checkpoint write, for one variant."""
-    args = [a for c in CONFIGS for a in ("--config", str(c))]
+    args = [a for c in CONFIGS for a in ("--config", str(c))] + overrides
     args += ["--trainer.max_steps", str(steps), "--checkpoint.every_n_train_steps", str(every)]
     args += ["--trainer.enable_progress_bar", "false", "--trainer.logger.init_args.save_dir", str(save_dir)]
     cli = build_cli(args, run=False)
@@ -60,14 +63,20 @@ def main() -> None:
     parser.add_argument("--every", type=int, default=100)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
+    add_tiny(parser)
     args = parser.parse_args()
+    # tiny: two writes a fit, a small batch, no analyses (the shipped callbacks are not what is timed)
+    overrides = ["--data.init_args.batch_size", "8", "--trainer.callbacks", "[]"] if args.tiny else []
+    if args.tiny:
+        args.steps, args.every, args.repeats = 2, 1, 1
     torch.set_num_threads(args.threads)
     fits: dict[str, list[float]] = {"dtr_lab": [], "lightning": []}
     writes: dict[str, list[float]] = {"dtr_lab": [], "lightning": []}
     with tempfile.TemporaryDirectory(dir=ROOT) as tmp:
         for r in range(args.repeats):
             for variant in ("dtr_lab", "lightning") if r % 2 == 0 else ("lightning", "dtr_lab"):
-                seconds, saves = timed_fit(variant, args.steps, args.every, Path(tmp) / f"{variant}{r}")
+                save_dir = Path(tmp) / f"{variant}{r}"
+                seconds, saves = timed_fit(variant, args.steps, args.every, save_dir, overrides)
                 fits[variant].append(seconds)
                 writes[variant].extend(saves)
                 print(

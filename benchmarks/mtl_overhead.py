@@ -5,7 +5,7 @@ process, alternating the variants over several rounds; medians of per-step times
 PCGrad ≤ 2.5× a plain step. Nash-MTL solves its weights every `update_every` steps and
 between solves takes one ordinary backward, so its amortised (mean) cost is reported too.
 
-    python benchmarks/mtl_overhead.py [--rounds 3] [--steps 25]
+    python benchmarks/mtl_overhead.py [--rounds 3] [--steps 25] [--tiny]
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import argparse
 import statistics
 
 import torch
-from timing import lightning_step_times
+from timing import add_tiny, lightning_step_times
 from torch.utils.data import DataLoader
 
 from dtr_lab.data import DigitsDataModule
@@ -23,7 +23,7 @@ from dtr_lab.module import DiffusionModule
 from dtr_lab.mtl import Intervals, NashMTL, PCGrad
 from dtr_lab.routing import DTRRouting
 
-K, BATCH = 5, 130
+K, BATCH, TINY_BATCH = 5, 130, 10  # stratified: a batch is a multiple of K
 
 
 def make_module(mtl) -> DiffusionModule:
@@ -34,8 +34,8 @@ def make_module(mtl) -> DiffusionModule:
     return DiffusionModule(net=net, routing=DTRRouting(), mtl=mtl, ema_decay=0.999)
 
 
-def digits_loader() -> DataLoader:
-    data = DigitsDataModule(batch_size=BATCH)
+def digits_loader(batch: int) -> DataLoader:
+    data = DigitsDataModule(batch_size=batch)
     data.setup("fit")
     return data.train_dataloader()
 
@@ -45,7 +45,11 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--steps", type=int, default=25, help="timed steps per variant per round")
     parser.add_argument("--update-every", type=int, default=25, help="Nash-MTL solve cadence")
+    add_tiny(parser)
     args = parser.parse_args()
+    batch = TINY_BATCH if args.tiny else BATCH
+    if args.tiny:
+        args.rounds, args.steps = 1, 2
     variants = {
         "plain": lambda: None,
         "pcgrad": lambda: PCGrad(Intervals(K)),
@@ -56,11 +60,11 @@ def main() -> None:
     for r in range(args.rounds):
         order = list(variants) if r % 2 == 0 else list(variants)[::-1]
         for name in order:
-            times[name] += lightning_step_times(modules[name], digits_loader(), args.steps)
+            times[name] += lightning_step_times(modules[name], digits_loader(batch), args.steps)
     med = {k: statistics.median(v) for k, v in times.items()}
     mean = {k: statistics.fmean(v) for k, v in times.items()}
     print(
-        f"DiT-T/2 on digits, batch {BATCH}, K={K}, torch {torch.__version__}, "
+        f"DiT-T/2 on digits, batch {batch}, K={K}, torch {torch.__version__}, "
         f"{torch.get_num_threads()} threads, "
         f"{args.rounds} rounds x {args.steps} steps per variant"
     )

@@ -6,7 +6,7 @@ unrouted, DTR, Switch's experts alone (w_JSD = 0: gates + experts in every block
 experts plus the diffusion prior: the gates over all T, a bipartite matching, the JSD). Target: Switch /
 unrouted ≤ 1.15. Sampling (the EMA network's forward, no gradient) is timed the same way.
 
-    python benchmarks/switch_overhead.py [--rounds 5] [--steps 10] [--plot docs/routing/overhead.png]
+    python benchmarks/switch_overhead.py [--rounds 5] [--steps 10] [--plot docs/routing/overhead.png] [--tiny]
 """
 
 from __future__ import annotations
@@ -17,31 +17,32 @@ import time
 from pathlib import Path
 
 import torch
-from timing import dit_module
+from timing import add_tiny, dit_module
 
 from dtr_lab.module import DiffusionModule
 from dtr_lab.routing import DTRRouting, NoRouting, SwitchRouting
 
-IMAGE, CHANNELS, CLASSES, BATCH = 8, 1, 10, 128
+IMAGE, CHANNELS, CLASSES, BATCH, TINY_BATCH = 8, 1, 10, 128, 4
 
 
 def make_module(routing) -> DiffusionModule:
     return dit_module(routing, "DiT-T/2", IMAGE, CHANNELS, CLASSES)
 
 
-def step_times(module: DiffusionModule, steps: int, prior: bool) -> list[float]:
+def step_times(module: DiffusionModule, steps: int, batch: int, prior: bool) -> list[float]:
     """Forward, the routing's prior (if any and asked for), backward, optimizer step, EMA update."""
     opt = module.configure_optimizers()
     gen = torch.Generator().manual_seed(0)
     times = []
     for step in range(steps + 1):
-        x0 = torch.rand(BATCH, CHANNELS, IMAGE, IMAGE, generator=gen) * 2 - 1
-        y = torch.randint(0, CLASSES, (BATCH,), generator=gen)
+        x0 = torch.rand(batch, CHANNELS, IMAGE, IMAGE, generator=gen) * 2 - 1
+        y = torch.randint(0, CLASSES, (batch,), generator=gen)
         start = time.perf_counter()
         t, noise, y = module.draw(x0, y)
         loss = module.training_loss(x0, t, noise, y)[0].mean()
         if prior:
-            loss = loss + module.net.routing_loss(t, torch.Generator().manual_seed(step))
+            term = module.net.routing_loss(t, torch.Generator().manual_seed(step))
+            loss = loss + term.weight * term.value
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -51,14 +52,14 @@ def step_times(module: DiffusionModule, steps: int, prior: bool) -> list[float]:
 
 
 @torch.no_grad()
-def sample_times(module: DiffusionModule, steps: int) -> list[float]:
+def sample_times(module: DiffusionModule, steps: int, batch: int) -> list[float]:
     """One denoising step of the EMA network on a batch (what sampling repeats T' times)."""
     gen = torch.Generator().manual_seed(1)
     times = []
     for _ in range(steps + 1):
-        x = torch.randn(BATCH, CHANNELS, IMAGE, IMAGE, generator=gen)
-        t = torch.randint(0, 1000, (BATCH,), generator=gen)
-        y = torch.randint(0, CLASSES, (BATCH,), generator=gen)
+        x = torch.randn(batch, CHANNELS, IMAGE, IMAGE, generator=gen)
+        t = torch.randint(0, 1000, (batch,), generator=gen)
+        y = torch.randint(0, CLASSES, (batch,), generator=gen)
         start = time.perf_counter()
         module.ema.module(x, t, y)
         times.append(time.perf_counter() - start)
@@ -70,7 +71,11 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--steps", type=int, default=10, help="timed steps per variant per round")
     parser.add_argument("--plot", type=Path, help="also draw the step times (median, quartiles) to this PNG")
+    add_tiny(parser)
     args = parser.parse_args()
+    batch = TINY_BATCH if args.tiny else BATCH
+    if args.tiny:
+        args.rounds, args.steps = 1, 2
     modules = {
         "vanilla": make_module(NoRouting()),
         "dtr": make_module(DTRRouting(4.0, 0.8)),
@@ -82,14 +87,14 @@ def main() -> None:
     for r in range(args.rounds):
         order = list(modules) if r % 2 == 0 else list(modules)[::-1]
         for name in order:
-            train[name] += step_times(modules[name], args.steps, prior=name == "switch")
+            train[name] += step_times(modules[name], args.steps, batch, prior=name == "switch")
         for name in sample if r % 2 == 0 else list(sample)[::-1]:
-            sample[name] += sample_times(modules[name], args.steps)
+            sample[name] += sample_times(modules[name], args.steps, batch)
     med = {k: statistics.median(v) for k, v in train.items()}
     smp = {k: statistics.median(v) for k, v in sample.items()}
     parameters = {k: sum(p.numel() for p in m.net.parameters()) for k, m in modules.items()}
     print(
-        f"DiT-T/2, {IMAGE}x{IMAGE}x{CHANNELS}, batch {BATCH}, torch {torch.__version__}, "
+        f"DiT-T/2, {IMAGE}x{IMAGE}x{CHANNELS}, batch {batch}, torch {torch.__version__}, "
         f"{torch.get_num_threads()} threads, {args.rounds} rounds x {args.steps} steps per variant"
     )
     print(

@@ -1,7 +1,9 @@
-"""Shared helpers for the benchmarks: a seeded DiT module, per-step wall times inside a real Lightning fit."""
+"""Shared helpers for the benchmarks: a seeded DiT module, per-step wall times inside a real Lightning fit,
+the `--tiny` option every benchmark takes."""
 
 from __future__ import annotations
 
+import argparse
 import time
 
 import lightning as L
@@ -10,11 +12,20 @@ from torch.utils.data import DataLoader
 
 from dtr_lab.models import DiT
 from dtr_lab.module import DiffusionModule
-from dtr_lab.routing import RoutingStrategy
+from dtr_lab.routing import Routing
+
+
+def add_tiny(parser: argparse.ArgumentParser) -> None:
+    """`--tiny`: the run tests/test_benchmarks.py makes of every benchmark, so that an API change cannot
+    break one unseen. Seconds long, the smallest model, one round of one or two steps: its numbers mean
+    nothing."""
+    parser.add_argument(
+        "--tiny", action="store_true", help="a seconds-long smoke run (the suite's); its numbers mean nothing"
+    )
 
 
 def dit_module(
-    routing: RoutingStrategy, size: str, image_size: int, in_channels: int, num_classes: int
+    routing: Routing, size: str, image_size: int, in_channels: int, num_classes: int
 ) -> DiffusionModule:
     """A DiffusionModule around a class-conditional DiT, built after manual_seed(0): every variant of a
     benchmark starts from the same weights."""

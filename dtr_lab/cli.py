@@ -157,7 +157,7 @@ class DTRLabCLI(LightningCLI):
         self.prepare_analyses()
 
     def prepare_analyses(self) -> None:
-        check_optimizer(self.model, self.trainer.max_steps)
+        check_optimizer(self.model)
         analyses = [c for c in self.trainer.callbacks if hasattr(c, "prepare")]
         if analyses:  # their probes come from the training set: a batch larger than it is the real fault
             self.datamodule.setup("fit")

@@ -1,13 +1,12 @@
 """What a DiffusionModule accepts: its options, its optimizer, and the checkpoints it loads.
 
 `check_options` checks the config's values before anything is built, `check_optimizer` the optimizer's
-options and the lr schedule's fit to the run, each failing in one line that names the option. A checkpoint
+and the lr schedule's options, each failing in one line that names the option. A checkpoint
 goes through `check_checkpoint`, the one check every loader uses (the CLI before the trainer writes
 anything, Lightning's own loads through on_load_checkpoint, dtr_lab.official, analysis/eval_noise.py):
 what it was trained as (`identity`: the routing as a dict of its options, T, schedule, backbone, image
-shape, MTL method, position-embedding layout), then the shapes of its tensors. A checkpoint checked once
-is not checked again when Lightning then loads it. `module` is a dtr_lab.module.DiffusionModule, which
-imports this file.
+shape, MTL method with its options, position-embedding layout), then the shapes of its tensors. `module`
+is a dtr_lab.module.DiffusionModule, which imports this file.
 """
 
 from __future__ import annotations
@@ -75,13 +74,18 @@ def check_options(options: dict[str, Any]) -> None:
         )
 
 
-def check_optimizer(module: L.LightningModule, max_steps: int) -> None:
-    """Build the optimizer once, so options it rejects (lr < 0, betas outside [0, 1)) fail in one line
-    before the run starts rather than in the trainer's setup; the lr schedule must fit the run."""
-    if module.lr_schedule is not None:
-        module.lr_schedule.bind(max_steps)
+def check_optimizer(module: L.LightningModule) -> None:
+    """Build the configured optimizer and lr schedule once on stand-in parameters, so options they reject
+    (lr < 0, betas outside [0, 1), a warm-up past the schedule's end) fail in one line before the run
+    starts rather than in the trainer's setup. The module is only read: its parameters, optimizer and
+    schedule state are untouched (the trainer builds the real ones)."""
+    groups = [{"params": []}] + (module.mtl.param_groups() if module.mtl is not None else [])
+    # each group's options (e.g. ANT-UW's own lr) over one stand-in tensor
+    probe = [{**g, "params": [torch.zeros(1, requires_grad=True)]} for g in groups]
+    # without model.optimizer, the module's default AdamW: nothing to check but the schedule, built on SGD
+    factory = module.optimizer_factory or torch.optim.SGD
     try:
-        module.build_optimizer()
+        optimizer = factory(probe)
     except (ValueError, TypeError) as err:
         # torch words it "Invalid learning rate: -0.001"; name the key and its range instead
         found = re.fullmatch(r"Invalid (.+?): (.+)", str(err))
@@ -92,6 +96,13 @@ def check_optimizer(module: L.LightningModule, max_steps: int) -> None:
             f"model.optimizer.init_args.{key}={found.group(2)} is invalid: it must be {valid}; fix it in "
             "the config or on the command line"
         ) from None
+    if module.lr_schedule is not None:
+        try:
+            module.lr_schedule(optimizer)
+        except DTRLabError:  # already one line naming the option (WarmupCosine's)
+            raise
+        except (ValueError, TypeError) as err:  # torch's schedulers' own checks
+            raise DTRLabError(f"model.lr_schedule rejects its options: {err}; fix its init_args") from None
 
 
 def pos_embed_layout(module: L.LightningModule) -> str:
@@ -102,7 +113,6 @@ def pos_embed_layout(module: L.LightningModule) -> str:
 def identity(module: L.LightningModule) -> dict[str, Any]:
     """What the module is trained as: the fields a checkpoint must agree on to be loaded into it."""
     hp = module.hparams
-    mtl = "none" if module.mtl is None else f"{type(module.mtl).__name__}(intervals={module.tasks.config})"
     net = type(module.net).__name__ + (f"({module.net.size})" if hasattr(module.net, "size") else "")
     return {
         "routing": module.routing.identity(),
@@ -112,17 +122,25 @@ def identity(module: L.LightningModule) -> dict[str, Any]:
         "image_size": hp.image_size,
         "in_channels": hp.in_channels,
         "num_classes": hp.num_classes,
-        "mtl": mtl,
+        "mtl": mtl_identity(module),
         "pos_embed": pos_embed_layout(module),
     }
 
 
+def mtl_identity(module: L.LightningModule, with_options: bool = True) -> str:
+    """The MTL method as a checkpoint records it: its class, intervals and options (`MTLMethod.options`),
+    e.g. "CAGrad(intervals=Intervals(...), c=0.4, rescale=1, multiply_by_k=False)"; "none" without one.
+    with_options=False gives the form of dtr_lab before issue 32, which recorded no options."""
+    if module.mtl is None:
+        return "none"
+    options = "".join(f", {k}={v!r}" for k, v in module.mtl.options().items()) if with_options else ""
+    return f"{type(module.mtl).__name__}(intervals={module.tasks.config}{options})"
+
+
 def check_checkpoint(module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
-    """The one check of a checkpoint against the module: identity, then shapes; marks the module so that
-    Lightning's load of the same checkpoint does not check it twice."""
+    """The one check of a checkpoint against the module: identity, then shapes."""
     check_identity(module, checkpoint.get("dtr_lab_identity"))
     check_shapes(module, checkpoint.get("state_dict", {}))
-    module.checkpoint_checked = True
 
 
 def check_identity(module: L.LightningModule, saved: dict[str, Any] | None) -> None:
@@ -139,6 +157,13 @@ def check_identity(module: L.LightningModule, saved: dict[str, Any] | None) -> N
     own = identity(module)
     if "routing" in saved:  # a repr string before the routing package: read as its identity dict
         saved = {**saved, "routing": identity_of(saved["routing"])}
+    old_mtl = mtl_identity(module, with_options=False)
+    if saved.get("mtl", own["mtl"]) != own["mtl"] and saved["mtl"] == old_mtl:
+        rank_zero_warn(  # saved before identities recorded the method's options: they are not checked
+            f"the checkpoint records its MTL method without options ({saved['mtl']}): they are not checked "
+            f"against this config's ({own['mtl']})"
+        )
+        saved = {**saved, "mtl": own["mtl"]}
     for field in IDENTITY_FIELDS:
         if field in saved and saved[field] != own[field] and field not in allowed:
             theirs, ours = saved[field], own[field]

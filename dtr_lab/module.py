@@ -19,7 +19,7 @@ from dtr_lab.diffusion import GaussianDiffusion, per_sample_mse
 from dtr_lab.diffusion.learned_variance import split_output, vb_term
 from dtr_lab.diffusion.weighting import LossWeighting, Uniform
 from dtr_lab.ema import EMA
-from dtr_lab.lr_schedule import WarmupCosine
+from dtr_lab.lr_schedule import LRScheduleFactory, hold_unscheduled
 from dtr_lab.model_checks import check_checkpoint, check_options, identity
 from dtr_lab.models.factory import NetFactory
 from dtr_lab.mtl.gradients import flat_grad, write_grad
@@ -45,7 +45,7 @@ class DiffusionModule(Sampling, L.LightningModule):
         intervals: Intervals | None = None,
         mtl: MTLMethod | None = None,
         optimizer: OptimizerFactory | None = None,
-        lr_schedule: WarmupCosine | None = None,
+        lr_schedule: LRScheduleFactory | None = None,
         gradient_clip_val: float | None = None,
         compile: bool = False,
         ema_decay: float = 0.9999,
@@ -77,8 +77,9 @@ class DiffusionModule(Sampling, L.LightningModule):
             mtl: a method over the K intervals (stratified batches): UncertaintyWeighting (ANT-UW), or a
                 gradient method such as PCGrad or NashMTL (manual optimisation).
             optimizer: optimizer class and options; default AdamW(lr=1e-4, weight_decay=0) as in DTR.
-            lr_schedule: the lr's factor per optimizer step, e.g. dtr_lab.lr_schedule.WarmupCosine; none:
-                constant, as in DiT and DTR.
+            lr_schedule: optimizer -> scheduler, stepped every optimizer step: any torch.optim.lr_scheduler
+                class or dtr_lab.lr_schedule.WarmupCosine (dtr_lab.lr_schedule); none: constant, as in DiT
+                and DTR.
             gradient_clip_val: max gradient norm for the gradient methods (which optimise manually;
                 otherwise use Lightning's trainer.gradient_clip_val).
             compile: torch.compile the network in place (GPU speed; state_dict keys unchanged).
@@ -138,7 +139,6 @@ class DiffusionModule(Sampling, L.LightningModule):
         self.rng: torch.Generator | None = None
         self._rng_state: torch.Tensor | None = None
         self.checkpoint_step = 0  # the loaded checkpoint's step: where analyses of a loaded model record
-        self.checkpoint_checked = False  # set by model_checks.check_checkpoint, cleared by the load
 
     def forward(self, x_t: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         """The denoiser's output at noisy images x_t (N, C, H, W) and timesteps t (N,)."""
@@ -264,7 +264,7 @@ class DiffusionModule(Sampling, L.LightningModule):
         self.optimizer_step(self.current_epoch, batch_idx, opt)  # the step and the EMA update, as automatic
         opt.zero_grad(set_to_none=True)
         if self.lr_schedule is not None:
-            self.lr_schedulers().step()
+            self.lr_scheduler_step(self.lr_schedulers(), None)
 
     def on_train_end(self) -> None:
         self.tasks.release()  # the analyses' gradients of the last step
@@ -285,9 +285,13 @@ class DiffusionModule(Sampling, L.LightningModule):
         optimizer = self.build_optimizer()
         if self.lr_schedule is None:
             return optimizer
-        factor = self.lr_schedule.bind(self.trainer.max_steps)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        scheduler = self.lr_schedule(optimizer)
+        hold_unscheduled(optimizer)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def lr_scheduler_step(self, scheduler: torch.optim.lr_scheduler.LRScheduler, metric: Any) -> None:
+        scheduler.step()
+        hold_unscheduled(scheduler.optimizer)
 
     def check_batch_size(self, batch_size: int) -> None:
         """Stratified sampling needs B divisible by K; checked before anything is written."""
@@ -327,9 +331,9 @@ class DiffusionModule(Sampling, L.LightningModule):
             checkpoint["dtr_lab_rng_state"] = self.rng.get_state()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        if not self.checkpoint_checked:  # the CLI checks --ckpt_path before the trainer starts
-            check_checkpoint(self, checkpoint)
-        self.checkpoint_checked = False
+        # also where the CLI checked --ckpt_path before the trainer started: checking twice costs a
+        # comparison of names and shapes, and no state says whether a check was done
+        check_checkpoint(self, checkpoint)
         self._rng_state = checkpoint.get("dtr_lab_rng_state")
         self.rng = None
         self.checkpoint_step = checkpoint.get("global_step", 0)

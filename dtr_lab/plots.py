@@ -575,8 +575,6 @@ def sample_grids(runs: Run | Runs) -> Figure:
     return fig
 
 
-# --- sample quality (records/quality.csv): FID vs iteration and the DTR α/β ablation ---
-
 METRIC_NAMES = {
     "fid": "digits-FID (lower is better)",
     "accuracy": "class accuracy of samples",
@@ -588,55 +586,6 @@ METRIC_NAMES = {
     "recall": "recall",
     "memorised": "share of samples copying a training image",
 }
-
-
-def quality_curves(
-    quality: pd.DataFrame,
-    metric: str = "fid",
-    hue: str = "routing",
-    line_style: str | None = None,
-    col: str | None = None,
-) -> Figure:
-    """`metric` against training step: mean over seeds with a ±1 sd band, one line per (hue, line_style),
-    one panel per value of `col`. `quality` has columns step, metric, value, seed and the grouping columns."""
-    rows = quality[quality["metric"] == metric]
-    if rows.empty:
-        raise ValueError(f"no {metric!r} rows in the quality records; is SampleQuality among the callbacks?")
-    order = list(dict.fromkeys(rows[hue]))
-    with style():
-        grid = sns.relplot(
-            data=rows, x="step", y="value", hue=hue, hue_order=order, palette=palette(order),
-            style=line_style, col=col, kind="line", errorbar="sd", marker="o", markersize=4,
-            height=3.2, aspect=1.25, facet_kws={"sharey": True},
-        )
-        grid.set_axis_labels("training step", METRIC_NAMES.get(metric, metric))
-        if col is not None:
-            grid.set_titles("{col_name}")
-        for ax in grid.axes.flat:
-            ax.grid(True, alpha=0.3)
-    return grid.figure
-
-
-def ablation(
-    final: pd.DataFrame, params: dict[str, str], metrics: Sequence[str] = ("fid", "accuracy")
-) -> Figure:
-    """Final metrics against each swept parameter, one panel per (metric, parameter).
-
-    `final` has a `param` column (which parameter the row sweeps), a `param_value` column, and one
-    column per metric; `params` maps parameter names to axis labels, e.g. {"alpha": "α"}.
-    """
-    with style():
-        fig, axes = plt.subplots(len(metrics), len(params), figsize=(3.4 * len(params), 2.8 * len(metrics)),
-                                 squeeze=False)
-        for c, (param, label) in enumerate(params.items()):
-            rows = final[final["param"] == param].sort_values("param_value")
-            for r, metric in enumerate(metrics):
-                ax = axes[r, c]
-                ax.plot(rows["param_value"], rows[metric], marker="o", color=palette(["dtr"])["dtr"])
-                ax.set_xlabel(label)
-                ax.set_ylabel(METRIC_NAMES.get(metric, metric))
-                ax.set_xticks(rows["param_value"].tolist())
-    return fig
 
 
 def paired_gains(table: pd.DataFrame, metrics: dict[str, str]) -> Figure:
@@ -662,32 +611,6 @@ def paired_gains(table: pd.DataFrame, metrics: dict[str, str]) -> Figure:
                 ax.set_xlabel(name)
                 ax.set_ylabel(label)
         fig.suptitle("paired difference, mean and 95 % t interval over seeds", fontsize=9)
-    return fig
-
-
-def paired_differences(table: pd.DataFrame, metrics: dict[str, str]) -> Figure:
-    """Every comparison of a paired study at a glance: one panel per metric, one row per comparison, its
-    mean paired difference b − a with the 95 % t interval; a dashed line marks no difference.
-
-    `table` has columns comparison, metric, diff, ci_low, ci_high (analysis/study.py's paired_table at one
-    step); comparisons are drawn top to bottom in the table's order.
-    """
-    order = list(dict.fromkeys(table["comparison"]))
-    colour = palette(["dtr"])["dtr"]
-    with style():
-        fig, axes = plt.subplots(1, len(metrics), sharey=True, squeeze=False,
-                                 figsize=(2.9 * len(metrics) + 1.4, 0.38 * len(order) + 1.2))
-        for ax, (metric, label) in zip(axes[0], metrics.items(), strict=True):
-            rows = table[table["metric"] == metric].set_index("comparison").reindex(order)
-            y = np.arange(len(order))
-            low, high = rows["diff"] - rows["ci_low"], rows["ci_high"] - rows["diff"]
-            ax.errorbar(rows["diff"], y, xerr=[low.fillna(0), high.fillna(0)], fmt="o", color=colour,
-                        capsize=3)
-            ax.axvline(0, color="grey", linestyle="--", linewidth=1)
-            ax.set_yticks(y, order)
-            ax.set_xlabel(label)
-        axes[0][0].invert_yaxis()  # the first comparison on top (the axes share y)
-        fig.suptitle("paired difference b − a, mean and 95 % t interval over seeds", fontsize=9)
     return fig
 
 

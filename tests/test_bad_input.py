@@ -128,15 +128,20 @@ CONFIG_FILES = {
         "model:\n  optimizer:\n    class_path: torch.optim.AdamW\n    init_args:\n      lr: -0.001\n",
         ["model.optimizer.init_args.lr=-0.001", "must be ≥ 0"],
     ),
-    "warm-up past the run": (
+    "warm-up past the schedule": (
         "model:\n  lr_schedule:\n    class_path: dtr_lab.lr_schedule.WarmupCosine\n    init_args:\n"
-        "      warmup_steps: 2\n",
-        ["warmup_steps=2", "below trainer.max_steps=2"],
+        "      total_steps: 2\n      warmup_steps: 2\n",
+        ["warmup_steps=2", "below total_steps=2"],
     ),
     "lr schedule final ratio": (
         "model:\n  lr_schedule:\n    class_path: dtr_lab.lr_schedule.WarmupCosine\n    init_args:\n"
-        "      final_ratio: 1.5\n",
+        "      total_steps: 2\n      final_ratio: 1.5\n",
         ["final_ratio=1.5", "in [0, 1]"],
+    ),
+    "torch lr schedule's own check": (
+        "model:\n  lr_schedule:\n    class_path: torch.optim.lr_scheduler.LinearLR\n    init_args:\n"
+        "      start_factor: 0\n",
+        ["model.lr_schedule rejects its options", "fix its init_args"],
     ),
     "patch size 0": ("model:\n  net:\n    init_args:\n      size: DiT-T/0\n", ["DiT-T/0"]),
     "negative max_steps": ("trainer:\n  max_steps: -5\n", ["max_steps", "-5"]),

@@ -45,16 +45,26 @@ def needs_the_command_line(path: Path) -> bool:
 # Products of composable files: one entry from each axis, an entry being one file or several together.
 # Concerns live once (experiments/routing, weighting, mtl) and compose with each dataset. A folder not
 # named here composes as base.yaml + each other file (or, without a base.yaml, each file alone). Every
-# routing file is found, so a new routing is a new file with no entry here.
+# routing file is found, so a new routing is a new file with no entry here; so is every MTL file whose K
+# splits the digits' stratified batch into equal intervals (the rest, mtl/uw8.yaml's K = 8, compose with the
+# dataset whose batch they fit).
 ROUTING_FILES = sorted((EXPERIMENTS / "routing").glob("*.yaml"))
 ROUTINGS = [(f"routing/{p.name}",) for p in ROUTING_FILES if not needs_the_command_line(p)]
+STRATIFIED_BATCH = yaml.safe_load((EXPERIMENTS / "digits/stratified.yaml").read_text())["data"]["init_args"][
+    "batch_size"
+]
+DIGITS_MTL = [
+    (f"mtl/{p.name}", "digits/stratified.yaml")
+    for p in sorted((EXPERIMENTS / "mtl").glob("*.yaml"))
+    if STRATIFIED_BATCH % num_intervals(yaml.safe_load(p.read_text())) == 0
+]
 AXES = {
     "digits": [
         [("digits/base.yaml",)],
         # the sharing spectrum's no-sharing end: one expert per interval, B/K samples each
         ROUTINGS + [("sharing/experts.yaml", "digits/stratified.yaml")],
         [("weighting/uniform.yaml",), ("weighting/min_snr.yaml",), ("weighting/p2.yaml",)]
-        + [(f"mtl/{m}.yaml", "digits/stratified.yaml") for m in ("uw", "pcgrad", "nash", "cagrad")],
+        + DIGITS_MTL,
     ],
     "imagenet256": [
         [("imagenet256/base.yaml",)],

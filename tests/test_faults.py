@@ -26,7 +26,7 @@ from dtr_lab.cli import main
 from dtr_lab.data.base import EpochShuffleSampler, ResumableDataLoader
 from dtr_lab.errors import DTRLabError
 from dtr_lab.model_checks import check_identity
-from dtr_lab.mtl import PCGrad
+from dtr_lab.mtl import CAGrad, NashMTL, PCGrad, UncertaintyWeighting
 from dtr_lab.routing import NoRouting
 from dtr_lab.run_dir import claim_log_dir
 from dtr_lab.temp_files import remove_dead_writers_temps
@@ -277,6 +277,32 @@ def test_checkpoint_identity_names_each_field_and_its_override():
         check_identity(dtr, None)  # a checkpoint from before the identity was stored
     with pytest.raises(DTRLabError, match="unknown field 'routnig'"):
         tiny_module(allow_checkpoint_mismatch=["routnig"])
+
+
+def test_method_options_are_part_of_the_identity():
+    """A resume with other options of the MTL method (CAGrad's c, Nash-MTL's update_every, ANT-UW's lr) is
+    refused as one with other routing options is; a checkpoint saved before the identity recorded them loads
+    with a warning, and one of another method is still refused."""
+    saved = tiny_module(mtl=CAGrad(c=0.4)).identity()
+    assert saved["mtl"].startswith("CAGrad(intervals=Intervals(num_intervals=5")
+    assert saved["mtl"].endswith(", c=0.4, rescale=1, multiply_by_k=False)")
+    check_identity(tiny_module(mtl=CAGrad(c=0.4)), saved)
+    refused = r"trained with mtl=CAGrad\(.*c=0\.4.* config has mtl=CAGrad\(.*c=0\.5"
+    with pytest.raises(DTRLabError, match=refused):
+        check_identity(tiny_module(mtl=CAGrad(c=0.5)), saved)
+    check_identity(tiny_module(mtl=CAGrad(c=0.5), allow_checkpoint_mismatch=["mtl"]), saved)
+    nash = tiny_module(mtl=NashMTL(update_every=25)).identity()
+    with pytest.raises(DTRLabError, match="update_every=25.* but the config has .*update_every=5,"):
+        check_identity(tiny_module(mtl=NashMTL(update_every=5)), nash)
+    uw = tiny_module(mtl=UncertaintyWeighting(lr=0.025)).identity()
+    with pytest.raises(DTRLabError, match="lr=0.025.* but the config has .*lr=0.05"):
+        check_identity(tiny_module(mtl=UncertaintyWeighting(lr=0.05)), uw)
+    old = {**saved, "mtl": saved["mtl"].removesuffix(", c=0.4, rescale=1, multiply_by_k=False)") + ")"}
+    assert old["mtl"] == "CAGrad(intervals=Intervals(num_intervals=5, spacing='uniform', boundaries=None))"
+    with pytest.warns(UserWarning, match="without options"):
+        check_identity(tiny_module(mtl=CAGrad(c=0.5)), old)
+    with pytest.raises(DTRLabError, match="trained with mtl=CAGrad.* config has mtl=PCGrad"):
+        check_identity(tiny_module(mtl=PCGrad()), old)
 
 
 def test_an_old_row_first_checkpoint_keeps_its_layout_never_transposed():

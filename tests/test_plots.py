@@ -263,33 +263,6 @@ def test_matrix_grid_run_still_training_shows_its_own_steps(tmp_path):
     ]
 
 
-def test_quality_curves_and_ablation_on_synthetic_frames():
-    """FID-vs-step lines per routing (mean of seeds) and the α/β sweep panels, values drawn as given."""
-    import pandas as pd
-
-    from dtr_lab.plots import ablation, quality_curves
-
-    rows = [
-        {"step": s, "metric": "fid", "value": v + seed, "seed": seed, "routing": r}
-        for r, base in (("vanilla", 100.0), ("dtr", 80.0))
-        for seed in (0, 2)
-        for s, v in ((300, base), (600, base / 2))
-    ]
-    fig = quality_curves(pd.DataFrame(rows), "fid")
-    ax = fig.axes[0]
-    assert ax.get_xlabel() == "training step" and "FID" in ax.get_ylabel()
-    means = {tuple(line.get_ydata()) for line in ax.get_lines() if len(line.get_ydata()) == 2}
-    assert (101.0, 51.0) in means and (81.0, 41.0) in means  # seed means 100+1, 50+1, 80+1, 40+1
-    final = pd.DataFrame(
-        {"param": ["alpha", "alpha", "beta"], "param_value": [1.0, 4.0, 0.8], "fid": [3.0, 2.0, 1.0],
-         "accuracy": [0.5, 0.6, 0.7]}
-    )
-    fig = ablation(final, {"alpha": "α", "beta": "β"})
-    assert len(fig.axes) == 4
-    assert list(fig.axes[0].get_lines()[0].get_ydata()) == [3.0, 2.0]
-    assert fig.axes[1].get_xlabel() == "β"
-
-
 def test_paired_gains_draws_means_and_interval_bars():
     """One panel per (metric, axis); each point at its mean, its bar from ci_low to ci_high."""
     import pandas as pd
@@ -308,30 +281,6 @@ def test_paired_gains_draws_means_and_interval_bars():
     assert list(width.get_lines()[0].get_ydata()) == [-1.0, -4.0]
     bars = width.collections[0].get_segments()  # one vertical segment per point
     assert [tuple(s[:, 1]) for s in bars] == [(-3.0, 1.0), (-5.0, -3.5)]
-
-
-def test_paired_differences_one_row_per_comparison_in_order():
-    """One panel per metric; comparison k at height k (first on top), its bar from ci_low to ci_high."""
-    import pandas as pd
-
-    from dtr_lab.plots import paired_differences
-
-    rows = [
-        ("R-TR − vanilla", "fid", 55.0, 50.0, 61.0),
-        ("DTR − vanilla", "fid", 2.0, -14.0, 18.0),
-        ("R-TR − vanilla", "probe_0", 14.0, 12.0, 16.0),
-        ("DTR − vanilla", "probe_0", -0.5, -4.0, 3.0),
-    ]
-    table = pd.DataFrame(rows, columns=["comparison", "metric", "diff", "ci_low", "ci_high"])
-    fig = paired_differences(table, {"fid": "Δ FID", "probe_0": "Δ probe (%)"})
-    assert [ax.get_xlabel() for ax in fig.axes] == ["Δ FID", "Δ probe (%)"]
-    fid = fig.axes[0]
-    assert [t.get_text() for t in fid.get_yticklabels()] == ["R-TR − vanilla", "DTR − vanilla"]
-    assert fid.get_ylim()[0] > fid.get_ylim()[1]  # inverted: the first comparison on top
-    assert list(fid.get_lines()[0].get_xdata()) == [55.0, 2.0]
-    bars = fid.collections[0].get_segments()  # one horizontal segment per comparison
-    assert [tuple(s[:, 0]) for s in bars] == [(50.0, 61.0), (-14.0, 18.0)]
-    assert [tuple(s[:, 1]) for s in bars] == [(0.0, 0.0), (1.0, 1.0)]
 
 
 def test_convergence_curves_draw_every_arm_over_one_panel_per_comparison():

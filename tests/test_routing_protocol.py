@@ -4,6 +4,7 @@ which routing it has."""
 from __future__ import annotations
 
 import ast
+import importlib
 import re
 from functools import partial
 
@@ -21,7 +22,6 @@ from dtr_lab.routing import (
     BaseRouter,
     Drawing,
     DTRRouting,
-    NoRouting,
     RandomRouting,
     Routing,
     RoutingLoss,
@@ -31,13 +31,39 @@ from dtr_lab.routing import (
 )
 
 T = 20
-ROUTINGS = {
-    "vanilla": NoRouting,
-    "dtr": partial(DTRRouting, alpha=2.0, beta=0.5),
-    "rtr": partial(RandomRouting, beta=0.5, seed=4),
-    "switch": partial(SwitchRouting, seed=0),
-    "affinity": partial(AffinityRouting, [[1.0, 0.2, -0.1], [0.2, 1.0, 0.3], [-0.1, 0.3, 1.0]], beta=0.5),
+AFFINITY = [[1.0, 0.2, -0.1], [0.2, 1.0, 0.3], [-0.1, 0.3, 1.0]]
+# options of the routings that need some (a measured affinity) or whose defaults a T = 20 test would not
+# tell apart; a routing not named here is built with its defaults
+OPTIONS = {
+    DTRRouting: {"alpha": 2.0, "beta": 0.5},
+    RandomRouting: {"beta": 0.5, "seed": 4},
+    SwitchRouting: {"seed": 0},
+    AffinityRouting: {"source": AFFINITY, "beta": 0.5},
 }
+
+
+def discovered() -> dict[str, type[Routing]]:
+    """Every routing of the package by its label: each class of a dtr_lab/routing/ file that declares a
+    label (a new routing file is tested with no entry here). Labels are unique: runs tell arms apart by
+    them."""
+    found: dict[str, type[Routing]] = {}
+    for path in sorted((REPO / "dtr_lab" / "routing").glob("*.py")):
+        module = importlib.import_module(f"dtr_lab.routing.{path.stem}")
+        for cls in vars(module).values():
+            if isinstance(cls, type) and issubclass(cls, Routing) and cls.__module__ == module.__name__:
+                if not cls.label:  # a family's base (TableRouting), not a routing
+                    continue
+                assert found.setdefault(cls.label, cls) is cls, f"two routings are labelled {cls.label!r}"
+                assert "label" in vars(cls), f"{cls.__name__} inherits its label: declare its own"
+    return found
+
+
+def options(cls: type[Routing]) -> dict:
+    """The test's options of a routing class: its own entry in OPTIONS, else its nearest base's."""
+    return next((OPTIONS[base] for base in cls.__mro__ if base in OPTIONS), {})
+
+
+ROUTINGS = {label: partial(cls, **options(cls)) for label, cls in discovered().items()}
 # what dtr_lab before the routing package stored as a checkpoint's routing identity: repr strings
 OLD_REPRS = {
     "vanilla": "NoRouting()",
@@ -74,7 +100,11 @@ def test_every_routing_answers_every_question(name, backbone):
     assert identity == ROUTINGS[name]().identity()  # a function of the options
 
 
-@pytest.mark.parametrize("name", list(ROUTINGS))
+def test_the_shipped_routings_are_discovered():
+    assert {"vanilla", "dtr", "rtr", "switch", "affinity", "affinity_t"} <= set(ROUTINGS)
+
+
+@pytest.mark.parametrize("name", list(OLD_REPRS))
 def test_an_old_repr_identity_reads_as_today_s_dict(name):
     assert identity_of(OLD_REPRS[name]) == ROUTINGS[name]().identity()
     assert identity_of(ROUTINGS[name]().identity()) == ROUTINGS[name]().identity()  # a dict passes through

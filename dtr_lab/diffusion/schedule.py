@@ -67,10 +67,6 @@ class GaussianDiffusion(nn.Module):
         """x_t = √ᾱ_t x_0 + √(1−ᾱ_t) ε."""
         return at(self.sqrt_alpha_bar, t, x0) * x0 + at(self.sqrt_one_minus_alpha_bar, t, x0) * noise
 
-    def sample_timesteps(self, n: int, generator: torch.Generator, device: torch.device) -> torch.Tensor:
-        """t ~ U{0, …, T−1}, (n,) long."""
-        return torch.randint(0, self.num_timesteps, (n,), generator=generator, device=device)
-
 
 def per_sample_mse(eps_pred: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
     """‖ε − ε_θ‖² averaged over every dim but the batch, in float32: (N,)."""

@@ -9,8 +9,10 @@ optimise manually), with its own named metrics. The module calls every method th
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
@@ -98,6 +100,13 @@ class MTLMethod(nn.Module):
 
     def bind(self, tasks: Tasks) -> None:
         """Size the method's state for the run's K intervals (called once by the module)."""
+
+    def options(self) -> dict[str, Any]:
+        """The options that decide how it trains (CAGrad's c, Nash-MTL's update_every, …), part of a
+        checkpoint's identity: its constructor's arguments, each kept under its own name (an attribute of
+        another name fails here, at the first checkpoint, not silently); the intervals are recorded apart."""
+        names = inspect.signature(type(self).__init__).parameters
+        return {name: getattr(self, name) for name in names if name not in ("self", "intervals")}
 
     def param_groups(self) -> list[dict]:
         """Optimizer parameter groups of the method's own learnable state."""

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from dtr_lab.errors import DTRLabError
+from dtr_lab.lr_schedule import SCHEDULED
 from dtr_lab.mtl.intervals import Intervals
 from dtr_lab.mtl.method import MTLMethod, TaskBatch, Update
 from dtr_lab.mtl.tasks import Tasks
@@ -24,15 +25,19 @@ class UncertaintyWeighting(MTLMethod):
     intervals: the run's K task intervals, if stated here rather than as the module's ``intervals``;
         s has one entry per interval.
     lr: learning rate of s (its own optimizer parameter group; 0.025 in the ANT reference).
+    scheduled: whether s's lr follows model.lr_schedule as the network's does (true: a schedule scales
+        every parameter group) or stays at ``lr`` (false). Without a schedule, as in ANT, it is constant
+        either way.
     """
 
     tag = "uw"
 
-    def __init__(self, intervals: Intervals | None = None, lr: float = 0.025) -> None:
+    def __init__(self, intervals: Intervals | None = None, lr: float = 0.025, scheduled: bool = True) -> None:
         super().__init__(intervals)
         if not lr > 0:
             raise DTRLabError(f"uncertainty weighting lr={lr} must be > 0; the ANT reference uses 0.025")
         self.lr = float(lr)
+        self.scheduled = bool(scheduled)
         self.log_var: nn.Parameter | None = None  # s_k, (K,): sized by bind
 
     def bind(self, tasks: Tasks) -> None:
@@ -49,5 +54,7 @@ class UncertaintyWeighting(MTLMethod):
         return Update(loss=loss, metrics=metrics)
 
     def param_groups(self) -> list[dict]:
-        """s in its own optimizer parameter group, with its own lr and no weight decay."""
-        return [{"params": [self.log_var], "lr": self.lr, "weight_decay": 0.0}]
+        """s in its own optimizer parameter group, with its own lr and no weight decay (and, unscheduled,
+        marked so that dtr_lab.lr_schedule.hold_unscheduled keeps that lr)."""
+        group = {"params": [self.log_var], "lr": self.lr, "weight_decay": 0.0}
+        return [group if self.scheduled else {**group, SCHEDULED: False}]

@@ -170,7 +170,7 @@ class AffinityRouting(TableRouting):
         return TaskIntervals(self.edges, num_tasks).index(t)
 
     def starts(self, channels: int) -> torch.Tensor:
-        """Each interval's window start round((C − C_β)·x_k), half away from zero as DTRRouting, (K,)."""
+        """Each interval's window start round((C − C_β)·x_k), half up (DTRRouting: half to even), (K,)."""
         c_beta = active_channels(self.beta, channels)
         return torch.tensor(
             [math.floor((channels - c_beta) * x + 0.5) for x in self.coordinates], dtype=torch.long
