@@ -17,8 +17,8 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 
-from dtr_lab.callbacks.heatmap import heatmap_figure, log_figure
-from dtr_lab.callbacks.logging import log_dir, save_png
+from dtr_lab.callbacks.heatmap import heatmap_figure
+from dtr_lab.callbacks.logging import log_dir, log_figure, log_image, save_png
 from dtr_lab.callbacks.prepared import PreparedCallback
 from dtr_lab.callbacks.records import RecordWriter, write_intervals
 from dtr_lab.errors import DTRLabError
@@ -102,9 +102,7 @@ class RoutingMaps(PreparedCallback):
         out = log_dir(trainer)
         for name, table in {**images, **shown.images}.items():
             image = table.float().repeat_interleave(shown.pixels, dim=1)[None]  # (1, T, columns·pixels)
-            for logger in trainer.loggers:
-                if hasattr(logger.experiment, "add_image"):
-                    logger.experiment.add_image(f"routing/{name}", image, step)
+            log_image(trainer, f"routing/{name}", image, step)
             if out is not None:
                 save_png(image, Path(out) / "routing" / f"{name}.png", scale=1)
         if not shown.tables:
