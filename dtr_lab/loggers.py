@@ -78,6 +78,12 @@ class RunConfig(SaveConfigCallback):
 
     def save_config(self, trainer, pl_module, stage: str) -> None:
         out = log_dir(trainer)
+        if out is None and trainer.logger is not None:  # MLflow artifacts on a server or in a bucket
+            raise DTRLabError(
+                f"{type(trainer.logger).__name__}: the run's artifacts are not on a local disk, and dtr_lab "
+                "writes config.yaml and records/ there; use the file store (--trainer.logger.init_args."
+                "save_dir) or a local --trainer.logger.init_args.artifact_location"
+            )
         if out is not None:  # a new folder of this run alone (dtr_lab.run_dir claims TensorBoard's and CSV's)
             path = Path(out) / self.config_filename
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -95,5 +101,5 @@ def finish_runs(loggers: list) -> None:
     """End the W&B run of a command that is done: Lightning leaves it open, and a next fit in the same
     process (a notebook, a study) would log into it."""
     for logger in loggers:
-        if isinstance(logger, WandbLogger) and logger._experiment is not None:
+        if isinstance(logger, WandbLogger) and logger._experiment is not None:  # None: never started
             logger.experiment.finish()

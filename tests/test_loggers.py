@@ -15,7 +15,9 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import TINY_CALLBACKS, tiny_fit_args
+from helpers import DIGITS, tiny
 
+from dtr_lab.cli import main
 from dtr_lab.logger_stores import wandb_records
 from dtr_lab.runs import load_run, load_runs
 
@@ -58,6 +60,7 @@ def logger_runs(tmp_path_factory) -> dict[str, Path]:
         "WANDB_SILENT": "true",
         **{f"WANDB_{d}_DIR": str(root / f"wandb-{d.lower()}") for d in ("CONFIG", "CACHE", "DATA")},
     }
+    env.pop("MLFLOW_ALLOW_FILE_STORE", None)  # dtr_lab allows the file store it reads runs from
     runs = [fit_args(root, kind, arm) for kind in LOGGERS for arm in ARMS]
     done = subprocess.run(
         [sys.executable, "-c", FIT_ALL.format(runs=runs)],
@@ -210,3 +213,39 @@ def test_make_figures_draws_every_figure_from_each_logger(logger_runs, kind, tmp
     assert make_figures.main([*map(str, runs), "--out", str(out)]) in (None, 0)
     assert f"wrote {FIGURES} figures" in capsys.readouterr().out
     assert len(list(out.glob("*.png"))) == FIGURES
+
+
+def fit_in_process(capsys, *args: str) -> tuple[int, str]:
+    """`python -m dtr_lab fit` in this interpreter: (exit status, stderr)."""
+    with pytest.raises(SystemExit) as done:
+        main(["fit", *DIGITS, *args])
+    return done.value.code, capsys.readouterr().err
+
+
+@pytest.mark.parametrize("kind, package", [("mlflow", "mlflow"), ("wandb", "wandb")])
+def test_a_logger_without_its_package_is_one_line(kind, package, tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, package, None)  # as if not installed: `import mlflow` fails
+    monkeypatch.chdir(tmp_path)
+    code, err = fit_in_process(capsys, "--trainer.logger", LOGGERS[kind], *tiny(tmp_path / "store"))
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert f"needs the package {package}" in err and "pip install 'dtr_lab[loggers]'" in err
+    assert not list(tmp_path.iterdir())  # nothing written
+
+
+def test_mlflow_file_store_refused_is_one_line(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "false")
+    monkeypatch.chdir(tmp_path)
+    code, err = fit_in_process(capsys, "--trainer.logger", LOGGERS["mlflow"], *tiny(tmp_path / "store"))
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "MLFLOW_ALLOW_FILE_STORE=false" in err and "set MLFLOW_ALLOW_FILE_STORE=true" in err
+    assert not list(tmp_path.iterdir())
+
+
+def test_mlflow_artifacts_off_the_local_disk_are_one_line(tmp_path, capsys, monkeypatch):
+    """An experiment whose artifacts live in a bucket: dtr_lab has no run folder for its files."""
+    monkeypatch.chdir(tmp_path)
+    args = ["--trainer.logger", LOGGERS["mlflow"], *tiny(tmp_path / "store")]
+    code, err = fit_in_process(capsys, *args, "--trainer.logger.init_args.artifact_location", "s3://bucket/runs")
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "artifacts are not on a local disk" in err and "artifact_location" in err
+    assert not list(tmp_path.rglob("config.yaml")) and not list(tmp_path.rglob("records"))
