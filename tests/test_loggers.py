@@ -18,7 +18,7 @@ from conftest import TINY_CALLBACKS, tiny_fit_args
 from helpers import DIGITS, tiny
 
 from dtr_lab.cli import main
-from dtr_lab.logger_stores import wandb_records
+from dtr_lab.logger_stores import read_csv_metrics, read_mlflow_metrics, wandb_records
 from dtr_lab.runs import load_run, load_runs
 
 pytest.importorskip("mlflow", reason="the loggers extra: pip install 'dtr_lab[loggers]'")
@@ -249,3 +249,48 @@ def test_mlflow_artifacts_off_the_local_disk_are_one_line(tmp_path, capsys, monk
     assert code == 2 and len(err.strip().splitlines()) == 1, err
     assert "artifacts are not on a local disk" in err and "artifact_location" in err
     assert not list(tmp_path.rglob("config.yaml")) and not list(tmp_path.rglob("records"))
+
+
+def test_csv_metrics_by_hand(tmp_path):
+    """CSVLogger's wide rows, each value at its row's step; empty cells are no value."""
+    file = tmp_path / "metrics.csv"
+    file.write_text("epoch,step,train/loss,val/loss\n0,0,1.5,\n0,1,,2.0\n0,2,1.25\n")
+    rows = read_csv_metrics(file)[0]
+    assert sorted((step, tag, value) for step, tag, value, _ in rows) == [
+        (0, "epoch", 0.0),
+        (0, "train/loss", 1.5),
+        (1, "epoch", 0.0),
+        (1, "val/loss", 2.0),
+        (2, "epoch", 0.0),
+        (2, "train/loss", 1.25),
+    ]
+
+
+def test_mlflow_metric_files_by_hand(tmp_path):
+    """One file per tag (its path under metrics/), lines 'timestamp value step'; a cut-off line is named."""
+    (tmp_path / "train").mkdir()
+    (tmp_path / "train" / "loss").write_text("1000 0.5 0\n2500 0.25 3\n3000 0.1")
+    rows, problems = read_mlflow_metrics(tmp_path)
+    assert rows == [(0, "train/loss", 0.5, 1.0), (3, "train/loss", 0.25, 2.5)]
+    assert len(problems) == 1 and "line 3" in problems[0]
+
+
+def test_a_cut_off_wandb_log_reads_its_complete_records(logger_runs, tmp_path):
+    log = next(run_dirs(logger_runs["wandb"])[1].glob("run-*.wandb"))
+    whole, problem = wandb_records(log)
+    assert problem is None and len(whole) > 10
+    cut = tmp_path / log.name
+    cut.write_bytes(log.read_bytes()[: log.stat().st_size // 2])
+    part, problem = wandb_records(cut)
+    assert 0 < len(part) < len(whole) and part == whole[: len(part)]
+    assert problem is not None and "damaged or cut off" in problem
+
+
+@pytest.mark.parametrize("kind", LOGGERS)
+def test_compare_reads_each_store(logger_runs, kind, capsys, monkeypatch):
+    """compare.py given the logger's whole store: both runs, grouped by their routing."""
+    monkeypatch.syspath_prepend(str(REPO / "analysis"))
+    compare = importlib.import_module("compare")
+    assert compare.main([str(logger_runs[kind])]) in (None, 0)
+    header = capsys.readouterr().out.splitlines()[0].split()
+    assert header[0] == "metric" and {"dtr", "vanilla"} <= set(header)
