@@ -17,15 +17,19 @@ import lightning as L
 import numpy as np
 import torch
 from lightning.pytorch.loggers import CSVLogger, Logger, MLFlowLogger, TensorBoardLogger, WandbLogger
+from lightning.pytorch.utilities import rank_zero_only
 from matplotlib.figure import Figure
 
-# a CSVLogger run keeps the images other loggers hold as files: images/<tag>/step<N>.png
+# images and figures as files: a CSVLogger run's images/<tag>/step<N>.png, an MLflow run's figure artifacts
 IMAGES = "images"
 
 
 def run_folder(logger: Logger) -> str | None:
     """A logger's folder for this run's files: MLflow's artifact folder (None when the artifacts are not
-    on a local disk), W&B's run folder, else the logger's versioned log_dir."""
+    on a local disk), W&B's run folder, else the logger's versioned log_dir. MLflow and W&B have a run on
+    rank 0 only (elsewhere None: only rank 0 writes)."""
+    if isinstance(logger, MLFlowLogger | WandbLogger) and rank_zero_only.rank != 0:
+        return None
     if isinstance(logger, MLFlowLogger):
         uri = urlparse(logger.experiment.get_run(logger.run_id).info.artifact_uri)
         return url2pathname(uri.path) if uri.scheme in ("", "file") else None
