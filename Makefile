@@ -51,12 +51,17 @@ routing-comparison: $(VENV)/.installed
 	@echo
 	@echo "Figures: runs/quickstart/figures-routing/index.md"
 
+# The tests also cover MLflow and W&B (tests/test_loggers.py): the optional loggers extra.
+$(VENV)/.loggers: $(VENV)/.installed
+	$(PY) -m pip install -q -e ".[dev,loggers]"
+	touch $@
+
 # One torch thread per process: the tests run small models (and subprocesses) where a second
 # OpenMP thread only contends for the 2 cores.
-test: $(VENV)/.installed
+test: $(VENV)/.loggers
 	OMP_NUM_THREADS=1 $(PY) -m pytest
 
-test-slow: $(VENV)/.installed
+test-slow: $(VENV)/.loggers
 	OMP_NUM_THREADS=1 $(PY) -m pytest -m slow
 
 # The powered convergence study (analysis/reproduce.py, docs/studies.md): unrouted, DTR and Switch-DiT, 24 paired

@@ -23,6 +23,7 @@ from dtr_lab.checkpointing import Interrupted, RunCheckpoint
 from dtr_lab.console import quiet_lightning, use_step_progress_bar
 from dtr_lab.data import ImageDataModule
 from dtr_lab.errors import DTRLabError, find_bad_input
+from dtr_lab.loggers import RunConfig, check_loggers, finish_runs
 from dtr_lab.model_checks import check_checkpoint, check_optimizer
 from dtr_lab.module import DiffusionModule
 from dtr_lab.parser import OneLineParser, read_configs
@@ -92,7 +93,9 @@ class DTRLabCLI(LightningCLI):
         super().parse_arguments(parser, args)
 
     def instantiate_classes(self) -> None:
-        with run_options_read(self.config[self.subcommand] if self.subcommand else self.config):
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        check_loggers(config.get("trainer.logger"))
+        with run_options_read(config):
             super().instantiate_classes()
 
     def instantiate_trainer(self, **kwargs):
@@ -131,6 +134,8 @@ class DTRLabCLI(LightningCLI):
             if claim is not None:
                 claim.release()
             raise
+        finally:
+            finish_runs(self.trainer.loggers)
 
     def after_fit(self) -> None:
         self.print_summary()
@@ -182,6 +187,7 @@ def build_cli(args: list[str] | None = None, run: bool = True) -> DTRLabCLI:
             }
         },
         parser_class=OneLineParser,
+        save_config_callback=RunConfig,
         run=run,
         args=args,
     )

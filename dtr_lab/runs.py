@@ -27,6 +27,7 @@ import yaml
 
 from dtr_lab import records, run_kind
 from dtr_lab.errors import DTRLabError
+from dtr_lab.logger_stores import read_store_scalars, run_files
 from dtr_lab.records import (  # noqa: F401  (NAN_TEXTS: re-exported with the rest of the record format)
     NAN_TEXTS,
     RunError,
@@ -164,8 +165,9 @@ def run_labels(config: dict) -> dict:
 
 
 def read_scalars(run_dir: Path) -> tuple[pd.DataFrame, list[str]]:
-    """Every TensorBoard scalar of a run as rows (step, tag, value, wall_time); a damaged events file is
-    read up to the damage, and a problem names the file and how much of it was lost."""
+    """Every TensorBoard scalar of a run as rows (step, tag, value, wall_time), or its CSVLogger, MLflow or
+    W&B scalars (dtr_lab.logger_stores); a damaged events file is read up to the damage, and a problem
+    names the file and how much of it was lost."""
     from tensorboard.util import tensor_util
 
     rows, problems = [], []
@@ -185,6 +187,8 @@ def read_scalars(run_dir: Path) -> tuple[pd.DataFrame, list[str]]:
                 elif kind == "tensor" and value.metadata.plugin_data.plugin_name == "scalars":
                     scalar = float(tensor_util.make_ndarray(value.tensor))
                     rows.append((event.step, value.tag, scalar, event.wall_time))
+    store_rows, store_problems = read_store_scalars(run_dir)  # CSVLogger, MLflow, W&B
+    rows, problems = rows + store_rows, problems + store_problems
     frame = pd.DataFrame(rows, columns=["step", "tag", "value", "wall_time"])
     frame = frame.astype({"step": "int64", "tag": "string", "value": "float64", "wall_time": "float64"})
     # a resumed run re-logs steps after its last checkpoint: keep the latest write
@@ -204,7 +208,7 @@ def is_run_dir(path: Path) -> bool:
 
 def find_run_dirs(path: str | Path, max_depth: int = 4) -> list[Path]:
     """The run itself, or every run folder below it (e.g. all versions under ``runs/``), sorted."""
-    path = Path(path)
+    path = run_files(Path(path))
     if not path.exists():
         raise RunError(f"{path}: no such file or directory; pass a run folder such as runs/<name>/version_0")
     if is_run_dir(path):
@@ -271,8 +275,8 @@ class Run:
 
 def load_run(path: str | Path, labels: dict[str, str] | None = None, name: str | None = None) -> Run:
     """Read one run directory; ``labels`` adds columns from dotted config keys, e.g.
-    {"alpha": "model.routing.init_args.alpha"}."""
-    path = Path(path)
+    {"alpha": "model.routing.init_args.alpha"}. An MLflow or W&B run is read from its local store."""
+    path = run_files(Path(path))
     if not path.exists():
         raise RunError(f"{path}: no such directory; pass a run folder such as runs/<name>/version_0")
     if not is_run_dir(path):

@@ -429,7 +429,7 @@ def test_tensorboard_gets_scalars_images_and_figures(linear_run):
     assert {
         "loss_by_t/probe_raw/t0037",
         "loss_by_t/probe_ema/t0099",
-        "conflict/neg_share/blocks.1",
+        "conflict/neg_share_by_block/blocks.1",
     } <= scalars
 
 

@@ -14,7 +14,7 @@ PACKAGE = REPO / "dtr_lab"
 LAYERS: list[tuple[set[str], bool]] = [
     # torch-free or plain foundations: errors, seeds, the record format, tables, file helpers
     ({"errors", "seeds", "stats", "console", "temp_files", "records", "tables", "convergence", "run_dir",
-      "run_kind", "checkpoint_file", "parser", "lr_schedule", "ema", "digits"}, False),
+      "run_kind", "checkpoint_file", "parser", "lr_schedule", "ema", "digits", "logger_stores"}, False),
     ({"runs"}, False),  # run directories read back (no training imports)
     ({"plots", "report"}, False),  # figures and the figure index from those frames
     ({"diffusion", "mtl"}, True),  # pure torch: schedules, samplers; intervals, clustering, MTL methods
@@ -22,7 +22,8 @@ LAYERS: list[tuple[set[str], bool]] = [
     ({"models", "data", "metrics"}, True),  # networks, data modules, sample-quality metrics: independent
     ({"samples", "model_checks"}, False),  # drawing samples; what a module accepts (options, checkpoints)
     ({"module", "callbacks"}, True),  # the LightningModule; callbacks get it from Lightning, never import it
-    ({"cli", "checkpointing", "encode", "official", "pairing", "__main__", ""}, False),  # entry points
+    # entry points, and the loggers' set-up that the CLI makes
+    ({"cli", "loggers", "checkpointing", "encode", "official", "pairing", "__main__", ""}, False),
 ]
 
 

@@ -109,8 +109,9 @@ class GradientConflict(IntervalProbe):
         scalars["conflict/neg_share"] = neg_share(cos)
         scalars.update({f"conflict/grad_norm/i{i}": v for i, v in enumerate(grad_norm.tolist())})
         scalars.update({f"conflict/cos_by_distance/d{d + 1}": v for d, v in enumerate(by_distance.tolist())})
+        # not conflict/neg_share/<block>: MLflow's file store keeps a tag as a file, never also a folder
         for name in self.blocks:
-            scalars[f"conflict/neg_share/{name}"] = neg_share(matrices[f"cos/{name}"])
+            scalars[f"conflict/neg_share_by_block/{name}"] = neg_share(matrices[f"cos/{name}"])
         self.log_scalars(trainer, {tag: v for tag, v in scalars.items() if math.isfinite(v)}, step)
 
         self.log_heatmaps(trainer, "conflict/cos", {"cos": cos}, step)

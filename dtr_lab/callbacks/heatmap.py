@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 
-import lightning as L
 import torch
 from matplotlib.figure import Figure
 
@@ -72,16 +71,3 @@ def heatmap_image(matrices: dict[str, torch.Tensor], metric: str = "cos", cell: 
         panels += [rgb.permute(2, 0, 1).repeat_interleave(cell, 1).repeat_interleave(cell, 2), gap]
     return torch.cat(panels[:-1], dim=2)
 
-
-def log_image(trainer: L.Trainer, tag: str, image: torch.Tensor, step: int) -> None:
-    """Send a (3, H, W) image to every logger that takes images (TensorBoard's add_image)."""
-    for logger in trainer.loggers:
-        if hasattr(logger.experiment, "add_image"):
-            logger.experiment.add_image(tag, image, step)
-
-
-def log_figure(trainer: L.Trainer, tag: str, figure: Figure, step: int) -> None:
-    """Send a figure to every logger that takes figures (TensorBoard's add_figure)."""
-    for logger in trainer.loggers:
-        if hasattr(logger.experiment, "add_figure"):
-            logger.experiment.add_figure(tag, figure, step)

@@ -24,8 +24,8 @@ import lightning as L
 import torch
 from torch import nn
 
-from dtr_lab.callbacks.heatmap import heatmap_figure, heatmap_image, log_figure, log_image
-from dtr_lab.callbacks.logging import log_dir
+from dtr_lab.callbacks.heatmap import heatmap_figure, heatmap_image
+from dtr_lab.callbacks.logging import log_dir, log_figure, log_image
 from dtr_lab.callbacks.prepared import PreparedCallback
 from dtr_lab.callbacks.records import RecordWriter, write_intervals
 from dtr_lab.errors import DTRLabError

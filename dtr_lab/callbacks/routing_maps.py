@@ -22,8 +22,8 @@ import torch
 import torch.nn.functional as F
 from matplotlib.figure import Figure
 
-from dtr_lab.callbacks.heatmap import heatmap_figure, log_figure
-from dtr_lab.callbacks.logging import log_dir, save_png
+from dtr_lab.callbacks.heatmap import heatmap_figure
+from dtr_lab.callbacks.logging import log_dir, log_figure, save_png
 from dtr_lab.callbacks.prepared import PreparedCallback
 from dtr_lab.callbacks.records import RecordWriter, write_intervals
 from dtr_lab.errors import DTRLabError

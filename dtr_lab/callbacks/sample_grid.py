@@ -9,7 +9,7 @@ import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 
-from dtr_lab.callbacks.logging import log_dir, save_png
+from dtr_lab.callbacks.logging import log_dir, log_image, save_png
 from dtr_lab.errors import DTRLabError
 from dtr_lab.samples import balanced_labels, generate
 
@@ -62,8 +62,7 @@ class SampleGrid(L.Callback):
         decode = partial(self.to_images, trainer)
         images = generate(pl_module, labels, self.num_samples, self.seed, self.num_samples, decode)
         grid = image_grid(images, self.nrow)
-        if trainer.logger is not None and hasattr(trainer.logger.experiment, "add_image"):
-            trainer.logger.experiment.add_image("samples/ema", grid, trainer.global_step)
+        log_image(trainer, "samples/ema", grid, trainer.global_step)
         out = log_dir(trainer)
         if out is not None:
             save_png(grid, Path(out) / "samples" / f"step{trainer.global_step:07d}.png")

@@ -72,7 +72,7 @@ def layout(timestep_loss: TimestepLoss | None, conflict: GradientConflict | None
         charts.update(
             {f"mean cos, intervals {d} apart": _chart(f"conflict/cos_by_distance/d{d}") for d in range(1, k)}
         )
-        charts["share of conflicting pairs, per block"] = ["Multiline", ["^conflict/neg_share/.+"]]
+        charts["share of conflicting pairs, per block"] = ["Multiline", ["^conflict/neg_share_by_block/.+"]]
         out["gradient conflict"] = charts
         labels = conflict.task_intervals.labels()
         out["gradient norm per interval"] = {

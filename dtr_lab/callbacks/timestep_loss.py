@@ -12,8 +12,7 @@ import lightning as L
 import torch
 from matplotlib.figure import Figure
 
-from dtr_lab.callbacks.heatmap import log_figure
-from dtr_lab.callbacks.logging import log_dir
+from dtr_lab.callbacks.logging import log_dir, log_figure
 from dtr_lab.callbacks.prepared import PreparedCallback
 from dtr_lab.callbacks.probe import isolated
 from dtr_lab.callbacks.records import RecordWriter, write_intervals
