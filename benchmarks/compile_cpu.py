@@ -16,6 +16,7 @@ import time
 from functools import partial
 
 import torch
+from timing import add_tiny
 
 from dtr_lab.models import DiT
 from dtr_lab.module import DiffusionModule
@@ -58,13 +59,16 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=7, help="timed rounds; each times both variants")
     parser.add_argument("--steps", type=int, default=10, help="steps per variant per round")
     parser.add_argument("--study-steps", type=int, default=1500, help="steps of the run to weigh it against")
+    add_tiny(parser)
     args = parser.parse_args()
+    if args.tiny:  # the code path only: compiling alone takes minutes on the CPU, so both variants run eager
+        args.batch_size, args.rounds, args.steps = 4, 1, 1
     torch.set_num_threads(1)
     gen = torch.Generator().manual_seed(0)
     batch = (torch.rand(args.batch_size, 1, 8, 8, generator=gen) * 2 - 1,
              torch.randint(0, 10, (args.batch_size,), generator=gen))
     eager = Variant("eager", make_module(False), batch)
-    compiled = Variant("compiled", make_module(True), batch)
+    compiled = Variant("compiled", make_module(not args.tiny), batch)
     first = {v.name: [v.step() for _ in range(3)] for v in (eager, compiled)}  # compiling: forward, backward
     for r in range(args.rounds):
         for variant in (eager, compiled) if r % 2 == 0 else (compiled, eager):

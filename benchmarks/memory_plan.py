@@ -29,6 +29,7 @@ from pathlib import Path
 
 import torch
 import yaml
+from timing import add_tiny
 from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
@@ -186,7 +187,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--budget-gb", type=float, default=80.0, help="device memory, 10⁹ bytes (default 80)")
     parser.add_argument("--routings", nargs="+", default=list(ROUTINGS), choices=list(ROUTINGS))
+    add_tiny(parser)
     args = parser.parse_args()
+    if args.tiny:  # one small plan: the trace and the table, not the configs' minutes of tracing
+        print(table([plan("DiT-S/2", "unrouted", 2)], args.budget_gb * 1e9))
+        return
     plans = []
     for file in sorted(CONFIGS.glob("dit_*.yaml")):
         config = compose(CONFIGS / "base.yaml", file)
