@@ -14,6 +14,7 @@ from dtr_lab.models.dit import parse_size
 from dtr_lab.routing import DTRRouting
 
 PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "memory_plan.py"
+sys.path.insert(0, str(PATH.parent))  # its folder's shared library (timing.py), as when it runs as a script
 spec = importlib.util.spec_from_file_location("memory_plan", PATH)
 memory_plan = importlib.util.module_from_spec(spec)
 sys.modules["memory_plan"] = memory_plan  # its dataclass looks its module up by name
