@@ -81,7 +81,7 @@ def environment(**values) -> dict:
 
 
 def live_stand_ins(out: Path) -> list[int]:
-    """Processes whose command line names this study's folder (the stand-in fits and their jobs)."""
+    """Processes whose command line names this study's folder (its fits, their jobs and the study)."""
     pids = []
     for proc in Path("/proc").iterdir():
         if proc.name.isdigit() and int(proc.name) != os.getpid():
@@ -90,7 +90,7 @@ def live_stand_ins(out: Path) -> list[int]:
                 state = (proc / "stat").read_text().split(") ")[-1][0]
             except OSError:
                 continue
-            if str(out) in cmdline and "-c" in cmdline and state != "Z":
+            if str(out) in cmdline and state != "Z":
                 pids.append(int(proc.name))
     return pids
 
@@ -341,3 +341,26 @@ def test_study_out_on_a_read_only_mount_is_one_line(tmp_path, run_main):
         assert sorted(p.name for p in mount.iterdir()) == ["before"]
     finally:
         subprocess.run(["umount", str(mount)])
+
+
+@pytest.mark.slow  # real fits: starting one takes half a minute on 2 busy cores
+def test_sigkill_of_reproduce_leaves_no_fit_running(tmp_path):
+    """The issue's case as a user meets it: `analysis/reproduce.py` killed with SIGKILL while its real fits
+    train; after a short grace period no fit of that study is running, and each saved its last.ckpt."""
+    out = tmp_path / "study"
+    args = [sys.executable, str(REPO / "analysis" / "reproduce.py"), "--out", str(out), "--max-steps", "5000",
+            "--seeds", "1", "--num-samples", "100", "--arms", "vanilla-uniform", "dtr-uniform"]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=environment())
+    runs = [out / "runs" / arm / "seed0" for arm in ("vanilla-uniform", "dtr-uniform")]
+    deadline = time.monotonic() + 300
+    while not all((r / "checkpoints").exists() for r in runs) and time.monotonic() < deadline:
+        time.sleep(0.5)  # both fits have claimed their folders: they are training
+    fits = [pid for pid in live_stand_ins(out) if b"dtr_lab" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+    assert fits, "no fit started"
+    proc.kill()
+    proc.wait()
+    deadline = time.monotonic() + 60  # the grace period: a job looks every second; the fit saves, then ends
+    while live_stand_ins(out) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not live_stand_ins(out)
+    assert all((r / "checkpoints" / "last.ckpt").exists() for r in runs)
