@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import subprocess
 import sys
 from pathlib import Path
@@ -79,3 +80,20 @@ def tiny_runs(tmp_path_factory) -> dict[str, Path]:
     )
     assert done.returncode == 0, done.stderr[-3000:]
     return {name: root / name / "version_0" for name in ("vanilla", "dtr")}
+
+
+@pytest.fixture
+def run_main(capsys, monkeypatch):
+    """An analysis/ script's main() in this interpreter (imports once), as (rc, out, err)."""
+    monkeypatch.syspath_prepend(str(REPO / "analysis"))
+
+    def call(name: str, *args) -> subprocess.CompletedProcess:
+        module = importlib.import_module(name.removesuffix(".py"))
+        try:
+            rc = module.main([str(a) for a in args])
+        except SystemExit as exit:  # argparse and the studies' refusals end this way, as a script would
+            rc = exit.code
+        out, err = capsys.readouterr()
+        return subprocess.CompletedProcess(name, rc, out, err)
+
+    return call

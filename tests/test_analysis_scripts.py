@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import importlib
 import re
 import shutil
 import subprocess
@@ -37,23 +36,6 @@ def script(name: str, *args) -> subprocess.CompletedProcess:
         text=True,
         timeout=1200,
     )
-
-
-@pytest.fixture
-def run_main(capsys, monkeypatch):
-    """The script's main() in this interpreter (imports once; saves seconds a call), as (rc, out, err)."""
-    monkeypatch.syspath_prepend(str(REPO / "analysis"))
-
-    def call(name: str, *args) -> subprocess.CompletedProcess:
-        module = importlib.import_module(name.removesuffix(".py"))
-        try:
-            rc = module.main([str(a) for a in args])
-        except SystemExit as exit:  # argparse and the studies' refusals end this way, as a script would
-            rc = exit.code
-        out, err = capsys.readouterr()
-        return subprocess.CompletedProcess(name, rc, out, err)
-
-    return call
 
 
 def last_probe(run: Path) -> dict[int, float]:

@@ -96,25 +96,6 @@ def live_stand_ins(out: Path) -> list[int]:
 
 
 @pytest.fixture
-def run_main(capsys, monkeypatch):
-    """A study script's main() in this interpreter, as (rc, out, err)."""
-    import importlib
-
-    monkeypatch.syspath_prepend(str(REPO / "analysis"))
-
-    def call(name: str, *args) -> subprocess.CompletedProcess:
-        module = importlib.import_module(name.removesuffix(".py"))
-        try:
-            rc = module.main([str(a) for a in args])
-        except SystemExit as exit:
-            rc = exit.code
-        out, err = capsys.readouterr()
-        return subprocess.CompletedProcess(name, rc, out, err)
-
-    return call
-
-
-@pytest.fixture
 def analysis_path(monkeypatch):
     monkeypatch.syspath_prepend(str(REPO / "analysis"))
 
