@@ -100,11 +100,18 @@ def wait_unlocked(run_dirs: list[Path], seconds: float) -> list[Path]:
 
 
 def _die_with_parent() -> None:
-    """In the fit's process: SIGTERM when the job process that started it dies (Linux)."""
+    """In the fit's process, a session of its own: SIGTERM when the job process that started it dies, and
+    the study's niceness for its whole session (Linux; a new session is a new scheduler autogroup, which
+    would otherwise weigh as much as the user's terminal, whatever `nice` the study was started with)."""
     try:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG = 1
     except OSError:
         pass  # not Linux: the study's own stop still reaches the fit through its job
+    try:
+        with open("/proc/self/autogroup", "w") as group:
+            group.write(str(os.nice(0)))
+    except OSError:
+        pass  # no autogroups here: plain niceness applies
 
 
 def alive(pid: int) -> bool:

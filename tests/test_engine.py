@@ -43,6 +43,8 @@ def stop(signum, frame):
 signal.signal(signal.SIGTERM, stop)
 signal.signal(signal.SIGINT, stop)
 (run / "started").write_text(str(os.getpid()))
+if Path("/proc/self/autogroup").exists():
+    (run / "autogroup").write_text(Path("/proc/self/autogroup").read_text())
 with open(run / "records" / "quality.csv", "w") as f:
     f.write("step,metric,i,j,value\n")
     for step in range(start + 1, int(os.environ.get("STEPS", "4")) + 1):
@@ -345,3 +347,14 @@ def test_sigkill_of_reproduce_leaves_no_fit_running(tmp_path):
         time.sleep(0.5)
     assert not live_stand_ins(out)
     assert all((r / "checkpoints" / "last.ckpt").exists() for r in runs)
+
+
+@pytest.mark.skipif(not Path("/proc/self/autogroup").exists(), reason="no scheduler autogroups here")
+def test_a_niced_study_keeps_its_fits_niced(tmp_path):
+    """Each fit runs in a session of its own, which Linux schedules as a group of its own: a study started
+    with `nice` hands its niceness to that group, so its fits yield to the user's other work."""
+    out = tmp_path / "study"
+    done = subprocess.run(["nice", "-n", "3", *study(out, seeds=1)], capture_output=True, text=True,
+                          timeout=180, env=environment())
+    assert done.returncode == 0, done.stderr
+    assert (out / "runs" / "arm" / "seed0" / "autogroup").read_text().strip().endswith("nice 3")
