@@ -8,7 +8,7 @@ TORCH_SPEC := $(shell if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L 
 # The newest version_N under $(1) that holds a last.ckpt: an empty or failed version directory is never picked.
 newest_run = $$(ls -d $(1)/version_*/checkpoints/last.ckpt | sort -V | tail -1 | sed 's|/checkpoints/last.ckpt$$||')
 
-.PHONY: quickstart routing-comparison test test-slow bench reproduce reproduce-long reproduce-complementarity scaling lint clean-runs
+.PHONY: quickstart notebooks routing-comparison test test-slow bench reproduce reproduce-long reproduce-complementarity scaling lint clean-runs
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -55,6 +55,11 @@ routing-comparison: $(VENV)/.installed
 $(VENV)/.loggers: $(VENV)/.installed
 	$(PY) -m pip install -q -e ".[dev,loggers]"
 	touch $@
+
+# JupyterLab on notebooks/ (explore.ipynb, compare_routing.ipynb; they read $$DTR_RUNS, default runs/quickstart).
+notebooks: $(VENV)/.installed
+	$(PY) -m pip install -q -e ".[notebooks]"
+	$(PY) -m jupyter lab notebooks/
 
 # One torch thread per process: the tests run small models (and subprocesses) where a second
 # OpenMP thread only contends for the 2 cores.
