@@ -32,7 +32,7 @@ quickstart: $(VENV)/.installed
 	@echo
 	@echo "Figures: runs/quickstart/figures/index.md"
 	@echo "Logs:    runs/quickstart/{vanilla,dtr}/version_*"
-	@echo "View:    $(PY) -m tensorboard.main --logdir runs/quickstart"
+	@echo "View:    $(PY) -m tensorboard.main --logdir runs/quickstart --samples_per_plugin images=1000"
 
 # Switch-DiT and affinity routing beside the quickstart's two runs (run `make quickstart` first), on the
 # same figures. The two-stage affinity workflow: the quickstart's unrouted run measured the task affinity

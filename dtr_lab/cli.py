@@ -66,7 +66,8 @@ def run_summary(run_dir: Path, tensorboard_dir: Path | None) -> str:
     if tensorboard_dir is not None:
         exe = Path(sys.executable)  # the interpreter this run used: bare `python` may not have the venv
         python = os.path.relpath(exe) if exe.is_relative_to(Path.cwd()) else str(exe)
-        lines.append(f"TensorBoard: {python} -m tensorboard.main --logdir {tensorboard_dir}")
+        every_image = "--samples_per_plugin images=1000"  # TensorBoard shows 10 per tag otherwise
+        lines.append(f"TensorBoard: {python} -m tensorboard.main --logdir {tensorboard_dir} {every_image}")
     return "\n".join(lines)
 
 

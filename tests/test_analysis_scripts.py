@@ -222,7 +222,8 @@ def test_compare_counts_each_fit_once_after_its_test_and_resumption(tmp_path, ru
     # every fit and test ends with its folder, final values (FID with its N) and the TensorBoard line
     assert done.stdout.count("Run folder:") == 5 and "v_num" not in done.stdout + done.stderr
     assert f"Run folder:  {dtr / 'version_2'}\nFinal:       test FID, N = 30: " in done.stdout
-    assert done.stdout.count(f"-m tensorboard.main --logdir {tmp_path}\n") == 5
+    line = f"-m tensorboard.main --logdir {tmp_path} --samples_per_plugin images=1000\n"
+    assert done.stdout.count(line) == 5
     assert "FID, N = 20" in done.stdout and "test/num_samples" in done.stdout
 
     cmp = run_main("compare.py", tmp_path)

@@ -35,7 +35,7 @@ def test_fit_writes_events_checkpoint_and_resolved_config(tmp_path):
     summary = proc.stdout.splitlines()[-3:]
     assert summary[0] == f"Run folder:  {out}"
     assert summary[1].startswith(f"Final:       train/loss (last): {last_loss:.4g} · val/loss_ema (last): ")
-    assert summary[2].endswith(f"-m tensorboard.main --logdir {tmp_path}")
+    assert summary[2].endswith(f"-m tensorboard.main --logdir {tmp_path} --samples_per_plugin images=1000")
 
 
 def test_the_progress_bar_shows_no_version_number(tmp_path):
