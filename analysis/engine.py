@@ -292,9 +292,6 @@ class Engine:
                         self.submit(work)
                 pending = []
             time.sleep(0.5)
-            if stopped:
-                self.stop()
-                return failed
             for work in [w for w in self.active if w.job.done()]:
                 self.active.remove(work)
                 try:
@@ -314,6 +311,9 @@ class Engine:
                 on_done(work, seconds)
                 print(f"[{finished}/{total}] {work.name}: {seconds:.0f} s; {self.progress(pending, took)}",
                       flush=True)
+            if stopped:  # after the finished ones are counted: only the runs still training are cut off
+                self.stop()
+                return failed
         return failed
 
     def progress(self, pending: list[Work], took: list[float]) -> str:
