@@ -37,14 +37,22 @@ DTR_LAB = str(Path(__file__).resolve().parents[1] / "dtr_lab")
 HOST_BY_DESIGN = {"match_slots"}
 
 
-def module_for(routing: str, **kwargs) -> DiffusionModule:
-    """A tiny DiT as the imagenet256 configs train one: learned σ, labels dropped for guidance."""
+def tiny_module(routing: str, **kwargs) -> DiffusionModule:
+    """A tiny DiT with learned σ, seeded: every module of these tests."""
     torch.manual_seed(0)
     return DiffusionModule(
         net=partial(DiT, size="DiT-T/2", hidden_size=32, learn_sigma=True),
         routing=ROUTINGS[routing](),
         num_timesteps=100,
         sample_steps=10,
+        **kwargs,
+    )
+
+
+def module_for(routing: str, **kwargs) -> DiffusionModule:
+    """A tiny DiT as the imagenet256 configs train one: learned σ, labels dropped for guidance."""
+    return tiny_module(
+        routing,
         class_dropout_prob=0.5,  # dropped labels in every batch of 8
         image_size=8,
         in_channels=4,
@@ -165,32 +173,21 @@ def host_reads_of_a_fit(
     return reads.by_function
 
 
-def digits_module(routing: str, **kwargs) -> DiffusionModule:
-    torch.manual_seed(0)
-    return DiffusionModule(
-        net=partial(DiT, size="DiT-T/2", hidden_size=32, learn_sigma=True),
-        routing=ROUTINGS[routing](),
-        num_timesteps=100,
-        sample_steps=10,
-        **kwargs,
-    )
-
-
 @pytest.mark.parametrize("routing", list(ROUTINGS))
 def test_a_training_step_and_the_ema_update_read_nothing_on_the_host(monkeypatch, tmp_path, routing):
-    reads = host_reads_of_a_fit(monkeypatch, tmp_path, digits_module(routing))
+    reads = host_reads_of_a_fit(monkeypatch, tmp_path, tiny_module(routing))
     expected = HOST_BY_DESIGN if routing == "switch" else set()
     assert set(reads) == expected, f"host reads in the hot path, by function: {reads}"
 
 
 def test_ant_uw_steps_read_nothing_on_the_host(monkeypatch, tmp_path):
-    module = digits_module("dtr", mtl=UncertaintyWeighting(Intervals(num_intervals=5)))
+    module = tiny_module("dtr", mtl=UncertaintyWeighting(Intervals(num_intervals=5)))
     assert host_reads_of_a_fit(monkeypatch, tmp_path, module) == {}
 
 
 def test_the_count_sees_a_host_read(monkeypatch, tmp_path):
     """The check has teeth: a loss that prints its value every step is caught, by name."""
-    module = digits_module("dtr")
+    module = tiny_module("dtr")
     loss = module.training_loss
 
     def training_loss(*args):
