@@ -23,6 +23,7 @@ import fcntl
 import json
 import os
 import re
+import resource
 import signal
 import subprocess
 import sys
@@ -30,6 +31,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import submitit
 
@@ -124,9 +126,17 @@ def alive(pid: int) -> bool:
     return True
 
 
+class Took(NamedTuple):
+    """What a run cost: wall-clock seconds, and the CPU seconds of its fit (user + system), which other
+    load on the machine stretches far less than the wall clock; the study's estimates are calibrated on it."""
+
+    seconds: float
+    cpu_seconds: float
+
+
 class FitJob(submitit.helpers.Checkpointable):
     """One run of a study as a job: `command` (a `dtr_lab fit`) in a child process, resumed from the run's
-    last checkpoint when an earlier attempt saved one; the seconds it took. `driver`: the study's process
+    last checkpoint when an earlier attempt saved one; what it took. `driver`: the study's process
     id on this machine (local jobs), whose death stops the fit."""
 
     def __init__(
@@ -156,8 +166,8 @@ class FitJob(submitit.helpers.Checkpointable):
         self._resumed = (folder, step)
         return [*command, "--ckpt_path", str(ckpt)]
 
-    def __call__(self) -> float:
-        started = time.time()
+    def __call__(self) -> Took:
+        started, children = time.time(), resource.getrusage(resource.RUSAGE_CHILDREN)
         self._resumed = None
         lock = lock_path(self.run_dir)
         lock.parent.mkdir(parents=True, exist_ok=True)
@@ -190,7 +200,9 @@ class FitJob(submitit.helpers.Checkpointable):
             os.close(fd)
         if code != 0:
             raise RuntimeError(f"dtr_lab fit exited with {code}: see {self.log}")
-        return time.time() - started
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu = after.ru_utime + after.ru_stime - children.ru_utime - children.ru_stime
+        return Took(time.time() - started, cpu)
 
     def _note_resume(self) -> None:
         """Write resumed.json into the continuation folder as soon as the CLI has claimed it."""
@@ -278,7 +290,7 @@ class Engine:
             wait_unlocked([w.run_dir for w in self.active], LOCK_WAIT_S)
 
     def run(self, todo: list[Work], on_done, stopped: list[int]) -> list[str]:
-        """Train `todo`; `on_done(work, seconds)` after each success; the failures' names. `stopped` is
+        """Train `todo`; `on_done(work, took)` after each success; the failures' names. `stopped` is
         filled by the caller's signal handler: no new job starts once it holds a signal."""
         pending, failed, took = list(todo), [], []
         total, finished = len(todo), 0
@@ -295,7 +307,7 @@ class Engine:
             for work in [w for w in self.active if w.job.done()]:
                 self.active.remove(work)
                 try:
-                    seconds = work.job.result()
+                    result: Took = work.job.result()
                 except Exception as err:  # noqa: BLE001 (a job's failure, whatever it raised)
                     reason = failure_reason(err)
                     if work.attempts <= self.retries and not stopped:
@@ -307,10 +319,10 @@ class Engine:
                     print(f"[{finished}/{total}] {work.name}: FAILED ({reason})", flush=True)
                     continue
                 finished += 1
-                took.append(seconds)
-                on_done(work, seconds)
-                print(f"[{finished}/{total}] {work.name}: {seconds:.0f} s; {self.progress(pending, took)}",
-                      flush=True)
+                took.append(result.seconds)
+                on_done(work, result)
+                cost = f"{result.seconds:.0f} s (CPU {result.cpu_seconds:.0f} s)"
+                print(f"[{finished}/{total}] {work.name}: {cost}; {self.progress(pending, took)}", flush=True)
             if stopped:  # after the finished ones are counted: only the runs still training are cut off
                 self.stop()
                 return failed

@@ -218,9 +218,10 @@ def set_aside(run: RunSpec, out: Path) -> None:
     record.write_text(json.dumps(started))
 
 
-def mark_done(run: RunSpec, out: Path, took: float) -> None:
-    """Write the run's done.json (in RUN, its first folder)."""
-    done = {"command": run.command(out), "configs": config_texts(run), "seconds": round(took, 1)}
+def mark_done(run: RunSpec, out: Path, took: engine.Took) -> None:
+    """Write the run's done.json (in RUN, its first folder): its command, configs, wall and CPU seconds."""
+    done = {"command": run.command(out), "configs": config_texts(run), "seconds": round(took.seconds, 1),
+            "cpu_seconds": round(took.cpu_seconds, 1)}
     (run.directory(out) / "done.json").write_text(json.dumps(done))
 
 
