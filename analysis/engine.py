@@ -24,6 +24,7 @@ import json
 import os
 import re
 import resource
+import shutil
 import signal
 import subprocess
 import sys
@@ -65,6 +66,16 @@ def last_checkpoint(run_dir: Path) -> Path | None:
         if ckpt.is_file():
             return ckpt
     return None
+
+
+def move_cut_off(folders: list[Path], run_dir: Path) -> None:
+    """Move folders of `run_dir` that a restart cannot continue (no checkpoint) into RUN.cutoff, replacing an
+    older copy of the same folder there: the restart starts clean, and nothing it wrote is deleted."""
+    aside = run_dir.with_name(run_dir.name + ".cutoff")
+    for folder in folders:
+        aside.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(aside / folder.name, ignore_errors=True)
+        folder.rename(aside / folder.name)
 
 
 def checkpoint_step(ckpt: Path) -> int:
@@ -153,10 +164,12 @@ class FitJob(submitit.helpers.Checkpointable):
     def arguments(self) -> list[str]:
         """The fit's command: a continuation of the newest saved part, or the run from the start."""
         ckpt = last_checkpoint(self.run_dir)
-        if ckpt is None:
+        if ckpt is None:  # cut off before its first checkpoint: the CLI never writes into a claimed folder
+            move_cut_off([folder for folder, _ in run_parts(self.run_dir)], self.run_dir)
             return list(self.command)
         k = len(run_parts(self.run_dir))
         folder = part_directory(self.run_dir, k)
+        move_cut_off([folder] if folder.exists() else [], self.run_dir)  # claimed, cut off before it began
         folder.parent.mkdir(parents=True, exist_ok=True)
         step = checkpoint_step(ckpt)
         version = self.command.index("--trainer.logger.init_args.version") + 1

@@ -257,13 +257,36 @@ def test_resume_command_names_the_newest_checkpoint(tmp_path, analysis_path):
     import torch
 
     run = tmp_path / "runs" / "arm" / "seed0"
-    (run / "checkpoints").mkdir(parents=True)
     command = ["fit", "--trainer.logger.init_args.version", "seed0"]
     job = engine.FitJob(command, run, tmp_path / "log", {}, REPO)
-    assert job.arguments() == command  # nothing saved: from the start
+    assert job.arguments() == command  # never started: from the start
+    (run / "checkpoints").mkdir(parents=True)
     torch.save({"global_step": 7}, run / "checkpoints" / "last.ckpt")
     assert job.arguments() == ["fit", "--trainer.logger.init_args.version", "seed0.part1", "--ckpt_path",
                                str(run / "checkpoints" / "last.ckpt")]
+
+
+def test_a_run_cut_off_before_its_first_checkpoint_starts_clean_keeping_its_files(tmp_path, analysis_path):
+    """The CLI refuses to write into a claimed folder: a folder without a checkpoint to continue from (the
+    run's own, or a continuation claimed but never begun) moves to RUN.cutoff, a later one replacing it."""
+    import engine
+    import torch
+
+    run = tmp_path / "runs" / "arm" / "seed0"
+    command = ["fit", "--trainer.logger.init_args.version", "seed0"]
+    job = engine.FitJob(command, run, tmp_path / "log", {}, REPO)
+    for attempt in ("first", "second"):
+        (run / "records").mkdir(parents=True)
+        (run / "records" / "quality.csv").write_text(attempt)
+        assert job.arguments() == command and not run.exists()
+        assert (tmp_path / "runs/arm/seed0.cutoff/seed0/records/quality.csv").read_text() == attempt
+    (run / "checkpoints").mkdir(parents=True)
+    torch.save({"global_step": 500}, run / "checkpoints" / "last.ckpt")
+    (tmp_path / "runs/arm/seed0.part1/records").mkdir(parents=True)  # claimed; no resumed.json: never began
+    args = job.arguments()
+    assert args[2] == "seed0.part1" and args[-1] == str(run / "checkpoints" / "last.ckpt")
+    assert not (tmp_path / "runs/arm/seed0.part1").exists()
+    assert (tmp_path / "runs/arm/seed0.cutoff/seed0.part1/records").is_dir()
 
 
 def test_cluster_without_slurm_is_one_line(tmp_path, run_main, monkeypatch):
