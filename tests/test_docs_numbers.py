@@ -10,6 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from dtr_lab.convergence import paired_steps, plateau, steps_to_target
+from dtr_lab.stats import paired_difference, sd_of
+
 REPO = Path(__file__).resolve().parents[1]
 README = (REPO / "README.md").read_text()
 
@@ -96,3 +99,175 @@ def test_paper_scale_table_is_the_plan_script_output():
             assert flops == f"{cells[9]} ({cells[10]})" and largest.startswith(f"{cells[13]} ")
         unrouted, rtr = plan[(size, "unrouted")][13], plan[(size, "rtr")][13]
         assert largest == f"{unrouted} (R-TR {rtr})"
+
+
+# ------------------------------------------------------------------------------------ the docs/ pages
+# A page's number is checked as the source value rounded to the digits the page shows: "+14.9" agrees with
+# 14.87 and 14.93, not with 15.0. Pages write "−" (U+2212); the sources "-".
+NUMBER = re.compile(r"[+-]?\d+(?:,\d{3})*(?:\.\d+)?")
+
+
+def flat(text: str) -> str:
+    return " ".join(text.replace("\u2212", "-").split())
+
+
+def page(name: str) -> str:
+    return (REPO / "docs" / f"{name}.md").read_text()
+
+
+def page_section(name: str, heading: str) -> str:
+    """The text under `### heading` (or `## heading`) of a docs page, to the next heading of any level."""
+    text = page(name)
+    start = re.search(rf"^#+ {re.escape(heading)}\n", text, re.M)
+    assert start, f"docs/{name}.md has no heading {heading!r}"
+    end = re.compile(r"^#+ ", re.M).search(text, start.end())
+    return text[start.end(): end.start() if end else len(text)]
+
+
+def numbers(cell: str) -> list[str]:
+    return NUMBER.findall(cell.replace("\u2212", "-"))
+
+
+def agrees(quoted: str, value: float) -> bool:
+    decimals = len(quoted.partition(".")[2])
+    return abs(float(quoted.replace(",", "")) - value) <= 0.5 * 10**-decimals + 1e-9
+
+
+def assert_quotes(quoted: list[str], values: list[float], where: str) -> None:
+    assert len(quoted) == len(values), f"{where}: quotes {quoted}, the source has {len(values)} values"
+    wrong = [(q, round(v, 4)) for q, v in zip(quoted, values) if not agrees(q, v)]
+    assert not wrong, f"{where}: quoted ≠ source: {wrong}"
+
+
+def says(text: str, pattern: str) -> list[str]:
+    found = re.search(pattern, flat(text))
+    assert found, f"the page no longer says {pattern!r}"
+    return list(found.groups())
+
+
+def table(text: str, header: str) -> list[list[str]]:
+    """The body rows of the markdown table whose header row starts with `| header`."""
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(f"| {header}"))
+    rows = []
+    for line in lines[start + 2:]:
+        if not line.startswith("|"):
+            break
+        rows.append([c.strip() for c in line.strip().strip("|").split("|")])
+    return rows
+
+
+def interval(cell: str, mean: float, low: float, high: float, where: str) -> None:
+    """A cell 'mean [low, high]', starred exactly when the interval excludes 0."""
+    assert_quotes(numbers(cell.split("(")[0])[:3], [mean, low, high], where)
+    assert cell.rstrip().endswith("*") == (low > 0 or high < 0), f"{where}: the star of {cell!r}"
+
+
+def csv_rows(path: str) -> list[dict]:
+    return list(csv.DictReader((REPO / path).open()))
+
+
+def paired_csv(folder: str) -> dict[tuple[str, int, str], dict]:
+    return {(r["comparison"], int(r["step"]), r["metric"]): r for r in csv_rows(f"{folder}/paired.csv")}
+
+
+def convergence_csv(folder: str) -> dict[str, dict]:
+    return {r["comparison"]: r for r in csv_rows(f"{folder}/convergence.csv")}
+
+
+def diff(row: dict) -> list[float]:
+    return [float(row["diff"]), float(row["ci_low"]), float(row["ci_high"])]
+
+
+def generated(folder: str, header: str) -> dict[str, list[str]]:
+    """A table of a study's generated table.md, by its first cell."""
+    return {r[0]: r for r in table((REPO / folder / "table.md").read_text(), header)}
+
+
+FIVE_SEEDS = "docs/repro/core-5seeds"
+COMPLEMENTARITY = "docs/repro/complementarity"
+EARLY = "docs/repro-early"
+SCALING = "docs/scaling"
+
+# --- docs/studies.md: the 5-seed, complementarity, early and scaling studies (their committed folders)
+FIVE_SEED_ARMS = {
+    "unrouted": "vanilla-uniform", "DTR": "dtr-uniform", "Switch-DiT": "switch-uniform", "R-TR": "rtr-uniform",
+    "experts, width-matched (4 × 64)": "experts-uniform", "experts, equal width (4 × 128)": "experts_wide-uniform",
+}
+EARLY_ARMS = {
+    "vanilla, uniform": "vanilla-uniform", "R-TR, uniform": "rtr-uniform", "DTR, uniform": "dtr-uniform",
+    "vanilla, Min-SNR": "vanilla-min_snr", "DTR, Min-SNR": "dtr-min_snr", "vanilla, ANT-UW": "vanilla-uw",
+    "DTR, ANT-UW": "dtr-uw",
+}
+
+
+def scores(folder: str) -> list[dict]:
+    return [r for r in csv_rows(f"{folder}/scores.csv") if r["metric"] == "fid"]
+
+
+def fid_curves(rows: list[dict], arm: str, seeds) -> list[tuple[list[int], list[float]]]:
+    """Per seed (in `seeds`' order) the digits-FID curve of one arm: steps and values."""
+    curves = []
+    for seed in seeds:
+        points = sorted((int(r["step"]), float(r["value"])) for r in rows if r["arm"] == arm and int(r["seed"]) == seed)
+        curves.append(([s for s, _ in points], [v for _, v in points]))
+    return curves
+
+
+def convergence_of(a, b, target: float = 50.0) -> tuple[list[float], list[float], list[float]]:
+    """Steps to digits-FID ≤ target and plateau, paired b − a, as the study computes them (mean, low,
+    high each), and the per-pair plateau differences."""
+    steps = paired_steps([steps_to_target(*c, target) for c in a], [steps_to_target(*c, target) for c in b])
+    per_pair = [plateau(*cb) - plateau(*ca) for ca, cb in zip(a, b)]
+    flat_plateau = paired_difference(per_pair)
+    d = steps.difference
+    return [d.mean, d.low, d.high], [flat_plateau.mean, flat_plateau.low, flat_plateau.high], per_pair
+
+
+def arms_table_agrees(rows: list[list[str]], source: dict[str, list[str]], names: dict, skip: int) -> None:
+    """Every number of a page's arms table is the generated table's (its column `skip`, steps, left out)."""
+    assert [names[r[0]] for r in rows] == [a for a in source if a in names.values()]
+    for row in rows:
+        src = source[names[row[0]]]
+        quoted = [n for c in row[1:] for n in numbers(c)]
+        values = [float(n) for c in src[1:skip] + src[skip + 1:] for n in numbers(c) if n != "–"]
+        assert_quotes(quoted[: len(values)], values, row[0])
+
+
+def test_five_seed_arms_are_the_study_table():
+    text = page_section("studies", "The 5-seed study of 2026-12-02 (superseded)")
+    source = generated(FIVE_SEEDS, "arm | seeds | steps")
+    arms_table_agrees(table(text, "arm | seeds"), source, FIVE_SEED_ARMS, skip=2)
+
+
+def test_five_seed_paired_differences_are_the_study_csvs():
+    text = page_section("studies", "The 5-seed study of 2026-12-02 (superseded)")
+    conv, paired = convergence_csv(FIVE_SEEDS), paired_csv(FIVE_SEEDS)
+    rows = table(text, "comparison (b − a) | pairs")
+    assert len(rows) == len(conv)
+    for name, pairs, steps, plateau_cell, *fids in rows:
+        c = conv[{"equal-width experts − vanilla": "wide experts − vanilla"}.get(name, name)]
+        assert int(pairs) == int(c["pairs"])
+        interval(steps, *(float(c[k]) for k in ("steps_diff", "steps_ci_low", "steps_ci_high")), f"{name} steps")
+        interval(plateau_cell, *(float(c[k]) for k in ("plateau_diff", "plateau_ci_low", "plateau_ci_high")), name)
+        for step, cell in zip((500, 1000, 1500), fids):
+            interval(cell, *diff(paired[(c["comparison"], step, "fid")]), f"{name}, FID at {step}")
+
+
+def test_complementarity_table_is_the_study_csvs_and_its_post_hoc_row_its_scores():
+    text = page_section("studies", "Results: complementarity with Min-SNR and ANT-UW")
+    conv, paired = convergence_csv(COMPLEMENTARITY), paired_csv(COMPLEMENTARITY)
+    rows = table(text, "comparison (b − a) | pairs")
+    for name, pairs, steps, plateau_cell, fid, probe in rows[:2]:
+        c = conv[name]
+        assert int(pairs) == int(c["pairs"])
+        interval(steps, *(float(c[k]) for k in ("steps_diff", "steps_ci_low", "steps_ci_high")), f"{name} steps")
+        interval(plateau_cell, *(float(c[k]) for k in ("plateau_diff", "plateau_ci_low", "plateau_ci_high")), name)
+        interval(fid, *diff(paired[(name, 1500, "fid")]), f"{name}, FID at 1500")
+        interval(probe, *diff(paired[(name, 1500, "probe_3")]), f"{name}, probe at 1500")
+    name, pairs, steps, plateau_cell, *_ = rows[2]
+    assert name == "DTR+UW − UW, without seed 2 (post hoc)" and pairs == "4"
+    fids = scores(COMPLEMENTARITY)
+    s, p, _ = convergence_of(fid_curves(fids, "vanilla-uw", (0, 1, 3, 4)), fid_curves(fids, "dtr-uw", (0, 1, 3, 4)))
+    interval(steps, *s, "post hoc steps")
+    interval(plateau_cell, *p, "post hoc plateau")
