@@ -158,9 +158,11 @@ def table(text: str, header: str) -> list[list[str]]:
 
 
 def interval(cell: str, mean: float, low: float, high: float, where: str) -> None:
-    """A cell 'mean [low, high]', starred exactly when the interval excludes 0."""
-    assert_quotes(numbers(cell.split("(")[0])[:3], [mean, low, high], where)
-    assert cell.rstrip().endswith("*") == (low > 0 or high < 0), f"{where}: the star of {cell!r}"
+    """A cell 'mean [low, high]' (or 'mean' alone), starred exactly when the interval excludes 0."""
+    quoted = numbers(cell.split("(")[0])[:3]
+    assert_quotes(quoted, [mean, low, high][: len(quoted)], where)
+    starred = "*" in cell.replace("**", "")  # "**…**" is bold, not a star
+    assert starred == (low > 0 or high < 0), f"{where}: the star of {cell!r}"
 
 
 def csv_rows(path: str) -> list[dict]:
@@ -224,20 +226,19 @@ def convergence_of(a, b, target: float = 50.0) -> tuple[list[float], list[float]
     return [d.mean, d.low, d.high], [flat_plateau.mean, flat_plateau.low, flat_plateau.high], per_pair
 
 
-def arms_table_agrees(rows: list[list[str]], source: dict[str, list[str]], names: dict, skip: int) -> None:
-    """Every number of a page's arms table is the generated table's (its column `skip`, steps, left out)."""
+def arms_table_agrees(rows: list[list[str]], source: dict[str, list[str]], names: dict, skip=()) -> None:
+    """Every number of a page's arms table is the generated table's (its columns `skip` left out)."""
     assert [names[r[0]] for r in rows] == [a for a in source if a in names.values()]
     for row in rows:
-        src = source[names[row[0]]]
-        quoted = [n for c in row[1:] for n in numbers(c)]
-        values = [float(n) for c in src[1:skip] + src[skip + 1:] for n in numbers(c) if n != "–"]
-        assert_quotes(quoted[: len(values)], values, row[0])
+        src = [c for i, c in enumerate(source[names[row[0]]]) if i not in skip]
+        values = [float(n) for c in src[1:] for n in numbers(c)]
+        assert_quotes([n for c in row[1:] for n in numbers(c)], values, row[0])
 
 
 def test_five_seed_arms_are_the_study_table():
     text = page_section("studies", "The 5-seed study of 2026-12-02 (superseded)")
     source = generated(FIVE_SEEDS, "arm | seeds | steps")
-    arms_table_agrees(table(text, "arm | seeds"), source, FIVE_SEED_ARMS, skip=2)
+    arms_table_agrees(table(text, "arm | seeds"), source, FIVE_SEED_ARMS, skip=(2,))  # not steps
 
 
 def test_five_seed_paired_differences_are_the_study_csvs():
@@ -271,3 +272,40 @@ def test_complementarity_table_is_the_study_csvs_and_its_post_hoc_row_its_scores
     s, p, _ = convergence_of(fid_curves(fids, "vanilla-uw", (0, 1, 3, 4)), fid_curves(fids, "dtr-uw", (0, 1, 3, 4)))
     interval(steps, *s, "post hoc steps")
     interval(plateau_cell, *p, "post hoc plateau")
+
+
+def test_early_study_tables_are_its_table_and_csv():
+    text = page_section("studies", "Results: 5 paired seeds, 600 steps — early training")
+    arms_table_agrees(table(text, "arm | seeds"), generated(EARLY, "arm | seeds"), EARLY_ARMS)
+    paired = paired_csv(EARLY)
+    rows = table(text, "comparison (b − a) | Δ digits-FID")
+    assert len(rows) == 7
+    for name, *cells in rows:
+        for metric, cell in zip(("fid", "accuracy", *(f"probe_{i}" for i in range(5))), cells):
+            interval(cell, *diff(paired[(name, 600, metric)]), f"{name} {metric}")
+
+
+def test_routing_page_early_table_is_the_study_csv():
+    text = page_section("routing", "What they did at this scale")
+    paired = paired_csv(EARLY)
+    rows = table(text, "comparison (b − a) | FID a → b")
+    assert len(rows) == 5
+    for name, fids, *cells in rows:
+        row = paired[(name, 600, "fid")]
+        assert_quotes(numbers(fids), [float(row["a_mean"]), float(row["b_mean"])], f"{name} FID a → b")
+        for metric, cell in zip(("fid", "accuracy", *(f"probe_{i}" for i in range(5))), cells):
+            interval(cell, *diff(paired[(name, 600, metric)]), f"{name} {metric}")
+
+
+def test_scaling_table_is_its_csv():
+    text = page_section("studies", "Where and when does routing pay? The scaling study (early, superseded)")
+    paired = {(r["size"], int(r["step"]), r["metric"]): r for r in csv_rows(f"{SCALING}/paired.csv")}
+    rows = table(text, "DTR − vanilla | pairs")
+    assert len(rows) == 5
+    for label, pairs, fids, *cells in rows:
+        size, step = says(label, r"^(DiT-\w+/2), step (\d+)$")
+        row = paired[(size, int(step), "fid")]
+        assert int(pairs) == int(row["pairs"])
+        assert_quotes(numbers(fids), [float(row["a_mean"]), float(row["b_mean"])], f"{label} FID a → b")
+        for metric, cell in zip(("fid", "accuracy", "probe_2", "probe_3"), cells):
+            interval(cell, *diff(paired[(size, int(step), metric)]), f"{label} {metric}")
