@@ -5,6 +5,7 @@ it (docs/paper-scale.md). A number changed on one side only fails here."""
 from __future__ import annotations
 
 import csv
+import statistics
 import re
 from pathlib import Path
 
@@ -140,7 +141,7 @@ def assert_quotes(quoted: list[str], values: list[float], where: str) -> None:
 
 
 def says(text: str, pattern: str) -> list[str]:
-    found = re.search(pattern, flat(text))
+    found = re.search(pattern.replace("\u2212", "-"), flat(text))
     assert found, f"the page no longer says {pattern!r}"
     return list(found.groups())
 
@@ -309,3 +310,304 @@ def test_scaling_table_is_its_csv():
         assert_quotes(numbers(fids), [float(row["a_mean"]), float(row["b_mean"])], f"{label} FID a → b")
         for metric, cell in zip(("fid", "accuracy", "probe_2", "probe_3"), cells):
             interval(cell, *diff(paired[(size, int(step), metric)]), f"{label} {metric}")
+
+
+N = r"([+-]?\d[\d,]*(?:\.\d+)?)"  # a quoted number, as a regex group
+IV = rf"{N} \[{N}, {N}\]"  # mean [low, high]
+
+
+def steps_of(c: dict) -> list[float]:
+    return [float(c[k]) for k in ("steps_diff", "steps_ci_low", "steps_ci_high")]
+
+
+def plateau_of(c: dict) -> list[float]:
+    return [float(c[k]) for k in ("plateau_diff", "plateau_ci_low", "plateau_ci_high")]
+
+
+def runs_in(folder: str) -> int:
+    return len({(r["arm"], r["seed"]) for r in csv_rows(f"{folder}/scores.csv")})
+
+
+def held_out_memorised() -> float:
+    """The memorised share of the 180 held-out digits against the training split, as SampleQuality scores it."""
+    from dtr_lab.digits import digits_split, load_digits_tensors
+    from dtr_lab.metrics.memorisation import Memorisation
+
+    images, _ = load_digits_tensors()
+    train, held_out = digits_split()
+    return Memorisation(images[train])(images[held_out])
+
+
+def test_five_seed_prose_is_the_study_files():
+    text = page_section("studies", "The 5-seed study of 2026-12-02 (superseded)")
+    conv, paired, fids = convergence_csv(FIVE_SEEDS), paired_csv(FIVE_SEEDS), scores(FIVE_SEEDS)
+    assert int(says(text, r"trained (\d+) runs")[0]) == runs_in(FIVE_SEEDS)
+    medians = says(text, r"at 1000 / 1250 / 1500: " + r" / ".join([N] * 3) + " unrouted, " + " / ".join([N] * 3)
+                   + " DTR, " + " / ".join([N] * 3) + r" Switch\)\. R-TR \(" + " / ".join([N] * 3)
+                   + r"\) and both expert arms \(" + " / ".join([N] * 3) + " and " + " / ".join([N] * 3))
+    arms = ("vanilla-uniform", "dtr-uniform", "switch-uniform", "rtr-uniform", "experts-uniform",
+            "experts_wide-uniform")
+    assert_quotes(medians, [statistics.median(float(r["value"]) for r in fids if r["arm"] == arm
+                                              and int(r["step"]) == step)
+                            for arm in arms for step in (1000, 1250, 1500)], "median FID")
+    memorised = {arm: statistics.mean(float(r["value"]) for r in csv_rows(f"{FIVE_SEEDS}/scores.csv")
+                                      if r["arm"] == arm and r["metric"] == "memorised" and r["step"] == "1500")
+                 for arm in arms}
+    low, high, real = says(text, rf"memorised share at step 1500 is {N}–{N} in every arm, below held-out real "
+                                 rf"digits' {N}")
+    assert_quotes([low, high, real], [min(memorised.values()), max(memorised.values()), held_out_memorised()],
+                  "memorised")
+    unrouted = says(text, rf"Unrouted gets there at step {N} on average")
+    assert_quotes(unrouted, [float(numbers(conv["DTR − vanilla"]["a_steps"])[0])], "steps to FID ≤ 50")
+    dtr = says(text, rf"persists to the plateau: {N} % \[{N}, {N}\] at 600 ≤ t < 800; below t = 600 the fifths "
+                     rf"are within ±1 % \({N}, {N}, {N} %\), and at t ≥ 800 the mean is {N} % with an interval, "
+                     rf"\[{N}, {N}\]")
+    at = {i: diff(paired[("DTR − vanilla", 1500, f"probe_{i}")]) for i in range(5)}
+    assert_quotes(dtr, at[3] + [at[i][0] for i in range(3)] + at[4], "DTR's probe at 1500")
+    assert all(abs(at[i][0]) <= 1 for i in range(3))
+    switch = says(text, rf"high-noise gain also persists: {N} % \[{N}, {N}\] at t ≥ 800 against unrouted, and {N} % against DTR")
+    assert_quotes(switch, diff(paired[("Switch − vanilla", 1500, "probe_4")])
+                  + diff(paired[("Switch − DTR", 1500, "probe_4")])[:1], "Switch's probe at 1500")
+    experts = says(text, rf"\({N} % against unrouted, width-matched; {N} % at equal width\)")
+    assert_quotes(experts, [float(paired[(c, 1500, "probe_4")]["diff"]) for c in
+                            ("experts − vanilla", "wide experts − vanilla")], "experts' probe at 1500")
+
+
+def test_complementarity_prose_is_its_scores():
+    text = page_section("studies", "Results: complementarity with Min-SNR and ANT-UW")
+    assert int(says(text, r"trained (\d+) runs")[0]) == runs_in(COMPLEMENTARITY)
+    fids = scores(COMPLEMENTARITY)
+    fid = {(r["arm"], int(r["seed"]), int(r["step"])): float(r["value"]) for r in fids}
+    collapse = says(text, rf"seed 2 collapsed between steps 750 and 1000 \(FID {N} → {N}, still {N} at step 1500\), "
+                          rf"and DTR\+UW's seed 1 spiked to {N} at step 500")
+    assert_quotes(collapse, [fid[("vanilla-uw", 2, 750)], fid[("vanilla-uw", 2, 1000)],
+                             fid[("vanilla-uw", 2, 1500)], fid[("dtr-uw", 1, 500)]], "ANT-UW's seeds")
+    four = (0, 1, 3, 4)
+    _, _, per_pair = convergence_of(fid_curves(fids, "vanilla-uw", four), fid_curves(fids, "dtr-uw", four))
+    assert_quotes(says(text, rf"higher in all 4 pairs \({N} to {N}\)"), [min(per_pair), max(per_pair)], "pairs")
+    assert min(per_pair) > 0
+    uniform = scores(FIVE_SEEDS)
+    for pattern, arm, seeds in [
+        (rf"Min-SNR − uniform: {IV} steps to FID ≤ 50, plateau {IV}", "vanilla-min_snr", range(5)),
+        (rf"ANT-UW − uniform \(4 pairs, without seed 2\): {IV} steps, plateau {IV}", "vanilla-uw", four),
+    ]:
+        steps, flat_plateau, _ = convergence_of(fid_curves(uniform, "vanilla-uniform", seeds), fid_curves(fids, arm, seeds))
+        assert_quotes(says(text, pattern), steps + flat_plateau, arm)
+
+
+def paper_fids() -> dict[str, float]:
+    """The DTR paper's Table 1 FIDs as the early study's generated table carries them, by arm."""
+    return {arm: float(row[-1]) for arm, row in generated(EARLY, "arm | seeds").items() if row[-1] != "–"}
+
+
+def test_five_seed_claims_are_the_study_files():
+    text = page_section("studies", "What the 5-seed study showed, claim by claim (withdrawn: see the powered study)")
+    conv, paired, comp = convergence_csv(FIVE_SEEDS), paired_csv(FIVE_SEEDS), convergence_csv(COMPLEMENTARITY)
+    paper = paper_fids()
+    dtr, switch = conv["DTR − vanilla"], conv["Switch − DTR"]
+    a_steps = float(numbers(dtr["a_steps"])[0])
+
+    said = says(text, rf"\(FID {N} → {N}, {N} %\) \| .* \| plateau {IV} on {N}: a gain beyond {N} % is excluded")
+    gain = 100 * (paper["dtr-uniform"] / paper["vanilla-uniform"] - 1)
+    assert_quotes(said, [paper["vanilla-uniform"], paper["dtr-uniform"], gain, *plateau_of(dtr),
+                         float(dtr["a_plateau"]), -100 * float(dtr["plateau_ci_low"]) / float(dtr["a_plateau"])],
+                  "DTR improves sample quality")
+    said = says(text, rf"steps to FID ≤ 50: {IV} of {N} \(a speed-up beyond {N} % excluded\)")
+    assert_quotes(said, [*steps_of(dtr), a_steps, -100 * float(dtr["steps_ci_low"]) / a_steps], "DTR accelerates")
+    minsnr = comp["DTR+MinSNR − MinSNR"]
+    said = says(text, rf"\({N} → {N}\) \| .* \| plateau {IV} on {N}; steps {IV} \|")
+    assert_quotes(said, [paper["vanilla-min_snr"], paper["dtr-min_snr"], *plateau_of(minsnr),
+                         float(minsnr["a_plateau"]), *steps_of(minsnr)], "complementary to Min-SNR")
+    uw = comp["DTR+UW − UW"]
+    said = says(text, rf"ANT-UW \({N} → {N}\) \| .* collapses in {N} of {N} seeds\) \| {N} pairs: {IV}; 4 pairs, "
+                      rf"post hoc: {IV}, higher in all 4")
+    fids = scores(COMPLEMENTARITY)
+    collapsed = sum(float(r["value"]) > 100 for r in fids if r["arm"] == "vanilla-uw" and r["step"] == "1500")
+    four = (0, 1, 3, 4)
+    _, post_hoc, _ = convergence_of(fid_curves(fids, "vanilla-uw", four), fid_curves(fids, "dtr-uw", four))
+    assert_quotes(said, [paper["vanilla-uw"], paper["dtr-uw"], collapsed, float(uw["pairs"]), float(uw["pairs"]),
+                         *plateau_of(uw), *post_hoc], "ANT-UW")
+    said = says(text, rf"\({N} → {N}\) \| \*\*reproduced in speed; .* steps {IV}\*; at 1500 {IV} \|")
+    assert_quotes(said, [paper["vanilla-uniform"], paper["rtr-uniform"], *steps_of(conv["R-TR − vanilla"]),
+                         *diff(paired[("R-TR − vanilla", 1500, "fid")])], "R-TR")
+    said = says(text, rf"DTR beats R-TR \| \*\*reproduced\*\* \| steps {IV}\*; at 1500 {IV}\* \|")
+    assert_quotes(said, [*steps_of(conv["DTR − R-TR"]), *diff(paired[("DTR − R-TR", 1500, "fid")])], "DTR − R-TR")
+    said = says(text, rf"\(Switch-DiT-S {N} vs DTR-S {N}, {N} %\) \| .* \| plateau {IV} on {N} \(a gain beyond {N} % "
+                      rf"excluded\); at step 1500 {IV}\* \|")
+    assert_quotes(said[3:], [*plateau_of(switch), float(switch["a_plateau"]),
+                             -100 * float(switch["plateau_ci_low"]) / float(switch["a_plateau"]),
+                             *diff(paired[("Switch − DTR", 1500, "fid")])], "Switch − DTR")
+    assert_quotes(said[2:3], [100 * (float(said[0]) / float(said[1]) - 1)], "the Switch-DiT paper's gain")
+    said = says(text, rf"experts − unrouted at 1500: {IV}\* width-matched, {IV} at 4× the parameters; steps to FID "
+                      rf"≤ 50: {IV}\* and {IV}\*")
+    assert_quotes(said, [*diff(paired[("experts − vanilla", 1500, "fid")]),
+                         *diff(paired[("wide experts − vanilla", 1500, "fid")]),
+                         *steps_of(conv["experts − vanilla"]), *steps_of(conv["wide experts − vanilla"])], "experts")
+    said = says(text, rf"It costs {N} % of probe loss at 600 ≤ t < 800 \({N} % with Min-SNR\)")
+    assert_quotes(said, [float(paired[("DTR − vanilla", 1500, "probe_3")]["diff"]),
+                         float(paired_csv(COMPLEMENTARITY)[("DTR+MinSNR − MinSNR", 1500, "probe_3")]["diff"])],
+                  "DTR's mid-noise cost")
+    said = says(text, rf"Switch's is a {N} % lower high-noise probe loss .* \({N} FID at step 500\)")
+    assert_quotes(said, [-float(paired[("Switch − vanilla", 1500, "probe_4")]["diff"]),
+                         float(paired[("Switch − vanilla", 500, "fid")]["diff"])], "Switch along the way")
+    said = says(text, rf"own high-noise interval best of all \(probe {N} %\)")
+    assert_quotes(said, [float(paired[("experts − vanilla", 1500, "probe_4")]["diff"])], "experts' probe")
+    said = says(text, rf"scores, {N} and {N}\)")
+    seed0 = {r["arm"]: float(r["value"]) for r in scores(FIVE_SEEDS) if r["step"] == "1500" and r["seed"] == "0"}
+    assert_quotes(said, [seed0["vanilla-uniform"], seed0["dtr-uniform"]], "sample seed 0's scores")
+    sd = sd_of(paired_difference_of(paired[("DTR − vanilla", 1500, "fid")]))
+    assert_quotes(says(text, rf"of DTR − vanilla at step 1500, {N} \(from the interval above"), [sd], "sd")
+
+
+def paired_difference_of(row: dict):
+    """The PairedDifference a paired.csv row states (its mean, half-width and pairs)."""
+    from dtr_lab.stats import PairedDifference
+
+    return PairedDifference(float(row["diff"]), float(row["ci_high"]) - float(row["diff"]), int(row["pairs"]))
+
+
+def ema_decay(decay: float, n: int) -> float:
+    """dtr_lab/ema.py's warm-up: decay_n = min(decay, (1 + n) / (10 + n))."""
+    return min(decay, (1 + n) / (10 + n))
+
+
+def test_pilot_numbers_follow_from_the_data_the_ema_and_the_memorisation_test():
+    import yaml
+
+    from dtr_lab.digits import digits_split
+
+    text = page_section("studies", "The pilot: a protocol that converges")
+    assert "min(self.decay, (1 + n) / (10 + n))" in (REPO / "dtr_lab/ema.py").read_text()
+    base = yaml.safe_load((REPO / "experiments/repro/base.yaml").read_text())
+    steps, batch = base["trainer"]["max_steps"], base["data"]["init_args"]["batch_size"]
+    decay = base["model"]["ema_decay"]
+    train, held_out = digits_split()
+    said = says(text, rf"held-out real digits \({N}: `Memorisation` of the training split scoring the {N} held-out "
+                      rf"digits\) by step 2000\. The {N} training images are {N} epochs at {N} steps of batch {N} "
+                      rf"\({N} full batches an epoch\)")
+    per_epoch = len(train) // batch  # drop_last
+    assert_quotes(said, [held_out_memorised(), len(held_out), len(train), steps / per_epoch, steps, batch,
+                         per_epoch], "the pilot's data")
+    said = says(text, rf"decay min\({N}, \(1 \+ n\)/\(10 \+ n\)\), `dtr_lab/ema.py`\) makes its horizon 1/\(1 − decay\) "
+                      rf"≈ {N}–{N} steps here \(decay {N} at step {N}, {N} at {N}\); a nominal {N} would change "
+                      rf"nothing before step ≈ {N}")
+    horizon = [1 / (1 - ema_decay(decay, n)) for n in (900, 1500)]
+    reach = next(n for n in range(100_000) if (1 + n) / (10 + n) >= decay)  # where 0.9999 starts to differ
+    assert_quotes(said[:1] + said[3:], [decay, ema_decay(decay, 900), 900, ema_decay(decay, 1500), 1500, 0.9999,
+                                        round(reach, -3)], "the EMA's warm-up")
+    assert float(said[1]) <= min(horizon) and max(horizon) <= float(said[2]) + 5, (said, horizon)
+    assert f"the **training split**, all {len(train):,} images" in page("studies")  # the study's real set
+
+
+def test_early_prose_is_its_csv():
+    text = flat(page_section("studies", "Results: 5 paired seeds, 600 steps — early training"))
+    paired = paired_csv(EARLY)
+    arms = generated(EARLY, "arm | seeds")
+    assert_quotes(says(text, rf"digits-FID is still {N} \(≈ {N} by step 1200\)"),
+                  [float(numbers(arms["vanilla-uniform"][3])[0]),
+                   float(paired_csv_scaling()[("DiT-T/2", 1200, "fid")]["a_mean"])], "unrouted FID")
+    assert int(says(text, r"trained (\d+) runs \(the first 7 arms")[0]) == sum(
+        int(row[1]) for row in list(arms.values())[:7])
+
+    def at(comparison: str, metric: str) -> list[float]:
+        return diff(paired[(comparison, 600, metric)])
+
+    rtr = [at("R-TR − vanilla", f"probe_{i}")[0] for i in range(5)]
+    said = says(text, rf"decisively: {N} digits-FID, {N} accuracy, and a higher probe loss in every fifth of t "
+                      rf"\({N} % to {N} %\)\. The paper finds the same direction \({N} vs {N}\)")
+    paper = paper_fids()
+    assert_quotes(said, [at("R-TR − vanilla", "fid")[0], at("R-TR − vanilla", "accuracy")[0], min(rtr), max(rtr),
+                         paper["rtr-uniform"], paper["vanilla-uniform"]], "R-TR − vanilla")
+    said = says(text, rf"DTR is \*worse\*, {IV} FID and {N} accuracy, decided by all 5 pairs\. The probe loss says "
+                      rf"where: equal at t < 400 \(±{N} %\), higher by {N}–{N} % at 400 ≤ t < 800")
+    bounds = max(abs(v) for i in (0, 1) for v in at("DTR − vanilla", f"probe_{i}")[1:])
+    assert_quotes(said, [*at("DTR − vanilla", "fid"), at("DTR − vanilla", "accuracy")[0], bounds,
+                         at("DTR − vanilla", "probe_2")[0], at("DTR − vanilla", "probe_3")[0]], "DTR − vanilla")
+    said = says(text, rf"holds \({N} FID; lower probe loss everywhere\), as in the paper \({N} vs {N}\)")
+    assert_quotes(said, [at("DTR − R-TR", "fid")[0], paper["dtr-uniform"], paper["rtr-uniform"]], "DTR − R-TR")
+    assert all(at("DTR − R-TR", f"probe_{i}")[0] < 0 for i in range(5))
+    said = says(text, rf"not shown: {IV} FID, .* repeats the mid-t cost \({N} %, {N} %\)")
+    assert_quotes(said, [*at("DTR+MinSNR − MinSNR", "fid"), at("DTR+MinSNR − MinSNR", "probe_2")[0],
+                         at("DTR+MinSNR − MinSNR", "probe_3")[0]], "DTR+MinSNR")
+    said = says(text, rf"its sd over the 5 seeds is {N} unrouted and {N} with DTR; .* the interval \({N}, {N}\)")
+    assert_quotes(said, [float(numbers(arms["vanilla-uw"][3])[1]), float(numbers(arms["dtr-uw"][3])[1]),
+                         *at("DTR+UW − UW", "fid")[1:]], "DTR+UW")
+    said = says(text, rf"holds \({N} FID, {N} accuracy\); \*\*ANT-UW helps\*\* — holds in accuracy \({N}\)")
+    assert_quotes(said, [at("MinSNR − uniform", "fid")[0], at("MinSNR − uniform", "accuracy")[0],
+                         at("UW − uniform", "accuracy")[0]], "the weightings")
+
+
+def paired_csv_scaling() -> dict[tuple[str, int, str], dict]:
+    return {(r["size"], int(r["step"]), r["metric"]): r for r in csv_rows(f"{SCALING}/paired.csv")}
+
+
+def test_scaling_prose_is_its_csv():
+    from scipy import stats
+
+    text = flat(page_section("studies", "Where and when does routing pay? The scaling study (early, superseded)"))
+    paired = paired_csv_scaling()
+    sizes = sorted({k[0] for k in paired})
+    pairs = int(paired[("DiT-T/2", 600, "fid")]["pairs"])
+    said = says(text, rf"`make scaling`, {N} paired seeds \({N} runs\), .* \({N} dof, t = {N}\)")
+    assert_quotes(said, [pairs, 2 * len(sizes) * pairs, pairs - 1, stats.t.ppf(0.975, pairs - 1)], "the design")
+    fid = {(size, step): diff(paired[(size, step, "fid")]) for size, step, metric in paired if metric == "fid"}
+    said = says(text, rf"DTR's cost at step 600 \({N} FID\) is gone by step 1200")
+    assert_quotes(said, [fid[("DiT-T/2", 600)][0]], "the cost at 600")
+    later = [fid[("DiT-T/2", s)] for s in (1200, 1800, 2400)]
+    assert all(m < 0 for m, _, _ in later) and later[0][2] < 0 and all(h > 0 for _, _, h in later[1:])
+    low, high = says(text, rf"measured small: {N}–{N} FID")
+    assert_quotes([low, high], [-max(m for m, _, _ in later), -min(m for m, _, _ in later)], "2–4 FID")
+    mid = [float(paired[("DiT-T/2", s, "probe_3")]["diff"]) for s in (600, 1200, 1800, 2400)]
+    assert_quotes(says(text, rf"stays {N}–{N} % higher"), [min(mid), max(mid)], "the mid-noise cost")
+    said = says(text, rf"the gap is {N} FID at {N} channels and {N} at {N} \(DiT-XS, .* cost {N} % vs {N} %")
+    widths = {size: paired[(size, 600, "fid")]["width"] for size in sizes}
+    assert_quotes(said, [fid[("DiT-T/2", 600)][0], float(widths["DiT-T/2"]), fid[("DiT-XS/2", 600)][0],
+                         float(widths["DiT-XS/2"]), float(paired[("DiT-T/2", 600, "probe_3")]["diff"]),
+                         float(paired[("DiT-XS/2", 600, "probe_3")]["diff"])], "width")
+
+
+def test_evaluation_noise_is_weighed_against_the_early_studys_seed_spread():
+    text = page_section("studies", "How noisy is one evaluation?")
+    said = says(text, rf"over its 5 training seeds, {N} FID and {N} accuracy")
+    paired = paired_csv(EARLY)
+    assert_quotes(said, [sd_of(paired_difference_of(paired[("DTR − vanilla", 600, m)])) for m in ("fid", "accuracy")],
+                  "seed-to-seed sd")
+
+
+def test_small_beta_facts_follow_from_the_routing_tables():
+    from dtr_lab.models.dit import SIZES, sincos_pos_embed_2d
+    from dtr_lab.routing import DTRRouting
+
+    text = flat(page_section("studies", "Why β = 0.5 fails"))
+    width = SIZES["T"].hidden_size  # the digits DiT-T/2
+    said = says(text, rf"no block of a task with t ≥ {N} sees a token's column, none with t ≤ {N} its row "
+                      rf"\(β = 0\.7: only t ≥ {N}; β = 0\.8: none")
+
+    grid = 4  # 8×8 digits, patch 2
+    pe = sincos_pos_embed_2d(width, grid).view(grid, grid, width)  # (row, col, C)
+    # a channel carries an axis when it varies along it by more than 0.1, as tests/test_dit.py counts it
+    by_row, by_col = ((pe.amax(0) - pe.amin(0)).amax(0) > 0.1), ((pe.amax(1) - pe.amin(1)).amax(0) > 0.1)
+
+    def blind(beta: float) -> tuple[list[int], list[int]]:
+        """The timesteps whose window holds no column channel, and those that hold no row channel."""
+        table = DTRRouting(alpha=4.0, beta=beta).table(1000, width)
+        return (((table & by_col).sum(1) == 0).nonzero().flatten().tolist(),
+                ((table & by_row).sum(1) == 0).nonzero().flatten().tolist())
+
+    column, row = blind(0.5)
+    assert column == list(range(column[0], 1000)) and row == list(range(row[-1] + 1))
+    column7, row7 = blind(0.7)
+    assert_quotes(said, [column[0], row[-1], column7[0]], "position axes at small β")
+    assert row7 == [] and blind(0.8) == ([], [])
+    assert_quotes(says(text, rf"only {N} wide \(`--model\.net\.init_args\.hidden_size {N}`, = int\(βC\)\)"),
+                  [int(0.5 * width)] * 2, "the 64-wide model")
+
+
+def test_digits_model_size_is_the_models():
+    from dtr_lab.models import DiT
+
+    params = sum(p.numel() for p in DiT(8, 1, 10, 1000, size="DiT-T/2").parameters())
+    for heading in ("What the 5-seed study showed, claim by claim (withdrawn: see the powered study)",
+                    "Results: 5 paired seeds, 600 steps — early training"):
+        quoted = says(page_section("studies", heading), rf"\({N}M parameters")
+        assert_quotes(quoted, [params / 1e6], f"DiT-T/2's parameters ({heading})")
