@@ -611,3 +611,66 @@ def test_digits_model_size_is_the_models():
                     "Results: 5 paired seeds, 600 steps — early training"):
         quoted = says(page_section("studies", heading), rf"\({N}M parameters")
         assert_quotes(quoted, [params / 1e6], f"DiT-T/2's parameters ({heading})")
+
+
+# --- docs/mtl.md and docs/configs.md: the options their tables quote are the shipped configs'
+def config(path: str) -> dict:
+    import yaml
+
+    return yaml.safe_load((REPO / "experiments" / path).read_text())
+
+
+def init_args(path: str, *keys: str) -> dict:
+    """The init_args of the class at `keys` of a config (e.g. model, mtl)."""
+    node = config(path)
+    for key in keys:
+        node = node[key]
+    return node.get("init_args", {})
+
+
+def test_mtl_page_quotes_the_configs_and_the_clustering():
+    import torch
+
+    from dtr_lab.diffusion import GaussianDiffusion
+    from dtr_lab.mtl.clustering import snr_intervals
+
+    text = flat(page("mtl"))
+    said = says(text, rf"`s_k` with its own lr \({N}\), .* K: {N} uniform in DTR's code \(`experiments/mtl/uw8\.yaml`, "
+                      rf"`repro/uw\.yaml`\), {N} in ANT's \(`mtl/uw\.yaml`\)")
+    k = {p: config(p)["model"]["intervals"]["num_intervals"] for p in ("mtl/uw8.yaml", "mtl/uw.yaml")}
+    assert init_args("repro/uw.yaml", "model", "mtl")["intervals"]["num_intervals"] == k["mtl/uw8.yaml"]
+    assert_quotes(said, [init_args("mtl/uw.yaml", "model", "mtl")["lr"], k["mtl/uw8.yaml"], k["mtl/uw.yaml"]], "UW")
+    assert init_args("mtl/uw8.yaml", "model", "mtl")["lr"] == init_args("mtl/uw.yaml", "model", "mtl")["lr"]
+    said = says(text, rf"c = {N} \(official NYUv2 runs")
+    assert_quotes(said, [init_args("mtl/cagrad.yaml", "model", "mtl")["c"]], "CAGrad's c")
+    snr = GaussianDiffusion(1000, "linear").snr(torch.arange(1000))
+    for objective, pattern in (("ant_snr", r"\(linear schedule, k = 4: `\[([\d, ]+)\]`\)"),
+                               ("log_snr_variance", r"log-SNR instead \(k = 4: `\[([\d, ]+)\]`\)")):
+        quoted = [int(v) for v in says(text, pattern)[0].split(", ")]
+        assert quoted == snr_intervals(snr, 4, objective), objective
+    said = says(text, rf"digits, batch {N}, K = {N}, the three variants alternated over {N} rounds of {N} steps, "
+                      rf"medians; target for PCGrad ≤ {N}×.* solves its weights every {N} steps")
+    bench = (REPO / "benchmarks/mtl_overhead.py").read_text()
+    rounds, steps = (re.search(rf'"--{o}", type=int, default=(\d+)', bench).group(1) for o in ("rounds", "steps"))
+    nash = init_args("mtl/nash.yaml", "model", "mtl")["update_every"]
+    assert_quotes(said, [init_args("digits/stratified.yaml", "data")["batch_size"], 5, float(rounds), float(steps),
+                         2.5, nash], "the MTL benchmark")
+    assert "PCGrad ≤ 2.5×" in bench and re.search(r"\bK = 5\b", bench)
+
+
+def test_configs_page_quotes_the_configs():
+    text = flat(page("configs"))
+    batch = init_args("digits/stratified.yaml", "data")["batch_size"]
+    assert_quotes(says(text, rf"the digits batch for 5 intervals: {N}\)"), [batch], "stratified batch")
+    assert_quotes(says(text, rf"`digits/stratified\.yaml`: the batch of {N} that 5 intervals split"), [batch], "")
+    assert batch % 5 == 0
+    dtr, switch = init_args("routing/dtr.yaml", "model", "routing"), init_args("routing/switch.yaml", "model", "routing")
+    min_snr, p2 = init_args("weighting/min_snr.yaml", "model", "weighting"), init_args("weighting/p2.yaml", "model",
+                                                                                      "weighting")
+    said = says(text, rf"`dtr\.yaml` \(DTR α = {N}, β = {N}\), `switch\.yaml` \(Switch-DiT, E = {N}, k = {N}, "
+                      rf"w_JSD = {N}\).* `min_snr\.yaml` \(γ = {N}\), `p2\.yaml` \(k = {N}, γ = {N}\).* `uw\.yaml` "
+                      rf"\(ANT-UW, K = {N}\), `uw8\.yaml` \(ANT-UW as DTR's code, K = {N}\)")
+    assert_quotes(said, [dtr["alpha"], dtr["beta"], switch["num_experts"], switch["k"], switch["w_jsd"],
+                         min_snr["gamma"], p2["k"], p2["gamma"],
+                         config("mtl/uw.yaml")["model"]["intervals"]["num_intervals"],
+                         config("mtl/uw8.yaml")["model"]["intervals"]["num_intervals"]], "the routing table")
