@@ -105,7 +105,7 @@ def test_paper_scale_table_is_the_plan_script_output():
 # ------------------------------------------------------------------------------------ the docs/ pages
 # A page's number is checked as the source value rounded to the digits the page shows: "+14.9" agrees with
 # 14.87 and 14.93, not with 15.0. Pages write "−" (U+2212); the sources "-".
-NUMBER = re.compile(r"[+-]?\d+(?:,\d{3})*(?:\.\d+)?")
+NUMBER = re.compile(r"[+-]?\d+(?:,\d{3})*(?:\.\d+)?(?:e[+-]?\d+)?")
 
 
 def flat(text: str) -> str:
@@ -130,7 +130,8 @@ def numbers(cell: str) -> list[str]:
 
 
 def agrees(quoted: str, value: float) -> bool:
-    decimals = len(quoted.partition(".")[2])
+    mantissa, _, exponent = quoted.lower().partition("e")  # 2.9e-5: the last digit shown is 1e-6
+    decimals = len(mantissa.partition(".")[2]) - int(exponent or 0)
     return abs(float(quoted.replace(",", "")) - value) <= 0.5 * 10**-decimals + 1e-9
 
 
@@ -312,7 +313,7 @@ def test_scaling_table_is_its_csv():
             interval(cell, *diff(paired[(size, int(step), metric)]), f"{label} {metric}")
 
 
-N = r"([+-]?\d[\d,]*(?:\.\d+)?)"  # a quoted number, as a regex group
+N = r"([+-]?\d[\d,]*(?:\.\d+)?(?:e[+-]?\d+)?)"  # a quoted number, as a regex group
 IV = rf"{N} \[{N}, {N}\]"  # mean [low, high]
 
 
@@ -674,3 +675,95 @@ def test_configs_page_quotes_the_configs():
                          min_snr["gamma"], p2["k"], p2["gamma"],
                          config("mtl/uw.yaml")["model"]["intervals"]["num_intervals"],
                          config("mtl/uw8.yaml")["model"]["intervals"]["num_intervals"]], "the routing table")
+
+
+# --- docs/routing.md
+def digits_dit_parameters(routing=None, **kwargs) -> int:
+    from dtr_lab.models import DiT
+
+    return sum(p.numel() for p in DiT(8, 1, 10, 1000, routing, size="DiT-T/2", **kwargs).parameters())
+
+
+def test_routing_page_switch_numbers_are_the_config_the_code_and_a_count():
+    from dtr_lab.models.dit import SIZES
+    from dtr_lab.routing import DTRRouting, SwitchRouting
+
+    text = flat(page("routing"))
+    switch = init_args("routing/switch.yaml", "model", "routing")
+    said = says(text, rf"defaults \*\*E = {N}, k = {N}, w_JSD = {N}\*\*\)")
+    assert_quotes(said, [switch["num_experts"], switch["k"], switch["w_jsd"]], "Switch's defaults")
+    def prior_width(depth: int, experts: int, k: int) -> int:
+        """The prior's window: DTR's table over depth·E slots at β = k/E, as switch.py builds it."""
+        return int(DTRRouting(4.0, k / experts).table(2, depth * experts)[0].sum())
+
+    depth, experts, k, slots = (int(v) for v in says(text, rf"e\.g\. depth {N}, E = {N}, k = {N}: {N}; never at "
+                                                           rf"E = 3, k = 2"))
+    assert slots == prior_width(depth, experts, k) == depth * k - 1
+    assert all(prior_width(d, 3, 2) == 2 * d for d in range(1, 60))
+    assert "atol=1e-6" in (REPO / "tests/test_routing_switch.py").read_text()
+    assert_quotes(says(text, rf"checks the outputs agree to {N}\)"), [1e-6], "")
+    width = SIZES["T"].hidden_size
+    said = says(text, rf"rounds × {N} steps, medians; .* \(E = {N} experts of {N} × {N} a block, {N} % parameters\)")
+    bench = (REPO / "benchmarks/switch_overhead.py").read_text()
+    steps = re.search(r'"--steps", type=int, default=(\d+)', bench).group(1)
+    extra = digits_dit_parameters(SwitchRouting(seed=0)) / digits_dit_parameters() - 1
+    assert_quotes(said, [float(steps), switch["num_experts"], width, width, 100 * extra], "the experts' cost")
+    assert_quotes(says(text, rf"batch {N}, 1 thread, {N} alternated rounds"),
+                  [float(re.search(r"CLASSES, BATCH, TINY_BATCH = \d+, \d+, \d+, (\d+)", bench).group(1)),
+                   float(re.search(r'"--rounds", type=int, default=(\d+)', bench).group(1))], "the benchmark")
+    said = says(text, rf"apply k = {N} C×C maps to every token, {N}C² multiply-adds beside the block's {N}C² "
+                      rf"\(attention projections {N}C², MLP {N}C²\), ≈ {N}× in the linear layers alone")
+    attention, mlp = 4, 2 * 4  # q, k, v, out; two maps of mlp_ratio 4
+    assert_quotes(said, [switch["k"], switch["k"], attention + mlp, attention, mlp,
+                         (attention + mlp + switch["k"]) / (attention + mlp)], "the experts' FLOPs")
+
+
+def test_routing_page_early_prose_is_the_study_csv_and_the_dtr_table():
+    from dtr_lab.models.dit import SIZES
+    from dtr_lab.routing import DTRRouting
+
+    text = flat(page_section("routing", "What they did at this scale"))
+    paired, arms = paired_csv(EARLY), generated(EARLY, "arm | seeds")
+    dtr = init_args("routing/dtr.yaml", "model", "routing")
+    table_ = DTRRouting(**dtr).table(1000, SIZES["T"].hidden_size)
+    start = table_.int().argmax(1)  # the first active channel of each t's window
+    said = says(text, rf"DTR's window starts at channel {N}–{N} for all t < 600 and reaches {N} by t = 800")
+    assert_quotes(said, [start[:600].min(), start[:600].max(), start[800]], "DTR's window")
+    said = says(text, rf"The {N} new runs were trained on 2026-12-02 beside the {N} runs of `make reproduce`")
+    seeds = {arm: int(row[1]) for arm, row in arms.items()}
+    assert_quotes(said, [seeds["switch-uniform"] + seeds["affinity-uniform"], sum(list(seeds.values())[:7])], "runs")
+
+    def at(comparison: str, metric: str) -> float:
+        return float(paired[(comparison, 600, metric)]["diff"])
+
+    said = says(text, rf"{N} % against unrouted and {N} % against DTR \(decided by all 5 pairs")
+    assert_quotes(said, [at("Switch − vanilla", "probe_4"), at("Switch − DTR", "probe_4")], "Switch's probe")
+    assert all(float(paired[(c, 600, "probe_4")]["ci_high"]) < 0 for c in ("Switch − vanilla", "Switch − DTR"))
+    said = says(text, rf"\({N} FID against unrouted, {N} against DTR\), .* {N}–{N} % probe loss at 200 ≤ t < 600")
+    assert_quotes(said, [at("Affinity − vanilla", "fid"), at("Affinity − DTR", "fid"),
+                         at("Affinity − vanilla", "probe_1"), at("Affinity − vanilla", "probe_2")], "affinity")
+
+
+def test_routing_page_quickstart_and_sharing_numbers_are_the_configs_and_the_models():
+    from dtr_lab.models.experts import matched_width
+
+    text = flat(page("routing"))
+    quickstart = config("quickstart.yaml")
+    said = says(text, rf"`experiments/quickstart\.yaml`: {N} steps at lr {N}, batch {N}\)")
+    assert_quotes(said, [quickstart["trainer"]["max_steps"], quickstart["model"]["optimizer"]["init_args"]["lr"],
+                         quickstart["data"]["init_args"]["batch_size"]], "the quickstart")
+    k = quickstart["model"].get("intervals", {}).get("num_intervals", 5)  # the module's default split: 5
+    assert_quotes(says(text, rf"K\(K − 1\) = {N} off-diagonal pairs of the quickstart's {N} intervals"),
+                  [k * (k - 1), k], "pairs")
+    assert_quotes(says(text, rf"every `every_n_steps` \({N}\)"), [200], "RoutingMaps' cadence")
+    assert "every_n_steps: int = 200" in (REPO / "dtr_lab/callbacks/routing_maps.py").read_text()
+    experts, width, ratio, full = says(text, rf"\({N} DiT-T/2 experts at width {N}: {N} × one at {N}\)")
+
+    def build(hidden_size=None):
+        from dtr_lab.models import DiT
+
+        return DiT(8, 1, 10, 1000, size="DiT-T/2", **({} if hidden_size is None else {"hidden_size": hidden_size}))
+
+    assert int(width) == matched_width(build, int(experts))
+    one = digits_dit_parameters()
+    assert_quotes([ratio, full], [int(experts) * digits_dit_parameters(hidden_size=int(width)) / one, 128], "sizes")
