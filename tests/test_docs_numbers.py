@@ -767,3 +767,73 @@ def test_routing_page_quickstart_and_sharing_numbers_are_the_configs_and_the_mod
     assert int(width) == matched_width(build, int(experts))
     one = digits_dit_parameters()
     assert_quotes([ratio, full], [int(experts) * digits_dit_parameters(hidden_size=int(width)) / one, 128], "sizes")
+
+
+# --- docs/paper-scale.md: the plan's prose is its pasted output; sizes and settings are the code's and configs'
+def plan_rows() -> dict[tuple[str, str], list[str]]:
+    rows = {}
+    for line in page("paper-scale").splitlines():
+        cells = line.split()
+        if len(cells) == 14 and cells[0].startswith("DiT-") and cells[1] in ("unrouted", "dtr", "rtr"):
+            rows[(cells[0], cells[1])] = cells
+    return rows
+
+
+def test_paper_scale_prose_is_the_plan_output():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("memory_plan", REPO / "benchmarks/memory_plan.py")
+    published = re.search(r"PUBLISHED_GMACS = (\{.*\})", (REPO / "benchmarks/memory_plan.py").read_text()).group(1)
+    assert spec  # the table's source script exists
+    published = {k: float(v) for k, v in re.findall(r'"(DiT-\w+/2)": ([\d.]+)', published)}
+    text = flat(page("paper-scale"))
+    plan = plan_rows()
+    xl = says(text, rf"DiT-XL/2 forward: {N} GMAC/img counted, {N} published \({N}%\)")
+    said = says(text, rf"agree with DiT's published {N} / {N} / {N} Gflops to {N} %")
+    counted = [float(plan[(s, "unrouted")][9]) for s in ("DiT-B/2", "DiT-L/2")] + [float(xl[0])]
+    assert_quotes(said[:3], [published[s] for s in ("DiT-B/2", "DiT-L/2", "DiT-XL/2")], "published Gflops")
+    worst = max(abs(c / published[s] - 1) for c, s in zip(counted, ("DiT-B/2", "DiT-L/2", "DiT-XL/2"), strict=True))
+    assert worst * 100 <= float(said[3])
+    said = says(text, rf"\*\*{N} for DiT-B/2, {N} for DiT-L/2\*\* \({N} and {N} with R-TR's per-block tables\); "
+                      rf"the configs' {N} use {N} and {N} GB")
+    assert_quotes(said, [float(plan[("DiT-B/2", "dtr")][13]), float(plan[("DiT-L/2", "dtr")][13]),
+                         float(plan[("DiT-B/2", "rtr")][13]), float(plan[("DiT-L/2", "rtr")][13]),
+                         float(plan[("DiT-B/2", "dtr")][2]), float(plan[("DiT-B/2", "dtr")][8]),
+                         float(plan[("DiT-L/2", "dtr")][8])], "largest batches")
+    said = says(text, rf"one more fp32 copy of the gradients, {N} / {N} GB\)")
+    assert_quotes(said, [4 * float(plan[(s, "dtr")][3].rstrip("M")) * 1e6 / 1e9 for s in ("DiT-B/2", "DiT-L/2")],
+                  "DDP's buckets")
+    assert "rel=0.05" in (REPO / "tests/test_memory_plan.py").read_text()
+    assert_quotes(says(text, r"checks DiT-B/2 within (\d+) %"), [5], "the plan test's tolerance")
+
+
+def test_paper_scale_sizes_and_settings_are_the_models_and_configs():
+    import torch
+
+    from dtr_lab.diffusion import respaced_timesteps
+    from dtr_lab.models import DiT, UNet
+
+    text = flat(page("paper-scale"))
+    with torch.device("meta"):
+        dit_s = DiT(32, 4, 1000, 1000, size="DiT-S/2", learn_sigma=True)
+        small = sum(p.numel() for p in dit_s.parameters()) + dit_s.pos_embed.numel()  # official: a frozen parameter
+        adm = sum(p.numel() for p in UNet(64, 3, 1000, 1000, size="UNet-ADM64").parameters())
+    assert_quotes(says(text, rf"DiT-S/2 has the paper's {N}M parameters"), [small / 1e6], "DiT-S/2")
+    assert_quotes(says(text, rf"`UNet-ADM64` \({N}M parameters\)"), [adm / 1e6], "UNet-ADM64")
+    base = config("imagenet256/base.yaml")
+    said = says(text, rf"AdamW {N}, global batch {N}, EMA {N}, {N}K steps, bf16, DDP on every visible GPU, "
+                      rf"{N}-step sampling, guidance {N}\)")
+    assert base["trainer"]["precision"] == "bf16-mixed" and base["trainer"]["devices"] == -1
+    assert_quotes(said, [base["model"]["optimizer"]["init_args"]["lr"], 8 * base["data"]["init_args"]["batch_size"],
+                         base["model"]["ema_decay"], base["trainer"]["max_steps"] / 1000, base["model"]["sample_steps"],
+                         base["model"]["guidance_scale"]], "the imagenet256 settings (global batch on 8 GPUs)")
+    changed = {}
+    for steps in range(1, 1001):  # the respacing before issue 21: a rounded linspace
+        old = set(torch.linspace(0, 999, steps, dtype=torch.float64).round().long().tolist())
+        new = set(respaced_timesteps(1000, steps))
+        if old != new:
+            changed[steps] = len(new - old)
+    said = says(text, rf"`respacing: even` takes {N}–{N} other timesteps for {N} of N = 1…1000 \(not for the step "
+                      rf"counts the configs use: {N}, {N}, {N}, {N} are unchanged\)")
+    assert_quotes(said[:3], [min(changed.values()), max(changed.values()), len(changed)], "respacing")
+    assert not {int(n) for n in said[3:]} & set(changed)
