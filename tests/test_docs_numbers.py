@@ -837,3 +837,31 @@ def test_paper_scale_sizes_and_settings_are_the_models_and_configs():
                       rf"counts the configs use: {N}, {N}, {N}, {N} are unchanged\)")
     assert_quotes(said[:3], [min(changed.values()), max(changed.values()), len(changed)], "respacing")
     assert not {int(n) for n in said[3:]} & set(changed)
+
+
+# --- docs/official.md
+def test_official_page_numbers_are_the_fixture_the_tolerance_and_the_analysis_cost():
+    import inspect
+
+    from dtr_lab.callbacks import TimestepLoss
+    from dtr_lab.digits import digits_split
+
+    text = flat(page("official"))
+    fixture = sum(f.stat().st_size for f in (REPO / "tests/data/official").iterdir() if f.is_file())
+    assert_quotes(says(text, rf"\(`tests/data/official/`, {N} kB"), [fixture / 1000], "the fixture's size")
+    assert_quotes(says(text, rf"reproduced within {N}, and"),
+                  [float(re.search(r"^ATOL = (\S+)$", (REPO / "tests/test_official.py").read_text(), re.M).group(1))],
+                  "the official outputs' tolerance")
+    defaults = inspect.signature(TimestepLoss).parameters
+    quickstart = config("quickstart.yaml")
+    batch, k = quickstart["data"]["init_args"]["batch_size"], 5  # the module's default split
+    said = says(text, rf"It costs {N} × {N} × {N} = {N} probe forwards .* {N} probe samples forward and backward "
+                      rf"\(one training batch, K = {N} × B/K = {N}, .* and {N} × {N} = {N} lookahead forwards .* "
+                      rf"validation set \({N} × {N}\): about {N} × 10³ sample passes")
+    probe = 2 * defaults["probe_timesteps"].default * defaults["probe_size"].default
+    sub_batch = batch // k
+    held_out = len(digits_split()[1])
+    total = probe + k * sub_batch + (k + 1) * k * sub_batch + 2 * held_out
+    assert_quotes(said, [2, defaults["probe_timesteps"].default, defaults["probe_size"].default, probe,
+                         k * sub_batch, k, sub_batch, k + 1, k * sub_batch, (k + 1) * k * sub_batch, 2, held_out,
+                         total / 1000], "the analysis' cost")
