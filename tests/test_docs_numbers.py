@@ -865,3 +865,53 @@ def test_official_page_numbers_are_the_fixture_the_tolerance_and_the_analysis_co
     assert_quotes(said, [2, defaults["probe_timesteps"].default, defaults["probe_size"].default, probe,
                          k * sub_batch, k, sub_batch, k + 1, k * sub_batch, (k + 1) * k * sub_batch, 2, held_out,
                          total / 1000], "the analysis' cost")
+
+
+# --- docs/analyses.md
+def test_analyses_page_numbers_are_the_configs_the_code_and_tensorboards():
+    import inspect
+
+    import tensorboard
+    from tensorboard.backend.event_processing.data_ingester import DEFAULT_TENSOR_SIZE_GUIDANCE
+
+    from dtr_lab import convergence, plots
+    from dtr_lab.metrics.memorisation import Memorisation
+
+    text = flat(page("analyses"))
+    quickstart = config("quickstart.yaml")
+    callbacks = {c["class_path"].rsplit(".", 1)[1]: c.get("init_args", {}) for c in quickstart["trainer"]["callbacks"]}
+    steps, every = quickstart["trainer"]["max_steps"], callbacks["GradientConflict"]["every_n_steps"]
+    said = says(text, rf"TensorBoard keeps {N} images per tag by default\*\* \(and {N} points per scalar; its "
+                      rf"`DEFAULT_TENSOR_SIZE_GUIDANCE`\), a random sample of them: the quickstart measures conflict "
+                      rf"{N} times \(every {N} of {N} steps and step 0\), so the Images tab shows {N} of its {N}")
+    measured = steps // every + 1
+    kept = DEFAULT_TENSOR_SIZE_GUIDANCE["images"]
+    assert_quotes(said, [kept, DEFAULT_TENSOR_SIZE_GUIDANCE["scalars"], measured, every, steps, kept, measured],
+                  "TensorBoard's sampling")
+    assert says(text, r"TensorBoard (\d+\.\d+) then keeps")[0] == ".".join(tensorboard.__version__.split(".")[:2])
+    said = says(text, rf"cosines on \[{N}, {N}\], mask IoU on \[{N}, {N}\], the lookahead affinity Z on a symmetric "
+                      rf"log scale over \[{N}, {N}\] \(linear within ±{N};")
+    scales = [plots.colour_scale(kind)[0] for kind in ("cos", "iou", "tag")]
+    assert_quotes(said, [v for norm in scales for v in (norm.vmin, norm.vmax)] + [plots.AFFINITY_LINEAR], "scales")
+    memorisation = inspect.signature(Memorisation).parameters["quantile"].default
+    said = says(text, rf"at most the {N}th percentile .* Fresh draws from the data score about {N} \(the held-out "
+                      rf"digits: {N}\)")
+    assert_quotes(said, [100 * memorisation, memorisation, held_out_memorised()], "memorisation")
+    plateau_points = inspect.signature(convergence.plateau).parameters["last"].default
+    assert_quotes(says(text, rf"`plateau` is the mean of the last {N} scoring points"), [plateau_points], "plateau")
+    assert_quotes(says(text, rf"with its {N} % t interval"),
+                  [100 * inspect.signature(convergence.paired_steps).parameters["level"].default], "level")
+    assert_quotes(says(text, rf"under its {N}-log moving average"),
+                  [inspect.signature(plots.training_curves).parameters["smooth"].default], "smoothing")
+    said = says(text, rf"`FID, N = {N}` \(end of fit\), `test FID, N = {N}`")
+    module = inspect.signature(__import__("dtr_lab.module", fromlist=["DiffusionModule"]).DiffusionModule)
+    assert_quotes(said, [callbacks["SampleQuality"]["num_samples"], module.parameters["num_samples"].default], "N")
+    assert says(text, r"The dashboard shows (\w+) columns at first")[0] in (
+        REPO / "dtr_lab/callbacks/tensorboard_layout.py").read_text().split("dashboard shows ")[1]
+    metrics = (REPO / "tests/test_metrics.py").read_text()
+    for asserted in ('held_out["accuracy"] >= 0.95', "quality.kid_scale > 5", 'abs(held_out["kid_mean"]) < 0.1',
+                     'held_out["kid_std"] < 0.2', 'blurred["kid_mean"] > 0.5', '> 3 * blurred["kid_std"]'):
+        assert asserted in metrics, f"docs/analyses.md quotes tests/test_metrics.py's bound {asserted!r}"
+    said = says(text, rf"at least {N} % accuracy .* an RMS above {N} per dimension.* held-out digits score \|KID\| < "
+                      rf"{N} with a spread below {N}, and 3×3-blurred ones above {N} and above {N} spreads")
+    assert_quotes(said, [95, 5, 0.1, 0.2, 0.5, 3], "tests/test_metrics.py's bounds")
