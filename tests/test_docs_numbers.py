@@ -915,3 +915,36 @@ def test_analyses_page_numbers_are_the_configs_the_code_and_tensorboards():
     said = says(text, rf"at least {N} % accuracy .* an RMS above {N} per dimension.* held-out digits score \|KID\| < "
                       rf"{N} with a spread below {N}, and 3×3-blurred ones above {N} and above {N} spreads")
     assert_quotes(said, [95, 5, 0.1, 0.2, 0.5, 3], "tests/test_metrics.py's bounds")
+
+
+# --- docs/reliability.md: each fault's size and count is the one its test uses
+def test_reliability_page_numbers_are_the_fault_tests():
+    text = flat(page("reliability"))
+    faults, official = (REPO / "tests/test_faults.py").read_text(), (REPO / "tests/test_official.py").read_text()
+    scripts = (REPO / "tests/test_analysis_scripts.py").read_text()
+    said = says(text, rf"real: a {N} MB tmpfs that fills at the step-4 save \(and a {N} MB one under the save alone\)")
+    assert f'"{said[0]}m") as disk' in faults and f'"{said[1]}m") as disk' in faults
+    trials = says(text, rf"held for a second, {N} trials \(and {N} trials of the claim alone\)")
+    assert faults.count(f"for trial in range({trials[0]}):") + faults.count(f"for trial in range({trials[1]}):") >= 2
+    export = says(text, rf"real: a read-only and a {N} kB tmpfs \| \| `make_figures")[0]
+    assert f'"{export}k") as full' in official
+    figures = says(text, rf"the half-written one removed \| real: a read-only and a {N} kB tmpfs")[0]
+    assert f'"{figures}k") as full' in scripts
+    lr = says(text, rf"\| real: lr {N} \|")[0]
+    assert re.search(rf'"--model\.optimizer\.init_args\.lr",\s*"{lr}"', faults), "the divergence test's lr"
+    md5 = says(text, r"against the published ([0-9a-f]{32})")[0]
+    assert f'ARCHIVE_MD5 = "{md5}"' in (REPO / "dtr_lab/data/cifar10.py").read_text()
+
+
+# --- docs/benchmarks.md: the refactor reference's tolerance and the spread behind it, as its test file states
+def test_benchmarks_page_tolerance_is_the_refactor_tests():
+    text = flat(page("benchmarks"))
+    source = (REPO / "tests/test_refactor_identity.py").read_text()
+    comment = flat(source[source.index("# The largest difference from the reference"):source.index("TOLERANCE =")])
+    said = says(text, rf"`tests/data/refactor_reference\.json` \({N} digits steps .* within a tolerance of {N} of each "
+                      rf"quantity's scale .* at most {N} of its scale \(Nash-MTL; {N} without an MTL method\); a 0\.1 % "
+                      rf"change of the learning rate moves it by {N}")
+    stated = [re.search(r"^STEPS = (\d+)$", source, re.M).group(1), re.search(r"^TOLERANCE = (\S+)$", source, re.M)
+              .group(1), *says(comment, rf"at most {N} of the scale \(Nash-MTL"), *says(comment, rf"{N} plain"),
+              *says(comment, rf"lr × 1\.001 moves some quantity by {N}")]
+    assert said == stated
