@@ -1,6 +1,11 @@
-"""The numbers the README quotes equal those of the files they come from: the quickstart's records and figure
-index (docs/quickstart/quality.csv, index.md), and the paper-scale plan as benchmarks/memory_plan.py printed
-it (docs/paper-scale.md). A number changed on one side only fails here."""
+"""The numbers the README and the docs/ pages quote equal those of the files they come from. README: the
+quickstart's records and figure index (docs/quickstart/quality.csv, index.md) and the paper-scale plan as
+benchmarks/memory_plan.py printed it (docs/paper-scale.md). docs/: the studies' committed tables and CSVs
+(docs/repro/core-5seeds, complementarity, docs/repro-early, docs/scaling; recomputed with dtr_lab.convergence
+where a page derives a number from them), the shipped configs, the code's defaults and tables, the tests that
+state a fault's size or a tolerance, and TensorBoard's own constants. Cited facts (the papers' FIDs) and
+measurements whose output was not kept are not quoted as numbers. A number changed on one side only fails
+here."""
 
 from __future__ import annotations
 
@@ -1422,3 +1427,31 @@ def test_benchmarks_page_tolerance_is_the_refactor_tests():
         *says(comment, rf"lr × 1\.001 moves some quantity by {N}"),
     ]
     assert said == stated
+
+
+def test_paper_scale_dense_switch_cost_is_its_config():
+    switch = init_args("routing/switch.yaml", "model", "routing")
+    said = says(flat(page("paper-scale")), rf"\(E·C², {N}× at E = {N}, k = {N}\)")
+    assert_quotes(
+        said, [switch["num_experts"] / switch["k"], switch["num_experts"], switch["k"]], "dense experts"
+    )
+
+
+def test_benchmark_table_settings_are_the_scripts_defaults():
+    text = flat(page("benchmarks"))
+    routing = (REPO / "benchmarks/routing_overhead.py").read_text()
+    said = says(text, rf"DTR / unrouted training step, DiT-S/2, {N}×{N}, batch {N}")
+    image, square, batch = said
+    assert image == square and f"image: int = {image}" in routing and f"batch: int = {batch}" in routing
+    k = says(text, rf"one GradientConflict measurement, K = {N}")[0]
+    assert f"Intervals(num_intervals={k})" in (REPO / "benchmarks/callback_overhead.py").read_text()
+    steps, repeats = says(
+        text, rf"`benchmarks/checkpoint_overhead\.py --repeats {N}`.* per {N}-step digits fit"
+    )[::-1]
+    checkpoint = (REPO / "benchmarks/checkpoint_overhead.py").read_text()
+    assert (
+        f'"--steps", type=int, default={steps})' in checkpoint
+        and f'"--repeats", type=int, default={repeats})' in (checkpoint)
+    )
+    batch = says(text, rf"`model\.compile` / eager training step, digits DiT-T/2 DTR, batch {N}, 1 thread")[0]
+    assert f'"--batch-size", type=int, default={batch})' in (REPO / "benchmarks/compile_cpu.py").read_text()
