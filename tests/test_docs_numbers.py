@@ -1455,3 +1455,11 @@ def test_benchmark_table_settings_are_the_scripts_defaults():
     )
     batch = says(text, rf"`model\.compile` / eager training step, digits DiT-T/2 DTR, batch {N}, 1 thread")[0]
     assert f'"--batch-size", type=int, default={batch})' in (REPO / "benchmarks/compile_cpu.py").read_text()
+
+
+def test_study_engine_defaults_are_the_codes():
+    text = flat(page_section("studies", "Running a study's runs: submitit, here and on a cluster"))
+    retries = says(text, rf"\(`--retries`, default {N}\)")[0]
+    assert f'"--retries", type=int, default={retries},' in flat((REPO / "analysis/study.py").read_text())
+    assert "waits a minute for a stopping fit" in text
+    assert re.search(r"^LOCK_WAIT_S = 60\.0 ", (REPO / "analysis/engine.py").read_text(), re.M)
