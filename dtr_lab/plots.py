@@ -630,6 +630,8 @@ def convergence_curves(
     `scores` has columns arm, routing, weighting, seed, step, metric, value; `paired` the columns of
     analysis/study.py's paired_table (comparison, step, metric, pairs, diff, ci_low, ci_high)."""
     rows = scores[(scores["metric"] == metric) & (scores["step"] > 0)]
+    if paired.empty:  # one arm: no comparison, the curves alone
+        paired = pd.DataFrame(columns=["comparison", "step", "metric", "diff", "ci_low", "ci_high"])
     diffs = paired[(paired["metric"] == metric) & (paired["step"] > 0)]
     if rows.empty:
         raise ValueError(f"no {metric!r} scores; is SampleQuality among the callbacks?")

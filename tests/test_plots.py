@@ -283,6 +283,21 @@ def test_paired_gains_draws_means_and_interval_bars():
     assert [tuple(s[:, 1]) for s in bars] == [(-3.0, 1.0), (-5.0, -3.5)]
 
 
+def test_convergence_curves_of_one_arm_draw_its_curve_without_comparisons():
+    """A study of one arm (e.g. benchmarks/study_time.py's runs) has no paired table: the curves alone."""
+    import pandas as pd
+
+    scores = pd.DataFrame([
+        {"arm": "vanilla-uniform", "routing": "vanilla", "weighting": "uniform", "seed": 0, "step": step,
+         "metric": "fid", "value": value}
+        for step, value in [(250, 80.0), (500, 40.0), (750, 30.0)]
+    ])
+    fig = plots.convergence_curves(scores, pd.DataFrame())
+    top, zoom = fig.axes
+    (line,) = top.get_lines()
+    assert list(line.get_ydata()) == [80.0, 40.0, 30.0] and line.get_label() == "vanilla-uniform (1 seeds)"
+
+
 def test_convergence_curves_draw_every_arm_over_one_panel_per_comparison():
     import pandas as pd
 
