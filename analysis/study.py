@@ -647,6 +647,13 @@ def convergence_markdown(table: pd.DataFrame) -> str:
 # Seconds on these 2-core machines, one thread a run, two runs at a time (docs/studies.md): a DiT-T/2
 # step at batch 64, one EMA sample (DDIM 25 with guidance), one probe, a run's start-up.
 STEP_S, SAMPLE_S, PROBE_S, START_S = 0.077, 0.024, 1.0, 15.0
+# An arm's step and sample cost against the unrouted DiT's, by its routing (the arm name's first part).
+ARM_COST: dict[str, float] = {}
+
+
+def step_cost(arm: str) -> float:
+    """How much an arm's steps and samples cost against the unrouted DiT's (benchmarks/study_time.py)."""
+    return ARM_COST.get(arm.split("-")[0], 1.0)
 
 
 def study_parser(
