@@ -125,7 +125,7 @@ class DiffusionModule(Sampling, L.LightningModule):
         self.net = net(image_size, in_channels, num_classes, num_timesteps, self.routing)
         bind = getattr(self.net, "bind", None)
         if bind is not None:  # a network split over the run's intervals (IntervalExperts): B/K samples each
-            bind(self.tasks.intervals)
+            bind(self.tasks)
             self.tasks.stratified = True
         if compile:
             self.net.compile()
