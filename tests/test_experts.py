@@ -12,7 +12,7 @@ from torch import nn
 from dtr_lab.cli import main
 from dtr_lab.diffusion import respaced_timesteps
 from dtr_lab.errors import DTRLabError
-from dtr_lab.models import DiT, IntervalExperts
+from dtr_lab.models import Denoiser, DiT, IntervalExperts
 from dtr_lab.models.experts import num_parameters
 from dtr_lab.module import DiffusionModule
 from dtr_lab.mtl import Intervals
@@ -22,7 +22,7 @@ from dtr_lab.routing import NoRouting, RoutingLoss
 T, K = 100, 4  # four uniform intervals of 25 timesteps: expert k serves t // 25
 
 
-class ConstantExpert(nn.Module):
+class ConstantExpert(Denoiser):
     """Hand-made expert k: ε̂ = w·x + k with one weight w = 1, recording the timesteps it is called with."""
 
     def __init__(self, k: int) -> None:

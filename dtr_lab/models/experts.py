@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from dtr_lab.errors import DTRLabError
+from dtr_lab.models.denoiser import Denoiser, check_denoiser
 from dtr_lab.models.factory import NetFactory
 from dtr_lab.mtl.tasks import Tasks
 from dtr_lab.routing import Drawing, Routing, RoutingLoss
@@ -51,8 +52,10 @@ def matched_width(build: Callable[..., nn.Module], k: int, width_step: int = 4) 
             h += width_step
 
 
-class IntervalExperts(nn.Module):
+class IntervalExperts(Denoiser):
     """K independent denoisers; each sample goes to the expert of its timestep's interval."""
+
+    stratified = True  # every expert gets B/K samples a step
 
     def __init__(
         self,
@@ -97,6 +100,7 @@ class IntervalExperts(nn.Module):
                 ) from None
             options["hidden_size"] = self.hidden_size
         self.experts = nn.ModuleList(self.build(**options) for _ in range(k))
+        check_denoiser(self.experts[0], "model.net.init_args.expert")
         self.edges = tasks.intervals.edges.clone()
 
     def index(self, t: torch.Tensor) -> torch.Tensor:
@@ -122,8 +126,7 @@ class IntervalExperts(nn.Module):
         k, losses, term = self.index(t), [], None
         for i, expert in enumerate(self.experts):
             mine = t[k == i]
-            routing_loss = getattr(expert, "routing_loss", None)  # a hand-made expert may have none
-            term = routing_loss(mine, generator) if routing_loss is not None and len(mine) else None
+            term = expert.routing_loss(mine, generator) if len(mine) else None
             if term is not None:
                 losses.append(term.value * len(mine) / len(t))
                 name, weight = term.name, term.weight
@@ -131,4 +134,4 @@ class IntervalExperts(nn.Module):
 
     def routing_drawing(self) -> Drawing:
         """Its experts' drawings, pooled (tables of one width drawn and compared together)."""
-        return Drawing.merge([e.routing_drawing() for e in self.experts if hasattr(e, "routing_drawing")])
+        return Drawing.merge([e.routing_drawing() for e in self.experts])
