@@ -118,8 +118,9 @@ class Router(BaseRouter):
                 table = strategy.table(num_timesteps, width, block)
                 self.register_buffer(name, table.float(), persistent=False)
 
-    def table(self, block: int) -> torch.Tensor:
-        """The [T, width] float mask table of routed block ``block``."""
+    def block_table(self, block: int) -> torch.Tensor:
+        """The [T, width] float mask table that routed block ``block`` holds (built by the strategy's
+        ``table``)."""
         return getattr(self, self.names[block])
 
     def tables(self) -> dict[int, list[torch.Tensor]]:
