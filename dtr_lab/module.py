@@ -188,7 +188,7 @@ class DiffusionModule(Sampling, L.LightningModule):
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """Timesteps, noise and label dropout for one training batch, from the module's generator."""
         gen = self.generator()
-        t = self.tasks.sample(x0.shape[0], gen, self.device)  # stratified: grouped by interval
+        t = self.tasks.training_timesteps(x0.shape[0], gen, self.device)  # stratified: grouped by interval
         noise = torch.randn(x0.shape, generator=gen, device=self.device, dtype=x0.dtype)
         if y is not None and self.hparams.num_classes > 0 and self.hparams.class_dropout_prob > 0:
             drop = torch.rand(y.shape, generator=gen, device=self.device) < self.hparams.class_dropout_prob

@@ -66,7 +66,7 @@ def make_probe(
     x0, y = datamodule.probe_batch(size, seed)  # (n, C, H, W), (n,)
     k = intervals.num_intervals
     gen = torch.Generator().manual_seed(seed)
-    t = intervals.sample(size, gen, torch.device("cpu"))  # (K·n,) grouped by interval
+    t = intervals.stratified_timesteps(size, gen, torch.device("cpu"))  # (K·n,) grouped by interval
     x0 = x0.repeat(k, *([1] * (x0.dim() - 1)))  # (K·n, C, H, W)
     noise = torch.randn(x0.shape, generator=gen, dtype=x0.dtype)
     return Probe(x0, y.repeat(k) if num_classes > 0 else None, t, noise, k)
