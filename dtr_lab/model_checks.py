@@ -105,15 +105,10 @@ def check_optimizer(module: L.LightningModule) -> None:
             raise DTRLabError(f"model.lr_schedule rejects its options: {err}; fix its init_args") from None
 
 
-def pos_embed_layout(module: L.LightningModule) -> str:
-    """The network's position-embedding layout ("column_first", "row_first"), "none" if it has none."""
-    return getattr(module.net, "pos_embed_layout", "none")
-
-
 def identity(module: L.LightningModule) -> dict[str, Any]:
     """What the module is trained as: the fields a checkpoint must agree on to be loaded into it."""
     hp = module.hparams
-    net = type(module.net).__name__ + (f"({module.net.size})" if hasattr(module.net, "size") else "")
+    net = type(module.net).__name__ + (f"({module.net.size})" if module.net.size is not None else "")
     return {
         "routing": module.routing.identity(),
         "num_timesteps": hp.num_timesteps,
@@ -123,7 +118,7 @@ def identity(module: L.LightningModule) -> dict[str, Any]:
         "in_channels": hp.in_channels,
         "num_classes": hp.num_classes,
         "mtl": mtl_identity(module),
-        "pos_embed": pos_embed_layout(module),
+        "pos_embed": module.net.pos_embed_layout,
     }
 
 
@@ -180,7 +175,7 @@ def adopt_pos_embed_layout(module: L.LightningModule, saved: str, allowed: set[s
     """Give the network (and its EMA) the position-embedding layout a checkpoint was trained with, with a
     warning: never load its weights into a transposed token grid. A layout this dtr_lab does not know
     fails in one line; pos_embed in allowed keeps the config's layout deliberately."""
-    own = pos_embed_layout(module)
+    own = module.net.pos_embed_layout
     if saved in (own, "none") or own == "none" or "pos_embed" in allowed:
         return
     if saved not in POS_EMBED_LAYOUTS:

@@ -21,6 +21,7 @@ from dtr_lab.diffusion.weighting import LossWeighting, Uniform
 from dtr_lab.ema import EMA
 from dtr_lab.lr_schedule import LRScheduleFactory, hold_unscheduled
 from dtr_lab.model_checks import check_checkpoint, check_options, identity
+from dtr_lab.models.denoiser import check_denoiser
 from dtr_lab.models.factory import NetFactory
 from dtr_lab.mtl.gradients import flat_grad, write_grad
 from dtr_lab.mtl.intervals import DEFAULT_INTERVALS, Intervals
@@ -123,9 +124,9 @@ class DiffusionModule(Sampling, L.LightningModule):
         # the gradient methods combine K per-interval gradients themselves
         self.automatic_optimization = not (mtl is not None and mtl.gradient_method)
         self.net = net(image_size, in_channels, num_classes, num_timesteps, self.routing)
-        bind = getattr(self.net, "bind", None)
-        if bind is not None:  # a network split over the run's intervals (IntervalExperts): B/K samples each
-            bind(self.tasks.intervals)
+        check_denoiser(self.net, "model.net")
+        self.net.bind(self.tasks)
+        if self.net.stratified:  # a network split over the run's intervals (IntervalExperts): B/K each
             self.tasks.stratified = True
         if compile:
             self.net.compile()
@@ -187,7 +188,7 @@ class DiffusionModule(Sampling, L.LightningModule):
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """Timesteps, noise and label dropout for one training batch, from the module's generator."""
         gen = self.generator()
-        t = self.tasks.sample(x0.shape[0], gen, self.device)  # stratified: grouped by interval
+        t = self.tasks.training_timesteps(x0.shape[0], gen, self.device)  # stratified: grouped by interval
         noise = torch.randn(x0.shape, generator=gen, device=self.device, dtype=x0.dtype)
         if y is not None and self.hparams.num_classes > 0 and self.hparams.class_dropout_prob > 0:
             drop = torch.rand(y.shape, generator=gen, device=self.device) < self.hparams.class_dropout_prob
@@ -240,11 +241,8 @@ class DiffusionModule(Sampling, L.LightningModule):
         w_JSD × JSD), its value logged as train/<name>; None for fixed routing. Its random tie-breaking is
         seeded by (seed, step): resumable, and the module's generator (the paired runs' timesteps and
         noise) is untouched."""
-        routing_loss = getattr(self.net, "routing_loss", None)  # a network of one's own may have none
-        if routing_loss is None:
-            return None
         generator = torch.Generator().manual_seed(derive_seed(self.hparams.seed, self.global_step))
-        term = routing_loss(t, generator)
+        term = self.net.routing_loss(t, generator)
         if term is None:
             return None
         self.log(f"train/{term.name}", term.value.detach())

@@ -94,7 +94,7 @@ def export_state(net: DiT) -> dict[str, torch.Tensor]:
     state = {"pos_embed": net.pos_embed.detach().clone()}
     state |= {official_name(k, own_parameters(net)): v.detach().clone() for k, v in net.state_dict().items()}
     if net.router.enabled:
-        state |= {TABLE.format(i): net.router.table(i).clone() for i in range(len(net.blocks))}
+        state |= {TABLE.format(i): net.router.block_table(i).clone() for i in range(len(net.blocks))}
     return state
 
 
@@ -149,7 +149,7 @@ def import_state(
     elif net.router.enabled:
         for i in range(len(net.blocks)):
             table = official.get(TABLE.format(i))
-            own = net.router.table(i)
+            own = net.router.block_table(i)
             if table is None or table.shape != own.shape or not torch.equal(table.float(), own.cpu()):
                 what = "has no mask table" if table is None else "has another mask table"
                 raise DTRLabError(

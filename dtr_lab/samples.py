@@ -1,19 +1,56 @@
 """Labelled EMA samples as images, the one way every consumer draws them (predict, SampleQuality,
 SampleGrid): labels cycling over the classes, x_T and the sampler's noise from one seeded generator
-per batch, latents decoded by the data module; and the module's sampling (`Sampling`: sample, predict)."""
+per batch, latents decoded by the data module; and the module's sampling (`Sampling`: sample, predict).
+
+What they read of the module is declared here, as `Sampled` and its `SamplingOptions`, and nothing else:
+DiffusionModule provides it (tests/test_samples.py checks that it does)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Protocol
 
 import lightning as L
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from dtr_lab.diffusion import guided, sample
+from dtr_lab.diffusion import GaussianDiffusion, guided, sample
 from dtr_lab.diffusion.samplers import check_sample_steps
+from dtr_lab.ema import EMA
 from dtr_lab.metrics.features import to_uint8
+from dtr_lab.models import Denoiser
 from dtr_lab.seeds import derive_seed
+
+
+class SamplingOptions(Protocol):
+    """The module's options that sampling reads (DiffusionModule's hparams, as its config names them)."""
+
+    sampler: str  # "ddpm" (ancestral) or "ddim" (deterministic)
+    sample_steps: int
+    respacing: str
+    fixed_variance: str
+    guidance_scale: float
+    clip_x0: bool
+    num_classes: int  # 0: unconditional
+    in_channels: int
+    image_size: int
+    num_samples: int  # drawn by predict
+    seed: int
+
+
+class Sampled(Protocol):
+    """What sampling reads of its module, and all it reads: its networks, forward process and options, and
+    Lightning's device and trainer (the data module's batch size and decoder)."""
+
+    hparams: SamplingOptions
+    net: Denoiser  # the trained network
+    ema: EMA  # its EMA copy (ema.module), which samples by default
+    diffusion: GaussianDiffusion
+    device: torch.device
+    trainer: L.Trainer
+    _trainer: L.Trainer | None  # Lightning's: None while no trainer is attached
+
+    def sample(self, noise: torch.Tensor, y: torch.Tensor | None = None, **options) -> torch.Tensor: ...
 
 
 def balanced_labels(n: int, num_classes: int) -> torch.Tensor | None:
@@ -23,7 +60,7 @@ def balanced_labels(n: int, num_classes: int) -> torch.Tensor | None:
 
 @torch.no_grad()
 def generate(
-    pl_module: L.LightningModule,
+    pl_module: Sampled,
     labels: torch.Tensor | None,
     num_samples: int,
     seed: int,
@@ -52,11 +89,11 @@ def generate(
 
 class Sampling:
     """A DiffusionModule's sampling: `sample` from given x_T, and `predict` (num_samples labelled EMA
-    samples as uint8 images). Reads the module's hparams, diffusion, net and ema."""
+    samples as uint8 images). The module it is mixed into is `Sampled`."""
 
     @torch.no_grad()
     def sample(
-        self,
+        self: Sampled,
         noise: torch.Tensor,
         y: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
@@ -78,14 +115,14 @@ class Sampling:
         )
         return x.clamp(-1, 1) if self.hparams.clip_x0 else x
 
-    def predict_dataloader(self) -> DataLoader:
+    def predict_dataloader(self: Sampled) -> DataLoader:
         """`num_samples` (index, label) pairs for `predict`, labels cycling over the classes."""
         index = torch.arange(self.hparams.num_samples)
         labels = index % max(self.hparams.num_classes, 1)
         batch_size = getattr(self.trainer.datamodule, "batch_size", 256) if self._trainer else 256
         return DataLoader(TensorDataset(index, labels), batch_size=batch_size)
 
-    def predict_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> dict:
+    def predict_step(self: Sampled, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> dict:
         """EMA samples for a batch of (index, label): uint8 images (N, H, W, C) and their labels (N,)."""
         index, y = batch
         hp = self.hparams

@@ -24,6 +24,7 @@ from dtr_lab.callbacks.routing_maps import interval_iou, table_figure
 from dtr_lab.callbacks.task_affinity import optimizer_lookahead
 from dtr_lab.data import DigitsDataModule
 from dtr_lab.errors import DTRLabError
+from dtr_lab.models import Denoiser
 from dtr_lab.module import DiffusionModule
 from dtr_lab.mtl import PCGrad
 from dtr_lab.mtl.intervals import Intervals
@@ -33,8 +34,10 @@ T = 100
 ROOT = Path(__file__).resolve().parents[1]
 
 
-class LinearDenoiser(nn.Module):
+class LinearDenoiser(Denoiser):
     """ε_θ(x_t) = W1 v + W2 v² with v = flat x_t: linear in its parameters, so gradients are closed-form."""
+
+    block_pattern = r"blocks\.[^.]+"  # its two linear maps are its blocks
 
     def __init__(self, input_size, in_channels, num_classes, num_timesteps, routing) -> None:
         super().__init__()
@@ -347,11 +350,13 @@ def test_cosine_matrix_neg_share_and_distance():
 
 
 def test_block_slices_group_contiguous_ranges():
-    net = nn.Module()
+    net = Denoiser()
     net.embed = nn.Linear(2, 3)  # 9 params
     net.blocks = nn.ModuleList([nn.Linear(3, 3), nn.Linear(3, 1)])  # 12 and 4
     names = [n for n, _ in net.named_parameters()]
-    assert block_slices(net, names, "auto", "block_pattern") == {
+    assert block_slices(net, names, "auto", "block_pattern") == {}  # it declares no blocks
+    net.block_pattern = r"blocks\.\d+"
+    assert block_slices(net, names, "auto", "block_pattern") == {  # "auto": the network's own declaration
         "blocks.0": [(9, 21)],
         "blocks.1": [(21, 25)],
     }
@@ -359,7 +364,6 @@ def test_block_slices_group_contiguous_ranges():
         "embed": [(0, 9)],
         "blocks.1": [(21, 25)],
     }
-    assert block_slices(nn.Sequential(nn.Linear(2, 2)), ["0.weight"], "auto", "x") == {}
     with pytest.raises(DTRLabError, match="block_pattern='nomatch'"):
         block_slices(net, names, "nomatch", "block_pattern")
 

@@ -6,13 +6,13 @@ from functools import partial
 
 import pytest
 import torch
-from helpers import DIGITS, EXPERIMENTS, tiny
+from helpers import DIGITS, EXPERIMENTS, tasks_of, tiny
 from torch import nn
 
 from dtr_lab.cli import main
 from dtr_lab.diffusion import respaced_timesteps
 from dtr_lab.errors import DTRLabError
-from dtr_lab.models import DiT, IntervalExperts
+from dtr_lab.models import Denoiser, DiT, IntervalExperts
 from dtr_lab.models.experts import num_parameters
 from dtr_lab.module import DiffusionModule
 from dtr_lab.mtl import Intervals
@@ -22,7 +22,7 @@ from dtr_lab.routing import NoRouting, RoutingLoss
 T, K = 100, 4  # four uniform intervals of 25 timesteps: expert k serves t // 25
 
 
-class ConstantExpert(nn.Module):
+class ConstantExpert(Denoiser):
     """Hand-made expert k: ε̂ = w·x + k with one weight w = 1, recording the timesteps it is called with."""
 
     def __init__(self, k: int) -> None:
@@ -95,12 +95,12 @@ def test_a_learned_routings_loss_is_each_experts_on_its_own_samples():
 
     count = itertools.count()
     net = IntervalExperts(8, 1, 0, T, NoRouting(), lambda *a: Gated(next(count)), width_matched=False)
-    net.bind(Intervals(num_intervals=K).build(torch.linspace(10, 0.01, T)))
+    net.bind(tasks_of(K, T))
     # samples of experts 0, 1, 1, 3 (none of 2): (0·1 + 1·2 + 3·1) / 4
     term = net.routing_loss(torch.tensor([5, 30, 40, 99]))
     assert term.value.item() == pytest.approx(5 / 4) and (term.name, term.weight) == ("prior", 0.5)
     plain = IntervalExperts(8, 1, 0, T, NoRouting(), constant_experts(), width_matched=False)
-    plain.bind(Intervals(num_intervals=K).build(torch.linspace(10, 0.01, T)))
+    plain.bind(tasks_of(K, T))
     assert plain.routing_loss(torch.tensor([5, 99])) is None  # experts without a learned routing
 
 
@@ -122,12 +122,12 @@ def test_width_matched_experts_hold_about_one_networks_parameters():
     one = num_parameters(dit(8, 1, 10, 1000, NoRouting()))
     matched = IntervalExperts(8, 1, 10, 1000, NoRouting(), dit, width_matched=True)
     state = torch.random.get_rng_state()
-    matched.bind(Intervals(num_intervals=5).build(torch.linspace(10, 0.01, 1000)))
+    matched.bind(tasks_of(5, 1000))
     assert not torch.equal(state, torch.random.get_rng_state())  # the experts' own initialisation only
     assert matched.hidden_size == 56 and len(matched.experts) == 5
     assert abs(num_parameters(matched) / one - 1) < 0.01  # 5 experts at width 56 ≈ one at width 128
     equal = IntervalExperts(8, 1, 10, 1000, NoRouting(), dit, width_matched=False)
-    equal.bind(Intervals(num_intervals=5).build(torch.linspace(10, 0.01, 1000)))
+    equal.bind(tasks_of(5, 1000))
     assert num_parameters(equal) == 5 * one
     with pytest.raises(DTRLabError, match="have different parameters"):  # compared unpaired by weights
         check_paired(dit(8, 1, 10, 1000, NoRouting()), equal, ("vanilla", "experts"))
@@ -139,7 +139,7 @@ def test_width_matching_needs_an_expert_with_a_hidden_size():
 
     net = IntervalExperts(8, 1, 0, T, NoRouting(), no_width, width_matched=True)
     with pytest.raises(DTRLabError, match="width_matched needs an expert that takes hidden_size"):
-        net.bind(Intervals(num_intervals=K).build(torch.linspace(10, 0.01, T)))
+        net.bind(tasks_of(K, T))
 
 
 def test_a_batch_that_k_does_not_divide_names_the_batch_size_and_k():

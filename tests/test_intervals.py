@@ -39,9 +39,9 @@ def test_midpoints_and_labels():
     assert intervals.labels() == ["0–199", "200–399", "400–999"]
 
 
-def test_stratified_sample_draws_each_interval_in_order():
+def test_stratified_timesteps_draw_each_interval_in_order():
     intervals = TaskIntervals([0, 1, 3, 6, 100], 100)
-    t = intervals.sample(300, torch.Generator().manual_seed(0), torch.device("cpu"))
+    t = intervals.stratified_timesteps(300, torch.Generator().manual_seed(0), torch.device("cpu"))
     assert t.shape == (4 * 300,) and t.dtype == torch.long
     assert torch.equal(intervals.index(t).view(4, 300), torch.arange(4)[:, None].expand(4, 300))
     groups = t.view(4, 300)
@@ -50,7 +50,7 @@ def test_stratified_sample_draws_each_interval_in_order():
     assert set(groups[1].tolist()) == {1, 2}
     assert set(groups[2].tolist()) == {3, 4, 5}
     assert groups[3].min() >= 6 and groups[3].max() <= 99
-    again = intervals.sample(300, torch.Generator().manual_seed(0), torch.device("cpu"))
+    again = intervals.stratified_timesteps(300, torch.Generator().manual_seed(0), torch.device("cpu"))
     assert torch.equal(t, again)
 
 

@@ -142,7 +142,7 @@ def test_per_block_random_tables_are_independent_draws():
 def test_routed_dit_has_a_table_per_block_for_rtr_and_one_for_dtr():
     kw = dict(input_size=8, in_channels=1, num_classes=10, num_timesteps=100, size="DiT-T/2")
     rtr = DiT(**kw, routing=RandomRouting(beta=0.5))
-    tables = [rtr.router.table(b) for b in range(4)]
+    tables = [rtr.router.block_table(b) for b in range(4)]
     assert all((t.sum(1) == 64).all() for t in tables)
     assert all(not torch.equal(tables[i], tables[j]) for i in range(4) for j in range(i))
     assert [len(v) for v in rtr.router.tables().values()] == [4]
@@ -153,7 +153,7 @@ def test_routed_dit_has_a_table_per_block_for_rtr_and_one_for_dtr():
     dtr = DiT(**kw, routing=DTRRouting())
     for model in (shared, dtr):
         assert [len(v) for v in model.router.tables().values()] == [1]
-        assert all(model.router.table(b) is model.router.table(0) for b in range(4))
+        assert all(model.router.block_table(b) is model.router.block_table(0) for b in range(4))
 
 
 @pytest.mark.parametrize("routing", [RandomRouting(), RandomRouting(per_block=False), DTRRouting()])
@@ -184,7 +184,7 @@ def test_router_gathers_each_samples_mask():
     assert Router(NoRouting(), 3, [4]).masks(torch.tensor([0])) == [None]
     assert "table_4" not in router.state_dict()  # derived from config, not saved
     per_block = Router(RandomRouting(beta=0.5), 3, [4, 6])
-    assert [per_block.table(b).shape for b in range(2)] == [(3, 4), (3, 6)]
+    assert [per_block.block_table(b).shape for b in range(2)] == [(3, 4), (3, 6)]
     assert not per_block.state_dict()
 
 

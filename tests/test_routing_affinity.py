@@ -59,14 +59,14 @@ def test_hand_worked_three_intervals():
 @pytest.mark.parametrize("block_a", [(0, 1, 2), (0, 1, 4)], ids=["contiguous", "interleaved"])
 def test_two_blocks_share_within_and_not_across(block_a):
     """Two clear blocks (+1 within, −1 across, a little asymmetric noise): each block at one end."""
-    k, num_tasks, channels = 6, 60, 20
+    k, num_timesteps, channels = 6, 60, 20
     in_a = np.isin(np.arange(k), block_a)
     affinity = np.where(in_a[:, None] == in_a[None, :], 1.0, -1.0)
     affinity += 0.05 * np.random.default_rng(0).standard_normal((k, k))
     routing = AffinityRouting(affinity.tolist(), beta=0.8)
     np.testing.assert_allclose(routing.coordinates, np.where(in_a, 0.0, 1.0), atol=0.05)
-    table = routing.table(num_tasks, channels)
-    iou = interval_iou(table, TaskIntervals([0, 10, 20, 30, 40, 50, 60], num_tasks)).numpy()
+    table = routing.table(num_timesteps, channels)
+    iou = interval_iou(table, TaskIntervals([0, 10, 20, 30, 40, 50, 60], num_timesteps)).numpy()
     same = in_a[:, None] == in_a[None, :]
     # C_β = 16: a block's intervals share their window (IoU 1), the two ends overlap on 12 of 20 channels
     np.testing.assert_allclose(iou[same], 1.0)

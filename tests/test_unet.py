@@ -73,7 +73,7 @@ def test_routed_widths_cover_every_block():
     assert {m.in_channels for m in routed} == {32, 64, 96, 128}
     assert [m.route_index for m in routed] == list(range(len(routed)))
     for m in routed:
-        assert model.router.table(m.route_index).shape == (T, m.in_channels)
+        assert model.router.block_table(m.route_index).shape == (T, m.in_channels)
     assert sorted(model.router.tables()) == [32, 64, 96, 128]  # DTR: one shared table per width
     assert all(len(tables) == 1 for tables in model.router.tables().values())
 
@@ -81,7 +81,7 @@ def test_routed_widths_cover_every_block():
 def test_rtr_unet_draws_a_table_per_routed_block():
     model = UNet(16, 1, 10, T, routing=RandomRouting(beta=0.5), size="UNet-T")
     routed = [m for m in model.modules() if isinstance(m, ResBlock | AttentionBlock)]
-    tables = [model.router.table(m.route_index) for m in routed]
+    tables = [model.router.block_table(m.route_index) for m in routed]
     assert all((t.sum(1) == m.in_channels // 2).all() for t, m in zip(tables, routed, strict=True))
     same_width = [t for t, m in zip(tables, routed, strict=True) if m.in_channels == 32]
     assert len(same_width) > 1 and not torch.equal(same_width[0], same_width[1])
@@ -90,7 +90,7 @@ def test_rtr_unet_draws_a_table_per_routed_block():
     randomize(model)
     x, t, y = torch.randn(2, 1, 16, 16), torch.tensor([3, 60]), torch.tensor([1, 2])
     before = model(x, t, y)
-    model.router.table(routed[-1].route_index).fill_(1.0)
+    model.router.block_table(routed[-1].route_index).fill_(1.0)
     assert not torch.allclose(model(x, t, y), before)
 
 

@@ -70,7 +70,7 @@ class GradientConflict(IntervalProbe):
             params: regex selecting the parameters whose gradients are compared (searched in names such
                 as 'blocks.0.attn.qkv.weight'); null for all trainable parameters.
             block_pattern: regex whose match at the start of a parameter name names its block, for
-                per-block metrics; 'auto' = each child of net.blocks (DiT); e.g. '(down|up)\\.\\d+|middle'
+                per-block metrics; 'auto' = the network's own (each DiT block); e.g. '(down|up)\\.\\d+|middle'
                 for the U-Net; null for none.
             seed: seeds the probe's images, timesteps and noise (fixed for the whole run).
         """

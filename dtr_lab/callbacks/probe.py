@@ -29,9 +29,10 @@ from dtr_lab.callbacks.logging import log_dir, log_figure, log_image
 from dtr_lab.callbacks.prepared import PreparedCallback
 from dtr_lab.callbacks.records import RecordWriter, write_intervals
 from dtr_lab.errors import DTRLabError
+from dtr_lab.models.denoiser import Denoiser
 from dtr_lab.mtl.intervals import Intervals, TaskIntervals, check_num_intervals
 
-AUTO = "auto"  # block_pattern: each child of net.blocks, when the network has them
+AUTO = "auto"  # block_pattern: the network's own blocks (its Denoiser.block_pattern), none without them
 
 
 @dataclass
@@ -65,7 +66,7 @@ def make_probe(
     x0, y = datamodule.probe_batch(size, seed)  # (n, C, H, W), (n,)
     k = intervals.num_intervals
     gen = torch.Generator().manual_seed(seed)
-    t = intervals.sample(size, gen, torch.device("cpu"))  # (K·n,) grouped by interval
+    t = intervals.stratified_timesteps(size, gen, torch.device("cpu"))  # (K·n,) grouped by interval
     x0 = x0.repeat(k, *([1] * (x0.dim() - 1)))  # (K·n, C, H, W)
     noise = torch.randn(x0.shape, generator=gen, dtype=x0.dtype)
     return Probe(x0, y.repeat(k) if num_classes > 0 else None, t, noise, k)
@@ -86,18 +87,19 @@ def select_parameters(net: nn.Module, pattern: str | None, option: str) -> list[
 
 
 def block_slices(
-    net: nn.Module, names: list[str], pattern: str | None, option: str
+    net: Denoiser, names: list[str], pattern: str | None, option: str
 ) -> dict[str, list[tuple[int, int]]]:
     """Per block, the [start, end) ranges its parameters take in the flat gradient of `names`.
 
     A parameter belongs to the block named by the text ``pattern`` matches at the start of its name;
-    "auto" groups by each child of ``net.blocks`` (DiT), and finds no blocks in a network without them.
+    "auto" groups by the network's own ``block_pattern`` (each DiT block), and finds no blocks in a network
+    that declares none.
     """
     if pattern is None:
         return {}
     auto = pattern == AUTO
     if auto:
-        pattern = r"blocks\.[^.]+" if isinstance(getattr(net, "blocks", None), nn.Module) else None
+        pattern = net.block_pattern
     params = dict(net.named_parameters())
     blocks: dict[str, list[tuple[int, int]]] = {}
     offset = 0

@@ -28,7 +28,6 @@ from dtr_lab.callbacks.prepared import PreparedCallback
 from dtr_lab.callbacks.records import RecordWriter, write_intervals
 from dtr_lab.errors import DTRLabError
 from dtr_lab.mtl.intervals import Intervals, TaskIntervals
-from dtr_lab.routing import Drawing
 
 
 def interval_iou(table: torch.Tensor, intervals: TaskIntervals) -> torch.Tensor:
@@ -54,12 +53,6 @@ def table_figure(table: torch.Tensor, title: str, columns: str, group: int, labe
     mask_table(ax, table.detach().float().cpu().numpy(), columns, group, label)
     ax.set_title(title, fontsize=10)
     return figure
-
-
-def drawing(net: torch.nn.Module) -> Drawing:
-    """What the network's routing draws; nothing for a network that routes by none of its own."""
-    draw = getattr(net, "routing_drawing", None)
-    return draw() if draw is not None else Drawing()
 
 
 class RoutingMaps(PreparedCallback):
@@ -106,7 +99,7 @@ class RoutingMaps(PreparedCallback):
     def draw(self, trainer: L.Trainer, pl_module: L.LightningModule, step: int) -> None:
         """The routing's tables (the first of each, the mean of several) and images, and the IoU of its
         tables between intervals, recorded at `step` (a fixed routing's at step 0)."""
-        shown = drawing(pl_module.net)
+        shown = pl_module.net.routing_drawing()
         self.learned = shown.learned
         if not shown.learned:
             step = 0

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dtr_lab.errors import DTRLabError
+from dtr_lab.models.denoiser import Denoiser
 from dtr_lab.routing import Drawing, NoRouting, Routing, RoutingLoss, route
 
 
@@ -173,8 +174,10 @@ class FinalLayer(nn.Module):
         return self.linear(modulate(self.norm(x), shift, scale))  # (N, L, p*p*C_out)
 
 
-class DiT(nn.Module):
+class DiT(Denoiser):
     """Class-conditional DiT predicting ε (and a log-variance interpolation when learn_sigma)."""
+
+    block_pattern = r"blocks\.[^.]+"  # each transformer block, for the per-block analyses
 
     def __init__(
         self,

@@ -6,10 +6,10 @@ arXiv 2211.01324) split the sampling chain between networks. No parameter is sha
 denoising tasks help each other at all is this arm against the unrouted network (full sharing) and DTR /
 Switch (partial sharing).
 
-The experts are built by `bind` from the run's intervals (the module binds the network to its tasks and
-stratifies the batches, so every expert gets B/K samples a step). `width_matched` picks the experts'
-hidden size so that the K of them hold about as many parameters as one network of the configured size;
-otherwise each expert has the configured width (K times the parameters).
+The experts are built by `bind` from the run's tasks, as an MTL method is sized by its own `bind` (the
+module binds both to its tasks and stratifies the batches, so every expert gets B/K samples a step).
+`width_matched` picks the experts' hidden size so that the K of them hold about as many parameters as one
+network of the configured size; otherwise each expert has the configured width (K times the parameters).
 """
 
 from __future__ import annotations
@@ -20,8 +20,9 @@ import torch
 from torch import nn
 
 from dtr_lab.errors import DTRLabError
+from dtr_lab.models.denoiser import Denoiser, check_denoiser
 from dtr_lab.models.factory import NetFactory
-from dtr_lab.mtl.intervals import TaskIntervals
+from dtr_lab.mtl.tasks import Tasks
 from dtr_lab.routing import Drawing, Routing, RoutingLoss
 
 
@@ -51,8 +52,10 @@ def matched_width(build: Callable[..., nn.Module], k: int, width_step: int = 4) 
             h += width_step
 
 
-class IntervalExperts(nn.Module):
+class IntervalExperts(Denoiser):
     """K independent denoisers; each sample goes to the expert of its timestep's interval."""
+
+    stratified = True  # every expert gets B/K samples a step
 
     def __init__(
         self,
@@ -83,9 +86,9 @@ class IntervalExperts(nn.Module):
         # the intervals' edges (K+1,): a plain tensor, not a buffer, which the EMA would try to average
         self.edges = torch.zeros(0, dtype=torch.long)
 
-    def bind(self, intervals: TaskIntervals) -> None:
-        """Build one expert per interval of the run."""
-        k = intervals.num_intervals
+    def bind(self, tasks: Tasks) -> None:
+        """Build one expert per interval of the run's tasks."""
+        k = tasks.num_intervals
         options = {}
         if self.width_matched:
             try:
@@ -97,7 +100,8 @@ class IntervalExperts(nn.Module):
                 ) from None
             options["hidden_size"] = self.hidden_size
         self.experts = nn.ModuleList(self.build(**options) for _ in range(k))
-        self.edges = intervals.edges.clone()
+        check_denoiser(self.experts[0], "model.net.init_args.expert")
+        self.edges = tasks.intervals.edges.clone()
 
     def index(self, t: torch.Tensor) -> torch.Tensor:
         """The expert of each timestep (its interval), (N,) long; a fractional t goes by its interval."""
@@ -105,7 +109,7 @@ class IntervalExperts(nn.Module):
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         if not len(self.experts):
-            raise DTRLabError("IntervalExperts has no experts yet: bind it to the run's intervals first")
+            raise DTRLabError("IntervalExperts has no experts yet: bind it to the run's tasks first")
         k = self.index(t)  # (N,)
         order, outputs = [], []
         for i, expert in enumerate(self.experts):
@@ -122,8 +126,7 @@ class IntervalExperts(nn.Module):
         k, losses, term = self.index(t), [], None
         for i, expert in enumerate(self.experts):
             mine = t[k == i]
-            routing_loss = getattr(expert, "routing_loss", None)  # a hand-made expert may have none
-            term = routing_loss(mine, generator) if routing_loss is not None and len(mine) else None
+            term = expert.routing_loss(mine, generator) if len(mine) else None
             if term is not None:
                 losses.append(term.value * len(mine) / len(t))
                 name, weight = term.name, term.weight
@@ -131,4 +134,4 @@ class IntervalExperts(nn.Module):
 
     def routing_drawing(self) -> Drawing:
         """Its experts' drawings, pooled (tables of one width drawn and compared together)."""
-        return Drawing.merge([e.routing_drawing() for e in self.experts if hasattr(e, "routing_drawing")])
+        return Drawing.merge([e.routing_drawing() for e in self.experts])

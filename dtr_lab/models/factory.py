@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from torch import nn
-
+from dtr_lab.models.denoiser import Denoiser
 from dtr_lab.routing import Routing
 
 # (input_size, in_channels, num_classes, num_timesteps, routing) -> network
-NetFactory = Callable[[int, int, int, int, Routing], nn.Module]
+NetFactory = Callable[[int, int, int, int, Routing], Denoiser]

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dtr_lab.errors import DTRLabError
+from dtr_lab.models.denoiser import Denoiser
 from dtr_lab.models.dit import Attention, LabelEmbedder, TimestepEmbedder
 from dtr_lab.routing import Drawing, NoRouting, Routing, RoutingLoss, route
 
@@ -216,7 +217,7 @@ class Stage(nn.ModuleList):
         return h
 
 
-class UNet(nn.Module):
+class UNet(Denoiser):
     """Class-conditional ADM U-Net predicting ε (and a log-variance interpolation when learn_sigma)."""
 
     def __init__(

@@ -132,7 +132,9 @@ class TaskIntervals:
             )
         return batch_size // self.num_intervals
 
-    def sample(self, per_interval: int, generator: torch.Generator, device: torch.device) -> torch.Tensor:
+    def stratified_timesteps(
+        self, per_interval: int, generator: torch.Generator, device: torch.device
+    ) -> torch.Tensor:
         """Stratified timesteps, (K·per_interval,) long: per_interval uniform draws from each interval, in
         interval order."""
         lo, hi = self.edges[:-1].to(device), self.edges[1:].to(device)

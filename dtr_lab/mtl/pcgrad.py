@@ -25,17 +25,17 @@ def pcgrad(
     its current gradient g_i has a negative dot product with the original g_j, it drops its component
     along g_j: g_i ← g_i − (g_i·g_j / ‖g_j‖²) g_j.
     """
-    num_tasks = grads.shape[0]
+    k = grads.shape[0]
     g = grads.float()  # (K, P)
     sq_norm = g.pow(2).sum(dim=1).clamp(min=torch.finfo(g.dtype).tiny)  # (K,)
     # one random visiting order per task, drawn on the CPU so any device gives the same orders
-    order = torch.stack([torch.randperm(num_tasks, generator=generator) for _ in range(num_tasks)])  # (K, K)
+    order = torch.stack([torch.randperm(k, generator=generator) for _ in range(k)])  # (K, K)
     order = order.to(g.device)
-    tasks = torch.arange(num_tasks, device=g.device)
+    tasks = torch.arange(k, device=g.device)
     projected = g.clone()
     projections = torch.zeros((), dtype=torch.long, device=g.device)
     # all K tasks advance one position of their order at a time, so the loop is K steps of (K, P) work
-    for step in range(num_tasks):
+    for step in range(k):
         j = order[:, step]  # (K,) the task each task projects against now
         dot = (projected * g[j]).sum(dim=1)  # (K,)
         conflict = (dot < 0) & (self_projection | (j != tasks))  # (K,)
@@ -67,8 +67,8 @@ class PCGrad(MTLMethod):
 
     def forward(self, batch: TaskBatch) -> Update:
         grads = batch.gradients()  # (K, P)
-        num_tasks = grads.shape[0]
+        k = grads.shape[0]
         gen = torch.Generator().manual_seed(derive_seed(batch.seed, batch.step))
         projected, projections = pcgrad(grads, gen, self.self_projection)
-        rate = projections / (num_tasks * (num_tasks - int(not self.self_projection)))
+        rate = projections / (k * (k - int(not self.self_projection)))
         return Update(grad=projected.mean(dim=0), metrics={f"{self.tag}/projection_rate": float(rate)})

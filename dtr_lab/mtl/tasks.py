@@ -1,4 +1,4 @@
-"""The timestep tasks of a run: one owner for the K intervals, their sampling and the per-interval
+"""The timestep tasks of a run: one owner for the K intervals, the training timesteps and the per-interval
 gradients of a step.
 
 The module builds one ``Tasks`` from its schedule; the MTL method and the analysis callbacks read its
@@ -22,7 +22,7 @@ LossFn = Callable[..., tuple[torch.Tensor, torch.Tensor]]
 
 
 class Tasks:
-    """K timestep intervals of one schedule, stratified sampling over them, and a per-step gradient cache."""
+    """K timestep intervals of one schedule, the training timesteps over them, a per-step gradient cache."""
 
     def __init__(self, snr: torch.Tensor, intervals: Intervals = DEFAULT_INTERVALS, stratified: bool = False):
         """
@@ -56,11 +56,14 @@ class Tasks:
         if self.stratified:
             self.intervals.per_interval(batch_size)
 
-    def sample(self, batch_size: int, generator: torch.Generator, device: torch.device) -> torch.Tensor:
+    def training_timesteps(
+        self, batch_size: int, generator: torch.Generator, device: torch.device
+    ) -> torch.Tensor:
         """Training timesteps, (B,) long: B/K from each interval in interval order when stratified,
         else t ~ U{0, …, T−1}."""
         if self.stratified:
-            return self.intervals.sample(self.intervals.per_interval(batch_size), generator, device)
+            per_interval = self.intervals.per_interval(batch_size)
+            return self.intervals.stratified_timesteps(per_interval, generator, device)
         return torch.randint(0, self.num_timesteps, (batch_size,), generator=generator, device=device)
 
     def gradients(

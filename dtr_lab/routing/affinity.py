@@ -153,21 +153,21 @@ class AffinityRouting(TableRouting):
         # a source that gained records does not
         return {"beta": self.beta, "measured": self.measured, "edges": self.edges, "affinity": self.affinity}
 
-    def task_intervals(self, num_tasks: int) -> torch.Tensor:
+    def task_intervals(self, num_timesteps: int) -> torch.Tensor:
         """The interval of every timestep t = 0 … T−1, (T,)."""
         k = len(self.affinity)
-        t = torch.arange(num_tasks)
+        t = torch.arange(num_timesteps)
         if k == 1:
-            return torch.zeros(num_tasks, dtype=torch.long)
+            return torch.zeros(num_timesteps, dtype=torch.long)
         if self.edges is None:
             # uniform spacing reads only the schedule's length
-            return Intervals(num_intervals=k).build(torch.ones(num_tasks)).index(t)
-        if self.edges[-1] != num_tasks:
+            return Intervals(num_intervals=k).build(torch.ones(num_timesteps)).index(t)
+        if self.edges[-1] != num_timesteps:
             raise DTRLabError(
                 f"AffinityRouting ({self.measured}) measured intervals {self.edges} over "
-                f"T={self.edges[-1]} timesteps, but this model has T={num_tasks}; measure with the same T"
+                f"T={self.edges[-1]} timesteps, but this model has T={num_timesteps}; measure with the same T"
             )
-        return TaskIntervals(self.edges, num_tasks).index(t)
+        return TaskIntervals(self.edges, num_timesteps).index(t)
 
     def starts(self, channels: int) -> torch.Tensor:
         """Each interval's window start round((C − C_β)·x_k), half up (DTRRouting: half to even), (K,)."""
@@ -176,8 +176,8 @@ class AffinityRouting(TableRouting):
             [math.floor((channels - c_beta) * x + 0.5) for x in self.coordinates], dtype=torch.long
         )
 
-    def table(self, num_tasks: int, channels: int, block: int = 0) -> torch.Tensor:
+    def table(self, num_timesteps: int, channels: int, block: int = 0) -> torch.Tensor:
         c_beta = active_channels(self.beta, channels)
-        start = self.starts(channels)[self.task_intervals(num_tasks)]  # (T,)
+        start = self.starts(channels)[self.task_intervals(num_timesteps)]  # (T,)
         c = torch.arange(channels)
         return (c >= start[:, None]) & (c < start[:, None] + c_beta)  # (T, C)

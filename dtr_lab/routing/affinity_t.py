@@ -31,21 +31,21 @@ class InterpolatedAffinityRouting(AffinityRouting):
 
     label, colour = "affinity_t", 9
 
-    def centres(self, num_tasks: int) -> np.ndarray:
+    def centres(self, num_timesteps: int) -> np.ndarray:
         """Each interval's centre in t, (K,): the midpoint of its first and last timestep."""
         k = len(self.affinity)
         if self.edges is None:
-            edges = Intervals(num_intervals=k).build(torch.ones(num_tasks)).edges.tolist()
+            edges = Intervals(num_intervals=k).build(torch.ones(num_timesteps)).edges.tolist()
         else:
-            self.task_intervals(num_tasks)  # a source measured over another T: one line
+            self.task_intervals(num_timesteps)  # a source measured over another T: one line
             edges = self.edges
         return np.array([(edges[i] + edges[i + 1] - 1) / 2 for i in range(k)])
 
-    def table(self, num_tasks: int, channels: int, block: int = 0) -> torch.Tensor:
+    def table(self, num_timesteps: int, channels: int, block: int = 0) -> torch.Tensor:
         if len(self.affinity) == 1:
-            return super().table(num_tasks, channels, block)
+            return super().table(num_timesteps, channels, block)
         c_beta = active_channels(self.beta, channels)
-        x = np.interp(np.arange(num_tasks), self.centres(num_tasks), self.coordinates)  # (T,)
+        x = np.interp(np.arange(num_timesteps), self.centres(num_timesteps), self.coordinates)  # (T,)
         start = torch.tensor([math.floor((channels - c_beta) * v + 0.5) for v in x], dtype=torch.long)
         c = torch.arange(channels)
         return (c >= start[:, None]) & (c < start[:, None] + c_beta)  # (T, C)

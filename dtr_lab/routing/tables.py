@@ -1,6 +1,6 @@
 """Denoising Task Routing: per-timestep channel masks (Park et al., ICLR 2024, arXiv 2310.07138).
 
-A routing strategy turns (num_tasks, channels) into a boolean mask table ``m[t, c]``; the
+A routing strategy turns (num_timesteps, channels) into a boolean mask table ``m[t, c]``; the
 :class:`Router` holds those tables as buffers and every routed block computes
 ``z + Block(m_t ⊙ z)``, so masked channels pass through the skip connection only. DTR's window is the
 same in every block; R-TR draws a table of its own for every routed block, as the official code
@@ -17,13 +17,13 @@ from dtr_lab.seeds import derive_seed
 
 
 class TableRouting(Routing):
-    """A fixed routing: maps (num_tasks, channels) to a BoolTensor [num_tasks, channels] of active channels,
+    """A fixed routing: maps (T = num_timesteps, channels) to a BoolTensor [T, channels] of active channels,
     held by a :class:`Router` as buffers (no parameters)."""
 
     per_block = False  # whether every routed block gets a table of its own (else one per width)
     routes = True  # whether it masks anything (NoRouting: every channel active, no multiply)
 
-    def table(self, num_tasks: int, channels: int, block: int = 0) -> torch.Tensor:
+    def table(self, num_timesteps: int, channels: int, block: int = 0) -> torch.Tensor:
         """The table of routed block ``block`` (ignored unless ``per_block``)."""
         raise NotImplementedError
 
@@ -36,8 +36,8 @@ class NoRouting(TableRouting):
 
     label, colour, routes = "vanilla", 0, False
 
-    def table(self, num_tasks: int, channels: int, block: int = 0) -> torch.Tensor:
-        return torch.ones(num_tasks, channels, dtype=torch.bool)
+    def table(self, num_timesteps: int, channels: int, block: int = 0) -> torch.Tensor:
+        return torch.ones(num_timesteps, channels, dtype=torch.bool)
 
 
 class DTRRouting(TableRouting):
@@ -59,10 +59,10 @@ class DTRRouting(TableRouting):
         self.alpha = float(alpha)
         self.beta = check_beta(beta)
 
-    def table(self, num_tasks: int, channels: int, block: int = 0) -> torch.Tensor:
+    def table(self, num_timesteps: int, channels: int, block: int = 0) -> torch.Tensor:
         c_beta = active_channels(self.beta, channels)
-        progress = torch.arange(num_tasks, dtype=torch.float64) * (1.0 / max(num_tasks - 1, 1))
-        progress[-1] = 1.0 if num_tasks > 1 else 0.0  # np.linspace(0, 1, T) ends exactly at 1
+        progress = torch.arange(num_timesteps, dtype=torch.float64) * (1.0 / max(num_timesteps - 1, 1))
+        progress[-1] = 1.0 if num_timesteps > 1 else 0.0  # np.linspace(0, 1, T) ends exactly at 1
         start = torch.round((channels - c_beta) * progress**self.alpha).long()  # (T,) half to even
         c = torch.arange(channels)
         return (c >= start[:, None]) & (c < start[:, None] + c_beta)  # (T, C)
@@ -85,13 +85,13 @@ class RandomRouting(TableRouting):
         self.seed = int(seed)
         self.per_block = bool(per_block)
 
-    def table(self, num_tasks: int, channels: int, block: int = 0) -> torch.Tensor:
+    def table(self, num_timesteps: int, channels: int, block: int = 0) -> torch.Tensor:
         c_beta = active_channels(self.beta, channels)
         # the shared table keeps the seed itself; block b's stream is seed·1000003 + b
         seed = derive_seed(self.seed, block) if self.per_block else self.seed
         gen = torch.Generator().manual_seed(seed)
-        order = torch.rand(num_tasks, channels, generator=gen).argsort(dim=1)  # (T, C)
-        table = torch.zeros(num_tasks, channels, dtype=torch.bool)
+        order = torch.rand(num_timesteps, channels, generator=gen).argsort(dim=1)  # (T, C)
+        table = torch.zeros(num_timesteps, channels, dtype=torch.bool)
         table.scatter_(1, order[:, :c_beta], True)
         return table
 
@@ -118,8 +118,9 @@ class Router(BaseRouter):
                 table = strategy.table(num_timesteps, width, block)
                 self.register_buffer(name, table.float(), persistent=False)
 
-    def table(self, block: int) -> torch.Tensor:
-        """The [T, width] float mask table of routed block ``block``."""
+    def block_table(self, block: int) -> torch.Tensor:
+        """The [T, width] float mask table that routed block ``block`` holds (built by the strategy's
+        ``table``)."""
         return getattr(self, self.names[block])
 
     def tables(self) -> dict[int, list[torch.Tensor]]:
