@@ -313,3 +313,15 @@ def test_cagrad_bad_input():
         CAGrad(c=-1.0)
     with pytest.raises(DTRLabError, match="rescale=3"):
         CAGrad(rescale=3)
+
+
+def test_derived_seeds_of_a_64_bit_base_seed_are_valid_generator_seeds():
+    """An unseeded interpreter's torch.initial_seed() can be near 2**64; its streams must still seed a
+    Generator (seed·stride + index wraps modulo 2**63), and small seeds keep their plain values."""
+    import torch
+
+    base = 2**64 - 1
+    seeds = {derive_seed(base, i) for i in range(3)}
+    assert len(seeds) == 3 and all(0 <= s < 2**63 for s in seeds)
+    torch.Generator().manual_seed(max(seeds))
+    assert derive_seed(7, 5) == 7 * 1_000_003 + 5
