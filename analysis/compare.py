@@ -27,7 +27,7 @@ import pandas as pd  # noqa: E402
 from dtr_lab.errors import DTRLabError  # noqa: E402
 from dtr_lab.report import catalogue, load, out_problem, write_figures, write_out  # noqa: E402
 from dtr_lab.runs import RunError, comparable, final_metrics  # noqa: E402
-from dtr_lab.tables import markdown_table  # noqa: E402
+from dtr_lab.runs.markdown import markdown_table  # noqa: E402
 
 PROG = Path(__file__).name
 FIGURES = ("training_curves", "loss_by_t_probe", "conflict_share", "cos_vs_distance")

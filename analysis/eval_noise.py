@@ -27,7 +27,7 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from dtr_lab.tables import text_table
+from dtr_lab.runs.markdown import text_table
 
 PROG = Path(__file__).name
 SECTIONS = ("seed_everything", "trainer", "model", "data", "checkpoint")
@@ -38,13 +38,13 @@ SEED_STRIDE = 10_007  # sample seed k uses SEED + k·stride; batch b of it seeds
 def evaluation_noise(run_dir: Path, checkpoint: str, samples: list[int], seeds: int) -> pd.DataFrame:
     """Scores of the checkpoint: one row per (samples, sample_seed, metric) with the sampling seconds."""
     print(f"{PROG}: scoring {run_dir}", flush=True)
-    from dtr_lab.checkpoint_file import read_checkpoint
     from dtr_lab.data.base import real_images
     from dtr_lab.errors import DTRLabError
     from dtr_lab.metrics import SampleQualityMetrics
     from dtr_lab.model_checks import check_checkpoint
     from dtr_lab.pairing import instantiate
     from dtr_lab.samples import balanced_labels, generate
+    from dtr_lab.storage.checkpoint_file import read_checkpoint
 
     config, ckpt = run_dir / "config.yaml", run_dir / "checkpoints" / f"{checkpoint}.ckpt"
     if not config.is_file():

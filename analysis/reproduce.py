@@ -64,8 +64,8 @@ from study import (  # noqa: E402
     write_yaml,
 )
 
-from dtr_lab.convergence import plateau  # noqa: E402
-from dtr_lab.tables import text_table  # noqa: E402
+from dtr_lab.runs.convergence import plateau  # noqa: E402
+from dtr_lab.runs.markdown import text_table  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 PROG = Path(__file__).name

@@ -5,7 +5,7 @@ skeleton of a study's command line (study_parser, run_study).
 Pairing: both arms of a comparison train from the same seed, which fixes the initial weights
 (seed_everything; routing adds no parameters), the timesteps, noise and label dropout (model.seed, the
 module's own generator) and the data order (data.seed). The per-seed difference b − a then cancels what
-the two arms share, and its mean over seeds gets a t interval (dtr_lab.stats). Before training, every
+the two arms share, and its mean over seeds gets a t interval (dtr_lab.runs.stats). Before training, every
 compared pair is built at seed 0 and must have identical network parameters (dtr_lab.pairing), or the
 study stops with one error line; a comparison of networks that differ by construction (independent
 experts per interval) says so (Comparison.same_weights) and is paired by seed only.
@@ -28,10 +28,11 @@ import engine
 import pandas as pd
 import yaml
 
-from dtr_lab.convergence import paired_steps, plateau, steps_to_target
 from dtr_lab.records import read_records
 from dtr_lab.runs import routing_seeded
-from dtr_lab.stats import (
+from dtr_lab.runs.convergence import paired_steps, plateau, steps_to_target
+from dtr_lab.runs.markdown import text_table
+from dtr_lab.runs.stats import (
     PairedDifference,
     detectable_effect,
     paired_difference,
@@ -39,7 +40,6 @@ from dtr_lab.stats import (
     sd_of,
     verdict,
 )
-from dtr_lab.tables import text_table
 
 REPO = Path(__file__).resolve().parents[1]
 QUALITY = ("fid", "accuracy", "precision", "recall", "memorised")
@@ -451,7 +451,8 @@ def convergence_table(
 ) -> pd.DataFrame:
     """Per comparison, over the seeds both arms finished: steps to reach `target` (chosen before looking)
     and the plateau (mean of the last `last` scoring points) of each arm's `metric` curve, and their paired
-    differences b − a with 95 % t intervals (dtr_lab.convergence: interpolation, censoring, "not reached")."""
+    differences b − a with 95 % t intervals (dtr_lab.runs.convergence: interpolation, censoring,
+    "not reached")."""
     rows = []
     for c in comparisons:
         a, b = curves(scores, c.a, metric), curves(scores, c.b, metric)

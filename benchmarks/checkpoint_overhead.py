@@ -24,8 +24,8 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from timing import add_tiny
 
-from dtr_lab.checkpointing import RunCheckpoint
 from dtr_lab.cli import build_cli
+from dtr_lab.storage.checkpointing import RunCheckpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = [ROOT / "experiments/digits/base.yaml", ROOT / "experiments/routing/dtr.yaml"]

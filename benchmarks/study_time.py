@@ -36,7 +36,8 @@ def measure(out: Path, arm: str, steps: int, samples: int) -> dict:
                "--threads", "1"]
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode != 0:
-        sys.exit(f"study_time.py: {' '.join(command[1:])} failed:\n{done.stdout[-2000:]}{done.stderr[-2000:]}")
+        tail = (done.stdout + done.stderr)[-4000:]
+        sys.exit(f"study_time.py: {' '.join(command[1:])} failed:\n{tail}")
     return json.loads((out / "runs" / arm / "seed0" / "done.json").read_text())
 
 

@@ -18,8 +18,6 @@ from torch import nn
 from dtr_lab.diffusion import GaussianDiffusion, per_sample_mse
 from dtr_lab.diffusion.learned_variance import split_output, vb_term
 from dtr_lab.diffusion.weighting import LossWeighting, Uniform
-from dtr_lab.ema import EMA
-from dtr_lab.lr_schedule import LRScheduleFactory, hold_unscheduled
 from dtr_lab.model_checks import check_checkpoint, check_options, identity
 from dtr_lab.models.denoiser import check_denoiser
 from dtr_lab.models.factory import NetFactory
@@ -27,6 +25,8 @@ from dtr_lab.mtl.gradients import flat_grad, write_grad
 from dtr_lab.mtl.intervals import DEFAULT_INTERVALS, Intervals
 from dtr_lab.mtl.method import MTLMethod, TaskBatch
 from dtr_lab.mtl.tasks import Tasks
+from dtr_lab.optim.ema import EMA
+from dtr_lab.optim.lr_schedule import LRScheduleFactory, hold_unscheduled
 from dtr_lab.routing import NoRouting, Routing
 from dtr_lab.samples import Sampling
 from dtr_lab.seeds import derive_seed
@@ -79,7 +79,7 @@ class DiffusionModule(Sampling, L.LightningModule):
                 gradient method such as PCGrad or NashMTL (manual optimisation).
             optimizer: optimizer class and options; default AdamW(lr=1e-4, weight_decay=0) as in DTR.
             lr_schedule: optimizer -> scheduler, stepped every optimizer step: any torch.optim.lr_scheduler
-                class or dtr_lab.lr_schedule.WarmupCosine (dtr_lab.lr_schedule); none: constant, as in DiT
+                class or dtr_lab.optim.lr_schedule.WarmupCosine; none: constant, as in DiT
                 and DTR.
             gradient_clip_val: max gradient norm for the gradient methods (which optimise manually;
                 otherwise use Lightning's trainer.gradient_clip_val).

@@ -27,7 +27,7 @@ from dtr_lab.runs import (
     metric_rows,
     routing_affinity_correlation,
 )
-from dtr_lab.tables import markdown_table
+from dtr_lab.runs.markdown import markdown_table
 
 
 @dataclass

@@ -16,9 +16,9 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from dtr_lab.diffusion import GaussianDiffusion, guided, sample
 from dtr_lab.diffusion.samplers import check_sample_steps
-from dtr_lab.ema import EMA
 from dtr_lab.metrics.features import to_uint8
 from dtr_lab.models import Denoiser
+from dtr_lab.optim.ema import EMA
 from dtr_lab.seeds import derive_seed
 
 

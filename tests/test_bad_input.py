@@ -16,7 +16,7 @@ from PIL import Image
 from torch.utils.tensorboard import SummaryWriter
 
 from dtr_lab.cli import main
-from dtr_lab.run_dir import holds_output, remove_failed_start
+from dtr_lab.storage.run_dir import holds_output, remove_failed_start
 
 VANILLA = [
     "--config",
@@ -129,12 +129,12 @@ CONFIG_FILES = {
         ["model.optimizer.init_args.lr=-0.001", "must be ≥ 0"],
     ),
     "warm-up past the schedule": (
-        "model:\n  lr_schedule:\n    class_path: dtr_lab.lr_schedule.WarmupCosine\n    init_args:\n"
+        "model:\n  lr_schedule:\n    class_path: dtr_lab.optim.lr_schedule.WarmupCosine\n    init_args:\n"
         "      total_steps: 2\n      warmup_steps: 2\n",
         ["warmup_steps=2", "below total_steps=2"],
     ),
     "lr schedule final ratio": (
-        "model:\n  lr_schedule:\n    class_path: dtr_lab.lr_schedule.WarmupCosine\n    init_args:\n"
+        "model:\n  lr_schedule:\n    class_path: dtr_lab.optim.lr_schedule.WarmupCosine\n    init_args:\n"
         "      total_steps: 2\n      final_ratio: 1.5\n",
         ["final_ratio=1.5", "in [0, 1]"],
     ),
@@ -222,7 +222,7 @@ def test_a_start_that_fails_after_the_logger_opened_leaves_no_run_dir(existing, 
     before = snapshot(existing)
     args = fit_args(existing, "--trainer.callbacks", "[]", "--data.init_args.batch_size", "100000")
     with monkeypatch.context() as m:  # control: without the clean-up the start leaves version_1 behind
-        m.setattr("dtr_lab.run_dir.remove_failed_start", lambda path: False)
+        m.setattr("dtr_lab.storage.run_dir.remove_failed_start", lambda path: False)
         fails_in_one_line(args, capsys, "data.batch_size=100000")
     left = existing / "vanilla" / "version_1"
     assert left.is_dir() and not holds_output(left)

@@ -11,7 +11,7 @@ from lightning.pytorch.callbacks import RichProgressBar
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from dtr_lab.cli import main
-from dtr_lab.console import use_step_progress_bar
+from dtr_lab.cli.console import use_step_progress_bar
 from dtr_lab.runs import load_runs
 
 

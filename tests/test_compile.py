@@ -24,10 +24,10 @@ import torch
 import torch._dynamo
 
 from dtr_lab.data import DigitsDataModule
-from dtr_lab.ema import EMA
 from dtr_lab.models import DiT
 from dtr_lab.module import DiffusionModule
 from dtr_lab.mtl import Intervals, UncertaintyWeighting
+from dtr_lab.optim.ema import EMA
 from dtr_lab.routing import DTRRouting, NoRouting, RandomRouting, SwitchRouting
 
 ROUTINGS = {"unrouted": NoRouting, "dtr": DTRRouting, "rtr": RandomRouting, "switch": SwitchRouting}

@@ -4,8 +4,8 @@ import math
 
 import pytest
 
-from dtr_lab.convergence import TargetSteps, paired_steps, plateau, steps_to_target
 from dtr_lab.errors import DTRLabError
+from dtr_lab.runs.convergence import TargetSteps, paired_steps, plateau, steps_to_target
 
 STEPS = [200, 400, 600, 800, 1000, 1200]
 

@@ -1,11 +1,11 @@
 """The numbers the README and the docs/ pages quote equal those of the files they come from. README: the
 quickstart's records and figure index (docs/quickstart/quality.csv, index.md) and the paper-scale plan as
 benchmarks/memory_plan.py printed it (docs/paper-scale.md). docs/: the studies' committed tables and CSVs
-(docs/repro/core-5seeds, complementarity, docs/repro-early, docs/scaling; recomputed with dtr_lab.convergence
-where a page derives a number from them), the shipped configs, the code's defaults and tables, the tests that
-state a fault's size or a tolerance, and TensorBoard's own constants. Cited facts (the papers' FIDs) and
-measurements whose output was not kept are not quoted as numbers. A number changed on one side only fails
-here."""
+(docs/repro/core-5seeds, complementarity, docs/repro-early, docs/scaling; recomputed with
+dtr_lab.runs.convergence where a page derives a number from them), the shipped configs, the code's
+defaults and tables, the tests that state a fault's size or a tolerance, and TensorBoard's own constants.
+Cited facts (the papers' FIDs) and measurements whose output was not kept are not quoted as numbers. A
+number changed on one side only fails here."""
 
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from dtr_lab.convergence import paired_steps, plateau, steps_to_target
-from dtr_lab.stats import paired_difference, sd_of
+from dtr_lab.runs.convergence import paired_steps, plateau, steps_to_target
+from dtr_lab.runs.stats import paired_difference, sd_of
 
 REPO = Path(__file__).resolve().parents[1]
 README = (REPO / "README.md").read_text()
@@ -638,13 +638,13 @@ def test_five_seed_claims_are_the_study_files():
 
 def paired_difference_of(row: dict):
     """The PairedDifference a paired.csv row states (its mean, half-width and pairs)."""
-    from dtr_lab.stats import PairedDifference
+    from dtr_lab.runs.stats import PairedDifference
 
     return PairedDifference(float(row["diff"]), float(row["ci_high"]) - float(row["diff"]), int(row["pairs"]))
 
 
 def ema_decay(decay: float, n: int) -> float:
-    """dtr_lab/ema.py's warm-up: decay_n = min(decay, (1 + n) / (10 + n))."""
+    """dtr_lab/optim/ema.py's warm-up: decay_n = min(decay, (1 + n) / (10 + n))."""
     return min(decay, (1 + n) / (10 + n))
 
 
@@ -654,7 +654,7 @@ def test_pilot_numbers_follow_from_the_data_the_ema_and_the_memorisation_test():
     from dtr_lab.digits import digits_split
 
     text = page_section("studies", "The pilot: a protocol that converges")
-    assert "min(self.decay, (1 + n) / (10 + n))" in (REPO / "dtr_lab/ema.py").read_text()
+    assert "min(self.decay, (1 + n) / (10 + n))" in (REPO / "dtr_lab/optim/ema.py").read_text()
     base = yaml.safe_load((REPO / "experiments/repro/base.yaml").read_text())
     steps, batch = base["trainer"]["max_steps"], base["data"]["init_args"]["batch_size"]
     decay = base["model"]["ema_decay"]
@@ -673,9 +673,9 @@ def test_pilot_numbers_follow_from_the_data_the_ema_and_the_memorisation_test():
     )
     said = says(
         text,
-        rf"decay min\({N}, \(1 \+ n\)/\(10 \+ n\)\), `dtr_lab/ema.py`\) makes its horizon 1/\(1 − decay\) "
-        rf"≈ {N}–{N} steps here \(decay {N} at step {N}, {N} at {N}\); a nominal {N} would change "
-        rf"nothing before step ≈ {N}",
+        rf"decay min\({N}, \(1 \+ n\)/\(10 \+ n\)\), `dtr_lab/optim/ema.py`\) makes its horizon "
+        rf"1/\(1 − decay\) ≈ {N}–{N} steps here \(decay {N} at step {N}, {N} at {N}\); a nominal {N} would "
+        rf"change nothing before step ≈ {N}",
     )
     horizon = [1 / (1 - ema_decay(decay, n)) for n in (900, 1500)]
     reach = next(n for n in range(100_000) if (1 + n) / (10 + n) >= decay)  # where 0.9999 starts to differ
@@ -1297,8 +1297,9 @@ def test_analyses_page_numbers_are_the_configs_the_code_and_tensorboards():
     import tensorboard
     from tensorboard.backend.event_processing.data_ingester import DEFAULT_TENSOR_SIZE_GUIDANCE
 
-    from dtr_lab import convergence, plots
+    from dtr_lab import plots
     from dtr_lab.metrics.memorisation import Memorisation
+    from dtr_lab.runs import convergence
 
     text = flat(page("analyses"))
     quickstart = config("quickstart.yaml")

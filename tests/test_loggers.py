@@ -18,8 +18,8 @@ from conftest import TINY_CALLBACKS, tiny_fit_args
 from helpers import DIGITS, tiny
 
 from dtr_lab.cli import main
-from dtr_lab.logger_stores import read_csv_metrics, read_mlflow_metrics, wandb_records
 from dtr_lab.runs import load_run, load_runs
+from dtr_lab.runs.logger_stores import read_csv_metrics, read_mlflow_metrics, wandb_records
 
 pytest.importorskip("mlflow", reason="the loggers extra: pip install 'dtr_lab[loggers]'")
 pytest.importorskip("wandb", reason="the loggers extra: pip install 'dtr_lab[loggers]'")

@@ -14,9 +14,9 @@ from helpers import DIGITS, tiny_module
 from dtr_lab.cli import build_cli
 from dtr_lab.data import DigitsDataModule
 from dtr_lab.errors import DTRLabError
-from dtr_lab.lr_schedule import WarmupCosine
 from dtr_lab.model_checks import check_optimizer
 from dtr_lab.mtl import Intervals, PCGrad, UncertaintyWeighting
+from dtr_lab.optim.lr_schedule import WarmupCosine
 
 BASE_LR = 1e-3
 

@@ -11,7 +11,7 @@ import torch
 from helpers import CONFLICT_EDGES, write_fake_run
 
 from dtr_lab import records, runs
-from dtr_lab.callbacks.records import RecordWriter as TensorRecordWriter
+from dtr_lab.callbacks.record_writer import RecordWriter as TensorRecordWriter
 from dtr_lab.records import RecordWriter, RunError, matrix, read_intervals, read_records, write_intervals
 
 

@@ -12,7 +12,7 @@ import torch
 import yaml
 from helpers import DIGITS, REPO, run_cli, run_dir, tiny
 
-from dtr_lab.callbacks.records import RecordWriter, write_intervals
+from dtr_lab.callbacks.record_writer import RecordWriter, write_intervals
 from dtr_lab.callbacks.routing_maps import interval_iou
 from dtr_lab.cli import main
 from dtr_lab.errors import DTRLabError

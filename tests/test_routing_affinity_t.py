@@ -9,7 +9,7 @@ import yaml
 from helpers import DIGITS, REPO, run_dir, tiny
 
 from dtr_lab import runs
-from dtr_lab.callbacks.records import RecordWriter, write_intervals
+from dtr_lab.callbacks.record_writer import RecordWriter, write_intervals
 from dtr_lab.cli import main
 from dtr_lab.errors import DTRLabError
 from dtr_lab.routing import AffinityRouting

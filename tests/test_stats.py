@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from dtr_lab.stats import paired_difference
+from dtr_lab.runs.stats import paired_difference
 
 
 def test_three_pairs_by_hand():
@@ -33,7 +33,7 @@ def test_one_pair_has_no_interval():
 
 
 def test_pairs_needed_and_half_width_by_hand():
-    from dtr_lab.stats import expected_half_width, pairs_needed
+    from dtr_lab.runs.stats import expected_half_width, pairs_needed
 
     # t(0.975, 23) = 2.0687, t(0.975, 22) = 2.0739: at sd 3.3, 24 pairs give 1.3935, 23 give 1.4270
     assert expected_half_width(3.3, 24) == pytest.approx(2.0687 * 3.3 / 24**0.5, rel=1e-4)
@@ -43,7 +43,7 @@ def test_pairs_needed_and_half_width_by_hand():
 
 
 def test_detectable_effect_by_hand():
-    from dtr_lab.stats import detectable_effect
+    from dtr_lab.runs.stats import detectable_effect
 
     # (t(0.975, 23) + t(0.80, 23)) · sd/√n = (2.0687 + 0.8575) · 3.3 / √24
     assert detectable_effect(3.3, 24) == pytest.approx((2.0687 + 0.8575) * 3.3 / 24**0.5, rel=1e-3)
@@ -51,7 +51,7 @@ def test_detectable_effect_by_hand():
 
 
 def test_sd_of_recovers_the_sd_behind_an_interval():
-    from dtr_lab.stats import paired_difference, sd_of
+    from dtr_lab.runs.stats import paired_difference, sd_of
 
     d = [1.0, 3.0, 2.0, 6.0]  # sd with n − 1: √(14/3)
     assert sd_of(paired_difference(d)) == pytest.approx((14 / 3) ** 0.5)
@@ -69,13 +69,13 @@ def test_sd_of_recovers_the_sd_behind_an_interval():
     ],
 )
 def test_verdict_rule(mean, half_width, expected):
-    from dtr_lab.stats import PairedDifference, verdict
+    from dtr_lab.runs.stats import PairedDifference, verdict
 
     assert verdict(PairedDifference(mean, half_width, 20), 10.0, " %") == expected
 
 
 def test_verdict_of_one_pair_and_of_a_higher_is_better_score():
-    from dtr_lab.stats import PairedDifference, verdict
+    from dtr_lab.runs.stats import PairedDifference, verdict
 
     assert verdict(PairedDifference(-3.0, float("nan"), 1), 10.0) == "undecided at this precision"
     assert verdict(PairedDifference(-3.0, 2.0, 20), 10.0, lower_is_better=False) == "worse"

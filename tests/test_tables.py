@@ -1,11 +1,11 @@
-"""The one markdown table writer (dtr_lab.tables)."""
+"""The one markdown table writer (dtr_lab.runs.markdown)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
 
-from dtr_lab.tables import markdown_table, text_table
+from dtr_lab.runs.markdown import markdown_table, text_table
 
 
 def test_markdown_table_of_a_tiny_frame():

@@ -27,7 +27,7 @@ from torch import nn
 from dtr_lab.callbacks.heatmap import heatmap_figure, heatmap_image
 from dtr_lab.callbacks.logging import log_dir, log_figure, log_image
 from dtr_lab.callbacks.prepared import PreparedCallback
-from dtr_lab.callbacks.records import RecordWriter, write_intervals
+from dtr_lab.callbacks.record_writer import RecordWriter, write_intervals
 from dtr_lab.errors import DTRLabError
 from dtr_lab.models.denoiser import Denoiser
 from dtr_lab.mtl.intervals import Intervals, TaskIntervals, check_num_intervals

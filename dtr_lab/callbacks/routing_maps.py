@@ -25,7 +25,7 @@ from matplotlib.figure import Figure
 from dtr_lab.callbacks.heatmap import heatmap_figure
 from dtr_lab.callbacks.logging import log_dir, log_figure, save_png
 from dtr_lab.callbacks.prepared import PreparedCallback
-from dtr_lab.callbacks.records import RecordWriter, write_intervals
+from dtr_lab.callbacks.record_writer import RecordWriter, write_intervals
 from dtr_lab.errors import DTRLabError
 from dtr_lab.mtl.intervals import Intervals, TaskIntervals
 

@@ -9,7 +9,7 @@ import lightning as L
 from lightning.pytorch.utilities import rank_zero_only
 
 from dtr_lab.callbacks.logging import log_dir
-from dtr_lab.callbacks.records import RecordWriter
+from dtr_lab.callbacks.record_writer import RecordWriter
 from dtr_lab.data.base import real_images
 from dtr_lab.diffusion.samplers import check_sample_steps
 from dtr_lab.errors import DTRLabError

@@ -13,10 +13,10 @@ import torch
 from torch import nn
 
 from dtr_lab.errors import DTRLabError
-from dtr_lab.lr_schedule import SCHEDULED
 from dtr_lab.mtl.intervals import Intervals
 from dtr_lab.mtl.method import MTLMethod, TaskBatch, Update
 from dtr_lab.mtl.tasks import Tasks
+from dtr_lab.optim.lr_schedule import SCHEDULED
 
 
 class UncertaintyWeighting(MTLMethod):
@@ -55,6 +55,6 @@ class UncertaintyWeighting(MTLMethod):
 
     def param_groups(self) -> list[dict]:
         """s in its own optimizer parameter group, with its own lr and no weight decay (and, unscheduled,
-        marked so that dtr_lab.lr_schedule.hold_unscheduled keeps that lr)."""
+        marked so that dtr_lab.optim.lr_schedule.hold_unscheduled keeps that lr)."""
         group = {"params": [self.log_var], "lr": self.lr, "weight_decay": 0.0}
         return [group if self.scheduled else {**group, SCHEDULED: False}]

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dtr_lab import run_kind
 from dtr_lab.errors import DTRLabError
+from dtr_lab.storage import run_kind
 
 STARTUP_FILES = ("config.yaml", "hparams.yaml", run_kind.FILE)
 EVENTS_GLOB = "events.out.tfevents.*"

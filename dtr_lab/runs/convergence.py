@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from dtr_lab.errors import DTRLabError
-from dtr_lab.stats import PairedDifference, paired_difference
+from dtr_lab.runs.stats import PairedDifference, paired_difference
 
 
 @dataclass(frozen=True)

@@ -17,17 +17,18 @@ from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import TensorBoardLogger
 
-from dtr_lab import run_kind, runs
-from dtr_lab.checkpoint_file import LIGHTNING_KEYWORDS, read_checkpoint
-from dtr_lab.checkpointing import Interrupted, RunCheckpoint
-from dtr_lab.console import quiet_lightning, use_step_progress_bar
+from dtr_lab import runs
+from dtr_lab.cli.console import quiet_lightning, use_step_progress_bar
+from dtr_lab.cli.loggers import RunConfig, check_loggers, finish_runs
+from dtr_lab.cli.parser import OneLineParser, read_configs
 from dtr_lab.data import ImageDataModule
 from dtr_lab.errors import DTRLabError, find_bad_input
-from dtr_lab.loggers import RunConfig, check_loggers, finish_runs
 from dtr_lab.model_checks import check_checkpoint, check_optimizer
 from dtr_lab.module import DiffusionModule
-from dtr_lab.parser import OneLineParser, read_configs
-from dtr_lab.run_dir import claim_log_dir
+from dtr_lab.storage import run_kind
+from dtr_lab.storage.checkpoint_file import LIGHTNING_KEYWORDS, read_checkpoint
+from dtr_lab.storage.checkpointing import Interrupted, RunCheckpoint
+from dtr_lab.storage.run_dir import claim_log_dir
 
 
 @contextmanager
@@ -115,7 +116,7 @@ class DTRLabCLI(LightningCLI):
     def _run_subcommand(self, subcommand: str) -> None:
         """Reads --ckpt_path before the trainer opens the run directory, then claims that directory; a
         start that fails removes the run directory it claimed if nothing but start-up files is in it
-        (see dtr_lab.run_dir)."""
+        (see dtr_lab.storage.run_dir)."""
         options = self.config_init[subcommand]
         ckpt_path, ckpt_step = options.get("ckpt_path"), None
         if ckpt_path and not (ckpt_path in LIGHTNING_KEYWORDS and not Path(ckpt_path).exists()):
@@ -145,7 +146,7 @@ class DTRLabCLI(LightningCLI):
         self.print_summary()
 
     def print_summary(self) -> None:
-        """The run folder, final metrics and TensorBoard line (dtr_lab.console.run_summary), once."""
+        """The run folder, final metrics and TensorBoard line (dtr_lab.cli.console.run_summary), once."""
         logger = self.trainer.logger
         if logger is None or not logger.log_dir or not self.trainer.is_global_zero:
             return

@@ -32,7 +32,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from dtr_lab.errors import STORAGE_FIXES, DTRLabError, storage_error
-from dtr_lab.temp_files import remove_dead_writers_temps, temp_prefix
+from dtr_lab.storage.temp_files import remove_dead_writers_temps, temp_prefix
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

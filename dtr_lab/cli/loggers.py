@@ -84,7 +84,7 @@ class RunConfig(SaveConfigCallback):
                 "writes config.yaml and records/ there; use the file store (--trainer.logger.init_args."
                 "save_dir) or a local --trainer.logger.init_args.artifact_location"
             )
-        if out is not None:  # a new folder of this run alone (dtr_lab.run_dir claims TensorBoard's and CSV's)
+        if out is not None:  # a new folder of this run alone (storage.run_dir claims TensorBoard's and CSV's)
             path = Path(out) / self.config_filename
             path.parent.mkdir(parents=True, exist_ok=True)
             self.parser.save(

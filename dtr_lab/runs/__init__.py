@@ -3,7 +3,7 @@
 A run directory is what ``python -m dtr_lab fit`` writes: ``config.yaml`` (the resolved config),
 TensorBoard ``events.out.tfevents.*`` (scalars), and ``records/*.csv`` (long format
 ``step,metric,i,j,value``, plus ``records/intervals.csv`` with ``name,k,start,end``; the format is
-:mod:`dtr_lab.records`'s), and ``command.yaml`` (what made it: :mod:`dtr_lab.run_kind`). Every frame
+:mod:`dtr_lab.records`'s), and ``command.yaml`` (what made it: :mod:`dtr_lab.storage.run_kind`). Every frame
 carries the label columns ``run, routing, weighting, mtl, model, seed`` so runs compare with one
 ``groupby``; ``load_runs`` reads a resumed run into the fit it continues and keeps a test of a fit's
 checkpoint with that fit, so each fit counts once. Nothing here imports torch or training code: a run
@@ -25,9 +25,11 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from dtr_lab import records, run_kind
+from dtr_lab import records
+
+from dtr_lab.storage import run_kind
 from dtr_lab.errors import DTRLabError
-from dtr_lab.logger_stores import read_store_scalars, run_files
+from dtr_lab.runs.logger_stores import read_store_scalars, run_files
 from dtr_lab.records import (  # noqa: F401  (NAN_TEXTS: re-exported with the rest of the record format)
     NAN_TEXTS,
     RunError,
@@ -36,8 +38,8 @@ from dtr_lab.records import (  # noqa: F401  (NAN_TEXTS: re-exported with the re
     read_intervals,
     read_records,
 )
-from dtr_lab.run_dir import EVENTS_GLOB, holds_output, read_events
-from dtr_lab.run_kind import RunKind
+from dtr_lab.storage.run_dir import EVENTS_GLOB, holds_output, read_events
+from dtr_lab.storage.run_kind import RunKind
 
 LABELS = ("run", "routing", "weighting", "mtl", "model", "seed")
 RECORDS = records.NAMES
@@ -46,7 +48,7 @@ RECORD_COLUMNS = list(records.COLUMNS)
 INTERVAL_COLUMNS = list(records.INTERVAL_COLUMNS)
 # (records file, metric) in the order read_affinity searches a run directory: lookahead affinity first
 AFFINITY_SOURCES = (("affinity", "tag"), ("conflict", "cos"))
-ROUTING_PACKAGE = Path(__file__).resolve().parent / "routing"
+ROUTING_PACKAGE = Path(__file__).resolve().parents[1] / "routing"
 # short names researchers use (DTR paper, Table 2), as in the experiments/*/*.yaml file names; a
 # routing's comes from the routing itself (routing_classes)
 SHORT_NAMES = {
@@ -166,7 +168,7 @@ def run_labels(config: dict) -> dict:
 
 def read_scalars(run_dir: Path) -> tuple[pd.DataFrame, list[str]]:
     """Every TensorBoard scalar of a run as rows (step, tag, value, wall_time), or its CSVLogger, MLflow or
-    W&B scalars (dtr_lab.logger_stores); a damaged events file is read up to the damage, and a problem
+    W&B scalars (dtr_lab.runs.logger_stores); a damaged events file is read up to the damage, and a problem
     names the file and how much of it was lost."""
     from tensorboard.util import tensor_util
 

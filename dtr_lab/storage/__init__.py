@@ -1,0 +1,1 @@
+"""A run's files on disk: its directory and what made it, atomic temporary files, checkpoints."""
