@@ -14,7 +14,8 @@ PACKAGE = REPO / "dtr_lab"
 LAYERS: list[tuple[set[str], bool]] = [
     # torch-free or plain foundations: errors, seeds, the record format, tables, file helpers
     ({"errors", "seeds", "stats", "console", "temp_files", "records", "tables", "convergence", "run_dir",
-      "run_kind", "checkpoint_file", "parser", "lr_schedule", "ema", "digits", "logger_stores"}, False),
+      "run_kind", "checkpoint_file", "official_file", "parser", "lr_schedule", "ema", "digits",
+      "logger_stores"}, False),
     ({"runs"}, False),  # run directories read back (no training imports)
     ({"plots", "report"}, False),  # figures and the figure index from those frames
     ({"diffusion", "mtl"}, True),  # pure torch: schedules, samplers; intervals, clustering, MTL methods
