@@ -7,20 +7,24 @@ The formats (what the official loaders read):
   (``mlp.fc1``/``fc2``), ``y_embedder.embedding_table`` (the null label last), and ``pos_embed``, a frozen
   parameter saved in the state_dict.
 - DTR (byeongjun-park/DTR): the same DiT plus one ``TaskRouter`` per block, whose mask table is a saved
-  buffer, ``blocks.{i}.routing._unit_mapping`` [T, C] (``models/taskrouting.py``); ``train.py`` saves
-  {"model", "ema", "opt", "config"}.
+  buffer, ``blocks.{i}.routing._unit_mapping`` [T, C] (``models/taskrouting.py``: init_method DTR, or
+  random, R-TR, drawn from NumPy's global RNG); ``train.py`` saves {"model", "ema", "opt", "config"}, the
+  config an OmegaConf DictConfig (read by dtr_lab.official_file). Unconditional models (FFHQ) have
+  num_classes 1: one label row, no null row.
 - Switch-DiT (byeongjun-park/Switch-DiT, import only): the same DiT plus one ``TaskMoE`` per block,
   ``routers.{i}.f_gate.1`` (the gate) and ``routers.{i}.experts.w``/``b`` (``models/MoE.py``,
   ``ParallelExperts``: x @ w_e + b_e, as dtr_lab's expert_weight), the ``DiffusionPrior`` window
-  ``prior._unit_mapping`` [T, depth·E] and ``full_time`` (``models/DiT/models.py``); saved as DTR's.
+  ``prior._unit_mapping`` [T, depth·E] and ``full_time`` (``models/DiT/models.py``); saved as DTR's. Its
+  DTR baseline holds the tables as ``routers.{i}._unit_mapping``.
 
-Importing checks everything the official file states against the dtr_lab config: tensor shapes, the
-position embedding (which layout: official column-first, dtr_lab's former row-first, or neither), and for
-DTR every block's mask table (for Switch-DiT the prior's window) against the configured routing's. The
+Importing checks everything the official file states against the dtr_lab config: the noise schedule its
+train.py config names, tensor shapes, the position embedding (which layout: official column-first,
+dtr_lab's former row-first, or neither), and for DTR every block's mask table (for Switch-DiT the prior's
+window; for R-TR, whose tables are data, their shape and counts) against the configured routing's. The
 result is a dtr_lab checkpoint that `validate`, `test`, `predict` and `fit` take as --ckpt_path. Exporting
 writes the official train.py format with the network's own position embedding, so the official
 ``sample.py``/``sample_ddp.py`` (and the ADM evaluator on their samples) run a dtr_lab model; it refuses
-what the official DiT cannot express (a U-Net, Switch-DiT's learned experts, an unconditional model).
+what the official DiT cannot express (a U-Net, Switch-DiT's learned experts).
 """
 
 from __future__ import annotations
