@@ -464,3 +464,14 @@ def test_wording_of_table_layout_and_unpickling_errors(tmp_path, capsys):
     )  # fmt: skip
     assert "\x1b" not in line and "add_safe_globals" not in line
     assert not out.exists()
+
+
+def test_label_layouts_the_config_cannot_take_are_one_line():
+    """A Switch-DiT gate reads emb(t) without the label row, so an unconditional file folds into a
+    1-class model only; a class-conditional file never folds into an unconditional one."""
+    uncond = read_official_file(FIXTURE / "dtr_uncond_tiny.pt").states["ema"]
+    with pytest.raises(DTRLabError, match="unconditional Switch-DiT .* use data of one class"):
+        import_state(uncond, tiny_net("switch", num_classes=0), "fixture")
+    conditional = read_official_file(FIXTURE / "dtr_tiny.pt").states["ema"]
+    with pytest.raises(DTRLabError, match=r"class-conditional checkpoint \(11 label rows\) but the config's"):
+        import_state(conditional, tiny_net("dtr", num_classes=0), "fixture")
