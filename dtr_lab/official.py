@@ -7,20 +7,24 @@ The formats (what the official loaders read):
   (``mlp.fc1``/``fc2``), ``y_embedder.embedding_table`` (the null label last), and ``pos_embed``, a frozen
   parameter saved in the state_dict.
 - DTR (byeongjun-park/DTR): the same DiT plus one ``TaskRouter`` per block, whose mask table is a saved
-  buffer, ``blocks.{i}.routing._unit_mapping`` [T, C] (``models/taskrouting.py``); ``train.py`` saves
-  {"model", "ema", "opt", "config"}.
+  buffer, ``blocks.{i}.routing._unit_mapping`` [T, C] (``models/taskrouting.py``: init_method DTR, or
+  random, R-TR, drawn from NumPy's global RNG); ``train.py`` saves {"model", "ema", "opt", "config"}, the
+  config an OmegaConf DictConfig (read by dtr_lab.official_file). Unconditional models (FFHQ) have
+  num_classes 1: one label row, no null row.
 - Switch-DiT (byeongjun-park/Switch-DiT, import only): the same DiT plus one ``TaskMoE`` per block,
   ``routers.{i}.f_gate.1`` (the gate) and ``routers.{i}.experts.w``/``b`` (``models/MoE.py``,
   ``ParallelExperts``: x @ w_e + b_e, as dtr_lab's expert_weight), the ``DiffusionPrior`` window
-  ``prior._unit_mapping`` [T, depth·E] and ``full_time`` (``models/DiT/models.py``); saved as DTR's.
+  ``prior._unit_mapping`` [T, depth·E] and ``full_time`` (``models/DiT/models.py``); saved as DTR's. Its
+  DTR baseline holds the tables as ``routers.{i}._unit_mapping``.
 
-Importing checks everything the official file states against the dtr_lab config: tensor shapes, the
-position embedding (which layout: official column-first, dtr_lab's former row-first, or neither), and for
-DTR every block's mask table (for Switch-DiT the prior's window) against the configured routing's. The
+Importing checks everything the official file states against the dtr_lab config: the noise schedule its
+train.py config names, tensor shapes, the position embedding (which layout: official column-first,
+dtr_lab's former row-first, or neither), and for DTR every block's mask table (for Switch-DiT the prior's
+window; for R-TR, whose tables are data, their shape and counts) against the configured routing's. The
 result is a dtr_lab checkpoint that `validate`, `test`, `predict` and `fit` take as --ckpt_path. Exporting
 writes the official train.py format with the network's own position embedding, so the official
 ``sample.py``/``sample_ddp.py`` (and the ADM evaluator on their samples) run a dtr_lab model; it refuses
-what the official DiT cannot express (a U-Net, Switch-DiT's learned experts, an unconditional model).
+what the official DiT cannot express (a U-Net, Switch-DiT's learned experts).
 """
 
 from __future__ import annotations
@@ -37,8 +41,9 @@ import torch
 from dtr_lab.errors import DTRLabError, find_bad_input
 from dtr_lab.model_checks import check_checkpoint
 from dtr_lab.models.dit import POS_EMBED_LAYOUTS, DiT, sincos_pos_embed_2d
+from dtr_lab.official_file import read_official_file
 from dtr_lab.routing import own_parameters
-from dtr_lab.storage.checkpoint_file import check_archive, first_line, read_checkpoint
+from dtr_lab.storage.checkpoint_file import read_checkpoint
 from dtr_lab.storage.checkpointing import write_atomically
 
 # dtr_lab name -> official name, for the tensors whose names differ (the rest are equal)
@@ -49,6 +54,9 @@ RENAMES = {
 }
 MLP = {".mlp.0.": ".mlp.fc1.", ".mlp.2.": ".mlp.fc2."}  # inside blocks: nn.Sequential -> timm's Mlp
 TABLE = "blocks.{}.routing._unit_mapping"
+SWITCH_TABLE = "routers.{}._unit_mapping"  # Switch-DiT's own DTR baseline (routing name "DTR")
+LABELS = "y_embedder.embedding_table.weight"
+T_BIAS = "t_embedder.mlp.2.bias"  # the timestep embedding's last bias: c = emb(t) + y_emb(y) adds to it
 # Switch-DiT: dtr_lab's routing parameters <router>.experts.{i}.<name> -> the official routers.{i}.<name>
 SWITCH = {"gate_weight": "f_gate.1.weight", "gate_bias": "f_gate.1.bias", "expert_weight": "experts.w",
           "expert_bias": "experts.b"}  # fmt: skip
@@ -69,32 +77,44 @@ def official_name(name: str, routing: set[str] = frozenset()) -> str:
     return name
 
 
-def check_expressible(net: torch.nn.Module, where: str, learned: bool = False) -> None:
-    """The official layouts hold a class-conditional DiT with a fixed (or no) mask table per block, or (in,
-    learned) Switch-DiT's experts."""
+def check_expressible(net: torch.nn.Module, where: str, importing: bool = False) -> None:
+    """The official layouts hold a DiT with a fixed (or no) mask table per block, or (importing) Switch-DiT's
+    experts."""
     if not isinstance(net, DiT):
+        fix = "import into a config whose model is a DiT" if importing else "export a dtr_lab DiT"
         raise DTRLabError(
-            f"{where}: a {type(net).__name__} has no official DiT layout (the official DiT and DTR code hold "
-            "DiTs only); export a dtr_lab DiT"
+            f"{where}: a {type(net).__name__} has no official DiT layout (the official DiT, DTR and "
+            f"Switch-DiT code hold DiTs only); {fix}"
         )
-    if not learned and net.router.learned:
+    if not importing and net.router.learned:
         raise DTRLabError(
             f"{where}: {type(net.router).__name__} (learned experts) cannot be written as a plain DiT or DTR "
             "checkpoint, whose routing is a fixed mask table per block; export a DiT with fixed routing"
         )
-    if net.y_embedder is None:
-        raise DTRLabError(
-            f"{where}: the model is unconditional (num_classes 0); the official DiT always adds a label "
-            "embedding, so only class-conditional models can be exported"
-        )
+
+
+def saved_tables(net: DiT) -> dict[str, int]:
+    """The state_dict names of the routing's tables that are data (TableDataRouting's), by block; none
+    where the tables are a function of the config (not saved)."""
+    names = {id(buffer): name for name, buffer in net.state_dict(keep_vars=True).items()}
+    if not getattr(net.router.strategy, "saved", False):
+        return {}
+    tables = (net.router.table(i) for i in range(len(net.blocks)))
+    return {names[id(t)]: i for i, t in enumerate(tables) if id(t) in names}
 
 
 def export_state(net: DiT) -> dict[str, torch.Tensor]:
     """The network's official state_dict: DiT keys, its own position embedding, DTR tables when routed."""
     state = {"pos_embed": net.pos_embed.detach().clone()}
-    state |= {official_name(k, own_parameters(net)): v.detach().clone() for k, v in net.state_dict().items()}
+    saved = saved_tables(net)  # written below under their official names
+    routing = own_parameters(net)
+    state |= {
+        official_name(k, routing): v.detach().clone() for k, v in net.state_dict().items() if k not in saved
+    }
     if net.router.enabled:
         state |= {TABLE.format(i): net.router.block_table(i).clone() for i in range(len(net.blocks))}
+    if net.y_embedder is None:  # DTR's unconditional layout: num_classes 1, one label row, here adding 0
+        state[LABELS] = torch.zeros(1, net.pos_embed.shape[-1])
     return state
 
 
@@ -116,15 +136,72 @@ def pos_embed_layout(official: torch.Tensor, net: DiT, where: str) -> str:
     )
 
 
+def unconditional(official: dict[str, torch.Tensor], net: DiT, where: str) -> dict[str, torch.Tensor]:
+    """DTR's and Switch-DiT's unconditional layout (num_classes 1: one label row e_0, no null row, every
+    label 0, so c = emb(t) + e_0) in the config's terms: an unconditional model takes e_0 into the timestep
+    embedding's last bias (exact but for float rounding); a 1-class model takes e_0 as its null row too."""
+    labels = official.get(LABELS)
+    if labels is None or labels.shape[0] != 1:
+        if labels is not None and net.y_embedder is None:
+            raise DTRLabError(
+                f"{where}: a class-conditional checkpoint ({labels.shape[0]} label rows) but the config's "
+                "model is unconditional (num_classes 0); use the data it was trained with, with its classes"
+            )
+        return official
+    if net.y_embedder is not None:
+        return {**official, LABELS: labels.expand(net.num_classes + 1, -1).clone()}
+    if net.router.learned:  # Switch-DiT's gates read emb(t) without e_0: folding would move them
+        raise DTRLabError(
+            f"{where}: an unconditional Switch-DiT (one label row) cannot fold its label into the timestep "
+            "embedding, which its gates read; use data of one class (an image folder with one class folder)"
+        )
+    rest = {k: v for k, v in official.items() if k != LABELS}
+    return {**rest, T_BIAS: official[T_BIAS] + labels[0].to(official[T_BIAS].dtype)}
+
+
+def check_tables(official: dict[str, torch.Tensor], net: DiT, where: str) -> tuple[set[str], str]:
+    """Every block's official mask table against the configured routing's (for tables that are data, its
+    shape and C_β count per row); the file's table names and their layout (DTR's or Switch-DiT's DTR
+    baseline's)."""
+    names = {k for k in official if k.endswith("._unit_mapping") and k != SWITCH_PRIOR}
+    layout = SWITCH_TABLE if any(k.startswith("routers.") for k in names) else TABLE
+    if names and not net.router.enabled:
+        raise DTRLabError(
+            f"{where}: a DTR checkpoint (routing._unit_mapping tables) but the config's model is unrouted; "
+            "set model.routing to the routing it was trained with, e.g. DTRRouting with its beta"
+        )
+    router = net.router
+    for i in range(len(net.blocks) if router.enabled else 0):
+        table, own = official.get(layout.format(i)), router.table(i).cpu()
+        if table is None:
+            raise DTRLabError(
+                f"{where}: block {i} has no mask table, but the config's {router.strategy!r} routes it; "
+                "import into the config it was trained with (model.routing)"
+            )
+        if router.strategy.saved:  # the file's tables are the data: only their shape and count must agree
+            fits = table.shape == own.shape and torch.equal(table.float().sum(1), own.sum(1))
+            fits = fits and bool(((table == 0) | (table == 1)).all())
+        else:
+            fits = table.shape == own.shape and torch.equal(table.float(), own)
+        if not fits:
+            raise DTRLabError(
+                f"{where}: block {i} has another mask table than the config's {router.strategy!r} "
+                f"(T={router.num_timesteps}); set model.routing and model.num_timesteps to the ones it was "
+                "trained with (DTR's sharing_ratio is beta; init_method DTR is DTRRouting, init_method "
+                "random is TableDataRouting, which takes the file's tables)"
+            )
+    return names, layout
+
+
 def import_state(
     official: dict[str, torch.Tensor], net: DiT, where: str
 ) -> tuple[dict[str, torch.Tensor], str]:
     """An official state_dict -> (the dtr_lab network's state_dict, its position-embedding layout)."""
-    check_expressible(net, where, learned=True)
+    check_expressible(net, where, importing=True)
     if "pos_embed" not in official:
         raise DTRLabError(f"{where}: no pos_embed tensor, so this is not a DiT state_dict; pass one")
     layout = pos_embed_layout(official["pos_embed"], net, where)
-    tables = {k for k in official if k.endswith("routing._unit_mapping")}
+    official = unconditional(official, net, where)
     switch = net.router.learned  # the official learned routing is Switch-DiT's
     if SWITCH_PRIOR in official and not switch:
         raise DTRLabError(
@@ -140,29 +217,15 @@ def import_state(
                 f"(T={net.router.num_timesteps}, depth × E slots); set model.routing's num_experts and k and "
                 "model.num_timesteps to the ones it was trained with"
             )
-        tables = {SWITCH_PRIOR, "full_time"}  # the prior is the config's; full_time is arange(T)
-    elif tables and not net.router.enabled:
-        raise DTRLabError(
-            f"{where}: a DTR checkpoint (routing._unit_mapping tables) but the config's model is unrouted; "
-            "set model.routing to the routing it was trained with, e.g. DTRRouting with its beta"
-        )
-    elif net.router.enabled:
-        for i in range(len(net.blocks)):
-            table = official.get(TABLE.format(i))
-            own = net.router.block_table(i)
-            if table is None or table.shape != own.shape or not torch.equal(table.float(), own.cpu()):
-                what = "has no mask table" if table is None else "has another mask table"
-                raise DTRLabError(
-                    f"{where}: block {i} {what} than the config's {net.router.strategy!r} "
-                    f"(T={net.router.num_timesteps}); set model.routing and model.num_timesteps to the ones "
-                    "it was trained with (DTR's sharing_ratio is beta; init_method DTR/random is DTRRouting/"
-                    "RandomRouting)"
-                )
+        tables, table_layout = {SWITCH_PRIOR, "full_time"}, ""  # the prior is the config's; full_time is T
+    else:
+        tables, table_layout = check_tables(official, net, where)
     own = net.state_dict()
     routing = own_parameters(net)
+    given = {name: official[table_layout.format(i)] for name, i in saved_tables(net).items()}
     state = {}
     for name, tensor in own.items():
-        theirs = official.get(official_name(name, routing))
+        theirs = given.get(name, official.get(official_name(name, routing)))
         if theirs is None:
             raise DTRLabError(
                 f"{where}: it lacks {official_name(name, routing)}, which the config's model has; "
@@ -175,7 +238,9 @@ def import_state(
                 "(model size, data.image_size, in_channels, num_classes, learn_sigma)"
             )
         state[name] = theirs.to(tensor.dtype)
-    extra = sorted(set(official) - {official_name(k, routing) for k in own} - {"pos_embed"} - tables)
+    extra = sorted(
+        set(official) - {official_name(k, routing) for k in own if k not in given} - {"pos_embed"} - tables
+    )
     if extra:
         raise DTRLabError(
             f"{where}: it has {extra[0]} ({len(extra)} tensors), which a DiT of the config lacks "
@@ -184,37 +249,38 @@ def import_state(
     return state, layout
 
 
-def read_official(path: Path) -> dict[str, dict[str, torch.Tensor]]:
-    """An official checkpoint's state_dicts by role ({"model", "ema"}, or the bare one as both)."""
-    where = f"official checkpoint {path}"
-    check_archive(path, where, "pass the .pt written by the official train.py or download")
-    try:  # train.py pickles its argparse args (DiT); tensors and these only, never arbitrary code
-        with torch.serialization.safe_globals([argparse.Namespace]):
-            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
+def trained_routing(config: dict[str, Any]) -> dict[str, Any]:
+    """The routing block of a DTR (``models.routing``) or Switch-DiT (``routing``) train.py config."""
+    models = config.get("models")
+    routing = models.get("routing") if isinstance(models, dict) else None
+    routing = routing if isinstance(routing, dict) else config.get("routing")
+    return routing if isinstance(routing, dict) else {}
+
+
+def check_config(config: dict[str, Any], module: L.LightningModule, where: str) -> str:
+    """What the file's train.py config states against the dtr_lab config: the noise schedule (the line
+    saying which one the import used) and R-TR, whose tables only TableDataRouting takes."""
+    ours = module.hparams.schedule
+    general = config.get("general")
+    theirs = general.get("schedule_name") if isinstance(general, dict) else None
+    if theirs is not None and theirs != ours:
         raise DTRLabError(
-            f"{where} cannot be read safely by torch.load ({first_line(err)}); save its state_dicts alone, "
-            "e.g. torch.save({'model': ckpt['model'], 'ema': ckpt['ema']}, path)"
-        ) from None
-    if not isinstance(checkpoint, dict):
-        raise DTRLabError(f"{where} holds no state_dict; pass an official DiT/DTR checkpoint")
-    if "ema" in checkpoint or "model" in checkpoint:
-        model = checkpoint.get("model", checkpoint.get("ema"))
-        states = {"model": model, "ema": checkpoint.get("ema", model)}
-    else:
-        states = {"model": checkpoint, "ema": checkpoint}  # a bare state_dict, e.g. the public EMA weights
-    for role, state in states.items():  # tensors only: anything else has no shape to check
-        if not isinstance(state, dict):
-            bad = f"{role!r} is of type {type(state).__name__}"
-        else:
-            name = next((k for k, v in state.items() if not isinstance(v, torch.Tensor)), None)
-            bad = None if name is None else f"{role!r} entry {name!r} is of type {type(state[name]).__name__}"
-        if bad:
-            raise DTRLabError(
-                f"{where}: its {bad}, not a tensor, so this is no state_dict; pass an official DiT, DTR or "
-                "Switch-DiT checkpoint (train.py's {'model', 'ema', ...} or a bare state_dict)"
-            )
-    return states
+            f"{where} was trained with the {theirs} noise schedule (its config's general.schedule_name) but "
+            f"the dtr_lab config's is {ours}; import with --model.schedule {theirs}"
+        )
+    routing = trained_routing(config)
+    if routing.get("init_method") == "random" and not getattr(module.net.router.strategy, "saved", False):
+        raise DTRLabError(
+            f"{where} is an R-TR checkpoint (init_method random), whose tables no seed draws again; import "
+            f"with --model.routing dtr_lab.routing.TableDataRouting --model.routing.init_args.beta "
+            f"{routing.get('sharing_ratio')}, which takes the file's tables"
+        )
+    if theirs is not None:
+        return f"noise schedule {theirs}, as the file's config states"
+    return (
+        f"noise schedule {ours} assumed (the config's): the file states none, and DiT's train.py trains with "
+        "linear; --model.schedule sets another"
+    )
 
 
 def check_destination(src: Path, dst: Path, overwrite: bool) -> None:
@@ -245,9 +311,10 @@ def build_module(config: list[str]) -> L.LightningModule:
 def import_checkpoint(src: Path, dst: Path, config: list[str]) -> str:
     """Official checkpoint -> dtr_lab checkpoint for the config's model; returns what it wrote."""
     module = build_module(config)
-    states = read_official(src)
+    official = read_official_file(src)
     where = f"official checkpoint {src}"
-    loaded = {role: import_state(state, module.net, where) for role, state in states.items()}
+    schedule = check_config(official.config, module, where)
+    loaded = {role: import_state(state, module.net, where) for role, state in official.states.items()}
     layout = loaded["model"][1]
     for net, role in ((module.net, "model"), (module.ema.module, "ema")):
         net.set_pos_embed_layout(layout)
@@ -261,7 +328,8 @@ def import_checkpoint(src: Path, dst: Path, config: list[str]) -> str:
         "global_step": 0,
     }
     write_atomically(dst, lambda f: torch.save(checkpoint, f), what="DST")
-    return f"{dst}: {module.identity()['net']}, {layout} position embedding, model and EMA from {src}"
+    wrote = f"{dst}: {module.identity()['net']}, {layout} position embedding, model and EMA from {src}"
+    return f"{wrote}\n{schedule}"
 
 
 def export_checkpoint(src: Path, dst: Path, config: list[str]) -> str:
@@ -278,15 +346,21 @@ def export_checkpoint(src: Path, dst: Path, config: list[str]) -> str:
     args = official_args(net)
     official = {"model": export_state(net), "ema": export_state(module.ema.module), "args": args}
     write_atomically(dst, lambda f: torch.save(official, f), what="DST")
-    call = ", ".join(f"{k}={v}" for k, v in args.items())
-    if net.router.enabled:  # TaskRouter's tables are saved buffers: load_state_dict sets them
-        call += f", router=TaskRouter, taskcount={net.router.num_timesteps}"
+    call = ", ".join(f"{k}={v!r}" for k, v in args.items())
+    if net.router.enabled:  # TaskRouter's tables are saved buffers: load_state_dict sets them, whatever
+        # init_method drew (DTR's TaskRouter raises ValueError without one)
+        strategy = net.router.strategy
+        init = "random" if getattr(strategy, "per_block", False) else "DTR"
+        routing = {"sharing_ratio": getattr(strategy, "beta", 1.0), "taskcount": net.router.num_timesteps}
+        call += ", router=TaskRouter, " + ", ".join(f"{k}={v!r}" for k, v in routing.items())
+        call += f", init_method={init!r}"
     return f"{dst}: the official {'DTR' if net.router.enabled else 'DiT'} models.py DiT({call}) loads it"
 
 
 def official_args(net: DiT) -> dict[str, Any]:
     """The official DiT constructor's arguments for this network (the class-dropout row is the null label)."""
     d = net.pos_embed.shape[-1]
+    unconditional = {"num_classes": 1, "class_dropout_prob": 0.0}  # one label row, no null row (DTR's FFHQ)
     return {
         "input_size": net.grid * net.patch_size,
         "patch_size": net.patch_size,
@@ -295,8 +369,8 @@ def official_args(net: DiT) -> dict[str, Any]:
         "depth": len(net.blocks),
         "num_heads": net.blocks[0].attn.num_heads,
         "mlp_ratio": net.blocks[0].mlp[0].out_features / d,
-        "num_classes": net.num_classes,
         "learn_sigma": net.learn_sigma,
+        **(unconditional if net.y_embedder is None else {"num_classes": net.num_classes}),
     }
 
 

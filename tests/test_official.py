@@ -9,17 +9,24 @@ T = 100) code in their train.py format, with the official models' outputs on fou
 
 from __future__ import annotations
 
+import ast
 import hashlib
+import os
+import re
 import shutil
+import sys
+import zipfile
 
 import helpers
 import pytest
 import torch
 from helpers import DIGITS, REPO, run_cli, tmpfs
 
+from dtr_lab.errors import DTRLabError
 from dtr_lab.models.dit import DiT
-from dtr_lab.official import import_state, main, read_official
-from dtr_lab.routing import DTRRouting, SwitchRouting
+from dtr_lab.official import build_module, export_state, import_state, main, official_args
+from dtr_lab.official_file import read_official_file
+from dtr_lab.routing import DTRRouting, RandomRouting, SwitchRouting, TableDataRouting
 
 FIXTURE = REPO / "tests/data/official"
 TINY = [
@@ -36,7 +43,10 @@ DTR_HALF = [
     "--model.routing.init_args.beta",
     "0.5",
 ]
-ROUTING = {"dit": None, "dtr": DTRRouting(alpha=4.0, beta=0.5), "switch": SwitchRouting(3, 2, seed=0)}
+DTR = DTRRouting(alpha=4.0, beta=0.5)
+ROUTING = {"dit": None, "dtr": DTR, "switch": SwitchRouting(3, 2, seed=0), "rtr": TableDataRouting(beta=0.5),
+           "dtr_uncond": DTR, "switch_dtr": DTR}  # fmt: skip
+COSINE = ["--model.schedule", "cosine"]  # what rtr's and dtr_uncond's train.py configs state
 # float32 outputs of size ≤ 4 from the same operations in another order (DTR's m ⊙ z + Block + (1 − m) ⊙ z
 # against z + (Block − m ⊙ z); the experts' GEMMs; timm's and dtr_lab's attention and MLP kernels): up to
 # 20 float32 ulps of 2.5 (2.3e-6, Switch-DiT's EMA) on this machine; 1e-5 leaves 4× for other CPUs'
@@ -44,28 +54,54 @@ ROUTING = {"dit": None, "dtr": DTRRouting(alpha=4.0, beta=0.5), "switch": Switch
 ATOL = 1e-5
 
 
-def tiny_net(kind: str, layout: str = "column_first") -> DiT:
-    return DiT(8, 1, 10, 100, routing=ROUTING[kind], size="DiT-T/2", hidden_size=4, learn_sigma=True,
+def tiny_net(kind: str, layout: str = "column_first", num_classes: int = 10) -> DiT:
+    return DiT(8, 1, num_classes, 100, routing=ROUTING[kind], size="DiT-T/2", hidden_size=4, learn_sigma=True,
                pos_embed_layout=layout).eval()  # fmt: skip
 
 
-@pytest.mark.parametrize("kind", ["dit", "dtr", "switch"])
+@pytest.mark.parametrize(
+    "kind, num_classes",
+    # dtr_uncond (DTR's one label row, every label 0) into an unconditional model (the row folded into the
+    # timestep embedding's bias) and into a 1-class one (the row is also its null row)
+    [("dit", 10), ("dtr", 10), ("switch", 10), ("rtr", 10), ("switch_dtr", 10), ("dtr_uncond", 0),
+     ("dtr_uncond", 1)],
+)  # fmt: skip
 @pytest.mark.parametrize("role", ["model", "ema"])
-def test_the_official_outputs_are_reproduced(kind, role):
-    official = read_official(FIXTURE / f"{kind}_tiny.pt")[role]
+def test_the_official_outputs_are_reproduced(kind, num_classes, role):
+    official = read_official_file(FIXTURE / f"{kind}_tiny.pt").states[role]
     expected = torch.load(FIXTURE / f"{kind}_outputs.pt")
-    net = tiny_net(kind)
+    net = tiny_net(kind, num_classes=num_classes)
     state, layout = import_state(official, net, "fixture")
     assert layout == "column_first"
     net.load_state_dict(state)
+    y = expected["y"] if num_classes else None
     with torch.no_grad():
-        out = net(expected["x"], expected["t"], expected["y"])
+        out = net(expected["x"], expected["t"], y)
     torch.testing.assert_close(out, expected[role], atol=ATOL, rtol=0)
     # the check has teeth: the same weights under the transposed (row-first) embedding differ by O(1)
-    transposed = tiny_net(kind, "row_first")
+    transposed = tiny_net(kind, "row_first", num_classes)
     transposed.load_state_dict(state)
     with torch.no_grad():
-        assert (transposed(expected["x"], expected["t"], expected["y"]) - expected[role]).abs().max() > 0.1
+        assert (transposed(expected["x"], expected["t"], y) - expected[role]).abs().max() > 0.1
+
+
+def test_r_tr_tables_come_from_the_file_and_no_seed_draws_them():
+    """The official R-TR draws each block's table from NumPy's global RNG: TableDataRouting takes them."""
+    official = read_official_file(FIXTURE / "rtr_tiny.pt").states["ema"]
+    tables = [official[f"blocks.{i}.routing._unit_mapping"] for i in range(4)]
+    assert all(torch.equal(t.sum(1), torch.full((100,), 2.0)) for t in tables)  # C_β = int(4 · 0.5) = 2
+    assert not torch.equal(tables[0], tables[1])  # a table per block
+    net = tiny_net("rtr")
+    drawn = [net.router.table(i).clone() for i in range(4)]
+    # the seed's draw is not the file's
+    assert not any(torch.equal(t, d) for t, d in zip(tables, drawn, strict=True))
+    state, _ = import_state(official, net, "fixture")
+    net.load_state_dict(state)
+    assert all(torch.equal(net.router.table(i), tables[i]) for i in range(4))
+    # a fixed routing refuses them: no seed draws them again
+    with pytest.raises(DTRLabError, match="block 0 has another mask table than the config's RandomRouting"):
+        import_state(official, DiT(8, 1, 10, 100, routing=RandomRouting(beta=0.5), size="DiT-T/2",
+                                   hidden_size=4, learn_sigma=True), "fixture")  # fmt: skip
 
 
 def test_import_export_round_trip_is_exact(tmp_path):
@@ -75,7 +111,7 @@ def test_import_export_round_trip_is_exact(tmp_path):
     imported, exported, again = tmp_path / "in.ckpt", tmp_path / "out.pt", tmp_path / "again.ckpt"
     main(["import", str(src), str(imported), *DTR_HALF])
     ckpt = torch.load(imported, weights_only=True)
-    official = torch.load(src, weights_only=False)
+    official = read_official_file(src).states
     assert torch.equal(
         ckpt["state_dict"]["net.blocks.1.mlp.0.weight"], official["model"]["blocks.1.mlp.fc1.weight"]
     )
@@ -107,7 +143,7 @@ def test_import_export_round_trip_is_exact(tmp_path):
 def test_the_public_bare_ema_state_dict_loads_as_model_and_ema(tmp_path):
     """The public DiT-XL-2-256x256.pt is a bare state_dict of EMA weights (DiT download.py find_model)."""
     bare = tmp_path / "DiT-tiny.pt"
-    official = torch.load(FIXTURE / "dit_tiny.pt", weights_only=False)
+    official = read_official_file(FIXTURE / "dit_tiny.pt").states
     torch.save(official["ema"], bare)
     out = tmp_path / "in.ckpt"
     main(["import", str(bare), str(out), *TINY])
@@ -128,7 +164,7 @@ def test_a_switch_dit_checkpoint_imports_and_does_not_export(tmp_path, capsys):
     out = tmp_path / "switch.ckpt"
     main(["import", str(FIXTURE / "switch_tiny.pt"), str(out), *switch])
     state = torch.load(out, weights_only=True)["state_dict"]
-    official = torch.load(FIXTURE / "switch_tiny.pt", weights_only=False)
+    official = read_official_file(FIXTURE / "switch_tiny.pt").states
     ema, model = official["ema"], official["model"]
     assert torch.equal(state["ema.module.router.experts.2.expert_weight"], ema["routers.2.experts.w"])
     assert torch.equal(state["net.router.experts.0.gate_weight"], model["routers.0.f_gate.1.weight"])
@@ -145,7 +181,7 @@ def test_a_switch_dit_checkpoint_imports_and_does_not_export(tmp_path, capsys):
 
 
 def rewritten(tmp_path, change) -> str:
-    official = torch.load(FIXTURE / "dit_tiny.pt", weights_only=False)
+    official = read_official_file(FIXTURE / "dit_tiny.pt").states
     for role in ("model", "ema"):
         change(official[role])
     path = tmp_path / "changed.pt"
@@ -238,7 +274,7 @@ def test_unreadable_sources_are_one_line_naming_them(tmp_path, capsys):
         fails_in_one_line(
             [command, str(junk), str(dst), *TINY], capsys, f"{junk} is not a PyTorch checkpoint"
         )
-    official = torch.load(FIXTURE / "dit_tiny.pt", weights_only=False)
+    official = read_official_file(FIXTURE / "dit_tiny.pt").states
     for name, content, needle in [
         (
             "entry.pt",
@@ -294,3 +330,148 @@ def test_unwritable_dsts_are_one_line_naming_them(tmp_path, capsys):
         )  # fmt: skip
         assert ".tmp" not in line and "save_dir" not in line
         assert list(full.iterdir()) == []  # no partial file, no temporary file
+
+
+R_TR = [*TINY, "--model.routing", "dtr_lab.routing.TableDataRouting", "--model.routing.init_args.beta", "0.5"]
+
+
+def test_the_noise_schedule_travels_with_a_train_py_file(tmp_path, capsys):
+    """DTR's train.py config states the schedule (general.schedule_name): another one in the dtr_lab config
+    is refused in one line; DiT's args state none, and the import says which one it assumed."""
+    out = tmp_path / "out.ckpt"
+    for kind, config in (("rtr", R_TR), ("dtr_uncond", DTR_HALF)):
+        src = str(FIXTURE / f"{kind}_tiny.pt")
+        fails_in_one_line(
+            ["import", src, str(out), *config], capsys,
+            f"official checkpoint {src} was trained with the cosine noise schedule",
+            "the dtr_lab config's is linear", "--model.schedule cosine",
+        )  # fmt: skip
+    assert not out.exists()
+    main(["import", str(FIXTURE / "dtr_tiny.pt"), str(out), *DTR_HALF])
+    assert "noise schedule linear, as the file's config states" in capsys.readouterr().out
+    main(["import", str(FIXTURE / "dit_tiny.pt"), str(out), *TINY, "--overwrite"])
+    assert "noise schedule linear assumed (the config's): the file states none" in capsys.readouterr().out
+
+
+def test_an_official_r_tr_file_imports_reproduces_and_exports(tmp_path, capsys):
+    """rtr_tiny.pt as DTR's train.py writes it (init_method random, cosine): imported with TableDataRouting,
+    the dtr_lab checkpoint alone (no seed, no official file) gives the official outputs; exported, the
+    official tensors come back bit for bit."""
+    src, out, back = FIXTURE / "rtr_tiny.pt", tmp_path / "rtr.ckpt", tmp_path / "rtr.pt"
+    fails_in_one_line(
+        ["import", str(src), str(out), *DTR_HALF, *COSINE], capsys,
+        "is an R-TR checkpoint (init_method random)",
+        "--model.routing dtr_lab.routing.TableDataRouting --model.routing.init_args.beta 0.5",
+    )  # fmt: skip
+    main(["import", str(src), str(out), *R_TR, *COSINE])
+    module = build_module([*R_TR, *COSINE])  # tables drawn by seed 0, replaced by the checkpoint's
+    module.load_state_dict(torch.load(out, weights_only=True)["state_dict"])
+    expected = torch.load(FIXTURE / "rtr_outputs.pt")
+    for net, role in ((module.net, "model"), (module.ema.module, "ema")):
+        with torch.no_grad():
+            got = net.eval()(expected["x"], expected["t"], expected["y"])
+        torch.testing.assert_close(got, expected[role], atol=ATOL, rtol=0)
+    main(["export", str(out), str(back), *R_TR, *COSINE])
+    official, exported = read_official_file(src).states, torch.load(back, weights_only=True)
+    for role in ("model", "ema"):
+        assert set(exported[role]) == set(official[role])
+        assert all(torch.equal(exported[role][k], v) for k, v in official[role].items())
+
+
+def official_call(stdout: str) -> ast.Call:
+    """The `DiT(...)` call an export prints."""
+    return ast.parse(re.search(r"models\.py (DiT\(.*\)) loads it", stdout).group(1), mode="eval").body
+
+
+# the official DTR models/DiT/models.py DiT's parameters (97df445); TaskRouter's create_mask_tasks raises
+# ValueError for any init_method but "DTR" and "random"
+DTR_DIT = {"input_size", "patch_size", "in_channels", "hidden_size", "depth", "num_heads", "mlp_ratio",
+           "class_dropout_prob", "num_classes", "learn_sigma", "router", "sharing_ratio", "taskcount",
+           "init_method"}  # fmt: skip
+
+
+def test_the_printed_dtr_call_is_one_the_official_class_takes(tmp_path, capsys):
+    imported, exported = tmp_path / "in.ckpt", tmp_path / "out.pt"
+    main(["import", str(FIXTURE / "dtr_tiny.pt"), str(imported), *DTR_HALF])
+    capsys.readouterr()
+    main(["export", str(imported), str(exported), *DTR_HALF])
+    call = official_call(capsys.readouterr().out)
+    args = {k.arg: k.value for k in call.keywords}
+    assert set(args) <= DTR_DIT
+    assert ast.literal_eval(args["init_method"]) == "DTR" and ast.literal_eval(args["sharing_ratio"]) == 0.5
+    assert ast.literal_eval(args["taskcount"]) == 100 and ast.literal_eval(args["hidden_size"]) == 4
+
+
+def test_the_unconditional_layout_round_trips():
+    """An unconditional dtr_lab DiT exports DTR's FFHQ layout (one label row, here zeros: c = emb(t) + 0)
+    and imports back bit for bit; the official call names num_classes 1 without a null row."""
+    net = tiny_net("dtr", num_classes=0)
+    official = export_state(net)
+    assert official["y_embedder.embedding_table.weight"].shape == (1, 4)
+    assert official_args(net)["num_classes"] == 1 and official_args(net)["class_dropout_prob"] == 0.0
+    state, _ = import_state(official, tiny_net("dtr", num_classes=0), "exported")
+    assert all(torch.equal(state[k], v) for k, v in net.state_dict().items())
+
+
+def test_a_train_py_config_is_read_without_omegaconf_or_any_other_code(tmp_path, capsys):
+    """The fixtures pickle a real OmegaConf DictConfig; reading them imports no OmegaConf, and a file whose
+    pickle would run a command is refused, in one line, before anything runs."""
+    with zipfile.ZipFile(FIXTURE / "dtr_tiny.pt") as archive:
+        pickled = archive.read(next(n for n in archive.namelist() if n.endswith("data.pkl")))
+    assert b"omegaconf.dictconfig" in pickled and b"DictConfig" in pickled
+    config = read_official_file(FIXTURE / "switch_dtr_tiny.pt").config
+    assert config["routing"] == {"name": "DTR", "param": {"alpha": 4.0, "beta": 0.5, "taskcount": 100}}
+    assert config["models"]["param"] == {"num_classes": 10, "latent_size": 8}  # ${data.num_classes} resolved
+    assert "omegaconf" not in sys.modules
+    marker = tmp_path / "ran"
+
+    class Payload:
+        def __reduce__(self):
+            return os.system, (f"touch {marker}",)
+
+    evil = tmp_path / "evil.pt"
+    official = read_official_file(FIXTURE / "dtr_tiny.pt").states
+    torch.save({**official, "config": {"general": Payload()}}, evil)
+    line = fails_in_one_line(
+        ["import", str(evil), str(tmp_path / "x.ckpt"), *DTR_HALF], capsys,
+        "was refused by the restricted unpickler (it pickles posix.system",
+        "OmegaConf config of plain values",
+    )  # fmt: skip
+    assert "\x1b" not in line and not marker.exists()
+
+
+def test_wording_of_table_layout_and_unpickling_errors(tmp_path, capsys):
+    dtr = read_official_file(FIXTURE / "dtr_tiny.pt").states
+    for role in ("model", "ema"):
+        del dtr[role]["blocks.2.routing._unit_mapping"]
+    missing = tmp_path / "missing_table.pt"
+    torch.save({"model": dtr["model"], "ema": dtr["ema"]}, missing)
+    out = tmp_path / "out.ckpt"
+    fails_in_one_line(
+        ["import", str(missing), str(out), *DTR_HALF], capsys,
+        "block 2 has no mask table, but the config's DTRRouting(alpha=4.0, beta=0.5) routes it",
+    )  # fmt: skip
+    unet = [*DIGITS, "--model.net.class_path", "dtr_lab.models.UNet", "--model.net.init_args.size", "UNet-T"]
+    line = fails_in_one_line(
+        ["import", str(FIXTURE / "dit_tiny.pt"), str(out), *unet], capsys,
+        "a UNet has no official DiT layout", "import into a config whose model is a DiT",
+    )  # fmt: skip
+    assert "export" not in line
+    # an official file given to export: torch's reason in a few words, no ANSI codes, no page of advice
+    line = fails_in_one_line(
+        ["export", str(FIXTURE / "dit_tiny.pt"), str(tmp_path / "o.pt"), *TINY], capsys,
+        "it pickles argparse.Namespace, which torch.load(weights_only=True) does not build",
+    )  # fmt: skip
+    assert "\x1b" not in line and "add_safe_globals" not in line
+    assert not out.exists()
+
+
+def test_label_layouts_the_config_cannot_take_are_one_line():
+    """A Switch-DiT gate reads emb(t) without the label row, so an unconditional file folds into a
+    1-class model only; a class-conditional file never folds into an unconditional one."""
+    uncond = read_official_file(FIXTURE / "dtr_uncond_tiny.pt").states["ema"]
+    with pytest.raises(DTRLabError, match="unconditional Switch-DiT .* use data of one class"):
+        import_state(uncond, tiny_net("switch", num_classes=0), "fixture")
+    conditional = read_official_file(FIXTURE / "dtr_tiny.pt").states["ema"]
+    with pytest.raises(DTRLabError, match=r"class-conditional checkpoint \(11 label rows\) but the config's"):
+        import_state(conditional, tiny_net("dtr", num_classes=0), "fixture")

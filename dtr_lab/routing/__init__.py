@@ -1,7 +1,8 @@
 """Routing: which channels of each block a timestep uses, as one protocol (dtr_lab.routing.base).
 
-Fixed tables (tables.py: none, R-TR, DTR), learned (switch.py: Switch-DiT), measured (affinity.py). A new
-routing is one new file here, named in configs by its full path (``dtr_lab.routing.<file>.<Class>``).
+Fixed tables (tables.py: none, R-TR, DTR, tables as data), learned (switch.py: Switch-DiT), measured
+(affinity.py). A new routing is one new file here, named in configs by its full path
+(``dtr_lab.routing.<file>.<Class>``).
 """
 
 from dtr_lab.routing.affinity import AffinityRouting
@@ -19,7 +20,14 @@ from dtr_lab.routing.base import (
     routers,
 )
 from dtr_lab.routing.switch import SwitchRouter, SwitchRouting
-from dtr_lab.routing.tables import DTRRouting, NoRouting, RandomRouting, Router, TableRouting
+from dtr_lab.routing.tables import (
+    DTRRouting,
+    NoRouting,
+    RandomRouting,
+    Router,
+    TableDataRouting,
+    TableRouting,
+)
 
 __all__ = [
     "AffinityRouting",
@@ -33,6 +41,7 @@ __all__ = [
     "RoutingLoss",
     "SwitchRouter",
     "SwitchRouting",
+    "TableDataRouting",
     "TableRouting",
     "active_channels",
     "check_beta",

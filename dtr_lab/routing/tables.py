@@ -22,6 +22,7 @@ class TableRouting(Routing):
 
     per_block = False  # whether every routed block gets a table of its own (else one per width)
     routes = True  # whether it masks anything (NoRouting: every channel active, no multiply)
+    saved = False  # whether its tables are data a checkpoint holds (else a function of the config)
 
     def table(self, num_timesteps: int, channels: int, block: int = 0) -> torch.Tensor:
         """The table of routed block ``block`` (ignored unless ``per_block``)."""
@@ -96,6 +97,21 @@ class RandomRouting(TableRouting):
         return table
 
 
+class TableDataRouting(RandomRouting):
+    """R-TR whose tables are data: every routed block's table is saved in the checkpoint, and a checkpoint's
+    tables replace the draw when it loads. The official R-TR (DTR ``init_method: random``) draws its tables
+    from NumPy's global RNG, so no seed redraws them: an imported official R-TR file brings its own. Built
+    without a checkpoint, it is RandomRouting(beta, seed)'s per-block draw."""
+
+    label, colour, saved = "rtr_data", 2, True  # R-TR's colour: the same method
+
+    def __init__(self, beta: float = 0.8, seed: int = 0) -> None:
+        super().__init__(beta, seed, per_block=True)
+
+    def options(self) -> dict:
+        return {"beta": self.beta, "seed": self.seed}
+
+
 class Router(BaseRouter):
     """Holds the routed blocks' mask tables and gathers each sample's mask by its own t.
 
@@ -113,10 +129,10 @@ class Router(BaseRouter):
         self.names = [f"table_b{i}" if strategy.per_block else f"table_{w}" for i, w in enumerate(widths)]
         for block, (name, width) in enumerate(zip(self.names, widths, strict=True)):
             if not hasattr(self, name):
-                # non-persistent: the table is a function of the config, so checkpoints of
-                # routed and unrouted models share one state_dict layout
+                # non-persistent where the table is a function of the config, so checkpoints of
+                # routed and unrouted models share one state_dict layout; saved where it is data
                 table = strategy.table(num_timesteps, width, block)
-                self.register_buffer(name, table.float(), persistent=False)
+                self.register_buffer(name, table.float(), persistent=strategy.saved)
 
     def block_table(self, block: int) -> torch.Tensor:
         """The [T, width] float mask table that routed block ``block`` holds (built by the strategy's

@@ -9,6 +9,7 @@ so a bit flip in a tensor would otherwise load silently), and the tensors are me
 
 from __future__ import annotations
 
+import re
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -81,5 +82,11 @@ def check_archive(path: Path, where: str, fix: str) -> None:
 
 
 def first_line(err: Exception) -> str:
-    """An exception's first line, at most 200 characters (torch's unpickler errors run to pages)."""
-    return (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+    """An exception's reason in one line of at most 200 characters: torch's unpickler errors run to pages
+    of advice, with ANSI codes, around their reason (the line after "WeightsUnpickler error:")."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(err))
+    found = re.search(r"GLOBAL ([\w.]+)", text)  # "Unsupported global: GLOBAL x", "unsupported GLOBAL x"
+    if found:  # the one fact in a page of advice on allow-lists
+        return f"it pickles {found.group(1)}, which torch.load(weights_only=True) does not build"
+    text = text.split("WeightsUnpickler error:", 1)[-1]
+    return (text.strip().splitlines() or [type(err).__name__])[0].strip()[:200]
