@@ -35,11 +35,11 @@ import lightning as L
 import torch
 
 from dtr_lab.checkpoint_file import check_archive, first_line, read_checkpoint
-from dtr_lab.checkpointing import write_atomically
 from dtr_lab.errors import DTRLabError, find_bad_input
 from dtr_lab.model_checks import check_checkpoint
 from dtr_lab.models.dit import POS_EMBED_LAYOUTS, DiT, sincos_pos_embed_2d
 from dtr_lab.routing import own_parameters
+from dtr_lab.temp_files import write_atomically
 
 # dtr_lab name -> official name, for the tensors whose names differ (the rest are equal)
 RENAMES = {

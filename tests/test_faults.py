@@ -21,7 +21,7 @@ import torch
 from helpers import DIGITS, REPO, run_cli, run_dir, scalars, tiny, tiny_module, tmpfs
 from lightning.pytorch.loggers import TensorBoardLogger
 
-from dtr_lab.checkpointing import AtomicCheckpointIO, current_umask, write_atomically
+from dtr_lab.checkpointing import AtomicCheckpointIO
 from dtr_lab.cli import main
 from dtr_lab.data.base import EpochShuffleSampler, ResumableDataLoader
 from dtr_lab.errors import DTRLabError
@@ -29,7 +29,7 @@ from dtr_lab.model_checks import check_identity
 from dtr_lab.mtl import CAGrad, NashMTL, PCGrad, UncertaintyWeighting
 from dtr_lab.routing import NoRouting
 from dtr_lab.run_dir import claim_log_dir
-from dtr_lab.temp_files import remove_dead_writers_temps
+from dtr_lab.temp_files import current_umask, remove_dead_writers_temps, write_atomically
 
 DTR = [*DIGITS, "--config", str(REPO / "experiments/routing/dtr.yaml")]
 VANILLA = [*DIGITS, "--config", str(REPO / "experiments/routing/vanilla.yaml")]
