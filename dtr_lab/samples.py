@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader
 
 from dtr_lab.diffusion import guided, sample
 from dtr_lab.diffusion.samplers import check_sample_steps
@@ -78,12 +78,23 @@ class Sampling:
         )
         return x.clamp(-1, 1) if self.hparams.clip_x0 else x
 
-    def predict_dataloader(self) -> DataLoader:
-        """`num_samples` (index, label) pairs for `predict`, labels cycling over the classes."""
+    # first sample indices of `predict` batches already on disk, set by a writer that stores per batch
+    # (SamplesWriter) so a resumed predict draws only the rest
+    predict_done: frozenset[int] = frozenset()
+
+    def predict_batches(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """`predict`'s batches of (index, label): runs of `batch_size` consecutive sample indices out of
+        `num_samples`, labels cycling over the classes."""
         index = torch.arange(self.hparams.num_samples)
         labels = index % max(self.hparams.num_classes, 1)
         batch_size = getattr(self.trainer.datamodule, "batch_size", 256) if self._trainer else 256
-        return DataLoader(TensorDataset(index, labels), batch_size=batch_size)
+        return list(zip(index.split(batch_size), labels.split(batch_size), strict=True))
+
+    def predict_dataloader(self) -> DataLoader:
+        """The batches not yet on disk, one item each: under DDP Lightning deals whole batches to the ranks
+        in turn, so a batch holds the same samples (seeded by its first index) for any number of processes."""
+        return DataLoader([b for b in self.predict_batches() if int(b[0][0]) not in self.predict_done],
+                          batch_size=None)
 
     def predict_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> dict:
         """EMA samples for a batch of (index, label): uint8 images (N, H, W, C) and their labels (N,)."""
