@@ -128,6 +128,7 @@ def test_predict_writes_each_batch_holds_none_and_merges_the_evaluators_file(run
         assert archive.getinfo("arr_0.npy").compress_type == zipfile.ZIP_STORED
         assert np.lib.format.read_magic(member) == (1, 0)
         assert np.lib.format.read_array_header_1_0(member) == ((NUM_SAMPLES, 8, 8, 3), False, np.uint8)
+        assert member.read() == images.tobytes()  # then the images, read in batches as they are
     assert (out / "samples.png").is_file()
     assert not (out / "samples.batches").exists()  # every sample is in the .npz
 
