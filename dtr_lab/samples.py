@@ -4,11 +4,11 @@ per batch, latents decoded by the data module; and the module's sampling (`Sampl
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, DistributedSampler
 
 from dtr_lab.diffusion import guided, sample
 from dtr_lab.diffusion.samplers import check_sample_steps
@@ -48,6 +48,18 @@ def generate(
         x = pl_module.sample(noise, y, generator=gen, **sample_kwargs)  # (n, C, H, W)
         out.append((x if decode is None else decode(x)).cpu())
     return torch.cat(out)
+
+
+class DealtBatches(DistributedSampler):
+    """Items rank, rank + world, … of a dataset, none repeated. Lightning leaves a DistributedSampler in
+    place; its own for predict (UnrepeatedDistributedSampler) refuses a rank left without items, as a
+    resumed run with fewer batches to draw than ranks has."""
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(range(self.rank, len(self.dataset), self.num_replicas))
+
+    def __len__(self) -> int:
+        return len(range(self.rank, len(self.dataset), self.num_replicas))
 
 
 class Sampling:
@@ -91,10 +103,11 @@ class Sampling:
         return list(zip(index.split(batch_size), labels.split(batch_size), strict=True))
 
     def predict_dataloader(self) -> DataLoader:
-        """The batches not yet on disk, one item each: under DDP Lightning deals whole batches to the ranks
-        in turn, so a batch holds the same samples (seeded by its first index) for any number of processes."""
-        return DataLoader([b for b in self.predict_batches() if int(b[0][0]) not in self.predict_done],
-                          batch_size=None)
+        """The batches not yet on disk, whole (one item each), dealt to the ranks in turn: a batch holds the
+        same samples (seeded by its first index) for any number of processes."""
+        todo = [b for b in self.predict_batches() if int(b[0][0]) not in self.predict_done]
+        world, rank = (self.trainer.world_size, self.trainer.global_rank) if self._trainer else (1, 0)
+        return DataLoader(todo, batch_size=None, sampler=DealtBatches(todo, num_replicas=world, rank=rank))
 
     def predict_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> dict:
         """EMA samples for a batch of (index, label): uint8 images (N, H, W, C) and their labels (N,)."""

@@ -83,6 +83,9 @@ class SamplesWriter(BasePredictionWriter):
         pl_module.predict_done = frozenset(done)
         # the predict loop would keep every batch's output until the end: the writer holds the samples
         trainer.predict_loop.return_predictions = False
+        # a rank may have no batch left to draw (a resumed run, or fewer batches than ranks)
+        self.allowed_empty = pl_module.allow_zero_length_dataloader_with_multiple_devices
+        pl_module.allow_zero_length_dataloader_with_multiple_devices = True
         if trainer.is_global_zero:
             remove_dead_writers_temps(self.batches)  # a killed run's half-written batch or merge
             remove_dead_writers_temps(out)
@@ -107,6 +110,7 @@ class SamplesWriter(BasePredictionWriter):
         if stage != "predict":
             return
         pl_module.predict_done = frozenset()  # a later predict of this module starts from its own folder
+        pl_module.allow_zero_length_dataloader_with_multiple_devices = self.allowed_empty
         trainer.strategy.barrier()  # every rank's batches are on disk
         if not trainer.is_global_zero:
             return
