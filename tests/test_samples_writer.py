@@ -212,17 +212,39 @@ def test_a_read_only_folder_is_one_line(run, tmp_path, capsys):
                           "write the samples (--trainer.callbacks.output_dir) to a writable folder")
 
 
-@pytest.mark.slow
-def test_two_processes_merge_one_file_equal_to_one_processs(run, tmp_path):
-    single, out = tmp_path / "single", tmp_path / "ddp"
+@pytest.fixture(scope="module")
+def single(run, tmp_path_factory) -> Path:
+    """The samples.npz of one process."""
+    out = tmp_path_factory.mktemp("single") / "samples"
     with one_thread():
-        main(predict(run, single))
-    ddp = run_predict(*predict(run, out), "--trainer.strategy", "ddp", "--trainer.devices", "2",
-                      "--trainer.accelerator", "cpu", *held(tmp_path / "held"))
+        main(predict(run, out))
+    return out / "samples.npz"
+
+
+DDP = ("--trainer.strategy", "ddp", "--trainer.devices", "2", "--trainer.accelerator", "cpu")
+
+
+@pytest.mark.slow
+def test_two_processes_merge_one_file_equal_to_one_processs(run, single, tmp_path):
+    out = tmp_path / "ddp"
+    ddp = run_predict(*predict(run, out), *DDP, *held(tmp_path / "held"))
     assert ddp.returncode == 0, ddp.stderr[-3000:]
     assert sorted(p.name for p in out.iterdir()) == ["samples.npz", "samples.png"]  # no per-rank files
     records = [json.loads((tmp_path / "held" / f"held{r}.json").read_text()) for r in (0, 1)]
     assert [r["starts"] for r in records] == [[0, 4, 8], [2, 6]]  # whole batches dealt in turn
     for record in records:
         assert record["counts"] == [record["counts"][0]] * len(record["starts"])
-    assert (out / "samples.npz").read_bytes() == (single / "samples.npz").read_bytes()
+    assert (out / "samples.npz").read_bytes() == single.read_bytes()
+
+
+@pytest.mark.slow
+def test_two_processes_resume_with_one_batch_left_for_one_rank(run, single, tmp_path):
+    out = tmp_path / "ddp"
+    killed = run_predict(*predict(run, out), "--trainer.callbacks+=test_samples_writer.KillAfter",
+                         "--trainer.callbacks.batches", "4")
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    resumed = run_predict(*predict(run, out), *DDP, *held(tmp_path / "held"))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    records = [json.loads((tmp_path / "held" / f"held{r}.json").read_text()) for r in (0, 1)]
+    assert [r["starts"] for r in records] == [[8], []]  # rank 1 has nothing to draw, and still meets rank 0
+    assert (out / "samples.npz").read_bytes() == single.read_bytes()
