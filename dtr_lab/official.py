@@ -44,7 +44,7 @@ from dtr_lab.models.dit import POS_EMBED_LAYOUTS, DiT, sincos_pos_embed_2d
 from dtr_lab.official_file import read_official_file
 from dtr_lab.routing import own_parameters
 from dtr_lab.storage.checkpoint_file import read_checkpoint
-from dtr_lab.storage.checkpointing import write_atomically
+from dtr_lab.storage.temp_files import write_atomically
 
 # dtr_lab name -> official name, for the tensors whose names differ (the rest are equal)
 RENAMES = {

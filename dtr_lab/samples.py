@@ -7,12 +7,12 @@ DiffusionModule provides it (tests/test_samples.py checks that it does)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Protocol
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader, DistributedSampler
 
 from dtr_lab.diffusion import GaussianDiffusion, guided, sample
 from dtr_lab.diffusion.samplers import check_sample_steps
@@ -49,6 +49,9 @@ class Sampled(Protocol):
     device: torch.device
     trainer: L.Trainer
     _trainer: L.Trainer | None  # Lightning's: None while no trainer is attached
+    predict_done: frozenset[int]  # first indices of the predict batches already on disk (Sampling's)
+
+    def predict_batches(self) -> list[tuple[torch.Tensor, torch.Tensor]]: ...
 
     def sample(self, noise: torch.Tensor, y: torch.Tensor | None = None, **options) -> torch.Tensor: ...
 
@@ -87,6 +90,18 @@ def generate(
     return torch.cat(out)
 
 
+class DealtBatches(DistributedSampler):
+    """Items rank, rank + world, … of a dataset, none repeated. Lightning leaves a DistributedSampler in
+    place; its own for predict (UnrepeatedDistributedSampler) refuses a rank left without items, as a
+    resumed run with fewer batches to draw than ranks has."""
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(range(self.rank, len(self.dataset), self.num_replicas))
+
+    def __len__(self) -> int:
+        return len(range(self.rank, len(self.dataset), self.num_replicas))
+
+
 class Sampling:
     """A DiffusionModule's sampling: `sample` from given x_T, and `predict` (num_samples labelled EMA
     samples as uint8 images). The module it is mixed into is `Sampled`."""
@@ -115,12 +130,24 @@ class Sampling:
         )
         return x.clamp(-1, 1) if self.hparams.clip_x0 else x
 
-    def predict_dataloader(self: Sampled) -> DataLoader:
-        """`num_samples` (index, label) pairs for `predict`, labels cycling over the classes."""
+    # first sample indices of `predict` batches already on disk, set by a writer that stores per batch
+    # (SamplesWriter) so a resumed predict draws only the rest
+    predict_done: frozenset[int] = frozenset()
+
+    def predict_batches(self: Sampled) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """`predict`'s batches of (index, label): runs of `batch_size` consecutive sample indices out of
+        `num_samples`, labels cycling over the classes."""
         index = torch.arange(self.hparams.num_samples)
         labels = index % max(self.hparams.num_classes, 1)
         batch_size = getattr(self.trainer.datamodule, "batch_size", 256) if self._trainer else 256
-        return DataLoader(TensorDataset(index, labels), batch_size=batch_size)
+        return list(zip(index.split(batch_size), labels.split(batch_size), strict=True))
+
+    def predict_dataloader(self: Sampled) -> DataLoader:
+        """The batches not yet on disk, whole (one item each), dealt to the ranks in turn: a batch holds the
+        same samples (seeded by its first index) for any number of processes."""
+        todo = [b for b in self.predict_batches() if int(b[0][0]) not in self.predict_done]
+        world, rank = (self.trainer.world_size, self.trainer.global_rank) if self._trainer else (1, 0)
+        return DataLoader(todo, batch_size=None, sampler=DealtBatches(todo, num_replicas=world, rank=rank))
 
     def predict_step(self: Sampled, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> dict:
         """EMA samples for a batch of (index, label): uint8 images (N, H, W, C) and their labels (N,)."""

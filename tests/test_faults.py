@@ -27,9 +27,9 @@ from dtr_lab.errors import DTRLabError
 from dtr_lab.model_checks import check_identity
 from dtr_lab.mtl import CAGrad, NashMTL, PCGrad, UncertaintyWeighting
 from dtr_lab.routing import NoRouting
-from dtr_lab.storage.checkpointing import AtomicCheckpointIO, current_umask, write_atomically
+from dtr_lab.storage.checkpointing import AtomicCheckpointIO
 from dtr_lab.storage.run_dir import claim_log_dir
-from dtr_lab.storage.temp_files import remove_dead_writers_temps
+from dtr_lab.storage.temp_files import current_umask, remove_dead_writers_temps, write_atomically
 
 DTR = [*DIGITS, "--config", str(REPO / "experiments/routing/dtr.yaml")]
 VANILLA = [*DIGITS, "--config", str(REPO / "experiments/routing/vanilla.yaml")]

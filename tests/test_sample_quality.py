@@ -168,7 +168,7 @@ def test_predict_writes_uint8_nhwc_npz_and_a_grid(runs, tmp_path):
     with np.load(out / "samples.npz") as npz:
         assert sorted(npz.files) == ["arr_0", "labels"]
         images, labels = npz["arr_0"], npz["labels"]
-    assert images.dtype == np.uint8 and images.shape == (PREDICT_SAMPLES, 8, 8, 1)  # batches of 16 + 9, NHWC
+    assert images.dtype == np.uint8 and images.shape == (PREDICT_SAMPLES, 8, 8, 3)  # NHWC, grey as RGB
     assert labels.tolist() == [k % 10 for k in range(PREDICT_SAMPLES)]
     assert len(np.unique(images)) > 2  # samples, not a constant image
     assert (out / "samples.png").is_file()

@@ -18,6 +18,8 @@ QUIET_WARNINGS = (
     r"`isinstance\(treespec, LeafSpec\)` is deprecated",
     # logging counts global steps, not batches of the epoch: a run of 12-batch epochs logs every 25 steps
     r"The number of training batches \(\d+\) is smaller than the logging interval",
+    # predict's dataloader yields whole batches (batch_size=None); SamplesWriter reads the indices from them
+    r"Couldn't infer the batch indices fetched from your dataloader",
 )
 
 
