@@ -99,7 +99,7 @@ def saved_tables(net: DiT) -> dict[str, int]:
     names = {id(buffer): name for name, buffer in net.state_dict(keep_vars=True).items()}
     if not getattr(net.router.strategy, "saved", False):
         return {}
-    tables = (net.router.table(i) for i in range(len(net.blocks)))
+    tables = (net.router.block_table(i) for i in range(len(net.blocks)))
     return {names[id(t)]: i for i, t in enumerate(tables) if id(t) in names}
 
 
@@ -172,7 +172,7 @@ def check_tables(official: dict[str, torch.Tensor], net: DiT, where: str) -> tup
         )
     router = net.router
     for i in range(len(net.blocks) if router.enabled else 0):
-        table, own = official.get(layout.format(i)), router.table(i).cpu()
+        table, own = official.get(layout.format(i)), router.block_table(i).cpu()
         if table is None:
             raise DTRLabError(
                 f"{where}: block {i} has no mask table, but the config's {router.strategy!r} routes it; "

@@ -92,12 +92,12 @@ def test_r_tr_tables_come_from_the_file_and_no_seed_draws_them():
     assert all(torch.equal(t.sum(1), torch.full((100,), 2.0)) for t in tables)  # C_β = int(4 · 0.5) = 2
     assert not torch.equal(tables[0], tables[1])  # a table per block
     net = tiny_net("rtr")
-    drawn = [net.router.table(i).clone() for i in range(4)]
+    drawn = [net.router.block_table(i).clone() for i in range(4)]
     # the seed's draw is not the file's
     assert not any(torch.equal(t, d) for t, d in zip(tables, drawn, strict=True))
     state, _ = import_state(official, net, "fixture")
     net.load_state_dict(state)
-    assert all(torch.equal(net.router.table(i), tables[i]) for i in range(4))
+    assert all(torch.equal(net.router.block_table(i), tables[i]) for i in range(4))
     # a fixed routing refuses them: no seed draws them again
     with pytest.raises(DTRLabError, match="block 0 has another mask table than the config's RandomRouting"):
         import_state(official, DiT(8, 1, 10, 100, routing=RandomRouting(beta=0.5), size="DiT-T/2",
