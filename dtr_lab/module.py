@@ -55,6 +55,7 @@ class DiffusionModule(Sampling, L.LightningModule):
         respacing: str = "even",
         fixed_variance: str = "large",
         guidance_scale: float = 1.0,
+        guidance_channels: str | None = None,
         clip_x0: bool = True,
         num_samples: int = 1000,
         seed: int = 0,
@@ -92,6 +93,9 @@ class DiffusionModule(Sampling, L.LightningModule):
             fixed_variance: DDPM step variance of a model without learned σ: 'large' (σ² = β_t, the
                 DiT/ADM default) or 'small' (σ² = β̃_t, the posterior variance).
             guidance_scale: classifier-free guidance scale (1 = none; DTR reports 1.5).
+            guidance_channels: which output channels guidance mixes: 'all' (every ε channel, as DTR and
+                Switch-DiT) or 'first3' (DiT's forward_with_cfg: the first 3); null: a loaded checkpoint's
+                rule (an imported DiT file's is first3), else all. Part of the checkpoint's identity.
             clip_x0: clip predicted x̂_0 and samples to [-1, 1] (images); false for VAE latents.
             num_samples: images drawn by `predict` (and scored by `test` with SampleQuality).
             seed: seeds the module's own timestep/noise/label-dropout generator.
@@ -139,6 +143,8 @@ class DiffusionModule(Sampling, L.LightningModule):
         self.rng: torch.Generator | None = None
         self._rng_state: torch.Tensor | None = None
         self.checkpoint_step = 0  # the loaded checkpoint's step: where analyses of a loaded model record
+        # the guidance rule samples use; a loaded checkpoint's when the config states none (model_checks)
+        self.guidance_channels = guidance_channels or "all"
 
     def forward(self, x_t: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         """The denoiser's output at noisy images x_t (N, C, H, W) and timesteps t (N,)."""

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -53,6 +54,11 @@ TABLE = "blocks.{}.routing._unit_mapping"
 SWITCH = {"gate_weight": "f_gate.1.weight", "gate_bias": "f_gate.1.bias", "expert_weight": "experts.w",
           "expert_bias": "experts.b"}  # fmt: skip
 SWITCH_PRIOR = "prior._unit_mapping"
+# classifier-free guidance of the code that wrote a file (dtr_lab.diffusion.samplers.GUIDANCE_RULES): DiT's
+# forward_with_cfg mixes the first 3 output channels, DTR's and Switch-DiT's every ε channel
+GUIDANCE = {"DiT": "first3", "DTR": "all"}
+# DiT's and DTR's train.py name a checkpoint by its step: f"{checkpoint_dir}/{train_steps:07d}.pt"
+STEP_NAME = re.compile(r"(\d{7,})\.pt")
 
 
 def official_name(name: str, routing: set[str] = frozenset()) -> str:
@@ -184,8 +190,9 @@ def import_state(
     return state, layout
 
 
-def read_official(path: Path) -> dict[str, dict[str, torch.Tensor]]:
-    """An official checkpoint's state_dicts by role ({"model", "ema"}, or the bare one as both)."""
+def read_official(path: Path) -> tuple[dict[str, dict[str, torch.Tensor]], str]:
+    """An official checkpoint's state_dicts by role ({"model", "ema"}, or the bare one as both), and the
+    code that wrote it (written_by)."""
     where = f"official checkpoint {path}"
     check_archive(path, where, "pass the .pt written by the official train.py or download")
     try:  # train.py pickles its argparse args (DiT); tensors and these only, never arbitrary code
@@ -214,7 +221,28 @@ def read_official(path: Path) -> dict[str, dict[str, torch.Tensor]]:
                 f"{where}: its {bad}, not a tensor, so this is no state_dict; pass an official DiT, DTR or "
                 "Switch-DiT checkpoint (train.py's {'model', 'ema', ...} or a bare state_dict)"
             )
-    return states
+    return states, written_by(checkpoint, states["model"])
+
+
+def written_by(checkpoint: dict[str, Any], model: dict[str, torch.Tensor]) -> str:
+    """The official code that wrote a file: "DTR" (DTR's or Switch-DiT's train.py, whose checkpoints hold
+    a "config", or whose weights hold mask tables or a diffusion prior) or "DiT" (DiT's train.py, {"args"},
+    or a bare state_dict such as the public DiT-XL-2-256x256.pt)."""
+    routed = SWITCH_PRIOR in model or any(k.endswith("routing._unit_mapping") for k in model)
+    return "DTR" if "config" in checkpoint or routed else "DiT"
+
+
+def official_step(src: Path, stated: int | None) -> tuple[int, str]:
+    """The training step of an official file, and how it is known: stated (--step), else its train.py
+    name's (0400000.pt), else 0 (the public DiT-XL-2-256x256.pt states none)."""
+    if stated is not None:
+        if stated < 0:
+            raise DTRLabError(f"--step={stated} must be ≥ 0: the official file's training step")
+        return stated, "given by --step"
+    named = STEP_NAME.fullmatch(src.name)
+    if named:
+        return int(named.group(1)), "from its train.py name"
+    return 0, "unknown: give --step N to record its analyses at its training step"
 
 
 def check_destination(src: Path, dst: Path, overwrite: bool) -> None:
@@ -242,26 +270,34 @@ def build_module(config: list[str]) -> L.LightningModule:
     return build_cli([*config, "--trainer.logger", "false"], run=False).model
 
 
-def import_checkpoint(src: Path, dst: Path, config: list[str]) -> str:
-    """Official checkpoint -> dtr_lab checkpoint for the config's model; returns what it wrote."""
+def import_checkpoint(src: Path, dst: Path, config: list[str], step: int | None = None) -> str:
+    """Official checkpoint -> dtr_lab checkpoint for the config's model, at its training step (`step`, else
+    its name's) with its code's guidance rule unless the config states one; returns what it wrote."""
+    step, known = official_step(src, step)
     module = build_module(config)
-    states = read_official(src)
+    states, code = read_official(src)
     where = f"official checkpoint {src}"
     loaded = {role: import_state(state, module.net, where) for role, state in states.items()}
     layout = loaded["model"][1]
     for net, role in ((module.net, "model"), (module.ema.module, "ema")):
         net.set_pos_embed_layout(layout)
         net.load_state_dict(loaded[role][0])
+    stated = module.hparams.guidance_channels
+    module.guidance_channels = stated or GUIDANCE[code]
     checkpoint = {
         "state_dict": module.state_dict(),
         "dtr_lab_identity": module.identity(),
-        "dtr_lab_official": {"source": str(src)},
+        "dtr_lab_official": {"source": str(src), "code": code, "step": step},
         "pytorch-lightning_version": L.__version__,
         "epoch": 0,
-        "global_step": 0,
+        "global_step": step,  # where validate records its analyses (DiffusionModule.checkpoint_step)
     }
     write_atomically(dst, lambda f: torch.save(checkpoint, f), what="DST")
-    return f"{dst}: {module.identity()['net']}, {layout} position embedding, model and EMA from {src}"
+    rule = "the config's" if stated else f"{code}'s forward_with_cfg"
+    return (
+        f"{dst}: {module.identity()['net']}, {layout} position embedding, model and EMA from {src}, step "
+        f"{step} ({known}), guidance_channels {module.guidance_channels} ({rule})"
+    )
 
 
 def export_checkpoint(src: Path, dst: Path, config: list[str]) -> str:
@@ -312,11 +348,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--overwrite", action="store_true", help="replace DST if it exists (never when it is SRC itself)"
     )
+    parser.add_argument(
+        "--step", type=int, help="import: the official file's training step, where validate records its "
+        "analyses (default: its train.py name's, 0400000.pt, else 0)",
+    )  # fmt: skip
     args, config = parser.parse_known_args(argv)
     try:
+        if args.step is not None and args.command == "export":
+            raise DTRLabError("--step is an import option (the official file's training step); drop it")
         check_destination(args.src, args.dst, args.overwrite)
-        run = import_checkpoint if args.command == "import" else export_checkpoint
-        print(f"wrote {run(args.src, args.dst, config)}")
+        if args.command == "import":
+            print(f"wrote {import_checkpoint(args.src, args.dst, config, args.step)}")
+        else:
+            print(f"wrote {export_checkpoint(args.src, args.dst, config)}")
     except Exception as exc:
         bad_input = find_bad_input(exc)
         if bad_input is None:
