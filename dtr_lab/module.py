@@ -49,6 +49,7 @@ class DiffusionModule(Sampling, L.LightningModule):
         gradient_clip_val: float | None = None,
         compile: bool = False,
         ema_decay: float = 0.9999,
+        ema_warmup: bool = True,
         class_dropout_prob: float = 0.1,
         sampler: str = "ddpm",
         sample_steps: int = 250,
@@ -84,7 +85,10 @@ class DiffusionModule(Sampling, L.LightningModule):
             gradient_clip_val: max gradient norm for the gradient methods (which optimise manually;
                 otherwise use Lightning's trainer.gradient_clip_val).
             compile: torch.compile the network in place (GPU speed; state_dict keys unchanged).
-            ema_decay: EMA decay of the sampling weights (0.9999 in the papers), with warm-up.
+            ema_decay: EMA decay of the sampling weights (0.9999 in the papers).
+            ema_warmup: decay min(ema_decay, (1 + n)/(10 + n)) at update n, after a copy at the first (for
+                short runs); false: DiT's and DTR's train.py, a copy at step 0 then plain ema_decay (the
+                paper-scale configs'). dtr_lab.ema.
             class_dropout_prob: share of training labels replaced by the null label (for guidance).
             sampler: 'ddpm' (ancestral) or 'ddim' (deterministic) for samples made by the module.
             sample_steps: sampling steps (respaced from T; 250 in DiT/DTR).
@@ -136,7 +140,7 @@ class DiffusionModule(Sampling, L.LightningModule):
         if not compile:  # one image through forward: the summary's FLOPs (a compiled net would compile twice)
             x, t = torch.zeros(1, in_channels, image_size, image_size), torch.zeros(1, dtype=torch.long)
             self.example_input_array = (x, t, t if num_classes else None)
-        self.ema = EMA(self.net, ema_decay)
+        self.ema = EMA(self.net, ema_decay, ema_warmup)
         self.ema.requires_grad_(False)
         self.optimizer_factory = optimizer
         self.lr_schedule = lr_schedule
