@@ -17,8 +17,10 @@ The formats (what the official loaders read):
 Importing checks everything the official file states against the dtr_lab config: tensor shapes, the
 position embedding (which layout: official column-first, dtr_lab's former row-first, or neither), and for
 DTR every block's mask table (for Switch-DiT the prior's window) against the configured routing's. The
-result is a dtr_lab checkpoint that `validate`, `test`, `predict` and `fit` take as --ckpt_path. Exporting
-writes the official train.py format with the network's own position embedding, so the official
+result is a dtr_lab checkpoint that `validate`, `test`, `predict` and `fit` take as --ckpt_path, with the
+guidance rule of the code that wrote the file (DiT's first3, DTR's and Switch-DiT's all; unless the config
+states one) and its training step (--step, else its train.py name's) as the step validate records at.
+Exporting writes the official train.py format with the network's own position embedding, so the official
 ``sample.py``/``sample_ddp.py`` (and the ADM evaluator on their samples) run a dtr_lab model; it refuses
 what the official DiT cannot express (a U-Net, Switch-DiT's learned experts, an unconditional model).
 """
