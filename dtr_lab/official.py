@@ -58,7 +58,7 @@ SWITCH = {"gate_weight": "f_gate.1.weight", "gate_bias": "f_gate.1.bias", "exper
 SWITCH_PRIOR = "prior._unit_mapping"
 # classifier-free guidance of the code that wrote a file (dtr_lab.diffusion.samplers.GUIDANCE_RULES): DiT's
 # forward_with_cfg mixes the first 3 output channels, DTR's and Switch-DiT's every ε channel
-GUIDANCE = {"DiT": "first3", "DTR": "all"}
+GUIDANCE = {"DiT": "first3", "DTR/Switch-DiT": "all"}
 # DiT's and DTR's train.py name a checkpoint by its step: f"{checkpoint_dir}/{train_steps:07d}.pt"
 STEP_NAME = re.compile(r"(\d{7,})\.pt")
 
@@ -227,11 +227,11 @@ def read_official(path: Path) -> tuple[dict[str, dict[str, torch.Tensor]], str]:
 
 
 def written_by(checkpoint: dict[str, Any], model: dict[str, torch.Tensor]) -> str:
-    """The official code that wrote a file: "DTR" (DTR's or Switch-DiT's train.py, whose checkpoints hold
-    a "config", or whose weights hold mask tables or a diffusion prior) or "DiT" (DiT's train.py, {"args"},
+    """The official code that wrote a file: "DTR/Switch-DiT" (their train.py, whose checkpoints hold a
+    "config", or whose weights hold mask tables or a diffusion prior) or "DiT" (DiT's train.py, {"args"},
     or a bare state_dict such as the public DiT-XL-2-256x256.pt)."""
     routed = SWITCH_PRIOR in model or any(k.endswith("routing._unit_mapping") for k in model)
-    return "DTR" if "config" in checkpoint or routed else "DiT"
+    return "DTR/Switch-DiT" if "config" in checkpoint or routed else "DiT"
 
 
 def official_step(src: Path, stated: int | None) -> tuple[int, str]:

@@ -98,11 +98,13 @@ def test_an_imported_dit_checkpoint_samples_as_dit_sample_py(tmp_path, monkeypat
 
 
 def test_a_dtr_file_keeps_the_all_rule_and_a_stated_rule_wins(tmp_path, capsys):
+    """A DTR file (its mask tables) imports with all, at the --step given; a DiT file under a config that
+    states all keeps all, at step 0 when neither --step nor its name says."""
     dtr = [*TINY, "--model.num_timesteps", "100", "--config", str(REPO / "experiments/routing/dtr.yaml"),
            "--model.routing.init_args.beta", "0.5"]  # fmt: skip
     main(["import", str(FIXTURE / "dtr_tiny.pt"), str(tmp_path / "dtr.ckpt"), *dtr, "--step", "7"])
     line = capsys.readouterr().out
-    assert "step 7 (given by --step), guidance_channels all (DTR's forward_with_cfg)" in line
+    assert "step 7 (given by --step), guidance_channels all (DTR/Switch-DiT's forward_with_cfg)" in line
     checkpoint = torch.load(tmp_path / "dtr.ckpt", weights_only=True)
     assert checkpoint["dtr_lab_identity"]["guidance"] == "all" and checkpoint["global_step"] == 7
     tiny = [*TINY, "--model.num_timesteps", "100", "--model.guidance_channels", "all"]
@@ -135,4 +137,8 @@ def test_a_stated_rule_that_differs_from_the_checkpoints_is_refused(tmp_path, ca
         main, ["import", str(FIXTURE / "dit_tiny.pt"), str(tmp_path / "x.ckpt"), *tiny, "--step", "-1"],
         capsys, "--step=-1 must be ≥ 0",
     )  # fmt: skip
-    assert not (tmp_path / "x.ckpt").exists()
+    helpers.fails_in_one_line(
+        main, ["export", str(tmp_path / "dit.ckpt"), str(tmp_path / "x.pt"), *tiny, "--step", "3"], capsys,
+        "--step is an import option",
+    )  # fmt: skip
+    assert not (tmp_path / "x.ckpt").exists() and not (tmp_path / "x.pt").exists()

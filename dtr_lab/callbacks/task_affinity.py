@@ -10,8 +10,8 @@ parameters are never written to, and the optimizer's state is replayed on a copy
 model (`validate`, no training), "optimizer" is the configured optimizer with the state saved in the
 checkpoint, so the measurement equals fit's at that step. A checkpoint without one (an imported official
 one) is measured with "sgd" instead, with a warning: a fresh Adam's first step, lr·g/(|g| + ε), is about
-lr·sign(g), whatever the model learnt. Each measurement records its update as a row ``update/sgd`` or
-``update/optimizer`` whose value is η.
+lr·sign(g), whatever the model learnt; each such measurement records a row ``update/sgd`` whose value is
+η, since the run's config says "optimizer".
 """
 
 from __future__ import annotations
@@ -197,5 +197,5 @@ class TaskAffinity(IntervalProbe):
             trainer, "affinity/tag", {"Z(i→j)": tag}, step, metric="tag", xlabel="target j", ylabel="source i"
         )
         write_matrix(self.writer, step, "tag", tag)
-        if self.writer is not None:  # which update made these Z, and its η
-            self.writer.scalar(step, f"update/{self.measured_with}", self.step_size(trainer, params))
+        if self.writer is not None and self.measured_with != self.update:  # not the config's update: say so
+            self.writer.scalar(step, "update/sgd", self.step_size(trainer, params))
