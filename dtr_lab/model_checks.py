@@ -5,7 +5,8 @@ and the lr schedule's options, each failing in one line that names the option. A
 goes through `check_checkpoint`, the one check every loader uses (the CLI before the trainer writes
 anything, Lightning's own loads through on_load_checkpoint, dtr_lab.official, analysis/eval_noise.py):
 what it was trained as (`identity`: the routing as a dict of its options, T, schedule, backbone, image
-shape, MTL method with its options, position-embedding layout), then the shapes of its tensors. `module`
+shape, MTL method with its options, position-embedding layout, guidance rule), then the shapes of its
+tensors. `module`
 is a dtr_lab.module.DiffusionModule, which imports this file.
 """
 
@@ -18,7 +19,12 @@ import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
 
-from dtr_lab.diffusion.samplers import check_fixed_variance, check_sample_steps, respaced_timesteps
+from dtr_lab.diffusion.samplers import (
+    check_fixed_variance,
+    check_sample_steps,
+    guided_channel_count,
+    respaced_timesteps,
+)
 from dtr_lab.errors import DTRLabError
 from dtr_lab.models.dit import POS_EMBED_LAYOUTS
 from dtr_lab.routing import identity_of, identity_text
@@ -36,7 +42,7 @@ OPTIMIZER_RANGES = {
 # what a checkpoint was trained as; checked on load (override one with model.allow_checkpoint_mismatch)
 IDENTITY_FIELDS = (
     "routing", "num_timesteps", "schedule", "net", "image_size", "in_channels", "num_classes", "mtl",
-    "pos_embed",
+    "pos_embed", "guidance",
 )
 # the position-embedding layout of a checkpoint saved before identities recorded it (dtr_lab before issue 21)
 OLD_POS_EMBED = "row_first"
@@ -56,6 +62,8 @@ def check_options(options: dict[str, Any]) -> None:
     check_sample_steps(o["sample_steps"], o["num_timesteps"], "model.sample_steps")
     try:  # the samplers' own checks, named as the config's options
         check_fixed_variance(o["fixed_variance"])
+        if o["guidance_channels"] is not None:
+            guided_channel_count(o["guidance_channels"], o["in_channels"])
         if o["respacing"] != "even":  # an unknown name, or a stride that must give exactly sample_steps
             respaced_timesteps(o["num_timesteps"], o["sample_steps"], o["respacing"])
     except DTRLabError as err:
@@ -119,6 +127,7 @@ def identity(module: L.LightningModule) -> dict[str, Any]:
         "num_classes": hp.num_classes,
         "mtl": mtl_identity(module),
         "pos_embed": module.net.pos_embed_layout,
+        "guidance": module.guidance_channels,
     }
 
 
@@ -140,7 +149,8 @@ def check_checkpoint(module: L.LightningModule, checkpoint: dict[str, Any]) -> N
 
 def check_identity(module: L.LightningModule, saved: dict[str, Any] | None) -> None:
     """Fail with one line when a checkpoint was trained as something else (routing, T, backbone, ...);
-    take its position-embedding layout (None or no pos_embed field: saved before layouts were recorded)."""
+    take its position-embedding layout (None or no pos_embed field: saved before layouts were recorded), and
+    its guidance rule when the config states none."""
     if saved is None:
         rank_zero_warn(
             "the checkpoint has no dtr_lab identity (saved by an older dtr_lab): its routing, T, "
@@ -149,6 +159,7 @@ def check_identity(module: L.LightningModule, saved: dict[str, Any] | None) -> N
         saved = {}
     allowed = set(module.hparams.allow_checkpoint_mismatch or ())
     adopt_pos_embed_layout(module, saved.get("pos_embed", OLD_POS_EMBED), allowed)
+    adopt_guidance(module, saved.get("guidance"))
     own = identity(module)
     if "routing" in saved:  # a repr string before the routing package: read as its identity dict
         saved = {**saved, "routing": identity_of(saved["routing"])}
@@ -169,6 +180,21 @@ def check_identity(module: L.LightningModule, saved: dict[str, Any] | None) -> N
                 "use the config the checkpoint was trained with (its run directory's config.yaml), or "
                 f"pass --model.allow_checkpoint_mismatch [{field}] to fine-tune across it deliberately"
             )
+
+
+def adopt_guidance(module: L.LightningModule, saved: str | None) -> None:
+    """A config that states no guidance rule samples with the checkpoint's (an imported DiT file's first3:
+    DiT's forward_with_cfg); one that states another is refused by check_identity like any field."""
+    if saved is None or module.hparams.guidance_channels is not None:
+        return
+    try:
+        guided_channel_count(saved, module.hparams.in_channels)
+    except DTRLabError:
+        raise DTRLabError(
+            f"checkpoint has guidance rule guidance={saved!r}, which dtr_lab does not know; load it with the "
+            "dtr_lab version that wrote it, or state model.guidance_channels (all or first3)"
+        ) from None
+    module.guidance_channels = saved
 
 
 def adopt_pos_embed_layout(module: L.LightningModule, saved: str, allowed: set[str]) -> None:

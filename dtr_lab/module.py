@@ -50,12 +50,14 @@ class DiffusionModule(Sampling, L.LightningModule):
         gradient_clip_val: float | None = None,
         compile: bool = False,
         ema_decay: float = 0.9999,
+        ema_warmup: bool = True,
         class_dropout_prob: float = 0.1,
         sampler: str = "ddpm",
         sample_steps: int = 250,
         respacing: str = "even",
         fixed_variance: str = "large",
         guidance_scale: float = 1.0,
+        guidance_channels: str | None = None,
         clip_x0: bool = True,
         num_samples: int = 1000,
         seed: int = 0,
@@ -84,7 +86,10 @@ class DiffusionModule(Sampling, L.LightningModule):
             gradient_clip_val: max gradient norm for the gradient methods (which optimise manually;
                 otherwise use Lightning's trainer.gradient_clip_val).
             compile: torch.compile the network in place (GPU speed; state_dict keys unchanged).
-            ema_decay: EMA decay of the sampling weights (0.9999 in the papers), with warm-up.
+            ema_decay: EMA decay of the sampling weights (0.9999 in the papers).
+            ema_warmup: decay min(ema_decay, (1 + n)/(10 + n)) at update n, after a copy at the first (for
+                short runs); false: DiT's and DTR's train.py, a copy at step 0 then plain ema_decay (the
+                paper-scale configs'). dtr_lab.optim.ema.
             class_dropout_prob: share of training labels replaced by the null label (for guidance).
             sampler: 'ddpm' (ancestral) or 'ddim' (deterministic) for samples made by the module.
             sample_steps: sampling steps (respaced from T; 250 in DiT/DTR).
@@ -93,6 +98,9 @@ class DiffusionModule(Sampling, L.LightningModule):
             fixed_variance: DDPM step variance of a model without learned σ: 'large' (σ² = β_t, the
                 DiT/ADM default) or 'small' (σ² = β̃_t, the posterior variance).
             guidance_scale: classifier-free guidance scale (1 = none; DTR reports 1.5).
+            guidance_channels: which output channels guidance mixes: 'all' (every ε channel, as DTR and
+                Switch-DiT) or 'first3' (DiT's forward_with_cfg: the first 3); null: a loaded checkpoint's
+                rule (an imported DiT file's is first3), else all. Part of the checkpoint's identity.
             clip_x0: clip predicted x̂_0 and samples to [-1, 1] (images); false for VAE latents.
             num_samples: images drawn by `predict` (and scored by `test` with SampleQuality).
             seed: seeds the module's own timestep/noise/label-dropout generator.
@@ -133,13 +141,15 @@ class DiffusionModule(Sampling, L.LightningModule):
         if not compile:  # one image through forward: the summary's FLOPs (a compiled net would compile twice)
             x, t = torch.zeros(1, in_channels, image_size, image_size), torch.zeros(1, dtype=torch.long)
             self.example_input_array = (x, t, t if num_classes else None)
-        self.ema = EMA(self.net, ema_decay)
+        self.ema = EMA(self.net, ema_decay, ema_warmup)
         self.ema.requires_grad_(False)
         self.optimizer_factory = optimizer
         self.lr_schedule = lr_schedule
         self.rng: torch.Generator | None = None
         self._rng_state: torch.Tensor | None = None
         self.checkpoint_step = 0  # the loaded checkpoint's step: where analyses of a loaded model record
+        # the guidance rule samples use; a loaded checkpoint's when the config states none (model_checks)
+        self.guidance_channels = guidance_channels or "all"
 
     def forward(self, x_t: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         """The denoiser's output at noisy images x_t (N, C, H, W) and timesteps t (N,)."""

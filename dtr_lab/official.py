@@ -21,7 +21,10 @@ Importing checks everything the official file states against the dtr_lab config:
 train.py config names, tensor shapes, the position embedding (which layout: official column-first,
 dtr_lab's former row-first, or neither), and for DTR every block's mask table (for Switch-DiT the prior's
 window; for R-TR, whose tables are data, their shape and counts) against the configured routing's. The
-result is a dtr_lab checkpoint that `validate`, `test`, `predict` and `fit` take as --ckpt_path. Exporting
+result is a dtr_lab checkpoint that `validate`, `test`, `predict` and `fit` take as --ckpt_path, with the
+guidance rule of the code that wrote the file (DiT's first3, DTR's and Switch-DiT's all; unless the config
+states one) and its training step (--step, else its train.py name's) as the step validate records at.
+Exporting
 writes the official train.py format with the network's own position embedding, so the official
 ``sample.py``/``sample_ddp.py`` (and the ADM evaluator on their samples) run a dtr_lab model; it refuses
 what the official DiT cannot express (a U-Net, Switch-DiT's learned experts).
@@ -31,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -41,7 +45,7 @@ import torch
 from dtr_lab.errors import DTRLabError, find_bad_input
 from dtr_lab.model_checks import check_checkpoint
 from dtr_lab.models.dit import POS_EMBED_LAYOUTS, DiT, sincos_pos_embed_2d
-from dtr_lab.official_file import read_official_file
+from dtr_lab.official_file import OfficialFile, read_official_file
 from dtr_lab.routing import own_parameters
 from dtr_lab.storage.checkpoint_file import read_checkpoint
 from dtr_lab.storage.temp_files import write_atomically
@@ -61,6 +65,11 @@ T_BIAS = "t_embedder.mlp.2.bias"  # the timestep embedding's last bias: c = emb(
 SWITCH = {"gate_weight": "f_gate.1.weight", "gate_bias": "f_gate.1.bias", "expert_weight": "experts.w",
           "expert_bias": "experts.b"}  # fmt: skip
 SWITCH_PRIOR = "prior._unit_mapping"
+# classifier-free guidance of the code that wrote a file (dtr_lab.diffusion.samplers.GUIDANCE_RULES): DiT's
+# forward_with_cfg mixes the first 3 output channels, DTR's and Switch-DiT's every ε channel
+GUIDANCE = {"DiT": "first3", "DTR/Switch-DiT": "all"}
+# DiT's and DTR's train.py name a checkpoint by its step: f"{checkpoint_dir}/{train_steps:07d}.pt"
+STEP_NAME = re.compile(r"(\d{7,})\.pt")
 
 
 def official_name(name: str, routing: set[str] = frozenset()) -> str:
@@ -283,6 +292,28 @@ def check_config(config: dict[str, Any], module: L.LightningModule, where: str) 
     )
 
 
+def written_by(official: OfficialFile) -> str:
+    """The official code that wrote a file: "DTR/Switch-DiT" (their train.py, whose checkpoints hold a
+    "config", or whose weights hold mask tables or a diffusion prior) or "DiT" (DiT's train.py, {"args"},
+    or a bare state_dict such as the public DiT-XL-2-256x256.pt)."""
+    model = official.states["model"]
+    routed = SWITCH_PRIOR in model or any(k.endswith("routing._unit_mapping") for k in model)
+    return "DTR/Switch-DiT" if official.config or routed else "DiT"
+
+
+def official_step(src: Path, stated: int | None) -> tuple[int, str]:
+    """The training step of an official file, and how it is known: stated (--step), else its train.py
+    name's (0400000.pt), else 0 (the public DiT-XL-2-256x256.pt states none)."""
+    if stated is not None:
+        if stated < 0:
+            raise DTRLabError(f"--step={stated} must be ≥ 0: the official file's training step")
+        return stated, "given by --step"
+    named = STEP_NAME.fullmatch(src.name)
+    if named:
+        return int(named.group(1)), "from its train.py name"
+    return 0, "unknown: give --step N to record its analyses at its training step"
+
+
 def check_destination(src: Path, dst: Path, overwrite: bool) -> None:
     """DST may be written: never SRC itself (by any name: a symlink, a hard link, another path), an
     existing file only with --overwrite, never a folder or a path under a file. Checked before SRC is
@@ -308,10 +339,13 @@ def build_module(config: list[str]) -> L.LightningModule:
     return build_cli([*config, "--trainer.logger", "false"], run=False).model
 
 
-def import_checkpoint(src: Path, dst: Path, config: list[str]) -> str:
-    """Official checkpoint -> dtr_lab checkpoint for the config's model; returns what it wrote."""
+def import_checkpoint(src: Path, dst: Path, config: list[str], step: int | None = None) -> str:
+    """Official checkpoint -> dtr_lab checkpoint for the config's model, at its training step (`step`, else
+    its name's) with its code's guidance rule unless the config states one; returns what it wrote."""
+    step, known = official_step(src, step)
     module = build_module(config)
     official = read_official_file(src)
+    code = written_by(official)
     where = f"official checkpoint {src}"
     schedule = check_config(official.config, module, where)
     loaded = {role: import_state(state, module.net, where) for role, state in official.states.items()}
@@ -319,17 +353,22 @@ def import_checkpoint(src: Path, dst: Path, config: list[str]) -> str:
     for net, role in ((module.net, "model"), (module.ema.module, "ema")):
         net.set_pos_embed_layout(layout)
         net.load_state_dict(loaded[role][0])
+    stated = module.hparams.guidance_channels
+    module.guidance_channels = stated or GUIDANCE[code]
     checkpoint = {
         "state_dict": module.state_dict(),
         "dtr_lab_identity": module.identity(),
-        "dtr_lab_official": {"source": str(src)},
+        "dtr_lab_official": {"source": str(src), "code": code, "step": step},
         "pytorch-lightning_version": L.__version__,
         "epoch": 0,
-        "global_step": 0,
+        "global_step": step,  # where validate records its analyses (DiffusionModule.checkpoint_step)
     }
     write_atomically(dst, lambda f: torch.save(checkpoint, f), what="DST")
-    wrote = f"{dst}: {module.identity()['net']}, {layout} position embedding, model and EMA from {src}"
-    return f"{wrote}\n{schedule}"
+    rule = "the config's" if stated else f"{code}'s forward_with_cfg"
+    return (
+        f"{dst}: {module.identity()['net']}, {layout} position embedding, model and EMA from {src}, step "
+        f"{step} ({known}), guidance_channels {module.guidance_channels} ({rule})\n{schedule}"
+    )
 
 
 def export_checkpoint(src: Path, dst: Path, config: list[str]) -> str:
@@ -386,11 +425,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--overwrite", action="store_true", help="replace DST if it exists (never when it is SRC itself)"
     )
+    parser.add_argument(
+        "--step", type=int, help="import: the official file's training step, where validate records its "
+        "analyses (default: its train.py name's, 0400000.pt, else 0)",
+    )  # fmt: skip
     args, config = parser.parse_known_args(argv)
     try:
+        if args.step is not None and args.command == "export":
+            raise DTRLabError("--step is an import option (the official file's training step); drop it")
         check_destination(args.src, args.dst, args.overwrite)
-        run = import_checkpoint if args.command == "import" else export_checkpoint
-        print(f"wrote {run(args.src, args.dst, config)}")
+        if args.command == "import":
+            print(f"wrote {import_checkpoint(args.src, args.dst, config, args.step)}")
+        else:
+            print(f"wrote {export_checkpoint(args.src, args.dst, config)}")
     except Exception as exc:
         bad_input = find_bad_input(exc)
         if bad_input is None:

@@ -120,7 +120,7 @@ class Sampling:
         """Samples from x_T = noise (N, C, H, W), in [-1, 1] when clip_x0; options default to the module's."""
         net = self.ema.module if use_ema else self.net
         scale = self.hparams.guidance_scale if guidance_scale is None else guidance_scale
-        eps_fn = guided(net, y, scale, self.hparams.num_classes)
+        eps_fn = guided(net, y, scale, self.hparams.num_classes, self.guidance_channels)
         eta = 1.0 if (sampler or self.hparams.sampler) == "ddpm" else 0.0
         steps = self.hparams.sample_steps if steps is None else steps
         check_sample_steps(steps, self.diffusion.num_timesteps, "steps")

@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+import yaml
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch import nn
 
@@ -646,3 +647,44 @@ def test_validate_analyses_a_checkpoint_as_fit_measured_it_at_that_step(tiny_run
         assert new[["i", "j"]].equals(fit[["i", "j"]])
         # the same float32 operations on the same tensors; 1e-5 absorbs a different kernel order
         assert np.allclose(new.value, fit.value, atol=1e-5, rtol=1e-5), name
+
+
+def test_validate_on_an_imported_model_measures_the_originals_affinity(tiny_runs, tmp_path):
+    """A run's last.ckpt (step 4) exported to the official format as train.py names it (0000004.pt) and
+    imported back holds no optimizer state: validate measures its lookahead affinity with update sgd (a
+    row update/sgd, η = the optimizer's lr, says so, at step 4), and Z equals the original's measured with
+    update: sgd on the same probe; the original's default update (its saved Adam state) differs."""
+    from dtr_lab.cli import main
+    from dtr_lab.official import main as official
+
+    run = tiny_runs["dtr"]
+    ckpt, config = run / "checkpoints/last.ckpt", run / "config.yaml"
+    exported, imported = tmp_path / "0000004.pt", tmp_path / "imported.ckpt"
+    resolved = yaml.safe_load(config.read_text())
+    model = tmp_path / "model.yaml"  # the run's config less the options of fit alone
+    fit_only = ("ckpt_path", "weights_only")
+    model.write_text(yaml.safe_dump({k: v for k, v in resolved.items() if k not in fit_only}))
+    official(["export", str(ckpt), str(exported), "--config", str(model)])
+    official(["import", str(exported), str(imported), "--config", str(model)])
+    for callback in resolved["trainer"]["callbacks"]:
+        if callback["class_path"].endswith("TaskAffinity"):
+            callback["init_args"]["update"] = "sgd"
+    sgd = tmp_path / "sgd.yaml"
+    sgd.write_text(yaml.safe_dump(resolved))
+    tags = {}
+    for name, cfg, path in [("original", sgd, ckpt), ("imported", config, imported), ("adam", config, ckpt)]:
+        main(["validate", "--config", str(cfg), "--trainer.logger.init_args.save_dir", str(tmp_path),
+              "--trainer.logger.init_args.name", name, "--ckpt_path", str(path)])  # fmt: skip
+        rows = pd.read_csv(tmp_path / name / "version_0/records/affinity.csv")
+        assert set(rows.step) == {4}
+        update = rows[rows.metric.str.startswith("update/")]  # written where the config's update was not
+        assert list(update.metric) == (["update/sgd"] if name == "imported" else [])
+        if name == "imported":
+            assert update.value.item() == pytest.approx(1e-3)  # η: digits/base.yaml's AdamW lr
+        tags[name] = rows[rows.metric == "tag"].reset_index(drop=True)
+    assert len(tags["imported"]) == 9  # K = 3
+    # (the update/sgd row's empty i, j make the imported file's indices floats)
+    assert np.array_equal(tags["imported"][["i", "j"]].to_numpy(), tags["original"][["i", "j"]].to_numpy())
+    # the same float32 operations on bit-equal weights (the round trip is exact)
+    assert np.allclose(tags["imported"].value, tags["original"].value, atol=1e-6, rtol=1e-5)
+    assert not np.allclose(tags["adam"].value, tags["original"].value, atol=1e-3, rtol=1e-2)

@@ -187,7 +187,7 @@ def test_imagenet256_has_the_papers_settings(size):
     assert (optimizer["init_args"]["lr"], optimizer["init_args"]["weight_decay"]) == (1e-4, 0.0)
     assert data["class_path"] == "dtr_lab.data.LatentDataModule"
     assert data["init_args"]["batch_size"] * 8 == 256  # per device, on the paper's 8 GPUs
-    assert model["ema_decay"] == 0.9999 and trainer["max_steps"] == 400_000
+    assert model["ema_decay"] == 0.9999 and model["ema_warmup"] is False and trainer["max_steps"] == 400_000
     assert (trainer["precision"], trainer["devices"], trainer["strategy"]) == ("bf16-mixed", -1, "ddp")
     assert (model["sampler"], model["sample_steps"], model["guidance_scale"]) == ("ddpm", 250, 1.5)
     assert model["routing"]["init_args"] == {"alpha": 4.0, "beta": 0.8}

@@ -8,8 +8,10 @@ current state given g_i (update="optimizer": Adam's moments and bias correction 
 lookahead is evaluated with torch.func.functional_call on substituted tensors, so the trained
 parameters are never written to, and the optimizer's state is replayed on a copy. Analysing a loaded
 model (`validate`, no training), "optimizer" is the configured optimizer with the state saved in the
-checkpoint, so the measurement equals fit's at that step; a checkpoint without one (an imported official
-one) gets a fresh state, with a warning (Adam's first step, lr·g/(|g| + ε), is about lr·sign(g)).
+checkpoint, so the measurement equals fit's at that step. A checkpoint without one (an imported official
+one) is measured with "sgd" instead, with a warning: a fresh Adam's first step, lr·g/(|g| + ε), is about
+lr·sign(g), whatever the model learnt; each such measurement records a row ``update/sgd`` whose value is
+η, since the run's config says "optimizer".
 """
 
 from __future__ import annotations
@@ -78,8 +80,8 @@ class TaskAffinity(IntervalProbe):
                 is measured with gradients of its own (another K backward passes).
             probe_size: n probe images; each interval sees all n at its own timesteps; null: n = B/K.
             params: regex selecting the parameters the lookahead step moves; null for all trainable ones.
-            update: 'optimizer' (the configured optimizer's step from its current state) or 'sgd'
-                (θ − η·g_i).
+            update: 'optimizer' (the configured optimizer's step from its current state; 'sgd' where a
+                loaded checkpoint holds no optimizer state) or 'sgd' (θ − η·g_i).
             lr: η for update='sgd'; default the optimizer's learning rate.
             seed: seeds the probe's images, timesteps and noise (fixed for the whole run).
         """
@@ -91,6 +93,7 @@ class TaskAffinity(IntervalProbe):
         if lr is not None and not lr > 0:
             raise DTRLabError(f"TaskAffinity.lr={lr} must be > 0 (or null for the optimizer's learning rate)")
         self.update = update
+        self.measured_with = update  # the update the lookaheads use: sgd where no optimizer state exists
         self.lr = lr
         self.fresh: list[torch.optim.Optimizer] = []  # the configured optimizer, when analysing without fit
 
@@ -109,10 +112,11 @@ class TaskAffinity(IntervalProbe):
         if saved is not None:
             optimizer.load_state_dict(saved)
         elif self.update == "optimizer":
+            self.measured_with = "sgd"
             rank_zero_warn(
-                "TaskAffinity: the checkpoint holds no optimizer state (an imported official one?); the "
-                "lookahead steps the configured optimizer from a fresh state (Adam: about lr·sign(g)); "
-                "TaskAffinity.update: sgd measures θ − η·g instead"
+                "TaskAffinity: the checkpoint holds no optimizer state (an imported official one?), and a "
+                "fresh optimizer's step (Adam: about lr·sign(g)) says nothing of the model; the lookahead is "
+                "θ − η·g (update: sgd) instead, recorded as update/sgd in records/affinity.csv"
             )
         return optimizer
 
@@ -144,10 +148,16 @@ class TaskAffinity(IntervalProbe):
     ) -> list[torch.Tensor]:
         """θ − η·u_i for the selected parameters, from interval i's flat gradient (P,)."""
         grads = unflatten(grad, params)
-        if self.update == "optimizer":
+        if self.measured_with == "optimizer":
             return optimizer_lookahead(self.optimizer(trainer, params), params, grads)
-        lr = self.lr if self.lr is not None else self.optimizer(trainer, params).param_groups[0]["lr"]
+        lr = self.step_size(trainer, params)
         return [p.detach() - lr * g for p, g in zip(params, grads, strict=True)]
+
+    def step_size(self, trainer: L.Trainer, params: list[torch.Tensor]) -> float:
+        """η: the sgd lookahead's lr (default the optimizer's), or the optimizer's own lr."""
+        if self.measured_with == "sgd" and self.lr is not None:
+            return self.lr
+        return self.optimizer(trainer, params).param_groups[0]["lr"]
 
     @torch.no_grad()
     def interval_losses(
@@ -187,3 +197,5 @@ class TaskAffinity(IntervalProbe):
             trainer, "affinity/tag", {"Z(i→j)": tag}, step, metric="tag", xlabel="target j", ylabel="source i"
         )
         write_matrix(self.writer, step, "tag", tag)
+        if self.writer is not None and self.measured_with != self.update:  # not the config's update: say so
+            self.writer.scalar(step, "update/sgd", self.step_size(trainer, params))

@@ -19,6 +19,11 @@ EpsFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (x_t, t) -> ε̂
 
 FIXED_VARIANCES = ("large", "small")
 RESPACINGS = ("even", "ddim")
+# classifier-free guidance's two conventions: DTR's and Switch-DiT's forward_with_cfg mix every ε channel
+# (model_out[:, :in_channels]); DiT's mixes the first 3 output channels (model_out[:, :3], "for exact
+# reproducibility" of its RGB-era results), so on a 4-channel latent model the 4th ε channel stays conditional
+GUIDANCE_RULES = ("all", "first3")
+DIT_GUIDED_CHANNELS = 3
 
 
 def check_fixed_variance(kind: str) -> str:
@@ -72,20 +77,32 @@ def respaced_timesteps(num_timesteps: int, steps: int, respacing: str = "even") 
     return taken
 
 
-def guided(model: Callable, y: torch.Tensor | None, scale: float, null_label: int) -> EpsFn:
-    """ε̂ = ε_u + s(ε_c − ε_u): conditional and unconditional halves in one batch, same t;
-    a learned v is taken from the conditional half."""
+def guided_channel_count(rule: str, channels: int) -> int:
+    """How many leading output channels classifier-free guidance mixes under a rule (GUIDANCE_RULES)."""
+    if rule not in GUIDANCE_RULES:
+        raise DTRLabError(
+            f"guidance_channels={rule!r} is unknown; choose all (every ε channel: DTR, Switch-DiT) or first3 "
+            "(the first 3 output channels: DiT's forward_with_cfg)"
+        )
+    return channels if rule == "all" else DIT_GUIDED_CHANNELS
+
+
+def guided(
+    model: Callable, y: torch.Tensor | None, scale: float, null_label: int, channels: str = "all"
+) -> EpsFn:
+    """ε̂ = ε_u + s(ε_c − ε_u): conditional and unconditional halves in one batch, same t, on the leading
+    output channels the rule names (``channels``: all or first3, GUIDANCE_RULES); every other channel (a
+    learned v, and under first3 the 4th ε channel of a latent model) is taken from the conditional half."""
     if y is None or scale == 1.0:
         return lambda x, t: model(x, t, y)
 
     def eps(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         null = torch.full_like(y, null_label)
-        out = model(torch.cat([x, x]), torch.cat([t, t]), torch.cat([y, null]))  # (2N, C, H, W)
+        out = model(torch.cat([x, x]), torch.cat([t, t]), torch.cat([y, null]))  # (2N, C or 2C, H, W)
         cond, uncond = out.chunk(2)
-        eps_cond, v_cond = split_output(cond, x.shape[1])
-        eps_uncond, _ = split_output(uncond, x.shape[1])
-        eps_guided = eps_uncond + scale * (eps_cond - eps_uncond)
-        return eps_guided if v_cond is None else torch.cat([eps_guided, v_cond], dim=1)
+        k = guided_channel_count(channels, x.shape[1])
+        mixed = uncond[:, :k] + scale * (cond[:, :k] - uncond[:, :k])  # (N, k, H, W)
+        return torch.cat([mixed, cond[:, k:]], dim=1)
 
     return eps
 

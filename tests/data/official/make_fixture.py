@@ -2,6 +2,7 @@
 imported by the suite (they need timm, hydra and OmegaConf, which dtr_lab does not depend on).
 
     python tests/data/official/make_fixture.py DIT_REPO DTR_REPO SWITCH_REPO OUT_DIR
+    python tests/data/official/make_fixture.py --guided DIT_REPO OUT_DIR
 
 DIT_REPO: facebookresearch/DiT (ed81ce2), DTR_REPO: byeongjun-park/DTR (97df445), SWITCH_REPO:
 byeongjun-park/Switch-DiT (12fa9a5), each a plain checkout, in a Python with torch, timm, scipy, hydra-core
@@ -21,6 +22,13 @@ repository's config/ (its two `hydra/..._logging: disabled` defaults written as 
 hydra ≥ 1.1 takes), the sizes set by overrides, `models.param.latent_size = general.image_size // 8` as
 train.py sets it, the real OmegaConf DictConfig pickled in. Each is saved as its train.py saves it, less the
 optimizer state (size). {kind}_outputs.pt: the inputs and both models' outputs.
+
+--guided writes dit_guided.pt: DiT's ``sample.py`` (its ``main``, less the VAE decode and the image file)
+on a 4-channel latent DiT of the same size (random weights as above, learned σ), 4 labels, cfg scale 1.5
+(DTR's), 10 respaced steps of T = 1000 (``create_diffusion("10")``: linear β, learned range variance),
+``clip_denoised=False``: the weights, z, the labels, the noise ``p_sample`` drew at each step for the
+labelled half (``th.randn_like``, recorded as it is drawn, values unchanged) and the latents sample.py
+would decode.
 """
 
 import argparse
@@ -144,8 +152,52 @@ def one(kind: str, repo: str, out: Path) -> None:
     torch.save(outputs, out / f"{kind}_outputs.pt")
 
 
+def guided(repo: str, out: Path) -> None:
+    """DiT's sample.py on a tiny 4-channel latent DiT, its per-step noise recorded (see --guided)."""
+    sys.path.insert(0, repo)
+    from diffusion import create_diffusion
+    from models import DiT
+
+    model = DiT(**{**SIZE, "in_channels": 4}, learn_sigma=True).eval()
+    state = randomise(model, 4)
+    drawn = []
+    randn_like = torch.randn_like
+
+    def recorded(x, *args, **kwargs):  # p_sample's noise, as drawn (the global RNG, as in sample.py)
+        noise = randn_like(x, *args, **kwargs)
+        drawn.append(noise.clone())
+        return noise
+
+    torch.randn_like = recorded
+    # sample.py's main from here (seed 0), with this model, 10 classes, 10 steps and cfg scale 1.5
+    torch.manual_seed(0)
+    torch.set_grad_enabled(False)
+    diffusion = create_diffusion(str(10))
+    class_labels = [3, 0, 9, 5]
+    n = len(class_labels)
+    z = torch.randn(n, 4, 8, 8)
+    y = torch.tensor(class_labels)
+    z = torch.cat([z, z], 0)
+    y_null = torch.tensor([10] * n)
+    y = torch.cat([y, y_null], 0)
+    model_kwargs = dict(y=y, cfg_scale=1.5)
+    samples = diffusion.p_sample_loop(
+        model.forward_with_cfg, z.shape, z, clip_denoised=False, model_kwargs=model_kwargs, progress=False,
+        device="cpu",
+    )
+    samples, _ = samples.chunk(2, dim=0)  # Remove null class samples
+    torch.randn_like = randn_like
+    # the first half alone: forward_with_cfg reads x[:n] only, so the null half's noise reaches no sample
+    fixture = {"model": state, "z": z[:n], "y": y[:n], "noise": torch.stack(drawn)[:, :n], "samples": samples,
+               "cfg_scale": 1.5, "steps": 10}  # fmt: skip
+    torch.save(fixture, out / "dit_guided.pt")
+
+
 if __name__ == "__main__":
-    if sys.argv[1] == "--one":
+    if sys.argv[1] == "--guided":
+        Path(sys.argv[3]).mkdir(parents=True, exist_ok=True)
+        guided(sys.argv[2], Path(sys.argv[3]))
+    elif sys.argv[1] == "--one":
         one(sys.argv[2], sys.argv[3], Path(sys.argv[4]))
     else:
         repos, out = sys.argv[1:4], sys.argv[4]
