@@ -21,7 +21,8 @@ Importing checks everything the official file states against the dtr_lab config:
 train.py config names, tensor shapes, the position embedding (which layout: official column-first,
 dtr_lab's former row-first, or neither), and for DTR every block's mask table (for Switch-DiT the prior's
 window; for R-TR, whose tables are data, their shape and counts) against the configured routing's. The
-result is a dtr_lab checkpoint that `validate`, `test`, `predict` and `fit` take as --ckpt_path, with the
+result is a dtr_lab checkpoint that `validate`, `test` and `predict` take as --ckpt_path (`fit` refuses
+it in one line: it holds no optimizer state to resume), with the
 guidance rule of the code that wrote the file (DiT's first3, DTR's and Switch-DiT's all; unless the config
 states one) and its training step (--step, else its train.py name's) as the step validate records at.
 Exporting
@@ -298,7 +299,7 @@ def written_by(official: OfficialFile) -> str:
     or a bare state_dict such as the public DiT-XL-2-256x256.pt)."""
     model = official.states["model"]
     routed = SWITCH_PRIOR in model or any(k.endswith("routing._unit_mapping") for k in model)
-    return "DTR/Switch-DiT" if official.config or routed else "DiT"
+    return "DTR/Switch-DiT" if official.hydra or routed else "DiT"
 
 
 def official_step(src: Path, stated: int | None) -> tuple[int, str]:

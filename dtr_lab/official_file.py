@@ -53,11 +53,13 @@ SAFE_GLOBALS = [
 
 
 class OfficialFile(NamedTuple):
-    """An official checkpoint: its state_dicts by role ({"model", "ema"}) and its config as plain data
-    ({} where it has none: a bare state_dict; DiT's args as a dict)."""
+    """An official checkpoint: its state_dicts by role ({"model", "ema"}), its config as plain data ({}
+    where it has none: a bare state_dict; DiT's args as a dict), and whether that config is DTR's or
+    Switch-DiT's hydra "config" (DiT's train.py saves "args")."""
 
     states: dict[str, dict[str, torch.Tensor]]
     config: dict[str, Any]
+    hydra: bool = False
 
 
 def plain(obj: Any) -> Any:
@@ -118,9 +120,10 @@ def read_official_file(path: Path) -> OfficialFile:
         states = {"model": model, "ema": checkpoint.get("ema", model)}
         raw = plain(checkpoint.get("config", checkpoint.get("args", {})))
         config = resolve(raw, raw) if isinstance(raw, dict) else {}
+        hydra = "config" in checkpoint
     else:
         states = {"model": checkpoint, "ema": checkpoint}  # a bare state_dict, e.g. the public EMA weights
-        config = {}
+        config, hydra = {}, False
     for role, state in states.items():  # tensors only: anything else has no shape to check
         if not isinstance(state, dict):
             bad = f"{role!r} is of type {type(state).__name__}"
@@ -132,4 +135,4 @@ def read_official_file(path: Path) -> OfficialFile:
                 f"{where}: its {bad}, not a tensor, so this is no state_dict; pass an official DiT, DTR or "
                 "Switch-DiT checkpoint (train.py's {'model', 'ema', ...} or a bare state_dict)"
             )
-    return OfficialFile(states, config)
+    return OfficialFile(states, config, hydra)

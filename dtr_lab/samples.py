@@ -50,6 +50,7 @@ class Sampled(Protocol):
     trainer: L.Trainer
     _trainer: L.Trainer | None  # Lightning's: None while no trainer is attached
     predict_done: frozenset[int]  # first indices of the predict batches already on disk (Sampling's)
+    guidance_channels: str  # the guidance rule in force: the checkpoint's, else the config's (first3 | all)
 
     def predict_batches(self) -> list[tuple[torch.Tensor, torch.Tensor]]: ...
 

@@ -688,3 +688,9 @@ def test_validate_on_an_imported_model_measures_the_originals_affinity(tiny_runs
     # the same float32 operations on bit-equal weights (the round trip is exact)
     assert np.allclose(tags["imported"].value, tags["original"].value, atol=1e-6, rtol=1e-5)
     assert not np.allclose(tags["adam"].value, tags["original"].value, atol=1e-3, rtol=1e-2)
+    # fit has nothing to resume in it: one line, exit 2, and no run folder left behind
+    before = sorted(tmp_path.iterdir())
+    with pytest.raises(SystemExit) as exit_:
+        main(["fit", "--config", str(config), "--trainer.logger.init_args.save_dir", str(tmp_path),
+              "--trainer.logger.init_args.name", "refit", "--ckpt_path", str(imported)])  # fmt: skip
+    assert exit_.value.code == 2 and sorted(tmp_path.iterdir()) == before

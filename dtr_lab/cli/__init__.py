@@ -126,6 +126,11 @@ class DTRLabCLI(LightningCLI):
                 check_checkpoint(self.model, checkpoint)
             except DTRLabError as err:
                 raise DTRLabError(f"--ckpt_path {ckpt_path}: {err}") from None
+            if subcommand == "fit" and "dtr_lab_official" in checkpoint:  # weights only: nothing to resume
+                raise DTRLabError(
+                    f"--ckpt_path {ckpt_path}: imported from official weights, it holds no optimizer or loop "
+                    "state for fit to resume; validate, test and predict take it"
+                )
         logger = self.trainer.logger
         claim = claim_log_dir(logger) if logger is not None and self.trainer.is_global_zero else None
         if claim is not None:  # so readers tell a fit from a test of its checkpoint or its continuation
