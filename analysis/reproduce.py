@@ -211,12 +211,13 @@ def report(
         )
     if checks:
         text += "## Has each arm reached its plateau?\n\n" + plateau_markdown(checks) + "\n"
-    text += (
-        "## Arms at the last scoring point\n\n" + arm_table(scores)
-        + f"\n## Convergence: steps to digits-FID ≤ {target:g}, and the plateau\n\n"
-        + convergence_markdown(convergence)
-        + "\n## Paired differences at each scoring point\n\n" + markdown(paired, METRICS, key=["step"])
-    )
+    text += "## Arms at the last scoring point\n\n" + arm_table(scores)
+    if comparisons:  # a study of one arm (benchmarks/study_time.py) has nothing to pair
+        text += (
+            f"\n## Convergence: steps to digits-FID ≤ {target:g}, and the plateau\n\n"
+            + convergence_markdown(convergence)
+            + "\n## Paired differences at each scoring point\n\n" + markdown(paired, METRICS, key=["step"])
+        )
     return text, [out / "paired.csv", out / "convergence.csv", out / "curves.png"]
 
 
