@@ -14,8 +14,8 @@ the network) for the network's routed blocks. Between them they answer:
 - its short label and colour: the class attributes ``label`` and ``colour`` (an index into seaborn's
   "colorblind" palette), which ``dtr_lab.runs`` reads from this package's source without importing it;
 - ``seeded``: whether it draws from a seed of its own that a seed study gives every run (R-TR);
-- ``run_options``: which options a config may give as a run directory, and which reader in
-  ``dtr_lab.runs`` turns it into numbers (a routing never reads files).
+- ``run_options``: which options a config may give as a run directory, and the reader (a function of
+  ``dtr_lab.runs``, the object itself) that turns it into numbers (a routing never reads files).
 """
 
 from __future__ import annotations
@@ -99,9 +99,10 @@ class Routing:
     label = ""  # the short name in run labels, figures and tables
     colour = 7  # index into seaborn's "colorblind" palette
     seeded = False  # draws from a seed of its own, which a seed study sets per run
-    # options that a config may give as a run directory: option -> the dtr_lab.runs reader that turns the
-    # directory into this routing's options (numbers), called before the routing is built
-    run_options: dict[str, str] = {}
+    # options that a config may give as a run directory: option -> the reader (path -> options, e.g.
+    # dtr_lab.runs.read_affinity_options) that turns the directory into this routing's options (numbers),
+    # called before the routing is built
+    run_options: dict[str, Callable[[str], dict[str, Any]]] = {}
 
     def build(self, num_timesteps: int, widths: list[int], embed_dim: int) -> BaseRouter:
         """The network's router for routed blocks of these input widths (embed_dim: the timestep
