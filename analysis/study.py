@@ -30,7 +30,7 @@ import yaml
 
 from dtr_lab.convergence import paired_steps, plateau, steps_to_target
 from dtr_lab.records import read_records
-from dtr_lab.runs import routing_seeded
+from dtr_lab.runs import continued, record_key, routing_seeded
 from dtr_lab.stats import (
     PairedDifference,
     detectable_effect,
@@ -309,17 +309,16 @@ def check_and_train(
 
 
 def run_records(run_dir: Path, name: str) -> pd.DataFrame:
-    """One record of a run, its continuations joined: a later part's rows replace an earlier part's from the
-    step the later part resumed at. A damaged row is left out and said on stderr (records.read_records)."""
-    frames: list[pd.DataFrame] = []
+    """One record of a run, its continuations joined as load_runs joins them (dtr_lab.runs.continued): a
+    later part's rows replace an earlier part's from the step the later part resumed at. A damaged row is
+    left out and said on stderr (records.read_records)."""
+    joined = None
     for folder, start in engine.run_parts(run_dir):
-        frames = [f[f["step"] <= start] for f in frames]
         rows, problems = read_records(folder / "records" / name)
         for problem in problems:
             print(f"note: {problem}", file=sys.stderr)
-        frames.append(rows)
-    frames = [f for f in frames if not f.empty]
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+        joined = rows if joined is None else continued(joined, rows, start, record_key(rows))
+    return pd.DataFrame() if joined is None or joined.empty else joined
 
 
 def probe_by_interval(loss_by_t: pd.DataFrame) -> pd.DataFrame:

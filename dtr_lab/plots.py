@@ -317,7 +317,7 @@ def matrix_grid(
 ) -> Figure:
     """K×K heatmaps as small multiples: one row per run, one column per step of training."""
     runs = as_runs(runs)
-    rows = metric_rows(getattr(runs, source), metric, source)
+    rows = metric_rows(runs.record(source), metric, source)
     chosen = pick_steps(rows["step"].to_numpy(), steps) if isinstance(steps, int) else list(steps)
     names = list(rows["run"].unique())
     titles = run_titles(runs)
@@ -478,7 +478,7 @@ def routing_vs_affinity(runs: Run | Runs, source: str = "affinity", metric: str 
             _mask_panel(a_mask, run)
             for ax, frame, src, m in (
                 (a_iou, run.routing, "routing", "iou"),
-                (a_aff, getattr(run, source), source, metric),
+                (a_aff, run.record(source), source, metric),
             ):
                 rows = frame[frame["metric"] == m]
                 if rows.empty:
