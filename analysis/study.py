@@ -30,7 +30,7 @@ import yaml
 
 from dtr_lab.convergence import paired_steps, plateau, steps_to_target
 from dtr_lab.records import read_records
-from dtr_lab.runs import continued, record_key, routing_seeded
+from dtr_lab.runs import config_value, continued, record_key
 from dtr_lab.stats import (
     PairedDifference,
     detectable_effect,
@@ -79,12 +79,27 @@ class RunSpec:
             "--trainer.logger.init_args.version",
             f"seed{seed}",
         ]
-        if routing_seeded(self.labels.get("routing", "")):  # R-TR: a fresh table per seed
+        if routing_seeded(self.configs):  # R-TR: a fresh table per seed
             args += ["--model.routing.init_args.seed", seed]
         return args + self.overrides
 
     def command(self, out: Path) -> list[str]:
         return [sys.executable, "-m", "dtr_lab", "fit", *self.args(out)]
+
+
+def routing_seeded(configs: list[Path]) -> bool:
+    """Whether the config files give their routing a seed of its own (``model.routing.init_args.seed``, as
+    R-TR's random tables take): a seed study sets it to each run's seed. Read from the files, as the CLI
+    merges them: a later file's routing of another class starts afresh."""
+    class_path, seeded = None, False
+    for path in configs:
+        node = config_value(yaml.safe_load(Path(path).read_text()) or {}, "model.routing")
+        if not isinstance(node, dict):
+            continue
+        if node.get("class_path", class_path) != class_path:
+            class_path, seeded = node["class_path"], False
+        seeded = seeded or "seed" in (node.get("init_args") or {})
+    return seeded
 
 
 @dataclass(frozen=True)

@@ -3,8 +3,8 @@ first step.
 
 A start claims its directory with os.mkdir, which either creates it or fails: two starts never share
 one, and a start never writes into an existing one. A start that fails after that leaves `command.yaml`,
-`config.yaml`, perhaps `hparams.yaml`, and an events file without metrics. The CLI removes such a
-directory (its own claim) when the start fails; readers skip it when they expand a folder or pattern.
+`config.yaml`, `labels.yaml`, perhaps `hparams.yaml`, and an events file without metrics. The CLI removes
+such a directory (its own claim) when the start fails; readers skip it when they expand a folder or pattern.
 Anything else in a run directory is output and is never deleted. No torch or training imports: runs.py
 uses this too.
 """
@@ -16,10 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dtr_lab import run_kind
+from dtr_lab import labels, run_kind
 from dtr_lab.errors import DTRLabError
 
-STARTUP_FILES = ("config.yaml", "hparams.yaml", run_kind.FILE)
+STARTUP_FILES = ("config.yaml", "hparams.yaml", run_kind.FILE, labels.FILE)
 EVENTS_GLOB = "events.out.tfevents.*"
 # TensorBoardLogger writes these with the hyperparameters, before any step
 STARTUP_TAGS = ("hp_metric",)

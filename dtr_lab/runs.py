@@ -12,19 +12,18 @@ that is still being written, or was cut off, reads as far as its complete lines 
 
 from __future__ import annotations
 
-import ast
 import glob
 import math
 import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from functools import cache
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import yaml
 
+from dtr_lab import labels as run_labels_file
 from dtr_lab import records, run_kind
 from dtr_lab.errors import DTRLabError
 from dtr_lab.logger_stores import read_store_scalars, run_files
@@ -46,9 +45,18 @@ KNOWN_RECORDS = ("loss_by_t", "conflict", "affinity", "routing", "quality")
 RECORD_COLUMNS = list(records.COLUMNS)
 INTERVAL_COLUMNS = list(records.INTERVAL_COLUMNS)
 AFFINITY_SOURCES = (("affinity", "tag"), ("conflict", "cos"))
-ROUTING_PACKAGE = Path(__file__).resolve().parent / "routing"
+# the routing labels of runs written before a run recorded its own (labels.yaml): the routings dtr_lab had
+# then, by class name; any other class is labelled by its name in lower case
+LEGACY_ROUTING_LABELS = {
+    "NoRouting": "vanilla",
+    "DTRRouting": "dtr",
+    "RandomRouting": "rtr",
+    "SwitchRouting": "switch",
+    "AffinityRouting": "affinity",
+    "InterpolatedAffinityRouting": "affinity_t",
+}
 # short names researchers use (DTR paper, Table 2), as in the experiments/*/*.yaml file names; a
-# routing's comes from the routing itself (routing_classes)
+# routing's comes from the run (labels.yaml)
 SHORT_NAMES = {
     "Uniform": "uniform",
     "MinSNR": "min_snr",
@@ -83,77 +91,25 @@ def _short(node, default: str) -> str:
     return SHORT_NAMES.get(name, name.lower()) if name else default
 
 
-@cache
-def routing_classes() -> dict[str, dict]:
-    """Every routing class in dtr_lab/routing/ by class name, with what it declares of itself as class
-    attributes (label, colour, seeded; inherited ones included), read from the package's source without
-    importing it (no torch here): a new routing file is found without an entry anywhere else."""
-    classes: dict[str, tuple[list[str], dict]] = {}
-    for file in sorted(ROUTING_PACKAGE.glob("*.py")):
-        for node in ast.parse(file.read_text()).body:
-            if not isinstance(node, ast.ClassDef):
-                continue
-            declared = {}
-            for item in node.body:
-                if not isinstance(item, ast.Assign) or len(item.targets) != 1:
-                    continue
-                target, value = item.targets[0], item.value
-                pairs = [(target, value)]
-                if isinstance(target, ast.Tuple) and isinstance(value, ast.Tuple):  # label, colour = "x", 1
-                    pairs = list(zip(target.elts, value.elts, strict=False))
-                for name, v in pairs:
-                    if isinstance(name, ast.Name):
-                        try:
-                            declared[name.id] = ast.literal_eval(v)
-                        except ValueError:  # not a literal (a computed attribute): not declared
-                            pass
-            bases = [b.id for b in node.bases if isinstance(b, ast.Name)]
-            classes[node.name] = (bases, declared)
-
-    def resolve(name: str) -> dict:
-        bases, declared = classes.get(name, ([], {}))
-        out: dict = {}
-        for base in reversed(bases):
-            out |= resolve(base)
-        return out | declared
-
-    routings = {name for name in classes if "Routing" in _ancestors(name, classes)}
-    return {name: resolve(name) for name in routings if resolve(name).get("label")}
-
-
-def _ancestors(name: str, classes: dict) -> set[str]:
-    bases = classes.get(name, ([], {}))[0]
-    return set(bases).union(*(_ancestors(b, classes) for b in bases)) if bases else set()
-
-
 def routing_label(node, default: str = "vanilla") -> str:
-    """A config's routing (a class_path node) by the label its class declares (class name, lower case,
-    for a routing outside dtr_lab)."""
+    """The routing label of a config's routing (a class_path node) for a run that did not record its own
+    (no labels.yaml): LEGACY_ROUTING_LABELS, else the class name in lower case."""
     name = _class_name(node)
     if not name:
         return default
-    return routing_classes().get(name, {}).get("label", name.lower())
+    return LEGACY_ROUTING_LABELS.get(name, name.lower())
 
 
-def routing_colours() -> dict[str, int]:
-    """Every routing's label -> its colour (an index into seaborn's "colorblind" palette)."""
-    return {c["label"]: c["colour"] for c in routing_classes().values() if "colour" in c}
-
-
-def routing_seeded(label: str) -> bool:
-    """Whether the routing of this label draws from a seed of its own (a seed study sets it per run)."""
-    return any(c.get("seeded", False) for c in routing_classes().values() if c["label"] == label)
-
-
-def run_labels(config: dict) -> dict:
+def run_labels(config: dict, recorded: dict | None = None) -> dict:
     """routing (vanilla/dtr/rtr), weighting (uniform/min_snr/p2), mtl (none/uw/pcgrad/nash), model
-    (DiT-T/2, UNet, …) and seed of a resolved config; absent keys take the module's defaults."""
+    (DiT-T/2, UNet, …) and seed of a resolved config; absent keys take the module's defaults. The routing
+    is the label the run recorded (``recorded``: its labels.yaml, dtr_lab.labels) where it did."""
     model = config_value(config, "model.net.init_args.size") or _class_name(config_value(config, "model.net"))
     seed = config_value(config, "seed_everything")
     if isinstance(seed, bool) or not isinstance(seed, int):
         seed = config_value(config, "model.seed", -1)
     return {
-        "routing": routing_label(config_value(config, "model.routing")),
+        "routing": (recorded or {}).get("routing") or routing_label(config_value(config, "model.routing")),
         "weighting": _short(config_value(config, "model.weighting"), "uniform"),
         "mtl": _short(config_value(config, "model.mtl"), "none"),
         "model": model or "unknown",
@@ -280,6 +236,7 @@ class Run(KnownRecords):
     masks: list[Path] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
     kind: RunKind = field(default_factory=lambda: RunKind("fit"))
+    colours: dict[str, str] = field(default_factory=dict)  # label -> "#rrggbb", as the run recorded them
     continuations: list[Path] = field(default_factory=list)  # resumed runs read into this one (join_runs)
     evaluations: list[Run] = field(default_factory=list)  # test/validate/predict runs of its checkpoints
 
@@ -315,7 +272,8 @@ def load_run(path: str | Path, labels: dict[str, str] | None = None, name: str |
         )
     problems: list[str] = []
     config = _read_config(path, problems)
-    run_labels_ = {"run": name or f"{path.parent.name}/{path.name}", **run_labels(config)}
+    recorded = run_labels_file.read(path)  # what the run recorded of itself as it started
+    run_labels_ = {"run": name or f"{path.parent.name}/{path.name}", **run_labels(config, recorded)}
     for column, key in (labels or {}).items():
         run_labels_[column] = config_value(config, key)
 
@@ -350,6 +308,7 @@ def load_run(path: str | Path, labels: dict[str, str] | None = None, name: str |
         masks=sorted((path / "routing").glob("masks_*.png")),
         problems=problems,
         kind=kind,
+        colours=recorded["colours"],
     )
 
 
@@ -384,6 +343,7 @@ class Runs(KnownRecords):
 
     def __post_init__(self) -> None:
         self.scalars = pd.concat([r.scalars for r in self.runs], ignore_index=True)
+        self.colours = {label: c for r in self.runs for label, c in r.colours.items()}
         self.intervals = pd.concat([r.intervals for r in self.runs], ignore_index=True)
         names = dict.fromkeys(name for r in self.runs for name in r.records)
         self.records = {

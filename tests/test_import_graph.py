@@ -14,7 +14,8 @@ PACKAGE = REPO / "dtr_lab"
 LAYERS: list[tuple[set[str], bool]] = [
     # torch-free or plain foundations: errors, seeds, the record format, tables, file helpers
     ({"errors", "seeds", "stats", "console", "temp_files", "records", "tables", "convergence", "run_dir",
-      "run_kind", "checkpoint_file", "parser", "lr_schedule", "ema", "digits", "logger_stores"}, False),
+      "run_kind", "checkpoint_file", "parser", "lr_schedule", "ema", "digits", "logger_stores", "labels"},
+     False),
     ({"runs"}, False),  # run directories read back (no training imports)
     ({"plots", "report"}, False),  # figures and the figure index from those frames
     ({"diffusion", "mtl"}, True),  # pure torch: schedules, samplers; intervals, clustering, MTL methods
@@ -122,7 +123,8 @@ def test_no_circle():
 
 def test_the_readers_and_plots_import_no_training_code():
     edges = graph()
-    torch_free = ["dtr_lab.records", "dtr_lab.tables", "dtr_lab.runs", "dtr_lab.plots", "dtr_lab.report"]
+    torch_free = ["dtr_lab.records", "dtr_lab.tables", "dtr_lab.runs", "dtr_lab.plots", "dtr_lab.report",
+                  "dtr_lab.labels"]
     for module in torch_free:
         source = modules()[module].read_text()
         assert "import torch" not in source and "import lightning" not in source, module

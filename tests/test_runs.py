@@ -410,6 +410,19 @@ def test_a_record_no_reader_knows_is_read_joined_and_concatenated(tmp_path):
     assert len(runs.conflict) == len(run.conflict) + len(load_run(other).conflict) > 0
 
 
+def test_a_run_is_labelled_by_what_it_recorded_and_an_old_one_by_its_config(tmp_path):
+    from dtr_lab import labels
+
+    recorded = write_fake_run(tmp_path, "dtr", 0, 1.0)
+    labels.write(recorded, "soft_dtr")  # as the CLI does for a routing labelled "soft_dtr"
+    run = load_run(recorded)
+    assert run.labels["routing"] == "soft_dtr" and run.colours == {"soft_dtr": labels.colour("soft_dtr")}
+    old = write_fake_run(tmp_path, "vanilla", 0, 1.0)  # no labels.yaml: NoRouting's label then
+    assert load_run(old).labels["routing"] == "vanilla" and load_run(old).colours == {}
+    (old / labels.FILE).write_text("routing: [cut")  # cut off while written: as an old run
+    assert load_run(old).labels["routing"] == "vanilla" and load_runs([recorded, old]).colours == run.colours
+
+
 def test_continued_replaces_rows_after_the_resume_step_and_keeps_the_latest_write():
     import pandas as pd
 

@@ -104,7 +104,7 @@ class AffinityRouting(TableRouting):
     ``source: runs/NAME/version_N`` is read so before the routing is built; config.yaml keeps the path).
     """
 
-    label, colour = "affinity", 5
+    label = "affinity"
     run_options = {"source": read_affinity_options}
 
     def __init__(
