@@ -29,7 +29,7 @@ import pandas as pd
 import yaml
 
 from dtr_lab.records import read_records
-from dtr_lab.runs import routing_seeded
+from dtr_lab.runs import config_value, continued, record_key
 from dtr_lab.runs.convergence import paired_steps, plateau, steps_to_target
 from dtr_lab.runs.markdown import text_table
 from dtr_lab.runs.stats import (
@@ -79,12 +79,27 @@ class RunSpec:
             "--trainer.logger.init_args.version",
             f"seed{seed}",
         ]
-        if routing_seeded(self.labels.get("routing", "")):  # R-TR: a fresh table per seed
+        if routing_seeded(self.configs):  # R-TR: a fresh table per seed
             args += ["--model.routing.init_args.seed", seed]
         return args + self.overrides
 
     def command(self, out: Path) -> list[str]:
         return [sys.executable, "-m", "dtr_lab", "fit", *self.args(out)]
+
+
+def routing_seeded(configs: list[Path]) -> bool:
+    """Whether the config files give their routing a seed of its own (``model.routing.init_args.seed``, as
+    R-TR's random tables take): a seed study sets it to each run's seed. Read from the files, as the CLI
+    merges them: a later file's routing of another class starts afresh."""
+    class_path, seeded = None, False
+    for path in configs:
+        node = config_value(yaml.safe_load(Path(path).read_text()) or {}, "model.routing")
+        if not isinstance(node, dict):
+            continue
+        if node.get("class_path", class_path) != class_path:
+            class_path, seeded = node["class_path"], False
+        seeded = seeded or "seed" in (node.get("init_args") or {})
+    return seeded
 
 
 @dataclass(frozen=True)
@@ -310,17 +325,16 @@ def check_and_train(
 
 
 def run_records(run_dir: Path, name: str) -> pd.DataFrame:
-    """One record of a run, its continuations joined: a later part's rows replace an earlier part's from the
-    step the later part resumed at. A damaged row is left out and said on stderr (records.read_records)."""
-    frames: list[pd.DataFrame] = []
+    """One record of a run, its continuations joined as load_runs joins them (dtr_lab.runs.continued): a
+    later part's rows replace an earlier part's from the step the later part resumed at. A damaged row is
+    left out and said on stderr (records.read_records)."""
+    joined = None
     for folder, start in engine.run_parts(run_dir):
-        frames = [f[f["step"] <= start] for f in frames]
         rows, problems = read_records(folder / "records" / name)
         for problem in problems:
             print(f"note: {problem}", file=sys.stderr)
-        frames.append(rows)
-    frames = [f for f in frames if not f.empty]
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+        joined = rows if joined is None else continued(joined, rows, start, record_key(rows))
+    return pd.DataFrame() if joined is None or joined.empty else joined
 
 
 def probe_by_interval(loss_by_t: pd.DataFrame) -> pd.DataFrame:

@@ -1,8 +1,8 @@
 """Figures of runs read by dtr_lab.runs: training curves, loss by timestep, conflict and affinity
 heatmaps, routing maps. Each function takes a Run or Runs and returns a matplotlib Figure.
 
-One style throughout: seaborn "ticks", the colour-blind-safe "colorblind" palette with a fixed colour
-per routing (vanilla, dtr, rtr, switch, affinity), a diverging blue–red map centred on 0 for cosines and
+One style throughout: seaborn "ticks", a fixed colour per group by its label (storage.labels: a hash of
+the label into 48 colours, never running out), a diverging blue–red map centred on 0 for cosines and
 affinities, and axes labelled in timesteps, never interval indices. No training code is imported.
 """
 
@@ -34,13 +34,9 @@ from dtr_lab.runs import (
     matrix,
     metric_rows,
     routing_affinity_correlation,
-    routing_colours,
 )
+from dtr_lab.storage.labels import PALETTE, slot
 
-# each routing's colour in seaborn's "colorblind" palette, as the routing declares it (vanilla, dtr, rtr,
-# switch, affinity: blue, orange, green, pink, brown; not vermilion, too close to DTR's orange), in that order
-ROUTING_COLOURS = routing_colours()
-ROUTING_ORDER = tuple(sorted(ROUTING_COLOURS, key=lambda label: (ROUTING_COLOURS[label], label)))
 # the palettes of every K×K heatmap (figures and TensorBoard alike): a diverging one centred on 0 for
 # cosines and affinities, a sequential one for overlaps in [0, 1]
 DIVERGING = "vlag"  # blue–white–red, readable with red–green colour blindness
@@ -105,16 +101,20 @@ def log_y(ax) -> None:
     ax.yaxis.set_minor_formatter(FuncFormatter(minor))
 
 
-def palette(values: Sequence) -> dict:
-    """A fixed colour per group: routing names keep their colour across figures, others follow."""
-    colours = sns.color_palette("colorblind")
-    known = [v for v in ROUTING_ORDER if v in set(values)]
-    others = sorted({v for v in values if v not in ROUTING_ORDER}, key=str)
-    out = {v: colours[ROUTING_COLOURS[v]] for v in known}
-    taken = {ROUTING_COLOURS[v] for v in known}
-    # vermilion (3) last: beside DTR's orange it reads as the same colour
-    free = [colours[k] for k in (*range(3), *range(4, len(colours)), 3) if k not in taken]
-    out.update({v: free[k % len(free)] for k, v in enumerate(others)})
+def palette(values: Sequence, colours: dict[str, str] | None = None) -> dict:
+    """A fixed colour per group by its label: the colour its runs recorded (``colours``, Runs.colours),
+    else storage.labels.colour, so a group keeps its colour across figures and colours never run out. Of
+    two groups with one colour, the later in label order takes the palette's next free colour."""
+    colours = colours or {}
+    out, taken = {}, set()
+    for value in sorted(set(values), key=str):
+        colour = colours.get(str(value))
+        if colour is None or colour in taken:
+            k = slot(str(value))
+            free = [PALETTE[(k + n) % len(PALETTE)] for n in range(len(PALETTE))]
+            colour = next((c for c in free if c not in taken), free[0])  # all taken: the hash's own
+        out[value] = colour
+        taken.add(colour)
     return out
 
 
@@ -132,8 +132,8 @@ def run_titles(runs: Runs) -> dict[str, str]:
 
 
 def _hue_order(values: Sequence) -> list:
-    present = set(values)
-    return [v for v in ROUTING_ORDER if v in present] + sorted(present - set(ROUTING_ORDER), key=str)
+    """Groups in label order, the unrouted baseline ("vanilla") first where present."""
+    return sorted(set(values), key=lambda v: (v != "vanilla", str(v)))
 
 
 def _legend_counts(ax, frame: pd.DataFrame, hue: str) -> None:
@@ -167,7 +167,8 @@ def training_curves(
         for ax, tag in zip(axes[0], present, strict=True):
             data = rows[rows["tag"] == tag]
             title = TITLES.get(tag, tag)
-            common = {"x": "step", "y": "value", "hue": hue, "hue_order": order, "palette": palette(order)}
+            colours = palette(order, as_runs(runs).colours)
+            common = {"x": "step", "y": "value", "hue": hue, "hue_order": order, "palette": colours}
             if tag in SMOOTHED and smooth > 1:
                 sns.lineplot(data=data, **common, errorbar=None, alpha=0.3, lw=0.8, legend=False, ax=ax)
                 # a moving average per run steadies the per-batch loss before averaging over seeds
@@ -200,7 +201,7 @@ def loss_by_t(
     if centres:
         table["t"] = table["t"].map(lambda t: centres.get(int(t), t))
     order = _hue_order(table[hue].unique())
-    colours = palette(order)
+    colours = palette(order, runs.colours)
     # each run at its own last step: a title names the step only when the runs share it
     steps = sorted(at_step(metric_rows(runs.loss_by_t, metric, "loss_by_t"))["step"].unique())
     listed = ", ".join(str(int(s)) for s in steps)
@@ -317,7 +318,7 @@ def matrix_grid(
 ) -> Figure:
     """K×K heatmaps as small multiples: one row per run, one column per step of training."""
     runs = as_runs(runs)
-    rows = metric_rows(getattr(runs, source), metric, source)
+    rows = metric_rows(runs.record(source), metric, source)
     chosen = pick_steps(rows["step"].to_numpy(), steps) if isinstance(steps, int) else list(steps)
     names = list(rows["run"].unique())
     titles = run_titles(runs)
@@ -380,7 +381,7 @@ def cos_vs_distance(runs: Run | Runs, hue: str = "routing") -> Figure:
     in_t = last["distance_t"].notna().all()
     x = "distance_t" if in_t else "distance"
     order = _hue_order(last[hue].unique())
-    colours = palette(order)
+    colours = palette(order, runs.colours)
     with style():
         fig, ax = plt.subplots(figsize=(5.4, 3.6))
         for (run, group), g in last.groupby(["run", hue], sort=False):
@@ -441,7 +442,7 @@ def conflict_share(runs: Run | Runs, hue: str = "routing", blocks: bool = False)
                 y="value",
                 hue=hue,
                 hue_order=order,
-                palette=palette(order),
+                palette=palette(order, as_runs(runs).colours),
                 errorbar="sd",
                 marker="o",
                 ax=ax,
@@ -478,7 +479,7 @@ def routing_vs_affinity(runs: Run | Runs, source: str = "affinity", metric: str 
             _mask_panel(a_mask, run)
             for ax, frame, src, m in (
                 (a_iou, run.routing, "routing", "iou"),
-                (a_aff, getattr(run, source), source, metric),
+                (a_aff, run.record(source), source, metric),
             ):
                 rows = frame[frame["metric"] == m]
                 if rows.empty:

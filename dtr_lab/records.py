@@ -4,8 +4,10 @@ A run directory holds ``records/NAME.csv`` for each recording callback, in the l
 ``step,metric,i,j,value`` (one row per scalar, per vector entry (i), per matrix entry (i, j); i and j
 empty where they do not apply; values to 8 significant digits, a diverged run's ``nan`` kept), and
 ``records/intervals.csv`` with ``name,k,start,end``: interval k of the callback NAME holds the
-timesteps [start, end). Files are append-only and flushed per batch, so a run that is still being
-written, or was cut off, reads as far as its complete lines go.
+timesteps [start, end). A record's schema is its header, so a reader finds every record in the folder
+(``names``) and reads each by its own header: a new callback's record needs no entry anywhere else.
+Files are append-only and flushed per batch, so a run that is still being written, or was cut off, reads
+as far as its complete lines go.
 
 Torch-free: writers take plain numbers (the callbacks convert their tensors), readers give pandas
 frames (pandas is imported when reading, so training does not pay for it).
@@ -26,7 +28,9 @@ FOLDER = "records"
 COLUMNS = ("step", "metric", "i", "j", "value")
 INTERVAL_COLUMNS = ("name", "k", "start", "end")
 INTERVALS = "intervals"  # records/intervals.csv
-NAMES = ("loss_by_t", "conflict", "affinity", "routing", "quality")  # the records files callbacks write
+# the type of a column by its name; any other column of a header holds numbers (as value does)
+INTEGERS = ("step", "i", "j", "k", "start", "end")
+TEXTS = ("metric", "name")
 NAN_TEXTS = ("nan", "-nan", "+nan")
 
 
@@ -37,6 +41,12 @@ class RunError(DTRLabError):
 def path(run_dir: str | Path, name: str) -> Path:
     """RUN_DIR/records/NAME.csv."""
     return Path(run_dir) / FOLDER / f"{name}.csv"
+
+
+def names(run_dir: str | Path) -> list[str]:
+    """The records a run holds: every RUN_DIR/records/NAME.csv but the intervals, by NAME, sorted."""
+    folder = Path(run_dir) / FOLDER
+    return sorted(f.stem for f in folder.glob("*.csv") if f.stem != INTERVALS and f.is_file())
 
 
 def value_text(value: float) -> str:
@@ -101,7 +111,7 @@ def _complete_lines(file: Path) -> tuple[str, bool]:
 
 
 def _dtype(column: str) -> str:
-    return {"metric": "string", "name": "string", "value": "float64"}.get(column, "Int64")
+    return "string" if column in TEXTS else "Int64" if column in INTEGERS else "float64"
 
 
 def empty_records(columns: Sequence[str] = COLUMNS):
@@ -111,9 +121,9 @@ def empty_records(columns: Sequence[str] = COLUMNS):
     return pd.DataFrame({c: pd.Series(dtype=_dtype(c)) for c in columns})
 
 
-def read_records(file: Path, columns: Sequence[str] = COLUMNS, strict: bool = False):
+def read_records(file: Path, columns: Sequence[str] | None = COLUMNS, strict: bool = False):
     """A long-format CSV as a typed frame and the problems met, each naming the file and its lines; RunError
-    if its header is not ``columns``.
+    if its header is not ``columns`` (None: whatever its header names, each column typed by its name).
 
     Nothing is left out in silence. Reading for a figure or a table (strict=False), a damaged row (a cell
     that is no number, too few or too many fields) is left out and reported, and so are a cut-off last
@@ -123,10 +133,12 @@ def read_records(file: Path, columns: Sequence[str] = COLUMNS, strict: bool = Fa
     """
     import pandas as pd
 
-    columns = list(columns)
     problems = []
-    empty = empty_records(columns)
     text, cut = _complete_lines(file)
+    if columns is None:  # the schema is the header (an empty file: the long format's)
+        columns = text.split("\n", 1)[0].strip().split(",") if text.strip() else COLUMNS
+    columns = list(columns)
+    empty = empty_records(columns)
     if cut:
         problems.append(f"{file}: line {text.count(chr(10)) + 1} is cut off (no newline at its end; ignored)")
     if file.stat().st_size == 0:
@@ -157,7 +169,7 @@ def read_records(file: Path, columns: Sequence[str] = COLUMNS, strict: bool = Fa
         missing = frame[c].isna()
         if c in ("i", "j"):  # empty on scalar rows
             missing &= text_cells != ""
-        elif c == "value":  # a diverged run writes nan: that is a value, kept as NaN, not a malformed row
+        elif _dtype(c) == "float64":  # a diverged run writes nan: a value, kept as NaN, not a malformed row
             missing &= ~text_cells.str.lower().isin(NAN_TEXTS)
         for line in frame.index[missing]:
             damaged.setdefault(line, f"{c} {text_cells[line]!r} is not a number")

@@ -64,7 +64,7 @@ def loss_by_t_numbers(runs: Runs, metric: str, by: str, baseline: str) -> pd.Dat
 
 def matrix_numbers(runs: Runs, source: str, metric: str) -> pd.DataFrame:
     """Per run and measured step: mean of the off-diagonal entries (and of the diagonal)."""
-    rows = metric_rows(getattr(runs, source), metric, source)
+    rows = metric_rows(runs.record(source), metric, source)
     off = rows["i"] != rows["j"]
     table = (
         rows.assign(part=np.where(off, "off-diagonal mean", "diagonal mean"))

@@ -560,3 +560,23 @@ def test_comparisons_of_different_networks_skip_the_weight_check(monkeypatch, tm
     runs = [study.RunSpec(arm, 0, []) for arm in ("vanilla", "experts")]
     experts = study.Comparison("experts − vanilla", "vanilla", "experts", same_weights=False)
     study.check_pairs(runs, [experts], tmp_path)
+
+
+def test_a_study_seeds_the_routing_whose_config_gives_it_a_seed(monkeypatch, tmp_path):
+    """R-TR's YAML gives its routing a seed, so each study seed draws other tables; DTR's and Switch's
+    give none, and their runs keep the routing's default; a later file's routing of another class starts
+    afresh, one of the same class keeps the seed it was given."""
+    monkeypatch.syspath_prepend(str(REPO / "analysis"))
+    from study import RunSpec, routing_seeded
+
+    routing = REPO / "experiments" / "routing"
+    assert routing_seeded([routing / "rtr.yaml"])
+    assert not routing_seeded([routing / "dtr.yaml"]) and not routing_seeded([routing / "switch.yaml"])
+    assert not routing_seeded([routing / "rtr.yaml", routing / "dtr.yaml"])
+    same = tmp_path / "beta.yaml"
+    same.write_text("model:\n  routing:\n    class_path: dtr_lab.routing.RandomRouting\n    init_args:\n"
+                    "      beta: 0.5\n")
+    assert routing_seeded([routing / "rtr.yaml", same]) and not routing_seeded([same])
+    args = RunSpec("rtr", 3, [routing / "rtr.yaml"]).args(tmp_path)
+    assert args[args.index("--model.routing.init_args.seed") + 1] == "3"
+    assert "--model.routing.init_args.seed" not in RunSpec("dtr", 3, [routing / "dtr.yaml"]).args(tmp_path)

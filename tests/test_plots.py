@@ -14,8 +14,9 @@ import pytest  # noqa: E402
 from helpers import write_fake_run  # noqa: E402
 from matplotlib.collections import PolyCollection  # noqa: E402
 
-from dtr_lab import plots  # noqa: E402
+from dtr_lab import plots
 from dtr_lab.runs import RunError, load_runs  # noqa: E402
+from dtr_lab.storage import labels  # noqa: E402
 
 INTERVALS_K3 = ["0–332", "333–665", "666–999"]
 
@@ -212,13 +213,29 @@ def test_sample_grids(real):
     assert fig.axes[0].get_title().endswith("step 4")
 
 
-def test_palette_is_fixed_per_routing():
+def test_palette_is_fixed_per_label_and_never_runs_out():
     alone = plots.palette(["dtr"])
+    assert alone["dtr"] == labels.colour("dtr") == labels.PALETTE[labels.slot("dtr")]
     both = plots.palette(["vanilla", "dtr", "min_snr"])
-    assert alone["dtr"] == both["dtr"] and both["vanilla"] != both["dtr"]
-    assert len(set(both.values())) == 3
-    every = plots.palette(["affinity", "switch", "rtr", "dtr", "vanilla", "other"])
-    assert len(set(every.values())) == 6 and every["dtr"] == alone["dtr"]
+    assert alone["dtr"] == both["dtr"] and len(set(both.values())) == 3
+    many = [f"routing_{k}" for k in range(40)]  # more groups than any fixed list: all told apart
+    every = plots.palette(many)
+    assert len(set(every.values())) == 40 and set(every.values()) <= set(labels.PALETTE)
+    # two labels that hash to one colour: the later in label order takes the next free one
+    first, second = next((a, b) for a in many for b in many if a < b and labels.slot(a) == labels.slot(b))
+    pair = plots.palette([second, first])
+    assert pair[first] == labels.colour(first) and pair[second] != pair[first]
+    # a colour a run recorded wins over the hash
+    assert plots.palette(["dtr"], {"dtr": "#123456"}) == {"dtr": "#123456"}
+
+
+def test_the_label_palette_is_48_distinct_colours_from_a_stable_hash():
+    import hashlib
+
+    assert len(labels.PALETTE) == len(set(labels.PALETTE)) == 48
+    assert all(len(c) == 7 and c.startswith("#") for c in labels.PALETTE)
+    # MD5 of b"dtr", not Python's per-process salted hash(): the same colour in every process
+    assert labels.slot("dtr") == int(hashlib.md5(b"dtr").hexdigest(), 16) % 48
 
 
 def test_missing_records_name_the_file(tmp_path):

@@ -19,7 +19,7 @@ def test_writer_and_reader_share_one_schema(tmp_path):
     writer = RecordWriter(tmp_path, "conflict")
     assert writer.path == records.path(tmp_path, "conflict") == tmp_path / "records" / "conflict.csv"
     assert writer.path.read_text().strip() == ",".join(records.COLUMNS)
-    assert runs.RECORD_COLUMNS == list(records.COLUMNS) and runs.RECORDS == records.NAMES
+    assert runs.RECORD_COLUMNS == list(records.COLUMNS)
     assert runs.INTERVAL_COLUMNS == list(records.INTERVAL_COLUMNS)
     assert runs.read_records is read_records and runs.RunError is RunError and runs.matrix is matrix
     write_intervals(tmp_path, "conflict", [0, 10, 30])
@@ -174,3 +174,23 @@ def test_read_affinity_without_records_or_intervals(tmp_path):
     shutil.rmtree(run / "records")
     with pytest.raises(RunError, match="has no affinity records"):
         runs.read_affinity(run)
+
+
+def test_a_record_is_read_by_its_header_and_found_without_a_list(tmp_path):
+    """The schema is the header: a record of other columns reads typed by their names (step, i, j, k as
+    integers; metric, name as text; any other as numbers, nan kept), and every records/*.csv but the
+    intervals is a record of the run."""
+    RecordWriter(tmp_path, "grad_norm").vector(3, "norm", [0.5, 1.5])
+    write_intervals(tmp_path, "grad_norm", [0, 500, 1000])
+    odd = records.path(tmp_path, "spectrum")
+    odd.write_text("step,k,name,power\n1,0,low,2.5\n2,1,high,nan\n3,x,high,1\n")
+    assert records.names(tmp_path) == ["grad_norm", "spectrum"]
+    frame, problems = read_records(odd, columns=None)
+    assert list(frame.columns) == ["step", "k", "name", "power"]
+    assert [str(t) for t in frame.dtypes] == ["Int64", "Int64", "string", "float64"]
+    assert frame["step"].tolist() == [1, 2] and frame["power"].iloc[0] == 2.5
+    assert np.isnan(frame["power"].iloc[1])
+    assert problems == [f"{odd}: 1 malformed row(s) ignored (line 4; line 4: k 'x' is not a number)"]
+    long, _ = read_records(records.path(tmp_path, "grad_norm"), columns=None)
+    assert list(long.columns) == list(records.COLUMNS) and long["value"].tolist() == [0.5, 1.5]
+    assert records.names(tmp_path / "nothing") == []

@@ -80,7 +80,7 @@ OLD_REPRS = {
 def test_every_routing_answers_every_question(name, backbone):
     routing = ROUTINGS[name]()
     assert isinstance(routing, Routing)
-    assert routing.label == name and isinstance(routing.colour, int) and isinstance(routing.seeded, bool)
+    assert routing.label == name
     if backbone == "dit":
         net = DiT(8, 1, 10, T, routing, size="DiT-T/2")
     else:
@@ -127,19 +127,15 @@ def test_identity_survives_a_repr_change_and_old_checkpoints_still_load(monkeypa
             check_identity(other, saved)
 
 
-def test_labels_and_colours_come_from_the_routings():
-    """dtr_lab.runs reads the classes' own declarations (torch-free); they agree with the classes."""
-    declared = runs.routing_classes()
-    for make in ROUTINGS.values():
-        routing = make()
-        cls = type(routing).__name__
-        assert declared[cls]["label"] == routing.label and declared[cls]["colour"] == routing.colour
-        assert runs.routing_label(f"dtr_lab.routing.{cls}") == routing.label
-        assert runs.routing_seeded(routing.label) == routing.seeded
+def test_a_run_without_labels_yaml_reads_with_the_labels_its_routing_had():
+    """Runs from before labels.yaml are labelled by runs.LEGACY_ROUTING_LABELS: those labels are the
+    routings' own (a run labels itself by its routing's label since), and any other class by its name."""
+    labels = {type(make()).__name__: label for label, make in ROUTINGS.items()}
+    assert runs.LEGACY_ROUTING_LABELS.items() <= labels.items()
+    for cls, label in runs.LEGACY_ROUTING_LABELS.items():
+        assert runs.routing_label(f"dtr_lab.routing.{cls}") == label
     assert runs.routing_label("my_lab.MyRouting") == "myrouting"  # a routing of one's own
-    assert runs.routing_colours() == {"vanilla": 0, "dtr": 1, "rtr": 2, "switch": 4, "affinity": 5} | {
-        c["label"]: c["colour"] for c in declared.values()
-    }
+    assert runs.routing_label(None) == "vanilla"  # no routing: the module's default NoRouting
 
 
 # ------------------------------------------------------------------------- nothing outside asks which
@@ -173,8 +169,10 @@ def imports(path) -> set[str]:
 
 
 def test_the_package_imports_nothing_above_it():
-    """dtr_lab.routing reads no files and no runs: it imports torch, numpy/scipy and dtr_lab's floor."""
-    floor = {"dtr_lab.errors", "dtr_lab.seeds", "dtr_lab.mtl.intervals"}
+    """dtr_lab.routing reads no files and no runs: it imports torch, numpy/scipy and dtr_lab's floor, and
+    dtr_lab.runs only for the readers its ``run_options`` hold (the CLI calls them before a routing is
+    built; torch-free, they never import a routing back)."""
+    floor = {"dtr_lab.errors", "dtr_lab.seeds", "dtr_lab.mtl.intervals", "dtr_lab.runs"}
     for path in (REPO / "dtr_lab" / "routing").glob("*.py"):
         own = {m for m in imports(path) if m.startswith("dtr_lab")}
         assert own <= floor | {m for m in own if m.startswith("dtr_lab.routing")}, (path.name, own)

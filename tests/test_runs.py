@@ -16,6 +16,7 @@ from helpers import CONFLICT_EDGES, write_fake_run
 from dtr_lab.runs import (
     RunError,
     comparable,
+    continued,
     distance_table,
     final_metrics,
     final_scalars,
@@ -26,6 +27,7 @@ from dtr_lab.runs import (
     load_runs,
     loss_by_t_table,
     read_records,
+    record_key,
     routing_affinity_correlation,
     run_labels,
 )
@@ -374,6 +376,61 @@ def test_a_resumed_run_joins_its_fit_and_a_test_goes_with_it(tmp_path):
     alone = load_runs([resumed])
     assert len(alone) == 1 and alone[0].steps == 14
     assert "which is not among the runs read: its curves start at step 5" in alone.problems[0]
+
+
+def test_a_record_no_reader_knows_is_read_joined_and_concatenated(tmp_path):
+    """records/grad_norm.csv, which no list names, is run.records["grad_norm"] with the label columns; its
+    resumed part replaces the fit's rows after the checkpoint (step 5) as every record's do; Runs
+    concatenates it over the runs that hold it, and the known records stay attributes."""
+    import yaml
+
+    fit = write_fake_run(tmp_path, "dtr", 0, 1.0)
+    other = write_fake_run(tmp_path, "vanilla", 0, 1.0)
+    rows = lambda steps, v: "".join(f"{s},norm,0,,{v + s}\n" for s in steps)  # noqa: E731
+    (fit / "records" / "grad_norm.csv").write_text("step,metric,i,j,value\n" + rows(range(0, 10, 2), 0))
+    config = yaml.safe_load((fit / "config.yaml").read_text())
+    ckpt = str(fit / "checkpoints" / "last.ckpt")
+    resumed = _derived_run(fit, "version_1", {**config, "ckpt_path": ckpt}, {"train/loss": [(6, 1.0)]})
+    (resumed / "command.yaml").write_text(f"kind: resumed\nckpt_path: {ckpt}\nckpt_step: 5\n")
+    (resumed / "records").mkdir()
+    (resumed / "records" / "grad_norm.csv").write_text("step,metric,i,j,value\n" + rows((6, 8, 10), 100))
+
+    alone = load_run(fit)
+    assert alone.records["grad_norm"]["value"].tolist() == [0, 2, 4, 6, 8]
+    assert set(alone.records["grad_norm"]["routing"]) == {"dtr"}
+    assert alone.conflict is alone.records["conflict"]
+    runs = load_runs(tmp_path)
+    run = runs.select(routing="dtr")[0]
+    joined = run.records["grad_norm"]
+    assert joined["step"].tolist() == [0, 2, 4, 6, 8, 10]
+    assert joined["value"].tolist() == [0, 2, 4, 106, 108, 110]
+    assert run.steps == 10 and set(joined["run"]) == {run.name}
+    assert "grad_norm" not in load_run(other).records and load_run(other).record("grad_norm").empty
+    assert runs.records["grad_norm"]["value"].tolist() == [0, 2, 4, 106, 108, 110]
+    assert len(runs.conflict) == len(run.conflict) + len(load_run(other).conflict) > 0
+
+
+def test_a_run_is_labelled_by_what_it_recorded_and_an_old_one_by_its_config(tmp_path):
+    from dtr_lab.storage import labels
+
+    recorded = write_fake_run(tmp_path, "dtr", 0, 1.0)
+    labels.write(recorded, "soft_dtr")  # as the CLI does for a routing labelled "soft_dtr"
+    run = load_run(recorded)
+    assert run.labels["routing"] == "soft_dtr" and run.colours == {"soft_dtr": labels.colour("soft_dtr")}
+    old = write_fake_run(tmp_path, "vanilla", 0, 1.0)  # no labels.yaml: NoRouting's label then
+    assert load_run(old).labels["routing"] == "vanilla" and load_run(old).colours == {}
+    (old / labels.FILE).write_text("routing: [cut")  # cut off while written: as an old run
+    assert load_run(old).labels["routing"] == "vanilla" and load_runs([recorded, old]).colours == run.colours
+
+
+def test_continued_replaces_rows_after_the_resume_step_and_keeps_the_latest_write():
+    import pandas as pd
+
+    fit = pd.DataFrame({"step": [1, 2, 3, 3], "metric": ["a", "a", "a", "b"], "value": [1, 2, 3, 4]})
+    part = pd.DataFrame({"step": [2, 4], "metric": ["a", "a"], "value": [20, 40]})
+    out = continued(fit, part, 2, record_key(part))
+    # step 3 (after the resume at 2) is dropped; step 2 was written again: the part's row wins
+    assert out.values.tolist() == [[1, "a", 1], [2, "a", 20], [4, "a", 40]]
 
 
 def test_arms_average_only_fits_of_the_same_length(tmp_path):

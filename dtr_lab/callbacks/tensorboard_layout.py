@@ -110,8 +110,9 @@ class TensorBoardLayout(L.Callback):
         a list, such as a measured affinity matrix, is left out) and a few resolved config values."""
         path = Path(log_dir(trainer) or ".") / "config.yaml"
         config = yaml.safe_load(path.read_text()) if path.is_file() else {}
-        params = {k: v for k, v in run_labels(config or {}).items()}
         routing = getattr(pl_module, "routing", None)
+        recorded = {"routing": routing.label} if routing is not None else {}
+        params = {k: v for k, v in run_labels(config or {}, recorded).items()}
         for name, value in (routing.options() if routing is not None else {}).items():
             if isinstance(value, (int, float, str, bool)):
                 params[f"routing.{name}"] = value

@@ -25,6 +25,7 @@ from dtr_lab.data import ImageDataModule
 from dtr_lab.errors import DTRLabError, find_bad_input
 from dtr_lab.model_checks import check_checkpoint, check_optimizer
 from dtr_lab.module import DiffusionModule
+from dtr_lab.routing import Routing
 from dtr_lab.storage import run_kind
 from dtr_lab.storage.checkpoint_file import LIGHTNING_KEYWORDS, read_checkpoint
 from dtr_lab.storage.checkpointing import Interrupted, RunCheckpoint
@@ -34,18 +35,20 @@ from dtr_lab.storage.run_dir import claim_log_dir
 @contextmanager
 def run_options_read(config: Namespace):
     """While the classes are built, every routing option that names a run directory (the routing's
-    ``run_options``) holds what dtr_lab.runs reads from it; the config (and so config.yaml) keeps the path."""
+    ``run_options``) holds what its reader (dtr_lab.runs) reads from it; the config (and so config.yaml)
+    keeps the path."""
     node = config.get("model.routing") if config is not None else None
     if not isinstance(node, Namespace) or not isinstance(node.get("class_path"), str):
         yield
         return
     module, name = node.class_path.rsplit(".", 1)
-    readers = getattr(getattr(importlib.import_module(module), name), "run_options", {})
+    cls = getattr(importlib.import_module(module), name)  # jsonargparse has resolved this class_path
+    readers = cls.run_options if isinstance(cls, type) and issubclass(cls, Routing) else {}
     args = node.get("init_args") or Namespace()
     given = {k: v for k, v in args.items() if isinstance(v, str) and k in readers}
     saved = node.init_args.clone() if given else None
     for option, path in given.items():
-        for key, value in getattr(runs, readers[option])(path).items():
+        for key, value in readers[option](path).items():
             node.init_args[key] = value
     try:
         yield

@@ -21,6 +21,7 @@ from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 from dtr_lab.callbacks.logging import log_dir
 from dtr_lab.errors import DTRLabError
 from dtr_lab.runs import run_labels
+from dtr_lab.storage import labels
 
 # logger class -> (the package it needs, how to install it)
 PACKAGES = {
@@ -63,15 +64,17 @@ def uses_file_store(init_args: Namespace) -> bool:
     return uri is None or uri.startswith("file:") or "://" not in uri
 
 
-def hyperparameters(config: dict) -> dict:
-    """A resolved config as hyper-parameters: the run's labels under ``run``, then the config itself
-    (each logger flattens it its own way: MLflow keys such as model/routing/init_args/alpha)."""
-    return {"run": run_labels(config), **config}
+def hyperparameters(config: dict, routing: str) -> dict:
+    """A resolved config as hyper-parameters: the run's labels under ``run`` (``routing``: the routing's
+    own label), then the config itself (each logger flattens it its own way: MLflow keys such as
+    model/routing/init_args/alpha)."""
+    return {"run": run_labels(config, {"routing": routing}), **config}
 
 
 class RunConfig(SaveConfigCallback):
-    """config.yaml in the run's own folder (dtr_lab.callbacks.logging.log_dir, whichever the logger), never
-    in a folder runs share; the config as hyper-parameters of every logger but TensorBoard."""
+    """config.yaml and labels.yaml (the routing's own label and colour: storage.labels) in the run's own
+    folder (dtr_lab.callbacks.logging.log_dir, whichever the logger), never in a folder runs share; the
+    config as hyper-parameters of every logger but TensorBoard."""
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **{**kwargs, "save_to_log_dir": False})
@@ -90,8 +93,9 @@ class RunConfig(SaveConfigCallback):
             self.parser.save(
                 self.config, path, skip_none=False, overwrite=self.overwrite, multifile=self.multifile
             )
+            labels.write(out, pl_module.routing.label)
         config = yaml.safe_load(self.parser.dump(self.config, skip_none=False))
-        params = hyperparameters(config)
+        params = hyperparameters(config, pl_module.routing.label)
         for logger in trainer.loggers:
             if not isinstance(logger, TensorBoardLogger):
                 logger.log_hyperparams(params)

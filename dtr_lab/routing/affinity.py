@@ -38,6 +38,7 @@ from dtr_lab.errors import DTRLabError
 from dtr_lab.mtl.intervals import Intervals, TaskIntervals
 from dtr_lab.routing.base import active_channels, check_beta
 from dtr_lab.routing.tables import TableRouting
+from dtr_lab.runs import read_affinity_options
 
 DIGITS = 6  # significant digits kept of the matrix: the identity (a checkpoint's) is exact
 
@@ -103,8 +104,8 @@ class AffinityRouting(TableRouting):
     ``source: runs/NAME/version_N`` is read so before the routing is built; config.yaml keeps the path).
     """
 
-    label, colour = "affinity", 5
-    run_options = {"source": "read_affinity_options"}
+    label = "affinity"
+    run_options = {"source": read_affinity_options}
 
     def __init__(
         self,

@@ -29,7 +29,7 @@ from dtr_lab.routing.base import active_channels
 class InterpolatedAffinityRouting(AffinityRouting):
     """Affinity routing whose window moves with t: linear between interval centres, flat beyond the ends."""
 
-    label, colour = "affinity_t", 9
+    label = "affinity_t"
 
     def centres(self, num_timesteps: int) -> np.ndarray:
         """Each interval's centre in t, (K,): the midpoint of its first and last timestep."""

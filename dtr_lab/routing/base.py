@@ -11,11 +11,10 @@ the network) for the network's routed blocks. Between them they answer:
   probabilities), and ``router.learned`` (whether it changes in training and is drawn again);
 - a stable identity: ``routing.identity()``, a dict of its class name and options (not a ``repr``);
 - which parameters are its own: ``own_parameters(net)`` (for pairing);
-- its short label and colour: the class attributes ``label`` and ``colour`` (an index into seaborn's
-  "colorblind" palette), which ``dtr_lab.runs`` reads from this package's source without importing it;
-- ``seeded``: whether it draws from a seed of its own that a seed study gives every run (R-TR);
-- ``run_options``: which options a config may give as a run directory, and which reader in
-  ``dtr_lab.runs`` turns it into numbers (a routing never reads files).
+- its short label: the class attribute ``label``, which a run records as it starts (labels.yaml, with
+  the label's colour: dtr_lab.storage.labels), so readers never read this package;
+- ``run_options``: which options a config may give as a run directory, and the reader (a function of
+  ``dtr_lab.runs``, the object itself) that turns it into numbers (a routing never reads files).
 """
 
 from __future__ import annotations
@@ -97,11 +96,10 @@ class Routing:
     """A routing: a config choice that builds the network's router (see the module docstring)."""
 
     label = ""  # the short name in run labels, figures and tables
-    colour = 7  # index into seaborn's "colorblind" palette
-    seeded = False  # draws from a seed of its own, which a seed study sets per run
-    # options that a config may give as a run directory: option -> the dtr_lab.runs reader that turns the
-    # directory into this routing's options (numbers), called before the routing is built
-    run_options: dict[str, str] = {}
+    # options that a config may give as a run directory: option -> the reader (path -> options, e.g.
+    # dtr_lab.runs.read_affinity_options) that turns the directory into this routing's options (numbers),
+    # called before the routing is built
+    run_options: dict[str, Callable[[str], dict[str, Any]]] = {}
 
     def build(self, num_timesteps: int, widths: list[int], embed_dim: int) -> BaseRouter:
         """The network's router for routed blocks of these input widths (embed_dim: the timestep

@@ -51,7 +51,7 @@ SLOT_PIXELS = 8  # an expert slot's width in the drawn image (a mask table's cha
 class SwitchRouting(Routing):
     """Switch-DiT: per block, a timestep gate picks k of E zero-initialised experts that make the mask."""
 
-    label, colour = "switch", 4
+    label = "switch"
 
     def __init__(
         self,

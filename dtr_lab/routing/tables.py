@@ -35,7 +35,7 @@ class TableRouting(Routing):
 class NoRouting(TableRouting):
     """Every channel active at every timestep: the unrouted (vanilla) model."""
 
-    label, colour, routes = "vanilla", 0, False
+    label, routes = "vanilla", False
 
     def table(self, num_timesteps: int, channels: int, block: int = 0) -> torch.Tensor:
         return torch.ones(num_timesteps, channels, dtype=torch.bool)
@@ -49,7 +49,7 @@ class DTRRouting(TableRouting):
     is NumPy's, half to even, so the table equals the official one bit for bit.
     """
 
-    label, colour = "dtr", 1
+    label = "dtr"
 
     def __init__(self, alpha: float = 4.0, beta: float = 0.8) -> None:
         if not alpha > 0:
@@ -79,7 +79,7 @@ class RandomRouting(TableRouting):
     initial weights.
     """
 
-    label, colour, seeded = "rtr", 2, True
+    label = "rtr"
 
     def __init__(self, beta: float = 0.8, seed: int = 0, per_block: bool = True) -> None:
         self.beta = check_beta(beta)

@@ -12,13 +12,11 @@ that is still being written, or was cut off, reads as far as its complete lines 
 
 from __future__ import annotations
 
-import ast
 import glob
 import math
 import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +24,7 @@ import pandas as pd
 import yaml
 
 from dtr_lab import records
-
+from dtr_lab.storage import labels as run_labels_file
 from dtr_lab.storage import run_kind
 from dtr_lab.errors import DTRLabError
 from dtr_lab.runs.logger_stores import read_store_scalars, run_files
@@ -42,15 +40,24 @@ from dtr_lab.storage.run_dir import EVENTS_GLOB, holds_output, read_events
 from dtr_lab.storage.run_kind import RunKind
 
 LABELS = ("run", "routing", "weighting", "mtl", "model", "seed")
-RECORDS = records.NAMES
-FRAMES = ("scalars", *RECORDS, "intervals")
+# the records of dtr_lab's own callbacks: a Run has each as an attribute (empty where the run has none);
+# any other record a callback writes is read too, into Run.records by its name
+KNOWN_RECORDS = ("loss_by_t", "conflict", "affinity", "routing", "quality")
 RECORD_COLUMNS = list(records.COLUMNS)
 INTERVAL_COLUMNS = list(records.INTERVAL_COLUMNS)
-# (records file, metric) in the order read_affinity searches a run directory: lookahead affinity first
 AFFINITY_SOURCES = (("affinity", "tag"), ("conflict", "cos"))
-ROUTING_PACKAGE = Path(__file__).resolve().parents[1] / "routing"
+# the routing labels of runs written before a run recorded its own (labels.yaml): the routings dtr_lab had
+# then, by class name; any other class is labelled by its name in lower case
+LEGACY_ROUTING_LABELS = {
+    "NoRouting": "vanilla",
+    "DTRRouting": "dtr",
+    "RandomRouting": "rtr",
+    "SwitchRouting": "switch",
+    "AffinityRouting": "affinity",
+    "InterpolatedAffinityRouting": "affinity_t",
+}
 # short names researchers use (DTR paper, Table 2), as in the experiments/*/*.yaml file names; a
-# routing's comes from the routing itself (routing_classes)
+# routing's comes from the run (labels.yaml)
 SHORT_NAMES = {
     "Uniform": "uniform",
     "MinSNR": "min_snr",
@@ -85,77 +92,25 @@ def _short(node, default: str) -> str:
     return SHORT_NAMES.get(name, name.lower()) if name else default
 
 
-@cache
-def routing_classes() -> dict[str, dict]:
-    """Every routing class in dtr_lab/routing/ by class name, with what it declares of itself as class
-    attributes (label, colour, seeded; inherited ones included), read from the package's source without
-    importing it (no torch here): a new routing file is found without an entry anywhere else."""
-    classes: dict[str, tuple[list[str], dict]] = {}
-    for file in sorted(ROUTING_PACKAGE.glob("*.py")):
-        for node in ast.parse(file.read_text()).body:
-            if not isinstance(node, ast.ClassDef):
-                continue
-            declared = {}
-            for item in node.body:
-                if not isinstance(item, ast.Assign) or len(item.targets) != 1:
-                    continue
-                target, value = item.targets[0], item.value
-                pairs = [(target, value)]
-                if isinstance(target, ast.Tuple) and isinstance(value, ast.Tuple):  # label, colour = "x", 1
-                    pairs = list(zip(target.elts, value.elts, strict=False))
-                for name, v in pairs:
-                    if isinstance(name, ast.Name):
-                        try:
-                            declared[name.id] = ast.literal_eval(v)
-                        except ValueError:  # not a literal (a computed attribute): not declared
-                            pass
-            bases = [b.id for b in node.bases if isinstance(b, ast.Name)]
-            classes[node.name] = (bases, declared)
-
-    def resolve(name: str) -> dict:
-        bases, declared = classes.get(name, ([], {}))
-        out: dict = {}
-        for base in reversed(bases):
-            out |= resolve(base)
-        return out | declared
-
-    routings = {name for name in classes if "Routing" in _ancestors(name, classes)}
-    return {name: resolve(name) for name in routings if resolve(name).get("label")}
-
-
-def _ancestors(name: str, classes: dict) -> set[str]:
-    bases = classes.get(name, ([], {}))[0]
-    return set(bases).union(*(_ancestors(b, classes) for b in bases)) if bases else set()
-
-
 def routing_label(node, default: str = "vanilla") -> str:
-    """A config's routing (a class_path node) by the label its class declares (class name, lower case,
-    for a routing outside dtr_lab)."""
+    """The routing label of a config's routing (a class_path node) for a run that did not record its own
+    (no labels.yaml): LEGACY_ROUTING_LABELS, else the class name in lower case."""
     name = _class_name(node)
     if not name:
         return default
-    return routing_classes().get(name, {}).get("label", name.lower())
+    return LEGACY_ROUTING_LABELS.get(name, name.lower())
 
 
-def routing_colours() -> dict[str, int]:
-    """Every routing's label -> its colour (an index into seaborn's "colorblind" palette)."""
-    return {c["label"]: c["colour"] for c in routing_classes().values() if "colour" in c}
-
-
-def routing_seeded(label: str) -> bool:
-    """Whether the routing of this label draws from a seed of its own (a seed study sets it per run)."""
-    return any(c.get("seeded", False) for c in routing_classes().values() if c["label"] == label)
-
-
-def run_labels(config: dict) -> dict:
+def run_labels(config: dict, recorded: dict | None = None) -> dict:
     """routing (vanilla/dtr/rtr), weighting (uniform/min_snr/p2), mtl (none/uw/pcgrad/nash), model
-    (DiT-T/2, UNet, …) and seed of a resolved config; absent keys take the module's defaults."""
+    (DiT-T/2, UNet, …) and seed of a resolved config; absent keys take the module's defaults. The routing
+    is the label the run recorded (``recorded``: its labels.yaml, dtr_lab.storage.labels) where it did."""
     model = config_value(config, "model.net.init_args.size") or _class_name(config_value(config, "model.net"))
     seed = config_value(config, "seed_everything")
     if isinstance(seed, bool) or not isinstance(seed, int):
         seed = config_value(config, "model.seed", -1)
     return {
-        "routing": routing_label(config_value(config, "model.routing")),
+        "routing": (recorded or {}).get("routing") or routing_label(config_value(config, "model.routing")),
         "weighting": _short(config_value(config, "model.weighting"), "uniform"),
         "mtl": _short(config_value(config, "model.mtl"), "none"),
         "model": model or "unknown",
@@ -235,25 +190,54 @@ def find_run_dirs(path: str | Path, max_depth: int = 4) -> list[Path]:
 # ----------------------------------------------------------------------------- runs
 
 
+class KnownRecords:
+    """The records of dtr_lab's own callbacks as attributes: ``run.conflict`` is ``run.records["conflict"]``
+    (a frame with no rows where the run has none)."""
+
+    records: dict[str, pd.DataFrame]
+
+    def record(self, name: str) -> pd.DataFrame:
+        """The record of this name (any callback's), with no rows where no run holds it."""
+        return self.records.get(name, empty_records())
+
+    @property
+    def loss_by_t(self) -> pd.DataFrame:
+        return self.records["loss_by_t"]
+
+    @property
+    def conflict(self) -> pd.DataFrame:
+        return self.records["conflict"]
+
+    @property
+    def affinity(self) -> pd.DataFrame:
+        return self.records["affinity"]
+
+    @property
+    def routing(self) -> pd.DataFrame:
+        return self.records["routing"]
+
+    @property
+    def quality(self) -> pd.DataFrame:
+        return self.records["quality"]
+
+
 @dataclass
-class Run:
-    """One run directory as frames: scalars (step, tag, value), records (step, metric, i, j, value)
-    and intervals (name, k, start, end), each with the label columns; plus its config and labels."""
+class Run(KnownRecords):
+    """One run directory as frames: scalars (step, tag, value), records by name (every records/NAME.csv,
+    read by its header; long format step, metric, i, j, value) and intervals (name, k, start, end), each with
+    the label columns; plus its config and labels."""
 
     path: Path
     config: dict
     labels: dict
     scalars: pd.DataFrame
-    loss_by_t: pd.DataFrame
-    conflict: pd.DataFrame
-    affinity: pd.DataFrame
-    routing: pd.DataFrame
-    quality: pd.DataFrame
+    records: dict[str, pd.DataFrame]  # KNOWN_RECORDS always (empty where not written), then any other
     intervals: pd.DataFrame
     samples: list[Path] = field(default_factory=list)
     masks: list[Path] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
     kind: RunKind = field(default_factory=lambda: RunKind("fit"))
+    colours: dict[str, str] = field(default_factory=dict)  # label -> "#rrggbb", as the run recorded them
     continuations: list[Path] = field(default_factory=list)  # resumed runs read into this one (join_runs)
     evaluations: list[Run] = field(default_factory=list)  # test/validate/predict runs of its checkpoints
 
@@ -266,12 +250,13 @@ class Run:
         """The step the run trained to: its last logged step (its checkpoint's for an evaluation)."""
         if self.kind.kind in run_kind.EVALUATIONS and self.kind.ckpt_step is not None:
             return int(self.kind.ckpt_step)
-        steps = [frame["step"].max() for frame in (self.scalars, *(getattr(self, r) for r in RECORDS))]
+        steps = [frame["step"].max() for frame in (self.scalars, *self.records.values())]
         steps = [int(s) for s in steps if pd.notna(s)]
         return max(steps, default=0)
 
     def __repr__(self) -> str:
-        sizes = ", ".join(f"{f}={len(getattr(self, f))}" for f in FRAMES)
+        frames = {"scalars": self.scalars, **self.records, "intervals": self.intervals}
+        sizes = ", ".join(f"{f}={len(frame)}" for f, frame in frames.items())
         return f"Run({self.name!r}, {self.labels['routing']}, {self.labels['model']}, rows: {sizes})"
 
 
@@ -288,22 +273,27 @@ def load_run(path: str | Path, labels: dict[str, str] | None = None, name: str |
         )
     problems: list[str] = []
     config = _read_config(path, problems)
-    run_labels_ = {"run": name or f"{path.parent.name}/{path.name}", **run_labels(config)}
+    recorded = run_labels_file.read(path)  # what the run recorded of itself as it started
+    run_labels_ = {"run": name or f"{path.parent.name}/{path.name}", **run_labels(config, recorded)}
     for column, key in (labels or {}).items():
         run_labels_[column] = config_value(config, key)
 
     scalars, p = read_scalars(path)
     problems += p
-    frames = {}
-    for record in RECORDS:
+    frames = {record: empty_records() for record in KNOWN_RECORDS}
+    for record in records.names(path):
         file = records.path(path, record)
-        frames[record], p = read_records(file) if file.is_file() else (empty_records(), [])
+        frame, p = read_records(file, columns=None)  # its header is its schema
         problems += p
+        if "step" in frame.columns:
+            frames[record] = frame
+        else:
+            problems.append(f"{file}: its header has no step column, so it is not read as a record")
     intervals, p = read_intervals(path)  # callbacks rewrite their intervals when a run resumes
     problems += p
 
     kind = run_kind.read(path, config, set(scalars["tag"]))
-    if scalars.empty and all(frames[r].empty for r in RECORDS):
+    if scalars.empty and all(frame.empty for frame in frames.values()):
         raise RunError(
             f"{path}: run has no logged metrics yet (no scalars in {EVENTS_GLOB}, no rows in records/*.csv); "
             "let it train past its first logging step or pass another run"
@@ -313,12 +303,13 @@ def load_run(path: str | Path, labels: dict[str, str] | None = None, name: str |
         config=config,
         labels=run_labels_,
         scalars=_labelled(scalars, run_labels_),
+        records={record: _labelled(frame, run_labels_) for record, frame in frames.items()},
         intervals=_labelled(intervals, run_labels_),
         samples=sorted((path / "samples").glob("*.png")),
         masks=sorted((path / "routing").glob("masks_*.png")),
         problems=problems,
         kind=kind,
-        **{r: _labelled(frames[r], run_labels_) for r in RECORDS},
+        colours=recorded["colours"],
     )
 
 
@@ -344,15 +335,22 @@ def _labelled(frame: pd.DataFrame, labels: dict) -> pd.DataFrame:
 
 
 @dataclass
-class Runs:
-    """Several runs: the same frames as a Run, concatenated, plus one row of labels per run."""
+class Runs(KnownRecords):
+    """Several runs: the same frames as a Run, concatenated (a record: of the runs that hold it), plus one
+    row of labels per run."""
 
     runs: list[Run]
     skipped: list[str] = field(default_factory=list)  # folders passed over, e.g. failed starts
 
     def __post_init__(self) -> None:
-        for name in FRAMES:
-            setattr(self, name, pd.concat([getattr(r, name) for r in self.runs], ignore_index=True))
+        self.scalars = pd.concat([r.scalars for r in self.runs], ignore_index=True)
+        self.colours = {label: c for r in self.runs for label, c in r.colours.items()}
+        self.intervals = pd.concat([r.intervals for r in self.runs], ignore_index=True)
+        names = dict.fromkeys(name for r in self.runs for name in r.records)
+        self.records = {
+            name: pd.concat([r.records[name] for r in self.runs if name in r.records], ignore_index=True)
+            for name in names
+        }
 
     @property
     def labels(self) -> pd.DataFrame:
@@ -479,16 +477,29 @@ def _start_step(run: Run) -> int:
     return int(train.min()) if len(train) else 0
 
 
+def continued(frame: pd.DataFrame, resumed: pd.DataFrame, start: int, key: list[str]) -> pd.DataFrame:
+    """A frame continued by the part of its run that resumed from step ``start``: the resumed part's rows
+    replace the earlier ones after ``start`` (it trained those steps again), and a row the resumed part
+    wrote again (same ``key``) keeps its latest write; sorted by the key's first two columns. The one rule
+    of joining a resumed run, for load_runs and the studies (analysis/study.py) alike."""
+    joined = pd.concat([frame[frame["step"] <= start], resumed], ignore_index=True)
+    joined = joined.drop_duplicates(key, keep="last").sort_values(key[:2], kind="stable")
+    return joined.reset_index(drop=True)
+
+
+def record_key(frame: pd.DataFrame) -> list[str]:
+    """The columns that name a record's row: every column but its value (long format: step, metric, i, j)."""
+    return [c for c in frame.columns if c != "value"]
+
+
 def _continue(fit: Run, resumed: Run) -> None:
-    """Read ``resumed`` into ``fit``: the fit's rows after the checkpoint are replaced by the resumed
-    run's (it trained those steps again), all under the fit's labels."""
+    """Read ``resumed`` into ``fit`` (``continued``), all under the fit's labels."""
     start = _start_step(resumed)
-    keys = {"scalars": ["tag", "step"], **{r: ["step", "metric", "i", "j"] for r in RECORDS}}
-    for name, key in keys.items():
-        old, new = getattr(fit, name), getattr(resumed, name).assign(**fit.labels)
-        frame = pd.concat([old[old["step"] <= start], new], ignore_index=True)
-        frame = frame.drop_duplicates(key, keep="last").sort_values(key[:2], kind="stable")
-        setattr(fit, name, frame.reset_index(drop=True))
+    fit.scalars = continued(fit.scalars, resumed.scalars.assign(**fit.labels), start, ["tag", "step"])
+    for name, new in resumed.records.items():
+        new = new.assign(**fit.labels)
+        old = fit.records.get(name, new.iloc[:0])
+        fit.records[name] = continued(old, new, start, [c for c in record_key(new) if c not in fit.labels])
     intervals = pd.concat([fit.intervals, resumed.intervals.assign(**fit.labels)], ignore_index=True)
     fit.intervals = intervals.drop_duplicates(["name", "k"], keep="last").reset_index(drop=True)
     fit.samples += resumed.samples
@@ -685,7 +696,7 @@ def routing_affinity_correlation(
 
     out = []
     for run in as_runs(runs):
-        measured = getattr(run, source)
+        measured = run.record(source)
         row = {**run.labels, "rho": math.nan, "pairs": 0, "note": ""}
         iou_rows, aff_rows = (
             run.routing[run.routing["metric"] == "iou"],

@@ -3,8 +3,8 @@ first step.
 
 A start claims its directory with os.mkdir, which either creates it or fails: two starts never share
 one, and a start never writes into an existing one. A start that fails after that leaves `command.yaml`,
-`config.yaml`, perhaps `hparams.yaml`, and an events file without metrics. The CLI removes such a
-directory (its own claim) when the start fails; readers skip it when they expand a folder or pattern.
+`config.yaml`, `labels.yaml`, perhaps `hparams.yaml`, and an events file without metrics. The CLI removes
+such a directory (its own claim) when the start fails; readers skip it when they expand a folder or pattern.
 Anything else in a run directory is output and is never deleted. No torch or training imports: runs.py
 uses this too.
 """
@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from dtr_lab.errors import DTRLabError
-from dtr_lab.storage import run_kind
+from dtr_lab.storage import labels, run_kind
 
-STARTUP_FILES = ("config.yaml", "hparams.yaml", run_kind.FILE)
+STARTUP_FILES = ("config.yaml", "hparams.yaml", run_kind.FILE, labels.FILE)
 EVENTS_GLOB = "events.out.tfevents.*"
 # TensorBoardLogger writes these with the hyperparameters, before any step
 STARTUP_TAGS = ("hp_metric",)
