@@ -57,6 +57,7 @@ from study import (  # noqa: E402
     plateau_markdown,
     precision_note,
     run_study,
+    step_cost,
     study_callbacks,
     study_parser,
     verdict_markdown,
@@ -244,13 +245,17 @@ def main(argv: list[str] | None = None) -> int:
     study_name = "complementarity" if args.complementarity else "long" if args.long else "core"
     arms = args.arms or STUDIES[study_name]
     comparisons = [c for c in COMPARISONS if c.a in arms and c.b in arms]
-    per_run = max_steps * STEP_S + points * (args.num_samples * SAMPLE_S + PROBE_S) + START_S
+
+    def per_run(run: RunSpec) -> float:
+        cost = step_cost(run.arm)
+        return max_steps * STEP_S * cost + points * (args.num_samples * SAMPLE_S * cost + PROBE_S) + START_S
+
     return run_study(
         PROG,
         args,
         plan(arms, args.seeds, study, capped=not args.long),
         comparisons,
-        lambda run: per_run,
+        per_run,
         lambda scores, out: report(scores, out, comparisons, args.target, args.long),
         f"{max_steps} steps each, scored {points} times",
         "" if args.arms or args.long else study_name,  # core and complementarity share runs, not tables

@@ -659,11 +659,14 @@ def convergence_markdown(table: pd.DataFrame) -> str:
 
 
 # ----------------------------------------------------------------------------------------- the skeleton
-# Seconds on these 2-core machines, one thread a run, two runs at a time (docs/studies.md): a DiT-T/2
-# step at batch 64, one EMA sample (DDIM 25 with guidance), one probe, a run's start-up.
-STEP_S, SAMPLE_S, PROBE_S, START_S = 0.077, 0.024, 1.0, 15.0
-# An arm's step and sample cost against the unrouted DiT's, by its routing (the arm name's first part).
-ARM_COST: dict[str, float] = {}
+# CPU seconds of one run on these 2-core machines, one thread a run (a quiet machine's wall clock with as
+# many runs at a time as cores), measured by benchmarks/study_time.py (docs/repro/study_time.md): an
+# unrouted DiT-T/2 step at batch 64, one EMA sample (DDIM 25 with guidance), one probe, a run's start-up.
+STEP_S, SAMPLE_S, PROBE_S, START_S = 0.092, 0.038, 1.0, 10.0
+# An arm's step and sample cost against the unrouted DiT's, by its routing (the arm name's first part):
+# Switch-DiT's gates and experts, 1.35x a step and 1.16x a sample there; DTR's masks: as unrouted (its CPU
+# seconds in the powered study equal the unrouted runs').
+ARM_COST: dict[str, float] = {"switch": 1.3}
 
 
 def step_cost(arm: str) -> float:
