@@ -172,7 +172,8 @@ def test_the_package_imports_nothing_above_it():
     """dtr_lab.routing reads no files and no runs: it imports torch, numpy/scipy and dtr_lab's floor, and
     dtr_lab.runs only for the readers its ``run_options`` hold (the CLI calls them before a routing is
     built; torch-free, they never import a routing back)."""
-    floor = {"dtr_lab.errors", "dtr_lab.seeds", "dtr_lab.mtl.intervals", "dtr_lab.runs", "dtr_lab.storage.labels"}
+    floor = {"dtr_lab.errors", "dtr_lab.seeds", "dtr_lab.mtl.intervals", "dtr_lab.runs",
+             "dtr_lab.storage.labels"}  # labels: the routing's label and colour a run records
     for path in (REPO / "dtr_lab" / "routing").glob("*.py"):
         own = {m for m in imports(path) if m.startswith("dtr_lab")}
         assert own <= floor | {m for m in own if m.startswith("dtr_lab.routing")}, (path.name, own)
