@@ -9,7 +9,7 @@ The formats (what the official loaders read):
 - DTR (byeongjun-park/DTR): the same DiT plus one ``TaskRouter`` per block, whose mask table is a saved
   buffer, ``blocks.{i}.routing._unit_mapping`` [T, C] (``models/taskrouting.py``: init_method DTR, or
   random, R-TR, drawn from NumPy's global RNG); ``train.py`` saves {"model", "ema", "opt", "config"}, the
-  config an OmegaConf DictConfig (read by dtr_lab.official_file). Unconditional models (FFHQ) have
+  config an OmegaConf DictConfig (read by dtr_lab.storage.official_file). Unconditional models (FFHQ) have
   num_classes 1: one label row, no null row.
 - Switch-DiT (byeongjun-park/Switch-DiT, import only): the same DiT plus one ``TaskMoE`` per block,
   ``routers.{i}.f_gate.1`` (the gate) and ``routers.{i}.experts.w``/``b`` (``models/MoE.py``,
@@ -46,9 +46,9 @@ import torch
 from dtr_lab.errors import DTRLabError, find_bad_input
 from dtr_lab.model_checks import check_checkpoint
 from dtr_lab.models.dit import POS_EMBED_LAYOUTS, DiT, sincos_pos_embed_2d
-from dtr_lab.official_file import OfficialFile, read_official_file
 from dtr_lab.routing import own_parameters
 from dtr_lab.storage.checkpoint_file import read_checkpoint
+from dtr_lab.storage.official_file import OfficialFile, read_official_file
 from dtr_lab.storage.temp_files import write_atomically
 
 # dtr_lab name -> official name, for the tensors whose names differ (the rest are equal)

@@ -13,7 +13,7 @@ PACKAGE = REPO / "dtr_lab"
 # layer marked independent, a group (a package, or a module) imports no other group of that layer.
 LAYERS: list[tuple[set[str], bool]] = [
     # torch-free or plain foundations: errors, seeds, the record format, a run's files, the optimizer's extras
-    ({"errors", "seeds", "records", "digits", "storage", "optim", "official_file"}, False),
+    ({"errors", "seeds", "records", "digits", "storage", "optim"}, False),
     ({"runs"}, False),  # run directories read back, their statistics and tables (no training imports)
     ({"plots", "report"}, False),  # figures and the figure index from those frames
     ({"diffusion", "mtl"}, True),  # pure torch: schedules, samplers; intervals, clustering, MTL methods

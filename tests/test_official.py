@@ -25,8 +25,8 @@ from helpers import DIGITS, REPO, run_cli, tmpfs
 from dtr_lab.errors import DTRLabError
 from dtr_lab.models.dit import DiT
 from dtr_lab.official import build_module, export_state, import_state, main, official_args
-from dtr_lab.official_file import read_official_file
 from dtr_lab.routing import DTRRouting, RandomRouting, SwitchRouting, TableDataRouting
+from dtr_lab.storage.official_file import read_official_file
 
 FIXTURE = REPO / "tests/data/official"
 TINY = [
