@@ -55,7 +55,7 @@ def main() -> None:
         print(f"{args.arms[0]}: {POINTS} steps, {n_a} samples: {cpu:.1f} CPU s")
         return
     print(f"CPU seconds of one run, {POINTS} scoring points; A = ({s_a} steps, {n_a} samples), "
-          f"B = ({s_b}, {n_a}), C = ({s_a}, {n_c})")
+          f"B = ({s_b}, {n_a}), C = ({s_a}, {n_c})\n")
     print("| arm | A | B | C | step | sample | start + probes | step / STEP_S | sample / SAMPLE_S "
           "| estimate / run (A, B, C) |")
     print("|---|---|---|---|---|---|---|---|---|---|")

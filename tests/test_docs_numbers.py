@@ -1464,3 +1464,24 @@ def test_study_engine_defaults_are_the_codes():
     assert f'"--retries", type=int, default={retries},' in flat((REPO / "analysis/study.py").read_text())
     assert "waits a minute for a stopping fit" in text
     assert re.search(r"^LOCK_WAIT_S = 60\.0 ", (REPO / "analysis/engine.py").read_text(), re.M)
+
+
+# --- docs/repro/study_time.md
+def test_the_study_time_estimate_is_the_one_measured_within_25_percent():
+    """The constants the last measurement of benchmarks/study_time.py names are analysis/study.py's, and
+    every run of it lies within ±25 % of their estimate."""
+    import sys
+
+    sys.path.insert(0, str(REPO / "analysis"))
+    import study
+
+    text = (REPO / "docs/repro/study_time.md").read_text()
+    after = text[text.index("## After"):]
+    head = re.search(r"STEP_S ([\d.]+), SAMPLE_S ([\d.]+), START_S ([\d.]+), Switch-DiT ([\d.]+)×", after)
+    assert head, "study_time.md no longer names the constants it measured"
+    assert [float(g) for g in head.groups()] == [
+        study.STEP_S, study.SAMPLE_S, study.START_S, study.ARM_COST["switch"]
+    ]
+    ratios = [float(r) for row in re.findall(r"^\| \S+-uniform \|.*\| ([\d., ]+) \|$", after, re.M)
+              for r in row.split(",")]
+    assert len(ratios) == 9 and all(0.75 <= r <= 1.25 for r in ratios), ratios
