@@ -20,7 +20,7 @@ from pathlib import Path
 import yaml
 
 FILE = "labels.yaml"
-HUES, LIGHTNESS, SATURATION = 16, (0.38, 0.52, 0.66), 0.72
+HUES, LIGHTNESS, SATURATION = 16, (0.28, 0.37, 0.46), 0.72  # the lightest yellow still reads on white
 # hue-major, each hue at three lightnesses, then the hues in the order 0, 7, 14, 5, … (a step of 7 of 16
 # hues, 157.5°): the next slot a colliding label takes is another lightness, then a far hue
 PALETTE = tuple(
