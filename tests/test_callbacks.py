@@ -661,11 +661,9 @@ def test_validate_on_an_imported_model_measures_the_originals_affinity(tiny_runs
     ckpt, config = run / "checkpoints/last.ckpt", run / "config.yaml"
     exported, imported = tmp_path / "0000004.pt", tmp_path / "imported.ckpt"
     resolved = yaml.safe_load(config.read_text())
-    model = tmp_path / "model.yaml"  # the run's config less the options of fit alone
-    fit_only = ("ckpt_path", "weights_only")
-    model.write_text(yaml.safe_dump({k: v for k, v in resolved.items() if k not in fit_only}))
-    official(["export", str(ckpt), str(exported), "--config", str(model)])
-    official(["import", str(exported), str(imported), "--config", str(model)])
+    # the run's own config.yaml, fit's options (ckpt_path, weights_only) and all, describes the model
+    official(["export", str(ckpt), str(exported), "--config", str(config)])
+    official(["import", str(exported), str(imported), "--config", str(config)])
     for callback in resolved["trainer"]["callbacks"]:
         if callback["class_path"].endswith("TaskAffinity"):
             callback["init_args"]["update"] = "sgd"

@@ -78,6 +78,13 @@ def run_summary(run_dir: Path, tensorboard_dir: Path | None) -> str:
 class DTRLabCLI(LightningCLI):
     """LightningCLI whose model takes its image shape and classes from the datamodule."""
 
+    def setup_parser(self, add_subcommands: bool, main_kwargs: dict, subparser_kwargs: dict) -> None:
+        super().setup_parser(add_subcommands, main_kwargs, subparser_kwargs)
+        if not add_subcommands:  # built without a subcommand (official import/export, the pairing check):
+            # a run's config.yaml states fit's own options too; they mean nothing here, so they are allowed
+            for name, kind in (("ckpt_path", str | None), ("weights_only", bool | None)):
+                self.parser.add_argument(f"--{name}", type=kind, default=None, help="fit's; unused here")
+
     def add_arguments_to_parser(self, parser) -> None:
         for key in ("image_size", "in_channels", "num_classes"):
             parser.link_arguments(f"data.{key}", f"model.{key}", apply_on="instantiate")
